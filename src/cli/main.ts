@@ -1,0 +1,205 @@
+// The command line: option parsing, signals and exit codes. The only module that touches
+// process.argv and process.exit. Errors are printed as one line; exit status 1 for every failure
+// (never above 125: see the archive/restore command contracts).
+import { Command, Option, InvalidArgumentError } from 'commander';
+import { createInterface } from 'node:readline';
+import { parseLsn } from '../wal/lsn.js';
+import { stderrLogger } from '../util/log.js';
+import type { Compression } from '../sink/segment-file.js';
+
+const VERSION = '0.1.0';
+
+function parseEndPos(v: string): bigint {
+  try {
+    return parseLsn(v);
+  } catch {
+    throw new InvalidArgumentError(`could not parse end position "${v}" (expected an LSN like 0/3000000)`);
+  }
+}
+
+function parseStatusInterval(v: string): number {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`invalid status interval "${v}" (seconds, 0 disables)`);
+  return Number(v) * 1000;
+}
+
+export interface CompressSpec {
+  method: Compression;
+  level?: number;
+}
+
+export function parseCompress(v: string): CompressSpec {
+  const text = v.trim().toLowerCase();
+  if (/^\d+$/.test(text)) {
+    const n = Number(text);
+    if (n === 0) return { method: 'none' };
+    if (n <= 9) return { method: 'gzip', level: n };
+    throw new InvalidArgumentError(`compression level ${n} is out of range (0-9)`);
+  }
+  const m = /^(none|gzip|zstd)(?::(?:level=)?(\d+))?$/.exec(text);
+  if (!m) throw new InvalidArgumentError(`invalid compression "${v}" (use none, gzip[:LEVEL] or zstd[:LEVEL])`);
+  const method = m[1] as Compression;
+  const level = m[2] !== undefined ? Number(m[2]) : undefined;
+  if (method === 'gzip' && level !== undefined && (level < 1 || level > 9)) throw new InvalidArgumentError('gzip level must be 1-9');
+  if (method === 'zstd' && level !== undefined && (level < 1 || level > 22)) throw new InvalidArgumentError('zstd level must be 1-22');
+  return { method, level };
+}
+
+function parsePort(v: string): string {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
+  return v;
+}
+
+async function promptPassword(): Promise<string> {
+  if (!process.stdin.isTTY) {
+    const rl = createInterface({ input: process.stdin });
+    for await (const line of rl) {
+      rl.close();
+      return line;
+    }
+    return '';
+  }
+  process.stderr.write('Password: ');
+  const stdin = process.stdin;
+  stdin.setRawMode(true);
+  stdin.resume();
+  return new Promise((resolve) => {
+    let pw = '';
+    const onData = (b: Buffer): void => {
+      for (const ch of b.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') {
+          stdin.setRawMode(false);
+          stdin.pause();
+          stdin.removeListener('data', onData);
+          process.stderr.write('\n');
+          resolve(pw);
+          return;
+        }
+        if (ch === '\u0003') process.exit(1);
+        if (ch === '\u007f') pw = pw.slice(0, -1);
+        else pw += ch;
+      }
+    };
+    stdin.on('data', onData);
+  });
+}
+
+function stopOnSignals(): Promise<void> {
+  return new Promise((resolve) => {
+    let count = 0;
+    const handler = (): void => {
+      count++;
+      if (count > 1) process.exit(1);
+      resolve();
+    };
+    process.on('SIGINT', handler);
+    process.on('SIGTERM', handler);
+  });
+}
+
+interface ReceiveCliOptions {
+  directory?: string;
+  slot?: string;
+  createSlot?: boolean;
+  dropSlot?: boolean;
+  ifNotExists?: boolean;
+  endpos?: bigint;
+  loop: boolean;
+  statusInterval: number;
+  synchronous?: boolean;
+  sync: boolean;
+  compress: CompressSpec;
+  verbose?: boolean;
+  dbname?: string;
+  host?: string;
+  port?: string;
+  username?: string;
+  password: boolean;
+  forcePassword?: boolean;
+  applicationName: string;
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('walstream')
+    .description('PostgreSQL WAL streaming receiver and archiver')
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError(false)
+    .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
+
+  program
+    .command('receive')
+    .description('stream write-ahead log from a PostgreSQL server into a directory, as pg_receivewal does')
+    .option('-D, --directory <dir>', 'receive write-ahead log files into this directory')
+    .option('-E, --endpos <lsn>', 'exit after receiving the specified LSN', parseEndPos)
+    .option('--if-not-exists', 'do not error if the slot already exists when creating a slot')
+    .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
+    .option('--no-sync', 'do not wait for changes to be written safely to disk')
+    .option('-s, --status-interval <secs>', 'time between status packets sent to the server', parseStatusInterval, 10_000)
+    .option('-S, --slot <slotname>', 'replication slot to use')
+    .option('--synchronous', 'flush write-ahead log immediately after writing and report it, so walstream can be a synchronous standby')
+    .option('-v, --verbose', 'output verbose messages')
+    .option('-Z, --compress <method[:level]>', 'compress finished and in-progress segments: none, gzip[:1-9], zstd[:1-22] (zstd needs Node 22.15+), or a gzip level 0-9', parseCompress, { method: 'none' as Compression })
+    .option('--create-slot', 'create a new replication slot (for the slot\'s name see --slot), then exit')
+    .option('--drop-slot', 'drop the replication slot (for the slot\'s name see --slot), then exit')
+    .option('-d, --dbname <connstr>', 'connection string (keyword=value or postgresql:// URI)')
+    .option('-h, --host <hostname>', 'database server host or socket directory')
+    .option('-p, --port <port>', 'database server port number', parsePort)
+    .option('-U, --username <name>', 'connect as specified database user')
+    .option('-w, --no-password', 'never prompt for password')
+    .option('-W, --force-password', 'force password prompt (should happen automatically)')
+    .addOption(new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'))
+    .addHelpText(
+      'after',
+      '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
+        'Exit status: 0 when stopped by --endpos, SIGINT or SIGTERM; 1 on any error.',
+    )
+    .action(async (opts: ReceiveCliOptions) => {
+      const { receive } = await import('../commands/receive.js');
+      const log = stderrLogger(opts.verbose === true);
+      const password = opts.forcePassword ? await promptPassword() : undefined;
+      await receive({
+        directory: opts.directory,
+        slot: opts.slot,
+        createSlot: opts.createSlot === true,
+        dropSlot: opts.dropSlot === true,
+        ifNotExists: opts.ifNotExists === true,
+        endPos: opts.endpos,
+        noLoop: opts.loop === false,
+        statusIntervalMs: opts.statusInterval,
+        synchronous: opts.synchronous === true,
+        noSync: opts.sync === false,
+        compression: opts.compress.method,
+        compressionLevel: opts.compress.level,
+        connection: {
+          dbname: opts.dbname,
+          host: opts.host,
+          port: opts.port,
+          user: opts.username,
+          password,
+          applicationName: opts.applicationName,
+        },
+        log,
+        stop: stopOnSignals(),
+      });
+    });
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number; message?: string };
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return 1;
+    }
+    const message = (e.message ?? String(err)).split('\n')[0];
+    process.stderr.write(`walstream: error: ${message}\n`);
+    return 1;
+  }
+}

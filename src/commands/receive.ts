@@ -1,0 +1,333 @@
+// walstream receive: pg_receivewal's behaviour (pg_receivewal.c main, StreamLog,
+// FindStreamingStart) composed from the session and sink layers, with reconnect backoff and
+// permanent conditions reported once instead of retried forever.
+import { access, constants, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
+import { ReplicationConnection } from '../session/connection.js';
+import { ConnectionLostError, ServerError } from '../session/errors.js';
+import { runStream } from '../session/stream.js';
+import { WalDirSink, WalValidationError } from '../sink/wal-dir.js';
+import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
+import { zstdAvailable, type Compression } from '../sink/segment-file.js';
+import { ProtocolError } from '../protocol/messages.js';
+import { formatLsn, type Lsn } from '../wal/lsn.js';
+import { historyFileName, segmentStart } from '../wal/segment.js';
+import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
+import { magicForServerVersion } from '../wal/page.js';
+import type { Logger } from '../util/log.js';
+
+export interface ReceiveOptions {
+  directory?: string;
+  slot?: string;
+  createSlot: boolean;
+  dropSlot: boolean;
+  ifNotExists: boolean;
+  endPos?: Lsn;
+  noLoop: boolean;
+  statusIntervalMs: number;
+  synchronous: boolean;
+  noSync: boolean;
+  compression: Compression;
+  compressionLevel?: number;
+  connection: ConnectionOptions;
+  log: Logger;
+  /** Resolves on SIGINT/SIGTERM. */
+  stop: Promise<void>;
+  /** Reconnect backoff bounds in milliseconds. */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+}
+
+/** An error the user must act on: printed as one line, exit status 1. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** A condition retrying cannot fix: reported once with what to do. */
+export class PermanentError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PermanentError';
+  }
+}
+
+export function validateReceiveOptions(o: ReceiveOptions): void {
+  if (o.createSlot && o.dropSlot) throw new UsageError('cannot use --create-slot together with --drop-slot');
+  if ((o.createSlot || o.dropSlot) && !o.slot) throw new UsageError(`--${o.createSlot ? 'create' : 'drop'}-slot needs a slot to be specified using --slot`);
+  if (o.synchronous && o.noSync) throw new UsageError('cannot use --synchronous together with --no-sync');
+  if (o.ifNotExists && !o.createSlot) throw new UsageError('--if-not-exists can only be used with --create-slot');
+  if (!o.dropSlot && !o.createSlot && !o.directory) throw new UsageError('no target directory specified (use -D/--directory)');
+  if (o.compression === 'zstd' && !zstdAvailable()) throw new UsageError('zstd compression needs Node.js 22.15 or newer');
+  if (!Number.isInteger(o.statusIntervalMs) || o.statusIntervalMs < 0) throw new UsageError('invalid status interval');
+}
+
+async function checkDirectory(dir: string): Promise<void> {
+  let st;
+  try {
+    st = await stat(dir);
+  } catch {
+    throw new UsageError(`could not access directory "${dir}": it does not exist`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`"${dir}" is not a directory`);
+  try {
+    await access(dir, constants.W_OK | constants.X_OK);
+  } catch {
+    throw new UsageError(`directory "${dir}" is not writable`);
+  }
+}
+
+/** Turn a server or stream error into a permanent condition when retrying cannot help. */
+export function classifyError(err: unknown, slot: string | undefined): Error {
+  if (err instanceof PermanentError || err instanceof UsageError) return err;
+  if (err instanceof WalValidationError || err instanceof ProtocolError) {
+    return new PermanentError(`${err.message}; nothing after this point was published`);
+  }
+  if (err instanceof ServerError) {
+    const m = err.message;
+    if (/has already been removed/.test(m)) {
+      return new PermanentError(
+        `${m} (on the server): the WAL between this archive's end and the server's oldest segment is gone from the server. ` +
+          'Fill the gap from another archive or a base backup taken after it, or start afresh in an empty directory; use a replication slot (--slot) to keep this from happening',
+      );
+    }
+    if (/not in this server's history/.test(m)) {
+      return new PermanentError(
+        `${m}${err.detail ? ` (${err.detail})` : ''}: the archive has followed a timeline this server does not have. Point walstream at the server that continues this timeline, or move the directory aside and start afresh`,
+      );
+    }
+    if (err.code === '42704' && slot) return new PermanentError(`replication slot "${slot}" does not exist; create it with --create-slot`);
+    if (/logical replication slot/.test(m)) return new PermanentError(`${m}: walstream needs a physical slot`);
+    if (err.code === '28P01' || err.code === '28000') return new PermanentError(m);
+    if (err.code === '42501') return new PermanentError(`${m}: the role needs the REPLICATION attribute`);
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+interface ServerInfo {
+  systemId: bigint;
+  timeline: number;
+  xlogPos: Lsn;
+  segSize: number;
+  blockSize: number;
+  version: number;
+}
+
+export async function receive(o: ReceiveOptions): Promise<void> {
+  validateReceiveOptions(o);
+  if (o.directory && !o.dropSlot && !o.createSlot) await checkDirectory(o.directory);
+  const cfg = buildClientConfig(o.connection);
+  const log = o.log;
+
+  let stopped = false;
+  void o.stop.then(() => {
+    stopped = true;
+  });
+
+  // The first connection decides: failures here are the user's to fix, reported at once.
+  let conn: ReplicationConnection;
+  try {
+    conn = await ReplicationConnection.connect(cfg);
+  } catch (err) {
+    throw new UsageError(`could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`);
+  }
+
+  if (o.dropSlot) {
+    try {
+      log.verbose(`dropping replication slot "${o.slot}"`);
+      await conn.dropSlot(o.slot!);
+      return;
+    } catch (err) {
+      throw classifyError(err, o.slot);
+    } finally {
+      await conn.close();
+    }
+  }
+  if (o.createSlot) {
+    try {
+      log.verbose(`creating replication slot "${o.slot}"`);
+      await conn.createPhysicalSlot(o.slot!, false);
+      return;
+    } catch (err) {
+      if (o.ifNotExists && err instanceof ServerError && err.code === '42710') {
+        log.verbose(`replication slot "${o.slot}" exists already`);
+        return;
+      }
+      throw classifyError(err, o.slot);
+    } finally {
+      await conn.close();
+    }
+  }
+
+  const dir = o.directory!;
+  const retryMin = o.retryMinMs ?? 500;
+  const retryMax = o.retryMaxMs ?? 30_000;
+  let delay = retryMin;
+  let firstRound = true;
+  let expectedSystemId: bigint | undefined;
+
+  for (;;) {
+    let progressed = false;
+    try {
+      const before = firstRound ? undefined : Date.now();
+      void before;
+      if (!firstRound) conn = await ReplicationConnection.connect(cfg);
+      const outcome = await streamOnce(conn, o, dir, expectedSystemId, () => {
+        progressed = true;
+      });
+      expectedSystemId = outcome.systemId;
+      if (outcome.finished) return;
+      if (o.noLoop) throw new Error('disconnected');
+      log.info('server closed the connection; reconnecting');
+    } catch (err) {
+      const e = classifyError(err, o.slot);
+      if (e instanceof PermanentError || e instanceof UsageError || o.noLoop) throw e;
+      if (stopped) return;
+      log.error(`${e.message}; retrying`);
+    } finally {
+      await conn!.close().catch(() => undefined);
+    }
+    firstRound = false;
+    if (stopped) return;
+    if (progressed) delay = retryMin;
+    const wait = Math.round(delay * (0.7 + Math.random() * 0.6));
+    log.verbose(`waiting ${wait} ms before reconnecting`);
+    await Promise.race([new Promise((r) => setTimeout(r, wait).unref()), o.stop]);
+    delay = Math.min(delay * 2, retryMax);
+    if (stopped) return;
+  }
+}
+
+async function identify(conn: ReplicationConnection): Promise<ServerInfo> {
+  const id = await conn.identifySystem();
+  const segSize = await conn.walSegmentSize();
+  const blockSize = await conn.walBlockSize();
+  return { systemId: id.systemId, timeline: id.timeline, xlogPos: id.xlogPos, segSize, blockSize, version: conn.serverVersionNum };
+}
+
+interface StreamOutcome {
+  finished: boolean;
+  systemId: bigint;
+}
+
+/** One connection's worth of streaming: decide where to start, then follow timelines until the stream ends. */
+async function streamOnce(
+  conn: ReplicationConnection,
+  o: ReceiveOptions,
+  dir: string,
+  expectedSystemId: bigint | undefined,
+  onData: () => void,
+): Promise<StreamOutcome> {
+  const log = o.log;
+  const info = await identify(conn);
+  if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
+    throw new PermanentError(`system identifier of the server changed from ${expectedSystemId} to ${info.systemId}: this is another cluster`);
+  }
+  if (conn.serverVersionNum < 100000) throw new PermanentError('server version is too old: walstream needs PostgreSQL 10 or newer');
+
+  // Where to start: the directory, then the slot, then the server's position.
+  let start: Lsn;
+  let tli: number;
+  const resume = await findStreamingStart(dir, info.segSize);
+  if (resume) {
+    const sysid = await readSegmentSystemId(join(dir, resume.entry.file), resume.entry.compression);
+    if (sysid !== undefined && sysid !== info.systemId) {
+      throw new PermanentError(
+        `directory "${dir}" holds WAL of database system ${sysid}, but the server is system ${info.systemId}; use another directory`,
+      );
+    }
+    start = resume.start;
+    tli = resume.tli;
+    if (o.slot) {
+      const slot = await conn.readSlot(o.slot);
+      if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
+      if (slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > start) {
+        throw new PermanentError(
+          `replication slot "${o.slot}" has restart_lsn ${formatLsn(slot.restartLsn)}, past the resume point ${formatLsn(start)}: ` +
+            'the server no longer keeps the WAL in between for this slot. Fill the gap from another archive, or start afresh in an empty directory',
+        );
+      }
+    }
+  } else {
+    start = info.xlogPos;
+    tli = info.timeline;
+    if (o.slot) {
+      const slot = await conn.readSlot(o.slot);
+      if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
+      if (slot?.restartLsn != null) {
+        start = slot.restartLsn;
+        tli = slot.restartTli ?? info.timeline;
+      }
+    }
+  }
+  start = segmentStart(start, info.segSize);
+
+  const sink = new WalDirSink({
+    dir,
+    segSize: info.segSize,
+    blockSize: info.blockSize,
+    compression: o.compression,
+    compressionLevel: o.compressionLevel,
+    noSync: o.noSync,
+    systemId: info.systemId,
+    magic: magicForServerVersion(info.version),
+    onSegmentDone: (name) => log.verbose(`finished segment ${name}`),
+  });
+
+  for (;;) {
+    if (tli > 1) {
+      const name = historyFileName(tli);
+      if (!(await sink.hasHistory(name))) {
+        const h = await conn.timelineHistory(tli);
+        checkHistoryForTimeline(parseHistory(h.content.toString('utf8')), tli);
+        await sink.writeHistory(name, h.content);
+        log.verbose(`wrote timeline history file ${name}`);
+      }
+    }
+    if (o.endPos !== undefined && start >= o.endPos && !resume) {
+      // Nothing to do: already at or past the end position.
+    }
+    log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
+    sink.begin(start, tli);
+    let result;
+    try {
+      result = await runStream(conn, sink, {
+        start,
+        timeline: tli,
+        slot: o.slot,
+        endPos: o.endPos,
+        segSize: info.segSize,
+        statusIntervalMs: o.statusIntervalMs,
+        synchronous: o.synchronous,
+        reportFlush: o.slot !== undefined || o.synchronous,
+        stopRequested: o.stop,
+        log,
+        onProgress: onData,
+      });
+    } finally {
+      await sink.endStream().catch((err: Error) => {
+        throw err;
+      });
+    }
+    const end = result.end;
+    if (end.kind === 'timeline-end') {
+      if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
+      if (end.nextStart > result.received) {
+        throw new ProtocolError(
+          `server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`,
+        );
+      }
+      log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
+      tli = end.nextTli;
+      start = segmentStart(end.nextStart, info.segSize);
+      continue;
+    }
+    if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
+    return { finished: false, systemId: info.systemId };
+  }
+}
+
+export { ConnectionLostError };

@@ -1,0 +1,9 @@
+// Library entry: the layers for programs that embed walstream.
+export * from './wal/index.js';
+export * from './protocol/index.js';
+export { ReplicationConnection } from './session/connection.js';
+export { buildClientConfig, parseKeywordValue, type ConnectionOptions } from './session/conninfo.js';
+export { runStream, type StreamCtl, type WalSink } from './session/stream.js';
+export { WalDirSink, WalValidationError, type WalDirSinkOptions } from './sink/wal-dir.js';
+export { findStreamingStart } from './sink/scan.js';
+export { receive, type ReceiveOptions } from './commands/receive.js';

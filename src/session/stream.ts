@@ -1,0 +1,172 @@
+// The CopyBoth loop of one START_REPLICATION (receivelog.c HandleCopyStream, ProcessXLogDataMsg,
+// ProcessKeepaliveMsg, sendFeedback): checks that XLogData is contiguous, hands it to the sink,
+// answers keepalives, sends status updates on a timer and, in synchronous mode, after every batch
+// once it is durable. The flush position sent is always the sink's durable position.
+import { decodeServerCopyData, encodeStandbyStatus, type ServerCopyMessage } from '../protocol/messages.js';
+import { formatLsn, type Lsn } from '../wal/lsn.js';
+import { nowPgTime } from '../wal/time.js';
+import type { ReplicationConnection } from './connection.js';
+import type { CopyBothStream, StreamEnd } from './copyboth.js';
+import type { Logger } from '../util/log.js';
+
+/** What the loop needs from where WAL goes (the sink): see sink/wal-dir.ts. */
+export interface WalSink {
+  readonly receivedLsn: Lsn;
+  readonly writtenLsn: Lsn;
+  readonly durableLsn: Lsn;
+  readonly error: Error | undefined;
+  write(lsn: Lsn, data: Buffer): void;
+  sync(): Promise<void>;
+  /** Register for the sink's events; returns a function that removes the listener. */
+  attach(l: SinkListener): () => void;
+}
+
+export interface SinkListener {
+  /** Too much is queued: stop reading from the server. */
+  pressure(): void;
+  /** The queue has drained: read again. */
+  drain(): void;
+  /** The durable position moved. */
+  durable(lsn: Lsn): void;
+  /** A write or fsync failed: nothing more will be made durable. */
+  failed(err: Error): void;
+}
+
+/** Every parameter of one stream in one value (receivelog.h StreamCtl). */
+export interface StreamCtl {
+  start: Lsn;
+  timeline: number;
+  slot?: string;
+  /** Stop once this position is received (pg_receivewal --endpos). */
+  endPos?: Lsn;
+  segSize: number;
+  /** Milliseconds between status updates; 0 = only when asked. */
+  statusIntervalMs: number;
+  /** fsync and report after every received batch. */
+  synchronous: boolean;
+  /** Report the flush position (with a slot or in synchronous mode), as pg_receivewal does. */
+  reportFlush: boolean;
+  /** Resolves when the caller wants the stream to stop (signal). */
+  stopRequested: Promise<void>;
+  log: Logger;
+  onProgress?: (received: Lsn, serverEnd: Lsn) => void;
+}
+
+export interface StreamResult {
+  end: StreamEnd;
+  /** Position after the last byte received. */
+  received: Lsn;
+}
+
+export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl: StreamCtl): Promise<StreamResult> {
+  let stream!: CopyBothStream;
+  let stopping = false;
+  let lastStatus = 0;
+  let syncScheduled = false;
+  let serverEnd: Lsn = 0n;
+  let lastSentFlush: Lsn = -1n;
+
+  const sendStatus = (replyRequested = false): void => {
+    const flush = ctl.reportFlush ? sink.durableLsn : 0n;
+    const status = encodeStandbyStatus({
+      write: sink.writtenLsn,
+      flush,
+      apply: 0n,
+      clientTime: nowPgTime(),
+      replyRequested,
+    });
+    stream.send(status);
+    lastStatus = Date.now();
+    lastSentFlush = flush;
+  };
+
+  // Stop cleanly: ignore further data, make what we have durable, report it, then end the COPY
+  // (nothing can be sent after our CopyDone).
+  const stop = (why: string): void => {
+    if (stopping) return;
+    stopping = true;
+    ctl.log.verbose(why);
+    sink
+      .sync()
+      .then(
+        () => sendStatus(),
+        () => undefined,
+      )
+      .finally(() => stream.sendCopyDone());
+  };
+
+  const onMessage = (msg: ServerCopyMessage): void => {
+    if (msg.kind === 'keepalive') {
+      if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
+      if (msg.replyRequested) {
+        if (ctl.reportFlush && sink.writtenLsn > sink.durableLsn) {
+          // Make what we have durable first so the answer can carry it (receivelog.c ProcessKeepaliveMsg).
+          sink.sync().then(() => sendStatus(), () => undefined);
+        } else {
+          sendStatus();
+        }
+      }
+      return;
+    }
+    if (stopping) return;
+    const expected = sink.receivedLsn;
+    if (msg.dataStart !== expected) {
+      throw new Error(`received WAL at ${formatLsn(msg.dataStart)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
+    }
+    if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
+    let data = msg.data;
+    // With --endpos, pg_receivewal stops at the segment boundary inside a message that reaches it.
+    if (ctl.endPos !== undefined) {
+      const segSize = BigInt(ctl.segSize);
+      const boundary = (msg.dataStart / segSize + 1n) * segSize;
+      const msgEnd = msg.dataStart + BigInt(data.length);
+      if (msgEnd > boundary && boundary >= ctl.endPos) data = data.subarray(0, Number(boundary - msg.dataStart));
+    }
+    sink.write(msg.dataStart, data);
+    ctl.onProgress?.(sink.receivedLsn, serverEnd);
+    if (ctl.synchronous && !syncScheduled) {
+      syncScheduled = true;
+      // After this batch of messages (one socket read), make it durable and report at once.
+      setImmediate(() => {
+        syncScheduled = false;
+        if (stopping) return;
+        sink.sync().then(() => sendStatus(), () => undefined);
+      });
+    }
+    if (ctl.endPos !== undefined && sink.receivedLsn >= ctl.endPos) {
+      stop(`stopped log streaming at ${formatLsn(sink.receivedLsn)} (timeline ${ctl.timeline}): reached end position`);
+    }
+  };
+
+  stream = conn.startReplication(ctl.start, ctl.timeline, ctl.slot, {
+    onCopyData(payload) {
+      onMessage(decodeServerCopyData(payload));
+    },
+  });
+
+  const onPressure = (): void => stream.pause();
+  const onDrain = (): void => stream.resume();
+  const onFailed = (err: Error): void => stream.fail(err);
+  const onDurable = (): void => {
+    // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
+    if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== lastSentFlush && stream.started) sendStatus();
+  };
+  const detach = sink.attach({ pressure: onPressure, drain: onDrain, failed: onFailed, durable: onDurable });
+  const timer =
+    ctl.statusIntervalMs > 0
+      ? setInterval(() => {
+          if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus();
+        }, Math.min(ctl.statusIntervalMs, 1000))
+      : undefined;
+  void ctl.stopRequested.then(() => {
+    if (stream.started) stop('received stop request');
+  });
+
+  try {
+    const end = await stream.done;
+    return { end, received: sink.receivedLsn };
+  } finally {
+    if (timer) clearInterval(timer);
+    detach();
+  }
+}
