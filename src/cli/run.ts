@@ -1,13 +1,25 @@
 // Entry point used by bin/walstream.
 import { main } from './main.js';
 
+let finished = false;
+// If the event loop empties before a command settles, something was left waiting on nothing:
+// never let that look like success.
+process.on('beforeExit', () => {
+  if (!finished) {
+    process.stderr.write('walstream: error: internal error: the command stopped without finishing\n');
+    process.exit(1);
+  }
+});
+
 main(process.argv).then(
   (code) => {
+    finished = true;
     process.exitCode = code;
     // Let pending output drain, then leave even if a socket or timer lingers.
     setImmediate(() => process.exit(code));
   },
   (err: unknown) => {
+    finished = true;
     process.stderr.write(`walstream: error: ${String(err)}\n`);
     process.exit(1);
   },

@@ -195,7 +195,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     if (progressed) delay = retryMin;
     const wait = Math.round(delay * (0.7 + Math.random() * 0.6));
     log.verbose(`waiting ${wait} ms before reconnecting`);
-    await Promise.race([new Promise((r) => setTimeout(r, wait).unref()), o.stop]);
+    await Promise.race([new Promise((r) => setTimeout(r, wait)), o.stop]);
     delay = Math.min(delay * 2, retryMax);
     if (stopped) return;
   }

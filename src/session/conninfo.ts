@@ -98,9 +98,11 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
   if (opts.dbname !== undefined && opts.dbname !== '') {
     if (isUri(opts.dbname)) {
       const parsed = parseUri(opts.dbname, { useLibpqCompat: true }) as Record<string, unknown>;
-      for (const [k, v] of Object.entries(parsed)) if (typeof v === 'string' && v !== '') kv[k] = v;
-      if (typeof parsed['database'] === 'string') kv['dbname'] = parsed['database'];
-      if (parsed['ssl'] !== undefined) return finish(opts, kv, parsed['ssl'] as ClientConfig['ssl']);
+      for (const [k, v] of Object.entries(parsed)) {
+        const key = k === 'database' ? 'dbname' : k;
+        if (typeof v === 'string' && v !== '' && KNOWN_KEYS.has(key)) kv[key] = v;
+      }
+      if (parsed['ssl'] !== undefined && parsed['ssl'] !== false) return finish(opts, kv, parsed['ssl'] as ClientConfig['ssl']);
     } else if (opts.dbname.includes('=')) {
       kv = parseKeywordValue(opts.dbname);
     } else {

@@ -73,8 +73,22 @@ export async function findStreamingStart(dir: string, segSize: number): Promise<
     }
   }
   if (!best) return undefined;
-  const start = best.partial ? segNoToLsn(best.segNo, segSize) : segNoToLsn(best.segNo + 1n, segSize);
-  return { start, tli: best.tli, entry: best };
+  // Segments are published in order, but the next one is written while the previous one is
+  // still being synced, so a crash can leave more than one .partial after the newest complete
+  // segment. Resume from the lowest of them, or nothing in between would ever be completed.
+  const tli = best.tli;
+  let lastComplete: DirEntry | undefined;
+  for (const e of entries) {
+    if (e.tli === tli && !e.partial && (!lastComplete || e.segNo > lastComplete.segNo)) lastComplete = e;
+  }
+  let firstPartial: DirEntry | undefined;
+  for (const e of entries) {
+    if (e.tli !== tli || !e.partial) continue;
+    if (lastComplete && e.segNo <= lastComplete.segNo) continue;
+    if (!firstPartial || e.segNo < firstPartial.segNo) firstPartial = e;
+  }
+  if (firstPartial) return { start: segNoToLsn(firstPartial.segNo, segSize), tli, entry: firstPartial };
+  return { start: segNoToLsn(best.segNo + 1n, segSize), tli, entry: best };
 }
 
 /** Uncompressed byte count of a gzip or zstd file (gzip by its ISIZE trailer, as pg_receivewal does). */

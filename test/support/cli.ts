@@ -1,0 +1,62 @@
+// Runs the real walstream CLI (bin/walstream, built by `npm install`) as a child process.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const BIN = join(ROOT, 'bin', 'walstream');
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface CliOptions {
+  env?: Record<string, string | undefined>;
+  timeoutMs?: number;
+  /** Run as another OS user through runuser (tests run as root in CI). */
+  asUser?: string;
+}
+
+export class CliProcess {
+  stdout = '';
+  stderr = '';
+  readonly done: Promise<CliResult>;
+  constructor(readonly child: ChildProcess, timeoutMs: number) {
+    child.stdout?.on('data', (b: Buffer) => (this.stdout += b.toString()));
+    child.stderr?.on('data', (b: Buffer) => (this.stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    this.done = new Promise((resolve) => {
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stdout: this.stdout, stderr: this.stderr });
+      });
+    });
+  }
+  kill(signal: NodeJS.Signals = 'SIGTERM'): void {
+    this.child.kill(signal);
+  }
+  /** Wait until stderr matches, or fail after `timeoutMs`. */
+  async waitForOutput(re: RegExp, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!re.test(this.stderr)) {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`walstream exited before printing ${re}:\n${this.stderr}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re} in walstream output:\n${this.stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+export function startCli(args: string[], opts: CliOptions = {}): CliProcess {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
+  const argv = opts.asUser ? ['runuser', '-u', opts.asUser, '--', process.execPath, BIN, ...args] : [process.execPath, BIN, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  return new CliProcess(child, opts.timeoutMs ?? 120_000);
+}
+
+export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
+  return startCli(args, opts).done;
+}
