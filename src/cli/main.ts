@@ -125,7 +125,7 @@ export function buildProgram(): Command {
     .description('PostgreSQL WAL streaming receiver and archiver')
     .version(VERSION, '-V, --version')
     .showHelpAfterError(false)
-    .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
+    .configureOutput({ outputError: (str, write) => write(`walstream: ${str.split('\n')[0]!.trim()}\n`) });
 
   program
     .command('receive')
