@@ -39,6 +39,7 @@ export function parseCompress(v: string): CompressSpec {
   if (!m) throw new InvalidArgumentError(`invalid compression "${v}" (use none, gzip[:LEVEL] or zstd[:LEVEL])`);
   const method = m[1] as Compression;
   const level = m[2] !== undefined ? Number(m[2]) : undefined;
+  if (method === 'none' && level !== undefined) throw new InvalidArgumentError('compression "none" does not accept a compression level');
   if (method === 'gzip' && level !== undefined && (level < 1 || level > 9)) throw new InvalidArgumentError('gzip level must be 1-9');
   if (method === 'zstd' && level !== undefined && (level < 1 || level > 22)) throw new InvalidArgumentError('zstd level must be 1-22');
   return { method, level };

@@ -97,6 +97,15 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
   let kv: Record<string, string> = {};
   if (opts.dbname !== undefined && opts.dbname !== '') {
     if (isUri(opts.dbname)) {
+      let url: URL;
+      try {
+        url = new URL(opts.dbname);
+      } catch {
+        throw new ConninfoError('invalid connection URI (check the host, port and percent-encoding)');
+      }
+      for (const key of url.searchParams.keys()) {
+        if (!KNOWN_KEYS.has(key)) throw new ConninfoError(`invalid URI query parameter: "${key}"`);
+      }
       const parsed = parseUri(opts.dbname, { useLibpqCompat: true }) as Record<string, unknown>;
       for (const [k, v] of Object.entries(parsed)) {
         const key = k === 'database' ? 'dbname' : k;

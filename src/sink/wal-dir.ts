@@ -26,6 +26,12 @@ export interface WalDirSinkOptions {
   onSegmentDone?: (name: string, endLsn: Lsn) => void;
 }
 
+/** Mark a promise as handled (its failure is reported through fail()), keeping it awaitable. */
+function quiet<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
 export class WalValidationError extends Error {
   constructor(message: string) {
     super(message);
@@ -171,8 +177,8 @@ export class WalDirSink {
       name,
       partialPath,
       finalPath,
-      file: opened.then((o) => o.file),
-      created: opened.then((o) => o.created),
+      file: quiet(opened.then((o) => o.file)),
+      created: quiet(opened.then((o) => o.created)),
       dirSynced: false,
       checker: new IncrementalPageChecker({
         segNo,

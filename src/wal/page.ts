@@ -115,10 +115,17 @@ export function checkSegmentPages(data: Buffer, validLength: number, exp: Segmen
   if (long.segSize !== exp.segSize) problems.push(`segment size ${long.segSize} in header, ${exp.segSize} expected`);
   if (long.blockSize !== exp.blockSize) problems.push(`block size ${long.blockSize} in header, ${exp.blockSize} expected`);
   let pages = 0;
+  let zeroTail = false;
   for (let off = 0; off < validLength && off + SHORT_PAGE_HEADER_SIZE <= data.length; off += exp.blockSize) {
     const end = Math.min(off + exp.blockSize, validLength);
-    if (off > 0 && isAllZero(data, off, Math.min(off + SHORT_PAGE_HEADER_SIZE, end))) {
-      problems.push(`page at offset ${off} has no header (zeros) inside written data`);
+    const zero = off > 0 && isAllZero(data, off, Math.min(off + SHORT_PAGE_HEADER_SIZE, end));
+    // After an XLOG_SWITCH record the rest of the segment is zero-filled: no headers from there on.
+    if (zero) {
+      zeroTail = true;
+      continue;
+    }
+    if (zeroTail) {
+      problems.push(`page at offset ${off} has a header after zero-filled pages`);
       break;
     }
     const h = off === 0 ? long : readPageHeader(data, off);
@@ -159,6 +166,7 @@ export class IncrementalPageChecker {
   private magic: number | undefined;
   private pending: Buffer | undefined;
   private pendingOffset = 0;
+  private zeroTail = false;
   unknownMagic: number | undefined;
 
   constructor(private readonly exp: SegmentExpectation) {}
@@ -199,6 +207,12 @@ export class IncrementalPageChecker {
       this.unknownMagic = chk.unknownMagic;
       return chk.ok ? undefined : chk.problems.join('; ');
     }
+    // After an XLOG_SWITCH record the rest of the segment is zero-filled: no headers from there on.
+    if (isAllZero(hdr, 0, SHORT_PAGE_HEADER_SIZE)) {
+      this.zeroTail = true;
+      return undefined;
+    }
+    if (this.zeroTail) return `page at offset ${offset} has a header after zero-filled pages`;
     const h = readPageHeader(hdr);
     if (this.magic === undefined) {
       const known = e.magic !== undefined ? h.magic === e.magic : KNOWN_MAGICS.has(h.magic);
@@ -210,6 +224,7 @@ export class IncrementalPageChecker {
     const want = e.segNo * BigInt(e.segSize) + BigInt(offset);
     if (h.pageAddr !== want) return `page at offset ${offset}: address ${formatLsn(h.pageAddr)} where ${formatLsn(want)} was expected`;
     if (h.tli === 0 || h.tli > e.tli) return `page at offset ${offset}: timeline ${h.tli} is not an ancestor of file timeline ${e.tli}`;
+    if ((h.info & ~XLP_ALL_FLAGS) !== 0) return `page at offset ${offset}: unknown info flags 0x${h.info.toString(16)}`;
     if ((h.info & XLP_LONG_HEADER) !== 0) return `page at offset ${offset}: long header flag on a page that is not first`;
     return undefined;
   }

@@ -33,7 +33,12 @@ export function parseHistory(content: string): TimelineHistoryEntry[] {
     if (prev && tli <= prev.tli) {
       throw new HistoryParseError(`timeline history line ${i + 1}: timeline ${tli} does not increase`);
     }
-    const end = parseLsn(m[2]!);
+    let end: Lsn;
+    try {
+      end = parseLsn(m[2]!);
+    } catch {
+      throw new HistoryParseError(`timeline history line ${i + 1} has an invalid switch point "${m[2]}"`);
+    }
     if (prev && end < prev.end) {
       throw new HistoryParseError(`timeline history line ${i + 1}: switch point goes backwards`);
     }
