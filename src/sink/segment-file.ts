@@ -1,7 +1,11 @@
 // One segment file being written, plain or compressed: the "write method" of pg_receivewal's
-// walmethods.h (open for write with a temp suffix, pad to size, write, sync, close). Plain files
-// are sized to the full segment at creation, as pg_receivewal pads them; compressed files grow.
-import { open, type FileHandle } from 'node:fs/promises';
+// walmethods.h (open for write with a temp suffix, pad to size, write, sync, close).
+// Plain files are written synchronously into the page cache (as pg_receivewal does: a write of
+// a received chunk costs a memcpy), so the caller's buffer is consumed before write() returns;
+// only fsync and close go to the thread pool. Compressed files feed a zlib stream whose output is
+// appended asynchronously; write() copies what it is given.
+import { close, closeSync, fstatSync, fsync, openSync, write, writeSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import zlib from 'node:zlib';
 import type { Transform } from 'node:stream';
 
@@ -16,8 +20,10 @@ export function zstdAvailable(): boolean {
 }
 
 export interface SegmentFile {
-  /** Write `bufs` at `offset` within the segment (offsets arrive in increasing, contiguous order). */
-  write(offset: number, bufs: Buffer[]): Promise<void>;
+  /** Take `data` for `offset` within the segment; offsets arrive in increasing, contiguous order. `data` may be reused after return. */
+  write(offset: number, data: Buffer): void;
+  /** Bytes accepted but not yet handed to the kernel (compressed files only). */
+  readonly pendingBytes: number;
   /** Make everything written so far durable. */
   sync(): Promise<void>;
   /** All data is in: flush any compressor and fsync (unless noSync). The file stays open. */
@@ -25,86 +31,113 @@ export interface SegmentFile {
   close(): Promise<void>;
 }
 
-export class PlainSegmentFile implements SegmentFile {
-  private constructor(private readonly fh: FileHandle) {}
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+}
 
-  /** Open `path`: an existing file must be empty or exactly `segSize` bytes (receivelog.c open_walfile). */
-  static async open(path: string, segSize: number): Promise<{ file: PlainSegmentFile; created: boolean }> {
-    let fh: FileHandle;
+function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => close(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+
+function padSync(fd: number, size: number): void {
+  for (let off = 0; off < size; ) {
+    off += writeSync(fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, size - off), off);
+  }
+}
+
+/**
+ * Create a zero-filled file of `size` bytes under `path` (fsynced unless noSync); fails if it
+ * exists. Blocks are allocated up front, as pg_receivewal pads its files, so later writes only
+ * overwrite and the fsync at segment end has no allocation to commit.
+ */
+export async function createPaddedFile(path: string, size: number, noSync: boolean): Promise<void> {
+  const fh = await open(path, 'wx', 0o600);
+  try {
+    for (let off = 0; off < size; ) {
+      const { bytesWritten } = await fh.write(ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, size - off), off);
+      off += bytesWritten;
+    }
+    if (!noSync) await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export class PlainSegmentFile implements SegmentFile {
+  readonly pendingBytes = 0;
+  private closed = false;
+
+  private constructor(private readonly fd: number) {}
+
+  /**
+   * Open `path` for writing: an existing file must be empty or exactly `segSize` bytes
+   * (receivelog.c open_walfile); an empty or new one is padded with zeros.
+   */
+  static open(path: string, segSize: number): { file: PlainSegmentFile; created: boolean } {
+    let fd: number;
     let created = false;
     try {
-      fh = await open(path, 'r+');
+      fd = openSync(path, 'r+');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      fh = await open(path, 'wx+', 0o600);
+      fd = openSync(path, 'wx+', 0o600);
       created = true;
     }
     try {
-      const { size } = await fh.stat();
+      const { size } = fstatSync(fd);
       if (size !== 0 && size !== segSize) {
         throw new Error(`segment file "${path}" has incorrect size ${size}, expected 0 or ${segSize}`);
       }
-      if (size === 0) await fh.truncate(segSize);
+      if (size === 0) padSync(fd, segSize);
     } catch (err) {
-      await fh.close();
+      closeSync(fd);
       throw err;
     }
-    return { file: new PlainSegmentFile(fh), created };
+    return { file: new PlainSegmentFile(fd), created };
   }
 
-  async write(offset: number, bufs: Buffer[]): Promise<void> {
-    let pos = offset;
-    let rest = bufs;
-    while (rest.length > 0) {
-      const total = rest.reduce((n, b) => n + b.length, 0);
-      const { bytesWritten } = await this.fh.writev(rest, pos);
-      if (bytesWritten === total) return;
-      // Short write: continue with what is left.
-      pos += bytesWritten;
-      let skip = bytesWritten;
-      const next: Buffer[] = [];
-      for (const b of rest) {
-        if (skip >= b.length) {
-          skip -= b.length;
-          continue;
-        }
-        next.push(skip > 0 ? b.subarray(skip) : b);
-        skip = 0;
-      }
-      rest = next;
+  write(offset: number, data: Buffer): void {
+    for (let done = 0; done < data.length; ) {
+      done += writeSync(this.fd, data, done, data.length - done, offset + done);
     }
   }
 
   sync(): Promise<void> {
-    return this.fh.sync();
+    return fsyncFd(this.fd);
   }
 
   async finish(noSync: boolean): Promise<void> {
-    if (!noSync) await this.fh.sync();
+    if (!noSync) await fsyncFd(this.fd);
   }
 
-  close(): Promise<void> {
-    return this.fh.close();
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await closeFd(this.fd);
   }
 }
+
+type Compressor = Transform & { flush(kind: number, cb: () => void): void };
 
 /** A gzip or zstd stream appended to a file; the file always holds a valid prefix of the stream. */
 export class CompressedSegmentFile implements SegmentFile {
   private chain: Promise<void> = Promise.resolve();
   private position = 0;
   private failed: Error | undefined;
+  private pending = 0;
+  private closed = false;
 
   private constructor(
-    private readonly fh: FileHandle,
-    private readonly z: Transform & { flush(kind: number, cb: () => void): void },
+    private readonly fd: number,
+    private readonly z: Compressor,
     private readonly flushKind: number,
   ) {
     z.on('data', (chunk: Buffer) => {
       const at = this.position;
       this.position += chunk.length;
-      this.chain = this.chain.then(async () => {
-        await writeFully(this.fh, chunk, at);
-      });
+      this.chain = this.chain.then(() => writeFdFully(this.fd, chunk, at));
       this.chain.catch((err: Error) => {
         this.failed ??= err;
       });
@@ -114,35 +147,36 @@ export class CompressedSegmentFile implements SegmentFile {
     });
   }
 
-  /** Always starts the file afresh: a compressed partial is re-streamed from its segment start. */
-  static async open(path: string, compression: Exclude<Compression, 'none'>, level: number | undefined): Promise<CompressedSegmentFile> {
-    const fh = await open(path, 'w', 0o600);
+  /** Always starts the file afresh: a compressed partial is streamed again from its segment start. */
+  static open(path: string, compression: Exclude<Compression, 'none'>, level: number | undefined): CompressedSegmentFile {
     if (compression === 'gzip') {
-      const z = zlib.createGzip(level !== undefined ? { level } : {});
-      return new CompressedSegmentFile(fh, z as unknown as Transform & { flush(kind: number, cb: () => void): void }, zlib.constants.Z_SYNC_FLUSH);
+      const z = zlib.createGzip(level !== undefined ? { level } : {}) as unknown as Compressor;
+      return new CompressedSegmentFile(openSync(path, 'w', 0o600), z, zlib.constants.Z_SYNC_FLUSH);
     }
-    const zz = zlib as unknown as {
-      createZstdCompress(o: object): Transform & { flush(kind: number, cb: () => void): void };
-      constants: Record<string, number>;
-    };
+    const zz = zlib as unknown as { createZstdCompress(o: object): Compressor; constants: Record<string, number> };
     const params: Record<number, number> = {};
     if (level !== undefined) params[zz.constants['ZSTD_c_compressionLevel']!] = level;
-    const z = zz.createZstdCompress({ params });
-    return new CompressedSegmentFile(fh, z, zz.constants['ZSTD_e_flush']!);
+    return new CompressedSegmentFile(openSync(path, 'w', 0o600), zz.createZstdCompress({ params }), zz.constants['ZSTD_e_flush']!);
   }
 
-  async write(_offset: number, bufs: Buffer[]): Promise<void> {
-    for (const b of bufs) {
-      if (!this.z.write(b)) await new Promise<void>((r) => this.z.once('drain', () => r()));
-    }
+  get pendingBytes(): number {
+    return this.pending;
+  }
+
+  write(_offset: number, data: Buffer): void {
     this.check();
+    const copy = Buffer.from(data);
+    this.pending += copy.length;
+    this.z.write(copy, () => {
+      this.pending -= copy.length;
+    });
   }
 
   async sync(): Promise<void> {
     await new Promise<void>((r) => this.z.flush(this.flushKind, () => r()));
     await this.chain;
     this.check();
-    await this.fh.sync();
+    await fsyncFd(this.fd);
   }
 
   async finish(noSync: boolean): Promise<void> {
@@ -154,16 +188,16 @@ export class CompressedSegmentFile implements SegmentFile {
     });
     await this.chain;
     this.check();
-    if (!noSync) await this.fh.sync();
+    if (!noSync) await fsyncFd(this.fd);
   }
 
   async close(): Promise<void> {
-    if (!this.z.writableEnded) {
-      await new Promise<void>((r) => this.z.flush(this.flushKind, () => r()));
-    }
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.z.writableEnded) await new Promise<void>((r) => this.z.flush(this.flushKind, () => r()));
     await this.chain.catch(() => undefined);
     this.z.destroy();
-    await this.fh.close();
+    await closeFd(this.fd);
   }
 
   private check(): void {
@@ -171,10 +205,12 @@ export class CompressedSegmentFile implements SegmentFile {
   }
 }
 
-async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    done += bytesWritten;
+function writeFd(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => write(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+async function writeFdFully(fd: number, buf: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < buf.length; ) {
+    done += await writeFd(fd, buf, done, buf.length - done, position + done);
   }
 }

@@ -1,14 +1,16 @@
 // Turns a stream of XLogData into segment files in a directory, exactly as pg_receivewal lays
 // them out (receivelog.c ProcessXLogDataMsg, open_walfile, close_walfile): `<name>.partial` while
 // in progress, fsync + rename + directory fsync when complete. Unlike pg_receivewal, finishing a
-// segment runs beside the writes of the next one; the durable position only moves over segments
-// whose rename is durable, in order, so the flush we report never runs ahead of the disk.
+// segment runs beside the writes of the next one, and the next segment's zero-filled file is
+// prepared in the background. The durable position only moves over segments whose rename is
+// durable, in order, so the flush we report never runs ahead of the disk.
+import { renameSync, unlinkSync, existsSync, readdirSync } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IncrementalPageChecker } from '../wal/page.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { segmentOffset, walFileName } from '../wal/segment.js';
-import { CompressedSegmentFile, PlainSegmentFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
+import { CompressedSegmentFile, PlainSegmentFile, createPaddedFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
 import { exists, fsyncDir, sameContent, writeFileAtomic } from './fsutil.js';
 
 export interface WalDirSinkOptions {
@@ -21,16 +23,13 @@ export interface WalDirSinkOptions {
   systemId: bigint;
   /** XLOG_PAGE_MAGIC expected for the server's version (undefined: accept a known or new one). */
   magic?: number;
-  /** Queued, not yet written bytes above which the stream should pause (default 64 MiB). */
+  /** Bytes waiting in a compressor above which the stream should pause (default 32 MiB). */
   highWaterBytes?: number;
   onSegmentDone?: (name: string, endLsn: Lsn) => void;
 }
 
-/** Mark a promise as handled (its failure is reported through fail()), keeping it awaitable. */
-function quiet<T>(p: Promise<T>): Promise<T> {
-  p.catch(() => undefined);
-  return p;
-}
+/** Zero-filled spare segment files being prepared: never a WAL name, removed when unused. */
+export const SPARE_PREFIX = '.walstream-spare-';
 
 export class WalValidationError extends Error {
   constructor(message: string) {
@@ -39,29 +38,27 @@ export class WalValidationError extends Error {
   }
 }
 
+/** Events of the sink, as the stream loop consumes them. */
+export interface SinkListener {
+  /** Too much is waiting: stop reading from the server. */
+  pressure(): void;
+  /** Read again. */
+  drain(): void;
+  /** The durable position moved. */
+  durable(lsn: Lsn): void;
+  /** A write, fsync or rename failed: nothing more will be made durable. */
+  failed(err: Error): void;
+}
+
 interface OpenSegment {
   segNo: bigint;
-  tli: number;
   name: string;
   partialPath: string;
   finalPath: string;
-  file: Promise<SegmentFile>;
-  created: Promise<boolean>;
+  file: SegmentFile;
+  created: boolean;
   dirSynced: boolean;
   checker: IncrementalPageChecker;
-}
-
-type Op =
-  | { kind: 'data'; seg: OpenSegment; offset: number; bufs: Buffer[]; bytes: number; end: Lsn }
-  | { kind: 'complete'; seg: OpenSegment; end: Lsn }
-  | { kind: 'sync'; seg: OpenSegment | undefined; done: (err?: Error) => void };
-
-/** Events of the sink, as the stream loop consumes them. */
-export interface SinkListener {
-  pressure(): void;
-  drain(): void;
-  durable(lsn: Lsn): void;
-  failed(err: Error): void;
 }
 
 interface DurabilityJob {
@@ -71,24 +68,30 @@ interface DurabilityJob {
 
 export class WalDirSink {
   private readonly listeners = new Set<SinkListener>();
-  private idleWaiters: (() => void)[] = [];
   private tli = 0;
   private current: OpenSegment | undefined;
-  private readonly queue: Op[] = [];
-  private pumping = false;
-  private queuedBytes = 0;
-  private paused = false;
   private failure: Error | undefined;
-  private written: Lsn = 0n;
   private received: Lsn = 0n;
   private durable: Lsn = 0n;
   private readonly jobs: DurabilityJob[] = [];
-  /** The rename chain: segment N+1 is only published after segment N. */
+  /** The publish chain: segment N+1 is renamed only after segment N. */
   private publishChain: Promise<void> = Promise.resolve();
+  /** Everything in flight (syncs, publications), to wait for at the end of a stream. */
+  private readonly inFlight = new Set<Promise<unknown>>();
   private readonly highWater: number;
+  private paused = false;
+  /** The first segment of a stream may begin mid-segment when the start was not aligned. */
+  private midSegmentStartAllowed = false;
+  private spare: string | undefined;
+  private spareInProgress: Promise<void> | undefined;
+  private spareSeq = 0;
 
   constructor(private readonly opts: WalDirSinkOptions) {
-    this.highWater = opts.highWaterBytes ?? 64 * 1024 * 1024;
+    this.highWater = opts.highWaterBytes ?? 32 * 1024 * 1024;
+    // Spares left by an earlier process are never WAL: remove them.
+    for (const name of safeReaddir(opts.dir)) {
+      if (name.startsWith(SPARE_PREFIX)) unlinkQuiet(join(opts.dir, name));
+    }
   }
 
   /** Position streaming will start from: everything before it counts as already handled. */
@@ -96,7 +99,6 @@ export class WalDirSink {
     if (this.current) throw new Error('begin() while a segment is open');
     this.tli = tli;
     this.received = start;
-    this.written = start;
     if (start > this.durable) this.durable = start;
     this.midSegmentStartAllowed = true;
   }
@@ -104,8 +106,9 @@ export class WalDirSink {
   get receivedLsn(): Lsn {
     return this.received;
   }
+  /** Handed to the kernel (plain files) or to the compressor. */
   get writtenLsn(): Lsn {
-    return this.written;
+    return this.received;
   }
   get durableLsn(): Lsn {
     return this.durable;
@@ -113,13 +116,19 @@ export class WalDirSink {
   get error(): Error | undefined {
     return this.failure;
   }
-  get isPaused(): boolean {
-    return this.paused;
+
+  /** Register for the sink's events; returns the detach function. */
+  attach(l: SinkListener): () => void {
+    this.listeners.add(l);
+    return () => {
+      this.listeners.delete(l);
+    };
   }
 
   /**
-   * Accept WAL starting at `lsn`. Synchronous: the bytes are copied, checked and queued. Throws on
-   * a gap, an overlap or a bad page header: nothing of such a message is written.
+   * Take WAL starting at `lsn`. Synchronous: when it returns, `data` has been consumed (written
+   * to the page cache, or copied into a compressor) and may be reused. Throws on a gap, an
+   * overlap or a bad page header: no byte of such a piece is written.
    */
   write(lsn: Lsn, data: Buffer): void {
     if (this.failure) throw this.failure;
@@ -133,52 +142,71 @@ export class WalDirSink {
       const segNo = at / segSize;
       const off = segmentOffset(at, this.opts.segSize);
       const n = Math.min(data.length - pos, this.opts.segSize - off);
-      const piece = Buffer.from(data.subarray(pos, pos + n));
+      const piece = data.subarray(pos, pos + n);
       let seg = this.current;
-      if (!seg || seg.segNo !== segNo) {
-        if (seg) throw new Error('internal: segment switch without completion');
+      if (!seg) {
         if (off !== 0 && !this.midSegmentStartAllowed) {
           throw new WalValidationError(`WAL for a new segment starts at offset ${off}`);
         }
-        seg = this.openSegment(segNo);
+        try {
+          seg = this.openSegment(segNo);
+        } catch (err) {
+          this.fail(err as Error);
+          throw err;
+        }
         this.midSegmentStartAllowed = false;
       }
       const problem = seg.checker.feed(off, piece);
       if (problem) throw new WalValidationError(`segment ${seg.name}: ${problem}`);
-      const end = at + BigInt(n);
-      this.enqueue({ kind: 'data', seg, offset: off, bufs: [piece], bytes: n, end });
-      this.received = end;
+      try {
+        seg.file.write(off, piece);
+      } catch (err) {
+        this.fail(err as Error);
+        throw err;
+      }
+      this.received = at + BigInt(n);
       if (off + n === this.opts.segSize) {
-        this.enqueue({ kind: 'complete', seg, end });
         this.current = undefined;
+        this.publish(seg, this.received);
       }
       pos += n;
     }
+    this.checkPressure();
   }
-
-  /** The first segment of a stream may begin mid-segment when the start was not aligned. */
-  private midSegmentStartAllowed = false;
 
   private openSegment(segNo: bigint): OpenSegment {
     const name = walFileName(this.tli, segNo, this.opts.segSize);
     const suffix = compressionSuffix(this.opts.compression);
     const partialPath = join(this.opts.dir, `${name}${suffix}.partial`);
     const finalPath = join(this.opts.dir, `${name}${suffix}`);
-    let opened: Promise<{ file: SegmentFile; created: boolean }>;
+    let file: SegmentFile;
+    let created: boolean;
     if (this.opts.compression === 'none') {
-      opened = PlainSegmentFile.open(partialPath, this.opts.segSize);
+      // A zero-filled spare made in the background becomes the new .partial by a rename.
+      const spare = this.spare;
+      this.spare = undefined;
+      if (spare !== undefined && !existsSync(partialPath)) {
+        renameSync(spare, partialPath);
+        file = PlainSegmentFile.open(partialPath, this.opts.segSize).file;
+        created = true;
+      } else {
+        if (spare !== undefined) unlinkQuiet(spare);
+        const o = PlainSegmentFile.open(partialPath, this.opts.segSize);
+        file = o.file;
+        created = o.created;
+      }
+      this.prepareSpare();
     } else {
-      opened = CompressedSegmentFile.open(partialPath, this.opts.compression, this.opts.compressionLevel).then((file) => ({ file, created: true }));
+      file = CompressedSegmentFile.open(partialPath, this.opts.compression, this.opts.compressionLevel);
+      created = true;
     }
-    opened.catch((err: Error) => this.fail(err));
     const seg: OpenSegment = {
       segNo,
-      tli: this.tli,
       name,
       partialPath,
       finalPath,
-      file: quiet(opened.then((o) => o.file)),
-      created: quiet(opened.then((o) => o.created)),
+      file,
+      created,
       dirSynced: false,
       checker: new IncrementalPageChecker({
         segNo,
@@ -193,126 +221,71 @@ export class WalDirSink {
     return seg;
   }
 
-  /** Make everything accepted so far durable (fsync of the open partial file). */
+  private prepareSpare(): void {
+    if (this.spareInProgress || this.spare !== undefined) return;
+    const path = join(this.opts.dir, `${SPARE_PREFIX}${process.pid}-${this.spareSeq++}`);
+    this.spareInProgress = createPaddedFile(path, this.opts.segSize, this.opts.noSync).then(
+      () => {
+        this.spareInProgress = undefined;
+        this.spare = path;
+      },
+      () => {
+        this.spareInProgress = undefined;
+        unlinkQuiet(path);
+      },
+    );
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    const done = (): void => {
+      this.inFlight.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  /** Make everything accepted so far durable (fsync of the open file, and its name). */
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise<void>((resolve, reject) => {
-      this.enqueue({ kind: 'sync', seg: this.current, done: (err) => (err ? reject(err) : resolve()) });
-    });
+    const seg = this.current;
+    const job = this.addJob(this.received);
+    const p = (async () => {
+      if (seg && !this.opts.noSync) {
+        await seg.file.sync();
+        if (!seg.dirSynced && seg.created) await fsyncDir(this.opts.dir);
+        seg.dirSynced = true;
+      }
+      this.settleJob(job);
+    })();
+    p.catch((err: Error) => this.fail(err));
+    return this.track(p);
   }
 
   /**
-   * End of a stream: write what is queued, fsync the open partial file (unless --no-sync), close
-   * it under its .partial name, and wait until every finished segment is published.
+   * End of a stream: fsync the open file (unless --no-sync) and close it under its .partial
+   * name, wait until every finished segment is published, and remove an unused spare.
    */
   async endStream(): Promise<void> {
     if (!this.failure) await this.sync().catch(() => undefined);
     const seg = this.current;
     this.current = undefined;
-    await this.idle();
-    await this.publishChain.catch(() => undefined);
-    if (seg) {
-      const file = await seg.file.catch(() => undefined);
-      await file?.close().catch(() => undefined);
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+    await seg?.file.close().catch(() => undefined);
+    await this.spareInProgress;
+    if (this.spare !== undefined) {
+      await unlink(this.spare).catch(() => undefined);
+      this.spare = undefined;
     }
     if (this.failure) throw this.failure;
-  }
-
-  /** Resolves when the queue is empty. */
-  private idle(): Promise<void> {
-    if (!this.pumping && this.queue.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  private enqueue(op: Op): void {
-    if (op.kind === 'data') {
-      const last = this.queue[this.queue.length - 1];
-      if (last && last.kind === 'data' && last.seg === op.seg && last.offset + last.bytes === op.offset && last.bufs.length < 64) {
-        last.bufs.push(...op.bufs);
-        last.bytes += op.bytes;
-        last.end = op.end;
-      } else {
-        this.queue.push(op);
-      }
-      this.queuedBytes += op.bytes;
-      if (!this.paused && this.queuedBytes > this.highWater) {
-        this.paused = true;
-        for (const l of this.listeners) l.pressure();
-      }
-    } else {
-      this.queue.push(op);
-    }
-    if (!this.pumping) void this.pump();
-  }
-
-  private async pump(): Promise<void> {
-    this.pumping = true;
-    try {
-      while (this.queue.length > 0) {
-        const op = this.queue.shift()!;
-        if (this.failure) {
-          if (op.kind === 'sync') op.done(this.failure);
-          continue;
-        }
-        try {
-          await this.run(op);
-        } catch (err) {
-          this.fail(err as Error);
-          if (op.kind === 'sync') op.done(err as Error);
-        }
-      }
-    } finally {
-      this.pumping = false;
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
-  }
-
-  private async run(op: Op): Promise<void> {
-    if (op.kind === 'data') {
-      const file = await op.seg.file;
-      await file.write(op.offset, op.bufs);
-      this.written = op.end;
-      this.queuedBytes -= op.bytes;
-      if (this.paused && this.queuedBytes < this.highWater / 2) {
-        this.paused = false;
-        for (const l of this.listeners) l.drain();
-      }
-      return;
-    }
-    if (op.kind === 'complete') {
-      this.publish(op.seg, op.end);
-      return;
-    }
-    // sync: everything queued before it is written; make it durable.
-    const target = this.written;
-    const seg = op.seg;
-    const job = this.addJob(target);
-    try {
-      if (seg && !this.opts.noSync) {
-        const file = await seg.file;
-        await file.sync();
-        if (!seg.dirSynced && (await seg.created)) {
-          await fsyncDir(this.opts.dir);
-        }
-        seg.dirSynced = true;
-      }
-      this.settleJob(job);
-      op.done();
-    } catch (err) {
-      op.done(err as Error);
-      throw err;
-    }
   }
 
   /** Finish a complete segment beside the next one's writes; renames stay in LSN order. */
   private publish(seg: OpenSegment, end: Lsn): void {
     const job = this.addJob(end);
     const durableFile = (async () => {
-      const file = await seg.file;
-      await file.finish(this.opts.noSync);
-      await file.close();
+      await seg.file.finish(this.opts.noSync);
+      await seg.file.close();
     })();
     const prev = this.publishChain;
     this.publishChain = Promise.all([durableFile, prev]).then(async () => {
@@ -329,6 +302,24 @@ export class WalDirSink {
       this.opts.onSegmentDone?.(seg.name, end);
     });
     this.publishChain.catch((err: Error) => this.fail(err));
+    this.track(this.publishChain).catch(() => undefined);
+    this.track(durableFile).catch(() => undefined);
+  }
+
+  private checkPressure(): void {
+    const pending = this.current?.file.pendingBytes ?? 0;
+    if (!this.paused && pending > this.highWater) {
+      this.paused = true;
+      for (const l of this.listeners) l.pressure();
+      const poll = setInterval(() => {
+        const now = this.current?.file.pendingBytes ?? 0;
+        if (now < this.highWater / 2 || this.failure) {
+          clearInterval(poll);
+          this.paused = false;
+          for (const l of this.listeners) l.drain();
+        }
+      }, 5);
+    }
   }
 
   private addJob(end: Lsn): DurabilityJob {
@@ -356,14 +347,6 @@ export class WalDirSink {
     for (const l of this.listeners) l.failed(err);
   }
 
-  /** Register for the sink's events (pressure, drain, durable, failed); returns the detach function. */
-  attach(l: SinkListener): () => void {
-    this.listeners.add(l);
-    return () => {
-      this.listeners.delete(l);
-    };
-  }
-
   /** Does the directory hold this timeline history file already? */
   hasHistory(name: string): Promise<boolean> {
     return exists(join(this.opts.dir, name));
@@ -372,5 +355,21 @@ export class WalDirSink {
   /** Write a timeline history file atomically (receivelog.c writeTimeLineHistoryFile). */
   writeHistory(name: string, content: Buffer): Promise<void> {
     return writeFileAtomic(join(this.opts.dir, name), content, this.opts.noSync);
+  }
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function unlinkQuiet(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // already gone
   }
 }

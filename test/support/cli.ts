@@ -2,8 +2,21 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The package root: the nearest directory above this file with walstream's package.json (works compiled too). */
+function findRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'walstream') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the walstream package root');
+    dir = up;
+  }
+}
+
+export const ROOT = findRoot();
 export const BIN = join(ROOT, 'bin', 'walstream');
 
 export interface CliResult {
