@@ -172,12 +172,17 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   for (;;) {
     let progressed = false;
     try {
-      const before = firstRound ? undefined : Date.now();
-      void before;
       if (!firstRound) conn = await ReplicationConnection.connect(cfg);
-      const outcome = await streamOnce(conn, o, dir, expectedSystemId, () => {
-        progressed = true;
-      });
+      const outcome = await streamOnce(
+        conn,
+        o,
+        dir,
+        expectedSystemId,
+        () => {
+          progressed = true;
+        },
+        () => stopped,
+      );
       expectedSystemId = outcome.systemId;
       if (outcome.finished) return;
       if (o.noLoop) throw new Error('disconnected');
@@ -220,6 +225,7 @@ async function streamOnce(
   dir: string,
   expectedSystemId: bigint | undefined,
   onData: () => void,
+  stopped: () => boolean,
 ): Promise<StreamOutcome> {
   const log = o.log;
   const info = await identify(conn);
@@ -287,9 +293,7 @@ async function streamOnce(
         log.verbose(`wrote timeline history file ${name}`);
       }
     }
-    if (o.endPos !== undefined && start >= o.endPos && !resume) {
-      // Nothing to do: already at or past the end position.
-    }
+    if (stopped()) return { finished: true, systemId: info.systemId };
     log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
     sink.begin(start, tli);
     let result;
@@ -308,9 +312,7 @@ async function streamOnce(
         onProgress: onData,
       });
     } finally {
-      await sink.endStream().catch((err: Error) => {
-        throw err;
-      });
+      await sink.endStream();
     }
     const end = result.end;
     if (end.kind === 'timeline-end') {

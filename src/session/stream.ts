@@ -140,6 +140,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
 
   stream = conn.startReplication(ctl.start, ctl.timeline, ctl.slot, {
     onCopyData(payload) {
+      if (stopWhenStarted) stop('received stop request');
       onMessage(decodeServerCopyData(payload));
     },
   });
@@ -158,8 +159,11 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
           if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus();
         }, Math.min(ctl.statusIntervalMs, 1000))
       : undefined;
+  let stopWhenStarted = false;
   void ctl.stopRequested.then(() => {
+    // CopyDone is only valid once the server has entered COPY mode.
     if (stream.started) stop('received stop request');
+    else stopWhenStarted = true;
   });
 
   try {

@@ -1,0 +1,115 @@
+// The archive contract every backend (memory, local directory, S3) implements and one shared
+// conformance suite checks (test/integration/storage-contract.test.ts). Names are flat WAL file
+// names (segments, NNNNNNNN.history, .backup, .partial) plus the reserved "quarantine/" prefix.
+//
+// Guarantees:
+// - put is atomic and durable: nothing is readable under the final name until the whole object
+//   is stored (locally: temp file, fsync, rename, directory fsync; S3: one PUT with a SHA-256
+//   transfer checksum, If-None-Match: * where the store supports it).
+// - put never overwrites: identical content already stored → { status: 'exists' }; different
+//   content → the new copy is kept under quarantine/<name>.<UTC timestamp> and ConflictError is
+//   thrown naming both. Two concurrent puts of the same name: at most one 'created'.
+// - every object records the SHA-256 of its uncompressed bytes and its compression; get and
+//   head report them, get verifies the checksum and decompresses (IntegrityError on mismatch,
+//   naming the object). Objects without a recorded checksum (written by other tools, e.g.
+//   pg_receivewal into a directory) are served unverified with `checksum: undefined`.
+// - a missing object is NotFoundError from get, undefined from head, a no-op for delete; every
+//   other failure is a different error (StorageError with `transient` telling whether a retry
+//   may help). A missing prefix lists as empty.
+// - list(prefix) returns the objects whose names start with prefix, in name order, complete
+//   (paginating as needed); it never includes temp files or quarantine/ unless asked by prefix.
+// - get of one object costs one request on S3 (no LIST).
+import type { Compression } from '../sink/segment-file.js';
+
+export type { Compression };
+
+export interface ObjectInfo {
+  /** Name in the archive (no compression suffix). */
+  name: string;
+  /** Uncompressed size in bytes when recorded, else the stored size. */
+  size: number;
+  /** Bytes stored (after compression). */
+  storedSize: number;
+  /** Hex SHA-256 of the uncompressed bytes, when recorded. */
+  checksum: string | undefined;
+  compression: Compression;
+  modified: Date;
+}
+
+export interface PutOptions {
+  /** How to store the object (default 'none'). The choice is recorded with the object. */
+  compression?: Compression;
+  /** Skip the directory fsync / extra durability steps (tests and --no-sync only). */
+  noSync?: boolean;
+}
+
+export interface PutResult {
+  status: 'created' | 'exists';
+  info: ObjectInfo;
+}
+
+export interface GetResult {
+  /** Uncompressed, verified bytes. */
+  data: Buffer;
+  info: ObjectInfo;
+}
+
+export interface ArchiveStore {
+  /** The archive's location as the user gave it, with any secret removed. */
+  readonly description: string;
+  put(name: string, data: Buffer, opts?: PutOptions): Promise<PutResult>;
+  get(name: string): Promise<GetResult>;
+  head(name: string): Promise<ObjectInfo | undefined>;
+  list(prefix?: string): Promise<ObjectInfo[]>;
+  delete(name: string): Promise<void>;
+  /** Release connections and timers. */
+  close(): Promise<void>;
+}
+
+export class StorageError extends Error {
+  constructor(
+    message: string,
+    readonly transient: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'StorageError';
+  }
+}
+
+export class NotFoundError extends StorageError {
+  constructor(readonly objectName: string) {
+    super(`"${objectName}" is not in the archive`, false);
+    this.name = 'NotFoundError';
+  }
+}
+
+export class ConflictError extends StorageError {
+  constructor(
+    readonly objectName: string,
+    readonly quarantinedAs: string,
+  ) {
+    super(`"${objectName}" is already in the archive with different contents; not overwritten (the new copy is kept as "${quarantinedAs}")`, false);
+    this.name = 'ConflictError';
+  }
+}
+
+export class IntegrityError extends StorageError {
+  constructor(
+    readonly objectName: string,
+    detail: string,
+  ) {
+    super(`archived object "${objectName}" is corrupt: ${detail}`, false);
+    this.name = 'IntegrityError';
+  }
+}
+
+export const QUARANTINE_PREFIX = 'quarantine/';
+
+/** Names an archive accepts: WAL segments, history, backup history and partial files, or quarantine copies. */
+export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
+
+export function assertArchiveName(name: string): void {
+  if (name.startsWith(QUARANTINE_PREFIX) && ARCHIVE_NAME_RE.test(name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, ''))) return;
+  if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`"${name.slice(0, 80)}" is not a WAL file name`, false);
+}
