@@ -1,6 +1,7 @@
 // Bad input to walstream receive: one clear line on stderr, exit status 1, nothing written.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmodSync, copyFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { run } from '../harness/exec.js';
 import { gunzipSync } from 'node:zlib';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -97,11 +98,19 @@ describe('receive rejects bad input', () => {
   });
 
   it('a directory walstream cannot write', async () => {
-    const dir = emptyDir();
-    chmodSync(dir, 0o755);
-    const res = await runCli(['receive', '-D', dir, '-n', '-d', pg.connectionString()], { asUser: 'postgres' });
-    oneLineError(res, /not writable/);
-    expect(readdirSync(dir)).toEqual([]);
+    const dir = join(emptyDir(), 'readonly');
+    mkdirSync(dir);
+    // Root may write anywhere the mode bits forbid: make it a read-only mount instead.
+    const root = process.getuid?.() === 0;
+    if (root) await run(['mount', '--bind', '-o', 'ro', dir, dir]);
+    else chmodSync(dir, 0o555);
+    try {
+      const res = await recv(dir, ['-d', pg.connectionString()]);
+      oneLineError(res, /not writable/);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      if (root) await run(['umount', dir]);
+    }
   });
 
   it('a file where the directory should be', async () => {
@@ -138,6 +147,5 @@ describe('receive rejects bad input', () => {
     expect(await pg.query("select 1 from pg_replication_slots where slot_name = 'made_by_walstream'")).toEqual([]);
     oneLineError(await runCli([...base, '--drop-slot']), /does not exist/);
     expect(readdirSync(dir)).toEqual([]);
-    void copyFileSync;
   });
 });

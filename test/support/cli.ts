@@ -29,8 +29,6 @@ export interface CliResult {
 export interface CliOptions {
   env?: Record<string, string | undefined>;
   timeoutMs?: number;
-  /** Run as another OS user through runuser (tests run as root in CI). */
-  asUser?: string;
 }
 
 export class CliProcess {
@@ -65,8 +63,7 @@ export class CliProcess {
 export function startCli(args: string[], opts: CliOptions = {}): CliProcess {
   const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
   for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
-  const argv = opts.asUser ? ['runuser', '-u', opts.asUser, '--', process.execPath, BIN, ...args] : [process.execPath, BIN, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   return new CliProcess(child, opts.timeoutMs ?? 120_000);
 }
 
