@@ -45,6 +45,19 @@ export function parseCompress(v: string): CompressSpec {
   return { method, level };
 }
 
+export function parseByteSize(v: string): number {
+  const m = /^(\d+)\s*(B|K|KB|M|MB|G|GB|T|TB)?$/i.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`invalid size "${v}" (use bytes or a number with kB, MB, GB, TB)`);
+  const unit = (m[2] ?? 'B').toUpperCase().replace(/B$/, '') || 'B';
+  const mult: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+  return Number(m[1]) * mult[unit]!;
+}
+
+function parsePositiveInt(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
+  return Number(v);
+}
+
 function parsePort(v: string): string {
   if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
   return v;
@@ -117,6 +130,10 @@ interface ReceiveCliOptions {
   password: boolean;
   forcePassword?: boolean;
   applicationName: string;
+  archive?: string;
+  s3Endpoint?: string;
+  spoolMax: number;
+  uploadConcurrency: number;
 }
 
 export function buildProgram(): Command {
@@ -150,6 +167,10 @@ export function buildProgram(): Command {
     .option('-w, --no-password', 'never prompt for password')
     .option('-W, --force-password', 'force password prompt (should happen automatically)')
     .addOption(new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'))
+    .addOption(new Option('--archive <url>', 'also archive finished files: a directory or s3://bucket/prefix; -D is then the local spool').env('WALSTREAM_ARCHIVE'))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
+    .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
+    .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 4)
     .addHelpText(
       'after',
       '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
@@ -180,6 +201,10 @@ export function buildProgram(): Command {
           password,
           applicationName: opts.applicationName,
         },
+        archive: opts.archive,
+        s3Endpoint: opts.s3Endpoint,
+        spoolMaxBytes: opts.spoolMax,
+        uploadConcurrency: opts.uploadConcurrency,
         log,
         stop: stopOnSignals(),
       });

@@ -1,6 +1,10 @@
 // Entry point used by bin/walstream.
 import { main } from './main.js';
 
+// The AWS SDK warns on every start under Node 20 about its own future releases; walstream
+// supports Node 20, so keep its output to what the user asked for.
+process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
+
 let finished = false;
 // If the event loop empties before a command settles, something was left waiting on nothing:
 // never let that look like success.

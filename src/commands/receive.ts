@@ -12,7 +12,9 @@ import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
 import { zstdAvailable, type Compression } from '../sink/segment-file.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
-import { historyFileName, segmentStart } from '../wal/segment.js';
+import { historyFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
+import { SpoolUploader } from '../archive/uploader.js';
+import type { ArchiveStore } from '../storage/types.js';
 import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
@@ -34,6 +36,12 @@ export interface ReceiveOptions {
   log: Logger;
   /** Resolves on SIGINT/SIGTERM. */
   stop: Promise<void>;
+  /** Archive URL (directory or s3://bucket/prefix): -D becomes the spool, finished files go to the archive. */
+  archive?: string;
+  s3Endpoint?: string;
+  /** Bytes of finished segments waiting for upload above which the stream pauses. */
+  spoolMaxBytes?: number;
+  uploadConcurrency?: number;
   /** Reconnect backoff bounds in milliseconds. */
   retryMinMs?: number;
   retryMaxMs?: number;
@@ -163,6 +171,54 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   }
 
   const dir = o.directory!;
+  let uploader: SpoolUploader | undefined;
+  let store: ArchiveStore | undefined;
+  if (o.archive !== undefined) {
+    const { openArchive } = await import('../storage/open.js');
+    try {
+      store = await openArchive(o.archive, { s3Endpoint: o.s3Endpoint });
+    } catch (err) {
+      await conn.close();
+      throw new UsageError(`cannot use archive "${o.archive}": ${(err as Error).message}`);
+    }
+    uploader = new SpoolUploader({
+      spoolDir: dir,
+      store,
+      compression: o.compression,
+      concurrency: o.uploadConcurrency ?? 4,
+      spoolMaxBytes: o.spoolMaxBytes ?? 1024 * 1024 * 1024,
+      log,
+      noSync: o.noSync,
+    });
+    await uploader.start();
+  }
+  try {
+    await receiveLoop(o, conn, cfg, dir, uploader, store);
+    if (uploader && !stopped) {
+      log.verbose('waiting for the archive to take the remaining files');
+      await Promise.race([uploader.drained(), o.stop]);
+    }
+    if (uploader?.error) throw new PermanentError(uploader.error.message);
+  } finally {
+    await uploader?.stop();
+    await store?.close();
+  }
+}
+
+async function receiveLoop(
+  o: ReceiveOptions,
+  first: ReplicationConnection,
+  cfg: ReturnType<typeof buildClientConfig>,
+  dir: string,
+  uploader: SpoolUploader | undefined,
+  store: ArchiveStore | undefined,
+): Promise<void> {
+  const log = o.log;
+  let conn = first;
+  let stopped = false;
+  void o.stop.then(() => {
+    stopped = true;
+  });
   const retryMin = o.retryMinMs ?? 500;
   const retryMax = o.retryMaxMs ?? 30_000;
   let delay = retryMin;
@@ -181,8 +237,11 @@ export async function receive(o: ReceiveOptions): Promise<void> {
         () => {
           progressed = true;
         },
-        () => stopped,
+        () => stopped || uploader?.error !== undefined,
+        uploader,
+        store,
       );
+      if (uploader?.error) throw new PermanentError(`archive: ${uploader.error.message}`);
       expectedSystemId = outcome.systemId;
       if (outcome.finished) return;
       if (o.noLoop) throw new Error('disconnected');
@@ -226,6 +285,8 @@ async function streamOnce(
   expectedSystemId: bigint | undefined,
   onData: () => void,
   stopped: () => boolean,
+  uploader: SpoolUploader | undefined,
+  store: ArchiveStore | undefined,
 ): Promise<StreamOutcome> {
   const log = o.log;
   const info = await identify(conn);
@@ -237,6 +298,7 @@ async function streamOnce(
   // Where to start: the directory, then the slot, then the server's position.
   let start: Lsn;
   let tli: number;
+  let archived: { start: Lsn; tli: number } | undefined;
   const resume = await findStreamingStart(dir, info.segSize);
   if (resume) {
     const sysid = await readSegmentSystemId(join(dir, resume.entry.file), resume.entry.compression);
@@ -257,6 +319,11 @@ async function streamOnce(
         );
       }
     }
+  } else if (store && (archived = await archiveResumePoint(store, info.segSize))) {
+    // The spool is empty (a new host): continue after the newest segment in the archive.
+    start = archived.start;
+    tli = archived.tli;
+    log.verbose(`spool is empty: resuming after the archive's newest segment, at ${formatLsn(start)} (timeline ${tli})`);
   } else {
     start = info.xlogPos;
     tli = info.timeline;
@@ -275,12 +342,16 @@ async function streamOnce(
     dir,
     segSize: info.segSize,
     blockSize: info.blockSize,
-    compression: o.compression,
+    // With an archive the spool stays uncompressed; objects are compressed on the way to the archive.
+    compression: uploader ? 'none' : o.compression,
     compressionLevel: o.compressionLevel,
     noSync: o.noSync,
     systemId: info.systemId,
     magic: magicForServerVersion(info.version),
-    onSegmentDone: (name) => log.verbose(`finished segment ${name}`),
+    onSegmentDone: (name) => {
+      log.verbose(`finished segment ${name}`);
+      void uploader?.enqueue(name);
+    },
   });
 
   for (;;) {
@@ -292,6 +363,7 @@ async function streamOnce(
         await sink.writeHistory(name, h.content);
         log.verbose(`wrote timeline history file ${name}`);
       }
+      await uploader?.enqueue(name);
     }
     if (stopped()) return { finished: true, systemId: info.systemId };
     log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
@@ -307,7 +379,8 @@ async function streamOnce(
         statusIntervalMs: o.statusIntervalMs,
         synchronous: o.synchronous,
         reportFlush: o.slot !== undefined || o.synchronous,
-        stopRequested: o.stop,
+        stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
+        backpressure: uploader,
         log,
         onProgress: onData,
       });
@@ -330,6 +403,17 @@ async function streamOnce(
     if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
     return { finished: false, systemId: info.systemId };
   }
+}
+
+/** Where to resume from the archive's listing: after its newest complete segment. */
+async function archiveResumePoint(store: ArchiveStore, segSize: number): Promise<{ start: Lsn; tli: number } | undefined> {
+  let best: { tli: number; segNo: bigint } | undefined;
+  for (const obj of await store.list()) {
+    if (!/^[0-9A-F]{24}$/.test(obj.name)) continue;
+    const p = parseWalFileName(obj.name, segSize);
+    if (!best || p.segNo > best.segNo || (p.segNo === best.segNo && p.tli > best.tli)) best = p;
+  }
+  return best ? { start: segNoToLsn(best.segNo + 1n, segSize), tli: best.tli } : undefined;
 }
 
 export { ConnectionLostError };

@@ -48,6 +48,8 @@ export interface StreamCtl {
   reportFlush: boolean;
   /** Resolves when the caller wants the stream to stop (signal). */
   stopRequested: Promise<void>;
+  /** Other reasons to stop reading for a while (a full upload spool). */
+  backpressure?: { attach(l: { pressure(): void; drain(): void }): () => void };
   log: Logger;
   onProgress?: (received: Lsn, serverEnd: Lsn) => void;
 }
@@ -145,14 +147,25 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     },
   });
 
-  const onPressure = (): void => stream.pause();
-  const onDrain = (): void => stream.resume();
+  // Reading stops while any source of pressure holds it, and resumes when none does.
+  const holds = new Set<string>();
+  const hold = (who: string): void => {
+    holds.add(who);
+    stream.pause();
+  };
+  const release = (who: string): void => {
+    holds.delete(who);
+    if (holds.size === 0) stream.resume();
+  };
+  const onPressure = (): void => hold('sink');
+  const onDrain = (): void => release('sink');
   const onFailed = (err: Error): void => stream.fail(err);
   const onDurable = (): void => {
     // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
     if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== lastSentFlush && stream.started) sendStatus();
   };
   const detach = sink.attach({ pressure: onPressure, drain: onDrain, failed: onFailed, durable: onDurable });
+  const detachBackpressure = ctl.backpressure?.attach({ pressure: () => hold('spool'), drain: () => release('spool') });
   const timer =
     ctl.statusIntervalMs > 0
       ? setInterval(() => {
@@ -172,5 +185,6 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   } finally {
     if (timer) clearInterval(timer);
     detach();
+    detachBackpressure?.();
   }
 }

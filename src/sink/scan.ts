@@ -47,22 +47,27 @@ export interface ResumePoint {
 export async function findStreamingStart(dir: string, segSize: number): Promise<ResumePoint | undefined> {
   const entries = await listWalFiles(dir, segSize);
   let best: DirEntry | undefined;
+  const present: DirEntry[] = [];
   for (const e of entries) {
     const path = join(dir, e.file);
     if (!e.partial) {
       // A complete file must really be complete (pg_receivewal checks the size, or gzip's ISIZE).
+      // It may vanish meanwhile (the archive uploader removes what it archived): skip it then.
       if (e.compression === 'none') {
-        const { size } = await stat(path);
+        const size = await sizeOrUndefined(path);
+        if (size === undefined) continue;
         if (size !== segSize) {
           throw new Error(`segment file "${e.file}" has incorrect size ${size}, expected ${segSize}; move it aside`);
         }
       } else {
+        if ((await sizeOrUndefined(path)) === undefined) continue;
         const size = await uncompressedSize(path, e.compression);
         if (size !== segSize) {
           throw new Error(`compressed segment file "${e.file}" has incorrect uncompressed size ${size}, expected ${segSize}; move it aside`);
         }
       }
     }
+    present.push(e);
     if (
       !best ||
       e.segNo > best.segNo ||
@@ -78,17 +83,26 @@ export async function findStreamingStart(dir: string, segSize: number): Promise<
   // segment. Resume from the lowest of them, or nothing in between would ever be completed.
   const tli = best.tli;
   let lastComplete: DirEntry | undefined;
-  for (const e of entries) {
+  for (const e of present) {
     if (e.tli === tli && !e.partial && (!lastComplete || e.segNo > lastComplete.segNo)) lastComplete = e;
   }
   let firstPartial: DirEntry | undefined;
-  for (const e of entries) {
+  for (const e of present) {
     if (e.tli !== tli || !e.partial) continue;
     if (lastComplete && e.segNo <= lastComplete.segNo) continue;
     if (!firstPartial || e.segNo < firstPartial.segNo) firstPartial = e;
   }
   if (firstPartial) return { start: segNoToLsn(firstPartial.segNo, segSize), tli, entry: firstPartial };
   return { start: segNoToLsn(best.segNo + 1n, segSize), tli, entry: best };
+}
+
+async function sizeOrUndefined(path: string): Promise<number | undefined> {
+  try {
+    return (await stat(path)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
 }
 
 /** Uncompressed byte count of a gzip or zstd file (gzip by its ISIZE trailer, as pg_receivewal does). */

@@ -8,7 +8,10 @@
 //   transfer checksum, If-None-Match: * where the store supports it).
 // - put never overwrites: identical content already stored → { status: 'exists' }; different
 //   content → the new copy is kept under quarantine/<name>.<UTC timestamp> and ConflictError is
-//   thrown naming both. Two concurrent puts of the same name: at most one 'created'.
+//   thrown naming both. Two concurrent puts of the same name: at most one 'created'. The one
+//   exception: an object that fails its own recorded checksum (a write cut short on a store
+//   without atomic PUTs, or corruption) is moved to quarantine/ and replaced by the verified
+//   copy; the result names the quarantine copy in `replacedDamaged`.
 // - every object records the SHA-256 of its uncompressed bytes and its compression; get and
 //   head report them, get verifies the checksum and decompresses (IntegrityError on mismatch,
 //   naming the object). Objects without a recorded checksum (written by other tools, e.g.
@@ -32,7 +35,8 @@ export interface ObjectInfo {
   storedSize: number;
   /** Hex SHA-256 of the uncompressed bytes, when recorded. */
   checksum: string | undefined;
-  compression: Compression;
+  /** How the object is stored; undefined only where a listing cannot tell without a request per object (S3 list). */
+  compression: Compression | undefined;
   modified: Date;
 }
 
@@ -46,6 +50,8 @@ export interface PutOptions {
 export interface PutResult {
   status: 'created' | 'exists';
   info: ObjectInfo;
+  /** Set when the name held a damaged object (failing its own checksum): where it was kept before being replaced. */
+  replacedDamaged?: string;
 }
 
 export interface GetResult {

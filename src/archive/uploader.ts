@@ -1,0 +1,246 @@
+// Moves finished files from the receiver's spool directory (pg_receivewal layout) into the
+// archive: history files and complete segments, in name order, several at a time. A file leaves
+// the spool only after the archive confirmed it (created, or already there with identical bytes);
+// the newest uploaded segment stays behind as the spool's resume marker. Transient failures are
+// retried with capped, jittered backoff, each one logged; a conflict (different bytes under the
+// same name) or corruption stops the receiver. Past --spool-max bytes waiting, it asks the stream
+// to stop reading, so the server's slot holds the WAL instead.
+import { readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StorageError, type ArchiveStore, type Compression } from '../storage/types.js';
+import type { Logger } from '../util/log.js';
+
+export interface UploaderOptions {
+  spoolDir: string;
+  store: ArchiveStore;
+  /** Compression of the archived objects. */
+  compression: Compression;
+  concurrency: number;
+  /** Bytes of finished, not yet archived segments above which the stream is asked to pause. */
+  spoolMaxBytes: number;
+  log: Logger;
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  noSync?: boolean;
+  onUploaded?: (name: string) => void;
+}
+
+export interface PressureListener {
+  pressure(): void;
+  drain(): void;
+}
+
+const SEGMENT_RE = /^[0-9A-F]{24}$/;
+const HISTORY_RE = /^[0-9A-F]{8}\.history$/;
+
+/** Upload order: history files first (a timeline's history must be there before its WAL), then by name. */
+function uploadOrder(a: string, b: string): number {
+  const ha = HISTORY_RE.test(a);
+  const hb = HISTORY_RE.test(b);
+  if (ha !== hb) return ha ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Segment number part of a name for ordering markers (timeline excluded). */
+function segKey(name: string): string {
+  return name.slice(8);
+}
+
+export class SpoolUploader {
+  private readonly queued = new Set<string>();
+  private readonly waiting: string[] = [];
+  private readonly active = new Set<string>();
+  private readonly sizes = new Map<string, number>();
+  private pendingBytes = 0;
+  private paused = false;
+  private stopped = false;
+  private failure: Error | undefined;
+  private marker: string | undefined;
+  private readonly listeners = new Set<PressureListener>();
+  private idleWaiters: (() => void)[] = [];
+  private readonly failWaiters: ((err: Error) => void)[] = [];
+  /** Uploads waiting to retry after a failure: woken early when another upload succeeds. */
+  private readonly retries = new Map<NodeJS.Timeout, () => void>();
+  private readonly retryNames = new Set<string>();
+  uploadedCount = 0;
+
+  constructor(private readonly o: UploaderOptions) {}
+
+  /** Queue everything finished that an earlier run left in the spool. */
+  async start(): Promise<void> {
+    const names = (await readdir(this.o.spoolDir)).filter((n) => SEGMENT_RE.test(n) || HISTORY_RE.test(n)).sort(uploadOrder);
+    for (const n of names) await this.enqueue(n);
+  }
+
+  attach(l: PressureListener): () => void {
+    this.listeners.add(l);
+    if (this.paused) l.pressure();
+    return () => {
+      this.listeners.delete(l);
+    };
+  }
+
+  get error(): Error | undefined {
+    return this.failure;
+  }
+
+  /** Resolves with the first permanent failure. */
+  failed(): Promise<Error> {
+    if (this.failure) return Promise.resolve(this.failure);
+    return new Promise((resolve) => this.failWaiters.push(resolve));
+  }
+
+  /** A finished file appeared in the spool. */
+  async enqueue(name: string): Promise<void> {
+    if (this.stopped || this.queued.has(name)) return;
+    let size = 0;
+    try {
+      size = (await stat(join(this.o.spoolDir, name))).size;
+    } catch {
+      return;
+    }
+    this.queued.add(name);
+    this.sizes.set(name, size);
+    if (SEGMENT_RE.test(name)) this.pendingBytes += size;
+    this.waiting.push(name);
+    this.waiting.sort(uploadOrder);
+    this.checkPressure();
+    this.pump();
+  }
+
+  /** Resolves when nothing is waiting or in flight (or the uploader failed). */
+  drained(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.waiting.length === 0 && this.active.size === 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.idleWaiters.push(() => (this.failure ? reject(this.failure) : resolve()));
+    });
+  }
+
+  /** Stop starting uploads; in-flight ones finish. Files not archived stay in the spool. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.retries.keys()) clearTimeout(t);
+    for (const name of this.retryNames) this.active.delete(name);
+    this.retries.clear();
+    this.retryNames.clear();
+    // In-flight uploads finish (or fail) on their own; their files stay in the spool otherwise.
+    while (this.active.size > 0) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  private pump(): void {
+    while (!this.stopped && !this.failure && this.active.size < this.o.concurrency && this.waiting.length > 0) {
+      // A segment waits for the history files queued before it.
+      const next = this.waiting[0]!;
+      if (!HISTORY_RE.test(next) && [...this.active].some((a) => HISTORY_RE.test(a))) break;
+      this.waiting.shift();
+      this.active.add(next);
+      void this.upload(next, this.o.retryMinMs ?? 500);
+    }
+    if (this.waiting.length === 0 && this.active.size === 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  private async upload(name: string, delay: number): Promise<void> {
+    const path = join(this.o.spoolDir, name);
+    try {
+      const data = await readFile(path);
+      const res = await this.o.store.put(name, data, { compression: HISTORY_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync });
+      if (res.replacedDamaged) {
+        this.o.log.warn(`archive held a damaged copy of ${name} (failing its own checksum): kept as ${res.replacedDamaged} and replaced`);
+      }
+      this.o.log.verbose(`archived ${name}${res.status === 'exists' ? ' (already there, identical)' : ''}`);
+      this.uploadedCount++;
+      // The archive answers again: retry what was waiting now, not after its backoff.
+      if (this.retries.size > 0) {
+        const wake = [...this.retries.entries()];
+        this.retries.clear();
+        for (const [t, fn] of wake) {
+          clearTimeout(t);
+          fn();
+        }
+      }
+      await this.release(name);
+      this.active.delete(name);
+      this.o.onUploaded?.(name);
+      this.pump();
+    } catch (err) {
+      const e = err instanceof Error ? err : new Error(String(err));
+      const transient = !(e instanceof StorageError) || e.transient;
+      if (!transient) {
+        this.active.delete(name);
+        this.fail(e);
+        return;
+      }
+      if (this.stopped) {
+        this.active.delete(name);
+        return;
+      }
+      const max = this.o.retryMaxMs ?? 30_000;
+      const wait = Math.round(delay * (0.7 + Math.random() * 0.6));
+      this.o.log.error(`could not archive ${name}: ${e.message}; retrying in ${wait} ms`);
+      this.retryNames.add(name);
+      const retry = (next: number) => (): void => {
+        this.retryNames.delete(name);
+        if (this.stopped) {
+          this.active.delete(name);
+          this.pump();
+          return;
+        }
+        void this.upload(name, next);
+      };
+      const t = setTimeout(() => {
+        this.retries.delete(t);
+        retry(Math.min(delay * 2, max))();
+      }, wait);
+      this.retries.set(t, retry(this.o.retryMinMs ?? 500));
+    }
+  }
+
+  /** The file is in the archive: remove it from the spool, except the newest segment (resume marker). */
+  private async release(name: string): Promise<void> {
+    const size = this.sizes.get(name) ?? 0;
+    this.sizes.delete(name);
+    this.queued.delete(name);
+    if (!SEGMENT_RE.test(name)) {
+      // History files are small and tell a restarted receiver which timelines it has: keep them.
+      return;
+    }
+    this.pendingBytes -= size;
+    this.checkPressure();
+    let remove: string | undefined = name;
+    if (!this.marker || segKey(name) > segKey(this.marker) || (segKey(name) === segKey(this.marker) && name > this.marker)) {
+      remove = this.marker;
+      this.marker = name;
+    }
+    if (remove !== undefined) {
+      await unlink(join(this.o.spoolDir, remove)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+  }
+
+  private checkPressure(): void {
+    if (!this.paused && this.pendingBytes > this.o.spoolMaxBytes) {
+      this.paused = true;
+      this.o.log.error(`spool holds ${this.pendingBytes} bytes not yet archived (--spool-max ${this.o.spoolMaxBytes}): pausing the stream`);
+      for (const l of this.listeners) l.pressure();
+    } else if (this.paused && this.pendingBytes <= this.o.spoolMaxBytes * 0.8) {
+      this.paused = false;
+      this.o.log.info('archive caught up: resuming the stream');
+      for (const l of this.listeners) l.drain();
+    }
+  }
+
+  private fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const f of this.failWaiters) f(err);
+    const w = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const f of w) f();
+  }
+}

@@ -1,0 +1,498 @@
+// An archive in a directory, laid out as pg_receivewal lays out its output (flat files, the
+// compression told by the suffix: X, X.gz, X.zst; in-progress files X.partial, X.gz.partial), so a
+// pg_receivewal directory reads as an archive and an archive can be handed to pg_receivewal's
+// tools. Checksums live beside the data in .walstream-meta/<name>.sha256.
+//
+// How a put stays atomic and never overwrites (the pgBackRest write: temp file, sync file,
+// publish, sync path):
+//  1. the compressed bytes go to a dot-named temp file in the same directory, fsynced;
+//  2. the checksum record is published with link(2), which fails with EEXIST when it exists: the
+//     record is the one claim per name whatever the suffix, and it is in place (directory
+//     fsynced) before the data file appears, so every data file walstream wrote is verifiable;
+//  3. the data file is published with link(2) too (EEXIST when another writer won), then the
+//     temp name is removed and the directory fsynced.
+// A crash leaves at worst a dot-named temp file (never listed) or a record without data, which
+// a later put of the same bytes reuses and one of different bytes takes over once it is stale.
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import type { Dirent, Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fsyncDir } from '../sink/fsutil.js';
+import { compressionSuffix } from '../sink/segment-file.js';
+import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, mapLimit, quarantineName } from './common.js';
+import {
+  ConflictError,
+  IntegrityError,
+  NotFoundError,
+  QUARANTINE_PREFIX,
+  StorageError,
+  assertArchiveName,
+  type ArchiveStore,
+  type Compression,
+  type GetResult,
+  type ObjectInfo,
+  type PutOptions,
+  type PutResult,
+} from './types.js';
+
+export const META_DIR = '.walstream-meta';
+export const QUARANTINE_DIR = 'quarantine';
+const RECORD_SUFFIX = '.sha256';
+
+export interface LocalStoreOptions {
+  /** What `description` shows (default: the directory as given). */
+  description?: string;
+  /** A checksum record without its data file older than this is a crashed put's leftover (default 60 s). */
+  staleClaimMs?: number;
+  /** How long a put waits for another writer's data file to appear before deciding (default 2 s). */
+  claimWaitMs?: number;
+}
+
+/** Where one name lives. */
+interface Place {
+  dataDir: string;
+  base: string;
+  metaDir: string;
+  record: string;
+}
+
+/** One stored file found for a name. */
+interface Found {
+  path: string;
+  file: string;
+  compression: Compression;
+  stat: Stats;
+}
+
+interface ChecksumRecord {
+  sha: string;
+  compression: Compression | undefined;
+  size: number | undefined;
+}
+
+interface Prepared {
+  data: Buffer;
+  stored: Buffer;
+  sha: string;
+  compression: Compression;
+  noSync: boolean;
+}
+
+type Outcome = PutResult | 'conflict';
+
+type Claim = { kind: 'new' } | { kind: 'shared' } | { kind: 'decided'; outcome: Outcome };
+
+/** Errno codes after which trying again later may succeed. */
+const TRANSIENT_CODES = new Set(['ENOSPC', 'EDQUOT', 'EAGAIN', 'EBUSY', 'EMFILE', 'ENFILE', 'EINTR', 'ETIMEDOUT', 'EIO', 'ESTALE']);
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** The files that may hold `base`, in the order reads prefer them. */
+function candidates(base: string): { file: string; compression: Compression }[] {
+  const out: { file: string; compression: Compression }[] = [
+    { file: base, compression: 'none' },
+    { file: `${base}.gz`, compression: 'gzip' },
+    { file: `${base}.zst`, compression: 'zstd' },
+  ];
+  if (base.endsWith('.partial')) {
+    // pg_receivewal (and walstream's own receiver) put the compression suffix before .partial.
+    const stem = base.slice(0, -'.partial'.length);
+    out.push({ file: `${stem}.gz.partial`, compression: 'gzip' }, { file: `${stem}.zst.partial`, compression: 'zstd' });
+  }
+  return out;
+}
+
+/** The name a stored file holds, or undefined for anything else. */
+function parseStoredFile(file: string): { base: string; compression: Compression; rank: number } | undefined {
+  let base: string;
+  let compression: Compression;
+  const partial = /^(.+)\.(gz|zst)\.partial$/.exec(file);
+  const suffixed = /^(.+)\.(gz|zst)$/.exec(file);
+  if (partial) {
+    base = `${partial[1]!}.partial`;
+    compression = partial[2] === 'gz' ? 'gzip' : 'zstd';
+  } else if (suffixed) {
+    base = suffixed[1]!;
+    compression = suffixed[2] === 'gz' ? 'gzip' : 'zstd';
+  } else {
+    base = file;
+    compression = 'none';
+  }
+  const rank = candidates(base).findIndex((c) => c.file === file);
+  return rank < 0 ? undefined : { base, compression, rank };
+}
+
+function parseRecord(text: string): ChecksumRecord | undefined {
+  const m = /^([0-9a-f]{64})(?:[ \t]+(none|gzip|zstd))?(?:[ \t]+(\d+))?[ \t]*\r?\n?$/.exec(text);
+  if (!m) return undefined;
+  return { sha: m[1]!, compression: m[2] as Compression | undefined, size: m[3] === undefined ? undefined : Number(m[3]) };
+}
+
+function tempName(base: string): string {
+  return `.${base}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+}
+
+/** Create `path` (must not exist), write `data`, fsync unless noSync. Mode 0600. */
+async function writeNew(path: string, data: Buffer, noSync: boolean): Promise<void> {
+  const fh = await open(path, 'wx', 0o600);
+  try {
+    await fh.writeFile(data);
+    if (!noSync) await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** mkdir -p with mode 0700; the entries of directories it creates are made durable unless noSync. */
+async function ensureDir(path: string, noSync: boolean): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: 0o700 });
+  if (first === undefined || noSync) return;
+  for (let d = path; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === first || dirname(d) === d) break;
+  }
+}
+
+async function unlinkQuiet(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+async function statOrUndefined(path: string): Promise<Stats | undefined> {
+  try {
+    return await stat(path);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+export class LocalStore implements ArchiveStore {
+  readonly description: string;
+  readonly dir: string;
+  private readonly staleClaimMs: number;
+  private readonly claimWaitMs: number;
+
+  constructor(dir: string, opts: LocalStoreOptions = {}) {
+    if (dir === '') throw new StorageError('the archive directory must not be empty', false);
+    this.dir = resolve(dir);
+    this.description = opts.description ?? dir;
+    this.staleClaimMs = opts.staleClaimMs ?? 60_000;
+    this.claimWaitMs = opts.claimWaitMs ?? 2_000;
+  }
+
+  async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
+    assertArchiveName(name);
+    const compression = opts.compression ?? 'none';
+    assertCompressionAvailable(compression);
+    return this.guard(`cannot store "${name}"`, async () => {
+      const obj: Prepared = { data, stored: await compress(data, compression), sha: sha256Hex(data), compression, noSync: opts.noSync ?? false };
+      const outcome = await this.store(name, obj);
+      if (outcome !== 'conflict') return outcome;
+      const when = new Date();
+      for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+        const q = quarantineName(name, when, attempt);
+        if ((await this.store(q, obj)) !== 'conflict') throw new ConflictError(name, q);
+      }
+      throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+    });
+  }
+
+  async get(name: string): Promise<GetResult> {
+    assertArchiveName(name);
+    return this.guard(`cannot read "${name}"`, async () => {
+      const found = await this.locate(name);
+      if (!found) throw new NotFoundError(name);
+      let stored: Buffer;
+      try {
+        stored = await readFile(found.path);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') throw new NotFoundError(name); // deleted since
+        throw err;
+      }
+      const rec = await this.readRecord(name);
+      const data = await this.decode(name, found, stored, rec);
+      if (rec) {
+        const actual = sha256Hex(data);
+        if (actual !== rec.sha) throw new IntegrityError(name, `SHA-256 of ${found.file} is ${actual}, the recorded one ${rec.sha}`);
+      }
+      return {
+        data,
+        info: { name, size: data.length, storedSize: stored.length, checksum: rec?.sha, compression: found.compression, modified: found.stat.mtime },
+      };
+    });
+  }
+
+  async head(name: string): Promise<ObjectInfo | undefined> {
+    assertArchiveName(name);
+    return this.guard(`cannot look up "${name}"`, async () => {
+      const found = await this.locate(name);
+      return found ? this.infoOf(name, found) : undefined;
+    });
+  }
+
+  async list(prefix = ''): Promise<ObjectInfo[]> {
+    return this.guard(`cannot list ${this.description}`, async () => {
+      let dir = this.dir;
+      let namePrefix = '';
+      if (prefix.startsWith(QUARANTINE_PREFIX)) {
+        dir = join(this.dir, QUARANTINE_DIR);
+        namePrefix = QUARANTINE_PREFIX;
+      } else if (prefix.includes('/')) {
+        return [];
+      }
+      let entries: Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return [];
+        throw err;
+      }
+      // One file per name: the one a read would pick.
+      const best = new Map<string, { file: string; compression: Compression; rank: number }>();
+      for (const e of entries) {
+        if (e.name.startsWith('.') || e.isDirectory()) continue;
+        const parsed = parseStoredFile(e.name);
+        if (!parsed) continue;
+        const name = namePrefix + parsed.base;
+        if (!isArchiveName(name) || !listedUnder(name, prefix)) continue;
+        const held = best.get(name);
+        if (!held || parsed.rank < held.rank) best.set(name, { file: e.name, compression: parsed.compression, rank: parsed.rank });
+      }
+      const infos = await mapLimit([...best], 32, async ([name, b]) => {
+        const st = await statOrUndefined(join(dir, b.file));
+        if (!st || !st.isFile()) return undefined; // deleted since, or not a file
+        const found: Found = { path: join(dir, b.file), file: b.file, compression: b.compression, stat: st };
+        // One damaged checksum record must not hide the whole archive: get reports it.
+        return this.infoOf(name, found).catch((err: unknown) => {
+          if (err instanceof IntegrityError) return { ...this.infoFrom(name, found, undefined), checksum: undefined };
+          throw err;
+        });
+      });
+      return infos.filter((i): i is ObjectInfo => i !== undefined).sort(byName);
+    });
+  }
+
+  async delete(name: string): Promise<void> {
+    assertArchiveName(name);
+    return this.guard(`cannot delete "${name}"`, async () => {
+      const p = this.place(name);
+      let removed = false;
+      for (const c of candidates(p.base)) {
+        try {
+          if (await unlinkQuiet(join(p.dataDir, c.file))) removed = true;
+        } catch (err) {
+          if (errno(err) !== 'ENOTDIR') throw err;
+          return; // the archive directory is not there: nothing to delete
+        }
+      }
+      await unlinkQuiet(p.record).catch((err: unknown) => {
+        if (errno(err) !== 'ENOTDIR') throw err;
+      });
+      if (removed) await fsyncDir(p.dataDir);
+    });
+  }
+
+  async close(): Promise<void> {}
+
+  // --- internals ---
+
+  private place(name: string): Place {
+    const quarantined = name.startsWith(QUARANTINE_PREFIX);
+    const base = quarantined ? name.slice(QUARANTINE_PREFIX.length) : name;
+    const dataDir = quarantined ? join(this.dir, QUARANTINE_DIR) : this.dir;
+    const metaDir = quarantined ? join(this.dir, META_DIR, QUARANTINE_DIR) : join(this.dir, META_DIR);
+    return { dataDir, base, metaDir, record: join(metaDir, base + RECORD_SUFFIX) };
+  }
+
+  /** The stored file for `name`, in read-preference order, or undefined. */
+  private async locate(name: string): Promise<Found | undefined> {
+    const p = this.place(name);
+    for (const c of candidates(p.base)) {
+      const path = join(p.dataDir, c.file);
+      let st: Stats | undefined;
+      try {
+        st = await statOrUndefined(path);
+      } catch (err) {
+        if (errno(err) === 'ENOTDIR' && p.dataDir !== this.dir) return undefined; // "quarantine" is a file
+        throw err;
+      }
+      if (!st) continue;
+      if (!st.isFile()) throw new StorageError(`${path} is not a regular file`, false);
+      return { path, file: c.file, compression: c.compression, stat: st };
+    }
+    return undefined;
+  }
+
+  private async readRecord(name: string): Promise<ChecksumRecord | undefined> {
+    const path = this.place(name).record;
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw err;
+    }
+    const rec = parseRecord(text);
+    if (!rec) throw new IntegrityError(name, `its checksum record ${path} is unreadable`);
+    return rec;
+  }
+
+  private async infoOf(name: string, found: Found): Promise<ObjectInfo> {
+    return this.infoFrom(name, found, await this.readRecord(name));
+  }
+
+  private infoFrom(name: string, found: Found, rec: ChecksumRecord | undefined): ObjectInfo {
+    const size = rec?.size !== undefined ? rec.size : found.stat.size;
+    return { name, size, storedSize: found.stat.size, checksum: rec?.sha, compression: found.compression, modified: found.stat.mtime };
+  }
+
+  private async decode(name: string, found: Found, stored: Buffer, rec: ChecksumRecord | undefined): Promise<Buffer> {
+    // An unverified compressed .partial is an in-progress stream: take what it decodes to.
+    const allowTruncated = rec === undefined && name.endsWith('.partial');
+    try {
+      return await decompress(stored, found.compression, { allowTruncated });
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new IntegrityError(name, `cannot decompress ${found.file} (${found.compression}): ${(err as Error).message}`);
+    }
+  }
+
+  /** Whether the stored file holds exactly `data`. */
+  private async holds(name: string, found: Found, data: Buffer): Promise<boolean> {
+    let stored: Buffer;
+    try {
+      stored = await readFile(found.path);
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw err;
+    }
+    if (found.compression === 'none') return stored.equals(data);
+    try {
+      return (await decompress(stored, found.compression, { allowTruncated: name.endsWith('.partial') })).equals(data);
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      return false; // undecodable bytes are not ours
+    }
+  }
+
+  private async compare(name: string, found: Found, data: Buffer): Promise<Outcome> {
+    return (await this.holds(name, found, data)) ? { status: 'exists', info: await this.infoOf(name, found) } : 'conflict';
+  }
+
+  /** Store `obj` as `name` unless the name is taken: created, exists (same bytes) or conflict. */
+  private async store(name: string, obj: Prepared): Promise<Outcome> {
+    const existing = await this.locate(name);
+    if (existing) return this.compare(name, existing, obj.data);
+
+    const p = this.place(name);
+    await ensureDir(p.dataDir, obj.noSync);
+    await ensureDir(p.metaDir, obj.noSync);
+    const file = p.base + compressionSuffix(obj.compression);
+    const finalPath = join(p.dataDir, file);
+    const tmp = join(p.dataDir, tempName(p.base));
+    await writeNew(tmp, obj.stored, obj.noSync);
+    try {
+      const claim = await this.claim(name, p, obj);
+      if (claim.kind === 'decided') return claim.outcome;
+      try {
+        await link(tmp, finalPath);
+      } catch (err) {
+        if (errno(err) !== 'EEXIST') {
+          if (claim.kind === 'new') await unlinkQuiet(p.record);
+          throw err;
+        }
+        // Another writer published this very file first.
+        const st = await stat(finalPath);
+        const outcome = await this.compare(name, { path: finalPath, file, compression: obj.compression, stat: st }, obj.data);
+        // Our record described our bytes; a different file that beat us (not written through a
+        // record, e.g. by pg_receivewal) must not be checked against it.
+        if (outcome === 'conflict' && claim.kind === 'new') await unlinkQuiet(p.record);
+        return outcome;
+      }
+      // A stale-claim takeover may have replaced the record while we were between the steps.
+      const rec = await this.readRecord(name).catch(() => undefined);
+      if (rec?.sha !== obj.sha) {
+        await unlinkQuiet(finalPath);
+        return 'conflict';
+      }
+      if (!obj.noSync) await fsyncDir(p.dataDir);
+      const st = await stat(finalPath);
+      return {
+        status: 'created',
+        info: { name, size: obj.data.length, storedSize: obj.stored.length, checksum: obj.sha, compression: obj.compression, modified: st.mtime },
+      };
+    } finally {
+      await unlinkQuiet(tmp);
+    }
+  }
+
+  /** Publish the checksum record with link(2): the one claim on `name` whatever the suffix. */
+  private async claim(name: string, p: Place, obj: Prepared): Promise<Claim> {
+    const tmp = join(p.metaDir, tempName(p.base + RECORD_SUFFIX));
+    await writeNew(tmp, Buffer.from(`${obj.sha} ${obj.compression} ${obj.data.length}\n`), obj.noSync);
+    try {
+      for (let round = 0; round < 5; round++) {
+        try {
+          await link(tmp, p.record);
+          if (!obj.noSync) await fsyncDir(p.metaDir);
+          return { kind: 'new' };
+        } catch (err) {
+          if (errno(err) !== 'EEXIST') throw err;
+        }
+        const held = await this.readRecord(name).catch((err: unknown) => {
+          if (err instanceof IntegrityError) return undefined; // garbage: treat as a stale claim below
+          throw err;
+        });
+        const heldStat = await statOrUndefined(p.record);
+        if (!heldStat) continue; // removed meanwhile (a delete): claim again
+        if (held && held.sha === obj.sha && (held.compression === undefined || held.compression === obj.compression)) {
+          // Same bytes, same file name: whichever link of the data file wins, both agree.
+          return { kind: 'shared' };
+        }
+        // Another writer's claim: its data file should follow at once.
+        const found = await this.waitForData(name);
+        if (found) return { kind: 'decided', outcome: await this.compare(name, found, obj.data) };
+        if (Date.now() - heldStat.mtimeMs < this.staleClaimMs) {
+          throw new StorageError(`another put of "${name}" is in progress (its checksum record has no data file yet); try again`, true);
+        }
+        // Left by a put that crashed between its record and its data file: take it over.
+        await rename(tmp, p.record);
+        if (!obj.noSync) await fsyncDir(p.metaDir);
+        return { kind: 'new' };
+      }
+      throw new StorageError(`cannot claim "${name}": its checksum record keeps changing`, true);
+    } finally {
+      await unlinkQuiet(tmp);
+    }
+  }
+
+  private async waitForData(name: string): Promise<Found | undefined> {
+    const deadline = Date.now() + this.claimWaitMs;
+    for (;;) {
+      const found = await this.locate(name);
+      if (found || Date.now() >= deadline) return found;
+      await sleep(10);
+    }
+  }
+
+  private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      const code = errno(err);
+      throw new StorageError(`${what} in ${this.description}: ${(err as Error).message}`, code !== undefined && TRANSIENT_CODES.has(code), { cause: err });
+    }
+  }
+}

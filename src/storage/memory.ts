@@ -1,0 +1,141 @@
+// An in-memory archive for unit tests, with the same semantics as the real backends (never
+// overwrite, quarantine on conflict, verify on get) and two test hooks: corrupt() and failNext().
+// Every put decides and stores synchronously after its one await, so concurrent puts of one name
+// are serialised exactly as link(2) or If-None-Match serialise them elsewhere.
+import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
+import { QUARANTINE_ATTEMPTS, byName, listedUnder, quarantineName } from './common.js';
+import {
+  ConflictError,
+  IntegrityError,
+  NotFoundError,
+  StorageError,
+  assertArchiveName,
+  type ArchiveStore,
+  type Compression,
+  type GetResult,
+  type ObjectInfo,
+  type PutOptions,
+  type PutResult,
+} from './types.js';
+
+interface Entry {
+  stored: Buffer;
+  compression: Compression;
+  checksum: string;
+  size: number;
+  modified: Date;
+}
+
+export class MemoryStore implements ArchiveStore {
+  readonly description: string;
+  private readonly objects = new Map<string, Entry>();
+  private readonly failures: Error[] = [];
+  private closed = false;
+
+  constructor(description = 'memory:') {
+    this.description = description;
+  }
+
+  /** Test hook: flip one byte of the stored object (its recorded checksum stays). */
+  corrupt(name: string): void {
+    const e = this.objects.get(name);
+    if (!e) throw new NotFoundError(name);
+    const stored = e.stored.length === 0 ? Buffer.from([0]) : Buffer.from(e.stored);
+    const i = Math.floor(stored.length / 2);
+    stored[i] = stored[i]! ^ 0xff;
+    this.objects.set(name, { ...e, stored });
+  }
+
+  /** Test hook: the next operation (put, get, head, list or delete) rejects with `err`. */
+  failNext(err: Error): void {
+    this.failures.push(err);
+  }
+
+  async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
+    this.check(name);
+    const compression = opts.compression ?? 'none';
+    assertCompressionAvailable(compression);
+    const entry: Entry = {
+      stored: Buffer.from(await compress(data, compression)),
+      compression,
+      checksum: sha256Hex(data),
+      size: data.length,
+      modified: new Date(),
+    };
+    // From here on, synchronous: the decision and the store are one step.
+    this.injected();
+    const existing = this.objects.get(name);
+    if (!existing) {
+      this.objects.set(name, entry);
+      return { status: 'created', info: info(name, entry) };
+    }
+    if (existing.checksum === entry.checksum && existing.size === entry.size) return { status: 'exists', info: info(name, existing) };
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+      const q = quarantineName(name, entry.modified, attempt);
+      const held = this.objects.get(q);
+      if (held && held.checksum !== entry.checksum) continue;
+      if (!held) this.objects.set(q, entry);
+      throw new ConflictError(name, q);
+    }
+    throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+  }
+
+  async get(name: string): Promise<GetResult> {
+    this.check(name);
+    this.injected();
+    const e = this.objects.get(name);
+    if (!e) throw new NotFoundError(name);
+    let data: Buffer;
+    try {
+      data = await decompress(e.stored, e.compression);
+    } catch (err) {
+      throw new IntegrityError(name, `cannot decompress (${e.compression}): ${(err as Error).message}`);
+    }
+    const actual = sha256Hex(data);
+    if (actual !== e.checksum) throw new IntegrityError(name, `SHA-256 ${actual} does not match the recorded ${e.checksum}`);
+    return { data, info: info(name, e) };
+  }
+
+  async head(name: string): Promise<ObjectInfo | undefined> {
+    this.check(name);
+    this.injected();
+    const e = this.objects.get(name);
+    return e ? info(name, e) : undefined;
+  }
+
+  async list(prefix = ''): Promise<ObjectInfo[]> {
+    this.open();
+    this.injected();
+    const out: ObjectInfo[] = [];
+    for (const [name, e] of this.objects) if (listedUnder(name, prefix)) out.push(info(name, e));
+    return out.sort(byName);
+  }
+
+  async delete(name: string): Promise<void> {
+    this.check(name);
+    this.injected();
+    this.objects.delete(name);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  private open(): void {
+    if (this.closed) throw new StorageError(`archive ${this.description} is closed`, false);
+  }
+
+  private check(name: string): void {
+    this.open();
+    assertArchiveName(name);
+  }
+
+  private injected(): void {
+    const err = this.failures.shift();
+    if (err) throw err;
+  }
+}
+
+function info(name: string, e: Entry): ObjectInfo {
+  return { name, size: e.size, storedSize: e.stored.length, checksum: e.checksum, compression: e.compression, modified: e.modified };
+}

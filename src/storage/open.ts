@@ -1,0 +1,82 @@
+// Turn an archive location as a user writes it (a directory path, file:///path, s3://bucket/prefix)
+// into an ArchiveStore. The S3 SDK is loaded only for s3:// URLs, so a local archive starts fast.
+import { fileURLToPath } from 'node:url';
+import { LocalStore } from './local.js';
+import { StorageError, type ArchiveStore } from './types.js';
+import type { S3StoreOptions, ServerSideEncryption } from './s3.js';
+
+export interface OpenArchiveOptions {
+  /** S3 endpoint URL (S3-compatible stores); default AWS_ENDPOINT_URL or AWS. */
+  s3Endpoint?: string;
+  /** Path-style S3 URLs (default: true with a custom endpoint). */
+  s3ForcePathStyle?: boolean;
+  sse?: ServerSideEncryption;
+  sseKmsKeyId?: string;
+  /** Further S3Store settings (timeouts, retries, credentials...). */
+  s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
+}
+
+export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string };
+
+const BUCKET_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,253}$/;
+
+function bad(shown: string, why: string): StorageError {
+  return new StorageError(`invalid archive location ${shown}: ${why}`, false);
+}
+
+/** Parse an archive location; throws a one-line StorageError for anything else. */
+export function parseArchiveUrl(url: string): ArchiveLocation {
+  const shown = JSON.stringify(url.length > 200 ? `${url.slice(0, 200)}...` : url);
+  if (url.trim() === '') throw new StorageError('the archive location is empty (give a directory, file:///path or s3://bucket/prefix)', false);
+  if (/[\0\r\n]/.test(url)) throw bad(JSON.stringify(url.replace(/[\0\r\n].*$/s, '...')), 'control characters');
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
+
+  if (scheme === 's3') {
+    const m = /^s3:\/\/([^/?#]*)(\/[^?#]*)?([?#].*)?$/is.exec(url);
+    if (!m) throw bad(shown, 'expected s3://bucket/prefix');
+    const host = m[1]!;
+    // Never echo anything before an "@": it would be a credential.
+    if (host.includes('@')) throw new StorageError('invalid archive location: credentials in an s3:// URL are not supported (use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)', false);
+    if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported');
+    if (host === '') throw bad(shown, 'no bucket name');
+    if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name`);
+    const segments = (m[2] ?? '').split('/').filter((s, i, all) => !(s === '' && (i === 0 || i === all.length - 1)));
+    if (segments.some((s) => s === '' || s === '.' || s === '..')) throw bad(shown, 'the prefix has an empty, "." or ".." part');
+    return { kind: 's3', bucket: host, prefix: segments.length ? `${segments.join('/')}/` : '' };
+  }
+
+  if (scheme === 'file') {
+    let path: string;
+    try {
+      path = fileURLToPath(url);
+    } catch (err) {
+      throw bad(shown, oneLine((err as Error).message));
+    }
+    return { kind: 'local', path };
+  }
+
+  if (scheme !== undefined && url.slice(scheme.length + 1).startsWith('//')) {
+    throw bad(shown, `unsupported scheme "${scheme}:" (use a directory, file:///path or s3://bucket/prefix)`);
+  }
+  return { kind: 'local', path: url };
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim();
+}
+
+/** Open the archive at `url`: a directory path, file:///path or s3://bucket/prefix. */
+export async function openArchive(url: string, opts: OpenArchiveOptions = {}): Promise<ArchiveStore> {
+  const loc = parseArchiveUrl(url);
+  if (loc.kind === 'local') return new LocalStore(loc.path, { description: url });
+  const { S3Store } = await import('./s3.js');
+  return new S3Store({
+    ...opts.s3,
+    bucket: loc.bucket,
+    prefix: loc.prefix,
+    ...(opts.s3Endpoint !== undefined ? { endpoint: opts.s3Endpoint } : {}),
+    ...(opts.s3ForcePathStyle !== undefined ? { forcePathStyle: opts.s3ForcePathStyle } : {}),
+    ...(opts.sse !== undefined ? { sse: opts.sse } : {}),
+    ...(opts.sseKmsKeyId !== undefined ? { sseKmsKeyId: opts.sseKmsKeyId } : {}),
+  });
+}

@@ -1,0 +1,508 @@
+// An archive in an S3 bucket (AWS or any S3-compatible store), one object per WAL file under
+// `prefix` with no suffix; the compression, uncompressed size and SHA-256 ride along as object
+// metadata (walstream-compression, walstream-size, walstream-sha256), so get costs one request.
+// A put is one PUT carrying a SHA-256 transfer checksum and If-None-Match: * (S3 conditional
+// writes): the server refuses to overwrite (412), and concurrent puts of one name have one winner.
+// Stores without conditional writes can use conditionalWrites: false (a HEAD before the PUT,
+// which does not protect against two concurrent writers).
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type PutObjectCommandInput,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { STATUS_CODES } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, quarantineName } from './common.js';
+import {
+  ConflictError,
+  IntegrityError,
+  NotFoundError,
+  QUARANTINE_PREFIX,
+  StorageError,
+  assertArchiveName,
+  type ArchiveStore,
+  type Compression,
+  type GetResult,
+  type ObjectInfo,
+  type PutOptions,
+  type PutResult,
+} from './types.js';
+
+export const META_SHA256 = 'walstream-sha256';
+export const META_COMPRESSION = 'walstream-compression';
+export const META_SIZE = 'walstream-size';
+
+export type ServerSideEncryption = 'AES256' | 'aws:kms';
+
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix; "" or ending in "/" (a missing "/" is added). */
+  prefix?: string;
+  /** Custom endpoint (S3-compatible stores); default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, then AWS. */
+  endpoint?: string;
+  /** Default: AWS_REGION, else us-east-1. */
+  region?: string;
+  /** Path-style URLs (default: true with a custom endpoint, false for AWS). */
+  forcePathStyle?: boolean;
+  /** Explicit credentials; default: the standard AWS chain (environment, profile, instance role...). */
+  credentials?: S3Credentials;
+  sse?: ServerSideEncryption;
+  /** KMS key for sse 'aws:kms' (implies it). */
+  sseKmsKeyId?: string;
+  /** Send a SHA-256 transfer checksum with every PUT and let the SDK check response checksums (default true). */
+  transferChecksum?: boolean;
+  /** Use If-None-Match: * on PUT (default true); false: HEAD before PUT, for stores that ignore it. */
+  conditionalWrites?: boolean;
+  /** Deadline of one S3 request including the SDK's retries, in ms (default 30 000). */
+  timeoutMs?: number;
+  /** Attempts per request, SDK standard retry mode (default 4). */
+  maxAttempts?: number;
+  /** MaxKeys of one ListObjectsV2 page (default 1000). */
+  listPageSize?: number;
+  /** What `description` shows (default s3://bucket/prefix). */
+  description?: string;
+}
+
+interface Prepared {
+  data: Buffer;
+  stored: Buffer;
+  sha: string;
+  compression: Compression;
+}
+
+/** 'damaged': what is stored fails its own recorded checksum (an interrupted or corrupted write). */
+type Outcome = PutResult | 'conflict' | { damaged: Buffer };
+
+interface SdkErrorShape {
+  name?: string;
+  Code?: string;
+  code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+const THROTTLING = new Set([
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'RequestThrottled',
+  'RequestThrottledException',
+  'TooManyRequestsException',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'InternalError',
+  'ServiceUnavailable',
+  'ConditionalRequestConflict',
+  'OperationAborted',
+]);
+
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+]);
+
+const NETWORK_NAMES = new Set(['TimeoutError', 'AbortError', 'RequestAbortedError', 'NetworkingError']);
+
+function shape(err: unknown): SdkErrorShape {
+  return typeof err === 'object' && err !== null ? (err as SdkErrorShape) : { message: String(err) };
+}
+
+function statusOf(err: unknown): number | undefined {
+  return shape(err).$metadata?.httpStatusCode;
+}
+
+function codeOf(err: unknown): string {
+  const e = shape(err);
+  const code = e.Code ?? e.name ?? 'Error';
+  if (code !== 'Unknown' && code !== 'UnknownError') return code;
+  // A HEAD error has no body to name it: use the status text.
+  const status = statusOf(err);
+  return (status !== undefined && STATUS_CODES[status]?.replace(/\s+/g, '')) || code;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim();
+}
+
+function toBuffer(u8: Uint8Array): Buffer {
+  return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+function normalisePrefix(prefix: string): string {
+  return prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
+}
+
+/** An endpoint URL fit for messages: no user info. */
+function safeEndpoint(endpoint: string): string {
+  let u: URL;
+  try {
+    u = new URL(endpoint);
+  } catch {
+    throw new StorageError('invalid S3 endpoint URL (expected e.g. http://127.0.0.1:9000)', false);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new StorageError(`S3 endpoint must be http:// or https://, not ${u.protocol}`, false);
+  u.username = '';
+  u.password = '';
+  return u.toString().replace(/\/$/, '');
+}
+
+function metaInfo(name: string, meta: Record<string, string> | undefined, storedSize: number, modified: Date | undefined): ObjectInfo {
+  const m = meta ?? {};
+  const sha = m[META_SHA256];
+  const comp = m[META_COMPRESSION];
+  const size = m[META_SIZE];
+  return {
+    name,
+    size: size !== undefined && /^\d+$/.test(size) ? Number(size) : storedSize,
+    storedSize,
+    checksum: sha !== undefined && /^[0-9a-f]{64}$/.test(sha) ? sha : undefined,
+    compression: isCompression(comp) ? comp : 'none',
+    modified: modified ?? new Date(0),
+  };
+}
+
+export class S3Store implements ArchiveStore {
+  readonly description: string;
+  readonly bucket: string;
+  readonly prefix: string;
+  private readonly client: S3Client;
+  private readonly endpointText: string;
+  private readonly secrets: string[];
+  private readonly sse: ServerSideEncryption | undefined;
+  private readonly sseKmsKeyId: string | undefined;
+  private readonly transferChecksum: boolean;
+  private readonly conditionalWrites: boolean;
+  private readonly timeoutMs: number;
+  private readonly listPageSize: number;
+
+  constructor(opts: S3StoreOptions) {
+    if (!opts.bucket) throw new StorageError('an S3 archive needs a bucket', false);
+    this.bucket = opts.bucket;
+    this.prefix = normalisePrefix(opts.prefix ?? '');
+    this.description = opts.description ?? `s3://${this.bucket}/${this.prefix}`;
+    const endpoint = opts.endpoint ?? (process.env['AWS_ENDPOINT_URL_S3'] || process.env['AWS_ENDPOINT_URL'] || undefined);
+    this.endpointText = endpoint !== undefined ? safeEndpoint(endpoint) : 'AWS S3';
+    this.sseKmsKeyId = opts.sseKmsKeyId;
+    this.sse = opts.sse ?? (opts.sseKmsKeyId !== undefined ? 'aws:kms' : undefined);
+    if (this.sseKmsKeyId !== undefined && this.sse !== 'aws:kms') throw new StorageError('an SSE KMS key id needs sse "aws:kms"', false);
+    this.transferChecksum = opts.transferChecksum ?? true;
+    this.conditionalWrites = opts.conditionalWrites ?? true;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.listPageSize = opts.listPageSize ?? 1000;
+    if (!(this.timeoutMs > 0)) throw new StorageError('timeoutMs must be positive', false);
+    if (!(this.listPageSize >= 1 && this.listPageSize <= 1000)) throw new StorageError('listPageSize must be 1-1000', false);
+    this.secrets = [opts.credentials?.secretAccessKey, opts.credentials?.sessionToken, process.env['AWS_SECRET_ACCESS_KEY'], process.env['AWS_SESSION_TOKEN']].filter(
+      (s): s is string => typeof s === 'string' && s.length > 0,
+    );
+    const config: S3ClientConfig = {
+      region: opts.region ?? (process.env['AWS_REGION'] || 'us-east-1'),
+      maxAttempts: opts.maxAttempts ?? 4,
+      retryMode: 'standard',
+      requestChecksumCalculation: this.transferChecksum ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+      responseChecksumValidation: this.transferChecksum ? 'WHEN_SUPPORTED' : 'WHEN_REQUIRED',
+      // A connect that hangs fails this attempt (and is retried); the whole request is bounded by timeoutMs.
+      requestHandler: { connectionTimeout: Math.min(this.timeoutMs, 10_000) },
+    };
+    if (endpoint !== undefined) {
+      config.endpoint = endpoint;
+      config.forcePathStyle = opts.forcePathStyle ?? true;
+    } else if (opts.forcePathStyle !== undefined) {
+      config.forcePathStyle = opts.forcePathStyle;
+    }
+    if (opts.credentials) config.credentials = { ...opts.credentials };
+    this.client = new S3Client(config);
+  }
+
+  async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
+    assertArchiveName(name);
+    const compression = opts.compression ?? 'none';
+    assertCompressionAvailable(compression);
+    const obj: Prepared = { data, stored: await compress(data, compression), sha: sha256Hex(data), compression };
+    const outcome = await this.store(name, obj);
+    if (outcome !== 'conflict' && !('damaged' in outcome)) return outcome;
+    if (outcome !== 'conflict') return this.replaceDamaged(name, obj, outcome.damaged);
+    const when = new Date();
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+      const q = quarantineName(name, when, attempt);
+      if ((await this.store(q, obj)) !== 'conflict') throw new ConflictError(name, q);
+    }
+    throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+  }
+
+  async get(name: string): Promise<GetResult> {
+    assertArchiveName(name);
+    const fetched = await this.fetch(name);
+    if (!fetched) throw new NotFoundError(name);
+    const { stored, info } = fetched;
+    const compression = info.compression ?? 'none';
+    let data: Buffer;
+    try {
+      data = await decompress(stored, compression);
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new IntegrityError(name, `cannot decompress (${compression}): ${(err as Error).message}`);
+    }
+    if (info.checksum !== undefined) {
+      const actual = sha256Hex(data);
+      if (actual !== info.checksum) throw new IntegrityError(name, `SHA-256 ${actual} does not match the recorded ${info.checksum}`);
+    }
+    return { data, info: { ...info, size: data.length } };
+  }
+
+  async head(name: string): Promise<ObjectInfo | undefined> {
+    assertArchiveName(name);
+    const key = this.key(name);
+    return this.request('HEAD', key, async (abortSignal) => {
+      try {
+        const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal });
+        return metaInfo(name, res.Metadata, res.ContentLength ?? 0, res.LastModified);
+      } catch (err) {
+        if (this.isNotFound(err)) return undefined;
+        throw err;
+      }
+    });
+  }
+
+  async list(prefix = ''): Promise<ObjectInfo[]> {
+    const quarantine = prefix.startsWith(QUARANTINE_PREFIX);
+    if (!quarantine && prefix.includes('/')) return [];
+    const out: ObjectInfo[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.request('LIST', this.prefix + prefix, (abortSignal) =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: this.prefix + prefix,
+            // Without a delimiter the listing would walk quarantine/ (and anything else below).
+            ...(quarantine ? {} : { Delimiter: '/' }),
+            MaxKeys: this.listPageSize,
+            ...(token !== undefined ? { ContinuationToken: token } : {}),
+          }),
+          { abortSignal },
+        ),
+      );
+      for (const o of page.Contents ?? []) {
+        if (o.Key === undefined || !o.Key.startsWith(this.prefix)) continue;
+        const name = o.Key.slice(this.prefix.length);
+        if (!isArchiveName(name) || !listedUnder(name, prefix)) continue;
+        const size = o.Size ?? 0;
+        out.push({ name, size, storedSize: size, checksum: undefined, compression: undefined, modified: o.LastModified ?? new Date(0) });
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      if (page.IsTruncated && token === undefined) throw new StorageError(`S3 LIST ${this.where(this.prefix + prefix)}: truncated listing without a continuation token`, true);
+    } while (token !== undefined);
+    return out.sort(byName);
+  }
+
+  async delete(name: string): Promise<void> {
+    assertArchiveName(name);
+    const key = this.key(name);
+    await this.request('DELETE', key, async (abortSignal) => {
+      try {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal });
+      } catch (err) {
+        if (!this.isNotFound(err)) throw err;
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+
+  // --- internals ---
+
+  private key(name: string): string {
+    return this.prefix + name;
+  }
+
+  private where(key: string): string {
+    return `s3://${this.bucket}/${key}`;
+  }
+
+  private isNotFound(err: unknown): boolean {
+    const code = codeOf(err);
+    return statusOf(err) === 404 && code !== 'NoSuchBucket';
+  }
+
+  /** One GET: stored bytes and what the metadata says, or undefined when missing. */
+  private async fetch(name: string): Promise<{ stored: Buffer; info: ObjectInfo } | undefined> {
+    const key = this.key(name);
+    return this.request('GET', key, async (abortSignal) => {
+      try {
+        const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal });
+        const stored = res.Body ? toBuffer(await res.Body.transformToByteArray()) : Buffer.alloc(0);
+        return { stored, info: metaInfo(name, res.Metadata, stored.length, res.LastModified) };
+      } catch (err) {
+        if (this.isNotFound(err)) return undefined;
+        throw err;
+      }
+    });
+  }
+
+  /** Compare what `name` holds with `data`: exists, conflict, damaged, or gone (deleted since). */
+  private async compareWith(name: string, data: Buffer): Promise<Outcome | 'gone'> {
+    const fetched = await this.fetch(name);
+    if (!fetched) return 'gone';
+    let theirs: Buffer | undefined;
+    try {
+      theirs = await decompress(fetched.stored, fetched.info.compression ?? 'none');
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      theirs = undefined; // undecodable bytes are not ours
+    }
+    if (theirs?.equals(data)) return { status: 'exists', info: { ...fetched.info, size: theirs.length } };
+    // An object that does not match the checksum recorded with it is not another valid copy: it
+    // is damage (a write cut short on a store without atomic PUTs, or corruption).
+    const recorded = fetched.info.checksum;
+    if (recorded !== undefined && (theirs === undefined || sha256Hex(theirs) !== recorded)) return { damaged: fetched.stored };
+    return 'conflict';
+  }
+
+  /**
+   * Keep the damaged bytes under quarantine/ for the operator, then store the verified copy in
+   * their place (the one case where a put replaces what is there).
+   */
+  private async replaceDamaged(name: string, obj: Prepared, damaged: Buffer): Promise<PutResult> {
+    const when = new Date();
+    let kept: string | undefined;
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
+      const q = quarantineName(name, when, attempt);
+      const raw: Prepared = { data: damaged, stored: damaged, sha: sha256Hex(damaged), compression: 'none' };
+      const r = await this.store(q, raw);
+      if (r !== 'conflict') kept = q;
+    }
+    if (kept === undefined) throw new StorageError(`"${name}" is damaged in the archive and no free quarantine name was found`, false);
+    const key = this.key(name);
+    await this.request('PUT', key, (abortSignal) => {
+      const { IfNoneMatch: _ignored, ...input } = this.putInput(key, obj);
+      void _ignored;
+      return this.client.send(new PutObjectCommand(input), { abortSignal });
+    });
+    const info = metaInfo(name, { [META_SHA256]: obj.sha, [META_COMPRESSION]: obj.compression, [META_SIZE]: String(obj.data.length) }, obj.stored.length, new Date());
+    return { status: 'created', info, replacedDamaged: kept };
+  }
+
+  private async store(name: string, obj: Prepared): Promise<Outcome> {
+    const key = this.key(name);
+    for (let attempt = 0; attempt < 6; attempt++) {
+      if (!this.conditionalWrites) {
+        const held = await this.head(name);
+        if (held) {
+          const r = await this.compareWith(name, obj.data);
+          if (r !== 'gone') return r;
+          continue;
+        }
+      }
+      const written = await this.request('PUT', key, async (abortSignal) => {
+        try {
+          await this.client.send(new PutObjectCommand(this.putInput(key, obj)), { abortSignal });
+          return 'created' as const;
+        } catch (err) {
+          const status = statusOf(err);
+          if (status === 412 && this.conditionalWrites) return 'taken' as const;
+          // 409 ConditionalRequestConflict: another conditional write of this key is in flight.
+          if (status === 409 && codeOf(err) === 'ConditionalRequestConflict') return 'busy' as const;
+          throw err;
+        }
+      });
+      if (written === 'created') {
+        return {
+          status: 'created',
+          info: { name, size: obj.data.length, storedSize: obj.stored.length, checksum: obj.sha, compression: obj.compression, modified: new Date() },
+        };
+      }
+      if (written === 'busy') {
+        await sleep(50 * 2 ** attempt + Math.floor(Math.random() * 50));
+        continue;
+      }
+      const r = await this.compareWith(name, obj.data);
+      if (r !== 'gone') return r;
+    }
+    throw new StorageError(`S3 PUT ${this.where(key)}: the object keeps changing under concurrent writers; try again`, true);
+  }
+
+  private putInput(key: string, obj: Prepared): PutObjectCommandInput {
+    return {
+      Bucket: this.bucket,
+      Key: key,
+      Body: obj.stored,
+      ContentLength: obj.stored.length,
+      ContentType: 'application/octet-stream',
+      Metadata: { [META_SHA256]: obj.sha, [META_COMPRESSION]: obj.compression, [META_SIZE]: String(obj.data.length) },
+      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const } : {}),
+      ...(this.conditionalWrites ? { IfNoneMatch: '*' } : {}),
+      ...(this.sse !== undefined ? { ServerSideEncryption: this.sse } : {}),
+      ...(this.sseKmsKeyId !== undefined ? { SSEKMSKeyId: this.sseKmsKeyId } : {}),
+    };
+  }
+
+  /** Run one S3 request under the deadline; anything it throws becomes a StorageError. */
+  private async request<T>(op: string, key: string, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    const signal = AbortSignal.timeout(this.timeoutMs);
+    try {
+      return await fn(signal);
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw this.failure(err, op, key, signal.aborted);
+    }
+  }
+
+  private failure(err: unknown, op: string, key: string, timedOut: boolean): StorageError {
+    const where = `S3 ${op} ${this.where(key)}`;
+    const e = shape(err);
+    const status = statusOf(err);
+    const code = codeOf(err);
+    let text: string;
+    let transient: boolean;
+    if (timedOut) {
+      text = `${where}: no answer from ${this.endpointText} within ${this.timeoutMs} ms`;
+      transient = true;
+    } else if (status === undefined && /checksum mismatch/i.test(e.message ?? '')) {
+      // The SDK checks what it downloaded against the checksum S3 stored at upload.
+      text = `${where}: the bytes received do not match the checksum the store recorded (damaged in transfer?): ${e.message ?? ''}`;
+      transient = true;
+    } else if (status === undefined) {
+      const net = (e.code !== undefined && NETWORK_CODES.has(e.code)) || NETWORK_NAMES.has(e.name ?? '');
+      text = net ? `${where}: cannot reach ${this.endpointText}: ${e.message ?? code}` : `${where}: ${code}: ${e.message ?? ''}`;
+      transient = net;
+    } else {
+      transient = status >= 500 || status === 429 || status === 408 || THROTTLING.has(code);
+      let hint = '';
+      if (status === 403) hint = ' (check the credentials and that they may access this bucket and prefix)';
+      else if (code === 'NoSuchBucket') hint = ` (bucket "${this.bucket}" does not exist)`;
+      else if (status === 301 || code === 'PermanentRedirect' || code === 'AuthorizationHeaderMalformed') hint = ' (set AWS_REGION to the bucket\'s region)';
+      else if (status === 501 && op === 'PUT') hint = ' (the store may not support If-None-Match conditional writes: use conditionalWrites: false)';
+      const detail = e.message && e.message !== code && e.message !== 'UnknownError' ? `: ${e.message}` : '';
+      text = `${where}: ${code} (HTTP ${status})${detail}${hint}`;
+    }
+    return new StorageError(this.redact(oneLine(text)), transient, { cause: err });
+  }
+
+  private redact(text: string): string {
+    let out = text;
+    for (const s of this.secrets) out = out.split(s).join('[redacted]');
+    return out;
+  }
+}
