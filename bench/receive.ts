@@ -7,18 +7,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir } from '../test/harness/pg.js';
 import { BIN } from '../test/support/cli.js';
+import { lsnOf, segName as walSegName } from '../test/support/walfiles.js';
 import { measure, printTable, requireGnuTime, summarize, type Measurement } from './common.js';
 
 const WAL_MB = Number(process.env['BENCH_WAL_MB'] ?? 1024);
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = Number(process.env['BENCH_SEG_MB'] ?? 16);
 
+/** Segment holding `lsn` on timeline 1. */
 function segName(lsn: string, segBytes: number): string {
-  const [hi, lo] = lsn.split('/');
-  const segNo = ((BigInt('0x' + hi) << 32n) | BigInt('0x' + lo)) / BigInt(segBytes);
-  const per = 0x100000000n / BigInt(segBytes);
-  const h = (n: bigint): string => n.toString(16).toUpperCase().padStart(8, '0');
-  return '00000001' + h(segNo / per) + h(segNo % per);
+  return walSegName(1, lsnOf(lsn), segBytes);
 }
 
 async function main(): Promise<void> {
