@@ -229,18 +229,18 @@ async function receiveLoop(
     let progressed = false;
     try {
       if (!firstRound) conn = await ReplicationConnection.connect(cfg);
-      const outcome = await streamOnce(
+      const outcome = await streamOnce({
         conn,
         o,
         dir,
         expectedSystemId,
-        () => {
+        onData: () => {
           progressed = true;
         },
-        () => stopped || uploader?.error !== undefined,
+        stopped: () => stopped || uploader?.error !== undefined,
         uploader,
         store,
-      );
+      });
       if (uploader?.error) throw new PermanentError(`archive: ${uploader.error.message}`);
       expectedSystemId = outcome.systemId;
       if (outcome.finished) return;
@@ -278,16 +278,22 @@ interface StreamOutcome {
 }
 
 /** One connection's worth of streaming: decide where to start, then follow timelines until the stream ends. */
-async function streamOnce(
-  conn: ReplicationConnection,
-  o: ReceiveOptions,
-  dir: string,
-  expectedSystemId: bigint | undefined,
-  onData: () => void,
-  stopped: () => boolean,
-  uploader: SpoolUploader | undefined,
-  store: ArchiveStore | undefined,
-): Promise<StreamOutcome> {
+/** Everything one connection's streaming needs. */
+interface StreamRound {
+  conn: ReplicationConnection;
+  o: ReceiveOptions;
+  dir: string;
+  /** System identifier seen on an earlier connection. */
+  expectedSystemId: bigint | undefined;
+  /** Called whenever WAL arrives (resets the reconnect backoff). */
+  onData: () => void;
+  stopped: () => boolean;
+  uploader: SpoolUploader | undefined;
+  store: ArchiveStore | undefined;
+}
+
+async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
+  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store } = round;
   const log = o.log;
   const info = await identify(conn);
   if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
@@ -295,11 +301,15 @@ async function streamOnce(
   }
   if (conn.serverVersionNum < 100000) throw new PermanentError('server version is too old: walstream needs PostgreSQL 10 or newer');
 
-  // Where to start: the directory, then the slot, then the server's position.
+  // Where to start: the directory, then (with --archive) the archive, then the slot, then the
+  // server's position (pg_receivewal.c FindStreamingStart and StreamLog).
+  const slot = o.slot !== undefined ? await conn.readSlot(o.slot) : undefined;
+  if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
   let start: Lsn;
   let tli: number;
-  let archived: { start: Lsn; tli: number } | undefined;
+  let continuing = true;
   const resume = await findStreamingStart(dir, info.segSize);
+  const archived = !resume && store ? await archiveResumePoint(store, info.segSize) : undefined;
   if (resume) {
     const sysid = await readSegmentSystemId(join(dir, resume.entry.file), resume.entry.compression);
     if (sysid !== undefined && sysid !== info.systemId) {
@@ -307,34 +317,25 @@ async function streamOnce(
         `directory "${dir}" holds WAL of database system ${sysid}, but the server is system ${info.systemId}; use another directory`,
       );
     }
-    start = resume.start;
-    tli = resume.tli;
-    if (o.slot) {
-      const slot = await conn.readSlot(o.slot);
-      if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
-      if (slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > start) {
-        throw new PermanentError(
-          `replication slot "${o.slot}" has restart_lsn ${formatLsn(slot.restartLsn)}, past the resume point ${formatLsn(start)}: ` +
-            'the server no longer keeps the WAL in between for this slot. Fill the gap from another archive, or start afresh in an empty directory',
-        );
-      }
-    }
-  } else if (store && (archived = await archiveResumePoint(store, info.segSize))) {
-    // The spool is empty (a new host): continue after the newest segment in the archive.
-    start = archived.start;
-    tli = archived.tli;
+    ({ start, tli } = resume);
+  } else if (archived) {
+    ({ start, tli } = archived);
     log.verbose(`spool is empty: resuming after the archive's newest segment, at ${formatLsn(start)} (timeline ${tli})`);
+  } else if (slot?.restartLsn != null) {
+    start = slot.restartLsn;
+    tli = slot.restartTli ?? info.timeline;
+    continuing = false;
   } else {
     start = info.xlogPos;
     tli = info.timeline;
-    if (o.slot) {
-      const slot = await conn.readSlot(o.slot);
-      if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
-      if (slot?.restartLsn != null) {
-        start = slot.restartLsn;
-        tli = slot.restartTli ?? info.timeline;
-      }
-    }
+    continuing = false;
+  }
+  // Continuing what we have: the slot must still hold everything from there on.
+  if (continuing && slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > segmentStart(start, info.segSize)) {
+    throw new PermanentError(
+      `replication slot "${o.slot}" has restart_lsn ${formatLsn(slot.restartLsn)}, past the resume point ${formatLsn(start)}: ` +
+        'the server no longer keeps the WAL in between for this slot. Fill the gap from another archive, or start afresh in an empty directory',
+    );
   }
   start = segmentStart(start, info.segSize);
 
