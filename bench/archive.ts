@@ -17,6 +17,7 @@ import { measure, median, requireGnuTime, type Measurement } from './common.js';
 const WAL_MB = Number(process.env['BENCH_WAL_MB'] ?? 1024);
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = 16;
+const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'] ?? '2';
 
 /** Segment holding `lsn` on timeline 1. */
 function segName(lsn: string, segBytes: number): string {
@@ -52,7 +53,11 @@ async function main(): Promise<void> {
     let seq = 0;
     type Case = { name: string; argv: () => { argv: string[]; archive?: string } };
     const walstream = (extra: string[], archive?: string): { argv: string[]; archive?: string } => ({
-      argv: [process.execPath, BIN, 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n', ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint] : []), ...extra],
+      argv: [
+        process.execPath, BIN, 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
+        ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint, '--upload-concurrency', UPLOADS] : []),
+        ...extra,
+      ],
       archive,
     });
     const cases: Case[] = [

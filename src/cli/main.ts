@@ -17,8 +17,9 @@ function parseEndPos(v: string): bigint {
   }
 }
 
-function parseStatusInterval(v: string): number {
-  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`invalid status interval "${v}" (seconds, 0 disables)`);
+/** Whole seconds (0 allowed) to milliseconds. */
+function parseSeconds(v: string): number {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`invalid interval "${v}" (whole seconds, 0 disables)`);
   return Number(v) * 1000;
 }
 
@@ -134,6 +135,7 @@ interface ReceiveCliOptions {
   s3Endpoint?: string;
   spoolMax: number;
   uploadConcurrency: number;
+  partialInterval: number;
 }
 
 export function buildProgram(): Command {
@@ -153,7 +155,7 @@ export function buildProgram(): Command {
     .option('--if-not-exists', 'do not error if the slot already exists when creating a slot')
     .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
     .option('--no-sync', 'do not wait for changes to be written safely to disk')
-    .option('-s, --status-interval <secs>', 'time between status packets sent to the server', parseStatusInterval, 10_000)
+    .option('-s, --status-interval <secs>', 'time between status packets sent to the server', parseSeconds, 10_000)
     .option('-S, --slot <slotname>', 'replication slot to use')
     .option('--synchronous', 'flush write-ahead log immediately after writing and report it, so walstream can be a synchronous standby')
     .option('-v, --verbose', 'output verbose messages')
@@ -170,7 +172,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--archive <url>', 'also archive finished files: a directory or s3://bucket/prefix; -D is then the local spool').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
     .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
-    .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 4)
+    .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 2)
+    .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
     .addHelpText(
       'after',
       '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
@@ -205,6 +208,7 @@ export function buildProgram(): Command {
         s3Endpoint: opts.s3Endpoint,
         spoolMaxBytes: opts.spoolMax,
         uploadConcurrency: opts.uploadConcurrency,
+        partialIntervalMs: opts.partialInterval,
         log,
         stop: stopOnSignals(),
       });

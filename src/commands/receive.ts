@@ -14,6 +14,7 @@ import { ProtocolError } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { historyFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
 import { SpoolUploader } from '../archive/uploader.js';
+import { PartialShipper } from '../archive/partial.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
@@ -42,6 +43,8 @@ export interface ReceiveOptions {
   /** Bytes of finished segments waiting for upload above which the stream pauses. */
   spoolMaxBytes?: number;
   uploadConcurrency?: number;
+  /** With --archive: ship the segment in progress this often (milliseconds; 0 = never). */
+  partialIntervalMs?: number;
   /** Reconnect backoff bounds in milliseconds. */
   retryMinMs?: number;
   retryMaxMs?: number;
@@ -173,6 +176,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   const dir = o.directory!;
   let uploader: SpoolUploader | undefined;
   let store: ArchiveStore | undefined;
+  let shipper: PartialShipper | undefined;
   if (o.archive !== undefined) {
     const { openArchive } = await import('../storage/open.js');
     try {
@@ -185,15 +189,19 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       spoolDir: dir,
       store,
       compression: o.compression,
-      concurrency: o.uploadConcurrency ?? 4,
+      concurrency: o.uploadConcurrency ?? 2,
       spoolMaxBytes: o.spoolMaxBytes ?? 1024 * 1024 * 1024,
       log,
       noSync: o.noSync,
+      onUploaded: (name) => {
+        if (/^[0-9A-F]{24}$/.test(name)) void shipper?.segmentArchived(name);
+      },
     });
+    if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
     await uploader.start();
   }
   try {
-    await receiveLoop(o, conn, cfg, dir, uploader, store);
+    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper });
     if (uploader && !stopped) {
       log.verbose('waiting for the archive to take the remaining files');
       await Promise.race([uploader.drained(), o.stop]);
@@ -210,9 +218,9 @@ async function receiveLoop(
   first: ReplicationConnection,
   cfg: ReturnType<typeof buildClientConfig>,
   dir: string,
-  uploader: SpoolUploader | undefined,
-  store: ArchiveStore | undefined,
+  archive: ArchiveParts,
 ): Promise<void> {
+  const { uploader } = archive;
   const log = o.log;
   let conn = first;
   let stopped = false;
@@ -238,8 +246,7 @@ async function receiveLoop(
           progressed = true;
         },
         stopped: () => stopped || uploader?.error !== undefined,
-        uploader,
-        store,
+        ...archive,
       });
       if (uploader?.error) throw new PermanentError(`archive: ${uploader.error.message}`);
       expectedSystemId = outcome.systemId;
@@ -278,8 +285,15 @@ interface StreamOutcome {
 }
 
 /** One connection's worth of streaming: decide where to start, then follow timelines until the stream ends. */
+/** The archive side of receive --archive (all undefined without it). */
+interface ArchiveParts {
+  uploader: SpoolUploader | undefined;
+  store: ArchiveStore | undefined;
+  shipper: PartialShipper | undefined;
+}
+
 /** Everything one connection's streaming needs. */
-interface StreamRound {
+interface StreamRound extends ArchiveParts {
   conn: ReplicationConnection;
   o: ReceiveOptions;
   dir: string;
@@ -288,12 +302,10 @@ interface StreamRound {
   /** Called whenever WAL arrives (resets the reconnect backoff). */
   onData: () => void;
   stopped: () => boolean;
-  uploader: SpoolUploader | undefined;
-  store: ArchiveStore | undefined;
 }
 
 async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
-  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store } = round;
+  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper } = round;
   const log = o.log;
   const info = await identify(conn);
   if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
@@ -370,6 +382,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
     sink.begin(start, tli);
     let result;
+    const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
     try {
       result = await runStream(conn, sink, {
         start,
@@ -386,6 +399,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         onProgress: onData,
       });
     } finally {
+      await shipping?.stop();
       await sink.endStream();
     }
     const end = result.end;
@@ -404,6 +418,32 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
     return { finished: false, systemId: info.systemId };
   }
+}
+
+/**
+ * Every `intervalMs`, make the open segment durable in the spool and ship what is new of it.
+ * Returns a handle whose stop() ends the timer and waits for a shipment in flight.
+ */
+function shipPartials(shipper: PartialShipper, sink: WalDirSink, segSize: number, intervalMs: number): { stop(): Promise<void> } {
+  let inFlight: Promise<void> = Promise.resolve();
+  let lastReceived = -1n;
+  const timer = setInterval(() => {
+    const seg = sink.openSegmentName;
+    if (seg === undefined || sink.receivedLsn === lastReceived) return;
+    lastReceived = sink.receivedLsn;
+    inFlight = (async () => {
+      await sink.sync();
+      const segStart = segNoToLsn(parseWalFileName(seg, segSize).segNo, segSize);
+      const offset = sink.durableLsn - segStart;
+      if (offset > 0n && offset < BigInt(segSize)) await shipper.ship(seg, Number(offset));
+    })().catch(() => undefined);
+  }, intervalMs);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await inFlight;
+    },
+  };
 }
 
 /** Where to resume from the archive's listing: after its newest complete segment. */

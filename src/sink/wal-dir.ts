@@ -117,6 +117,11 @@ export class WalDirSink {
     return this.failure;
   }
 
+  /** The segment being written (its name, without .partial), if any. */
+  get openSegmentName(): string | undefined {
+    return this.current?.name;
+  }
+
   /** Register for the sink's events; returns the detach function. */
   attach(l: SinkListener): () => void {
     this.listeners.add(l);

@@ -112,8 +112,12 @@ export class IntegrityError extends StorageError {
 
 export const QUARANTINE_PREFIX = 'quarantine/';
 
-/** Names an archive accepts: WAL segments, history, backup history and partial files, or quarantine copies. */
-export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
+/**
+ * Names an archive accepts: WAL segments, history, backup history and partial files, pieces of a
+ * segment still being received (`<segment>.partial.<offset as 8 hex digits>`: the bytes from that
+ * offset, see archive/partial.ts), or quarantine copies.
+ */
+export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial(?:\.[0-9A-F]{8})?|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
 
 export function assertArchiveName(name: string): void {
   if (name.startsWith(QUARANTINE_PREFIX) && ARCHIVE_NAME_RE.test(name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, ''))) return;

@@ -10,6 +10,7 @@ import { startS3, type S3TestServer } from '../harness/s3.js';
 import { runCli, startCli, type CliProcess } from '../support/cli.js';
 import { lsnOf, segName } from '../support/walfiles.js';
 import { openArchive } from '../../src/storage/open.js';
+import { assemblePieces, listPieces } from '../../src/archive/partial.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
 
 const SEG = 1024 * 1024;
@@ -152,6 +153,42 @@ describe('receive --archive', () => {
     );
     expect(res.code, res.stderr).toBe(0);
     await expectArchived(await open(s3Url('kill9')), first, endpos);
+  });
+
+  it('ships the segment in progress as pieces that add up to the server\'s bytes, removed once the segment is archived', async () => {
+    await slot('pieces');
+    const url = s3Url('pieces');
+    const proc = receiver(newDir('spool'), url, ['-S', 'pieces', '--partial-interval', '1']);
+    try {
+      await proc.waitForOutput(/starting log streaming/);
+      await primary.query('create table if not exists pieces (id int)');
+      await primary.query('insert into pieces select generate_series(1, 1000)');
+      const lsn = lsnOf(await primary.currentLsn());
+      const seg = segName(1, lsn, SEG);
+      const offset = Number(lsn % BigInt(SEG));
+      const store = await open(url);
+      let assembled: Buffer = Buffer.alloc(0);
+      const deadline = Date.now() + 20_000;
+      while (assembled.length < offset && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 250));
+        assembled = await assemblePieces(store, seg);
+      }
+      expect(assembled.length).toBeGreaterThanOrEqual(offset);
+      expect(assembled.equals(readFileSync(join(primary.walDir, seg)).subarray(0, assembled.length))).toBe(true);
+      expect((await listPieces(store, seg)).length).toBeGreaterThanOrEqual(1);
+      // The segment completes: the whole object arrives and its pieces go.
+      await primary.generateWal(2 * SEG);
+      const done = Date.now() + 30_000;
+      while (((await store.head(seg)) === undefined || (await listPieces(store, seg)).length > 0) && Date.now() < done) {
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      expect((await store.get(seg)).data.equals(readFileSync(join(primary.walDir, seg)))).toBe(true);
+      expect(await listPieces(store, seg)).toEqual([]);
+      proc.kill('SIGTERM');
+      expect((await proc.done).code).toBe(0);
+    } finally {
+      proc.kill('SIGKILL');
+    }
   });
 
   it('resumes after the archive\'s newest segment when the spool is empty (a new host)', async () => {

@@ -1,0 +1,113 @@
+// Ships the segment still being received to the archive while it grows, so that losing the
+// receiver's host loses at most --partial-interval of WAL. Each shipment is an immutable piece
+// "<segment>.partial.<offset>" holding the newly durable bytes from that offset on (never the
+// whole segment again, never an overwrite); a reader concatenates the contiguous pieces. Only
+// bytes already durable in the spool are shipped. Once the complete segment is archived, its
+// pieces are deleted.
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ArchiveStore } from '../storage/types.js';
+import type { Logger } from '../util/log.js';
+
+const PIECE_RE = /^([0-9A-F]{24})\.partial\.([0-9A-F]{8})$/;
+
+export function pieceName(segment: string, offset: number): string {
+  return `${segment}.partial.${offset.toString(16).toUpperCase().padStart(8, '0')}`;
+}
+
+/** The pieces of `segment` in the archive, by offset. */
+export async function listPieces(store: ArchiveStore, segment: string): Promise<{ name: string; offset: number; size: number }[]> {
+  const out: { name: string; offset: number; size: number }[] = [];
+  for (const o of await store.list(`${segment}.partial.`)) {
+    const m = PIECE_RE.exec(o.name);
+    if (m && m[1] === segment) out.push({ name: o.name, offset: parseInt(m[2]!, 16), size: o.size });
+  }
+  return out.sort((a, b) => a.offset - b.offset);
+}
+
+/** Put the pieces back together: the bytes from offset 0 for as long as the pieces are contiguous. */
+export async function assemblePieces(store: ArchiveStore, segment: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let end = 0;
+  for (const p of await listPieces(store, segment)) {
+    if (p.offset !== end) break;
+    const { data } = await store.get(p.name);
+    parts.push(data);
+    end += data.length;
+  }
+  return Buffer.concat(parts);
+}
+
+export interface PartialShipperOptions {
+  store: ArchiveStore;
+  spoolDir: string;
+  log: Logger;
+  noSync?: boolean;
+}
+
+export class PartialShipper {
+  private segment: string | undefined;
+  /** End of what the archive holds of `segment` (offset within it). */
+  private shipped = 0;
+  private broken = new Set<string>();
+  private busy = false;
+
+  constructor(private readonly o: PartialShipperOptions) {}
+
+  /**
+   * Ship the durable bytes of `segment` (a .partial in the spool) up to `durableEnd`, an offset
+   * within it. Errors are logged and retried at the next call; they never stop the receiver.
+   */
+  async ship(segment: string, durableEnd: number): Promise<void> {
+    if (this.busy || this.broken.has(segment)) return;
+    this.busy = true;
+    try {
+      if (this.segment !== segment) {
+        // A new segment, or a restart: continue after the pieces already archived.
+        let end = 0;
+        for (const p of await listPieces(this.o.store, segment)) if (p.offset === end) end += p.size;
+        this.segment = segment;
+        this.shipped = end;
+      }
+      if (durableEnd <= this.shipped) return;
+      const data = Buffer.alloc(durableEnd - this.shipped);
+      const fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
+      try {
+        let got = 0;
+        while (got < data.length) {
+          const { bytesRead } = await fh.read(data, got, data.length - got, this.shipped + got);
+          if (bytesRead === 0) throw new Error(`spool file ${segment}.partial is shorter than expected`);
+          got += bytesRead;
+        }
+      } finally {
+        await fh.close();
+      }
+      const name = pieceName(segment, this.shipped);
+      await this.o.store.put(name, data, { noSync: this.o.noSync });
+      this.shipped = durableEnd;
+      this.o.log.verbose(`archived ${name} (${data.length} bytes of the segment in progress)`);
+    } catch (err) {
+      const e = err as Error;
+      if (e.name === 'ConflictError') {
+        // Different bytes at the same place: never mix them; the complete segment will still come.
+        this.broken.add(segment);
+        this.o.log.error(`not shipping more of ${segment} in progress: ${e.message}`);
+      } else {
+        this.o.log.error(`could not archive the segment in progress ${segment}: ${e.message}; will retry`);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** The complete segment is archived: its pieces are no longer needed. */
+  async segmentArchived(segment: string): Promise<void> {
+    try {
+      for (const p of await listPieces(this.o.store, segment)) await this.o.store.delete(p.name);
+    } catch (err) {
+      this.o.log.error(`could not remove the pieces of ${segment} from the archive: ${(err as Error).message}`);
+    }
+    if (this.segment === segment) this.segment = undefined;
+    this.broken.delete(segment);
+  }
+}
