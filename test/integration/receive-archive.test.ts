@@ -191,6 +191,35 @@ describe('receive --archive', () => {
     }
   });
 
+  it('archives the history file and both timelines across a promotion', async () => {
+    const standby = await primary.createStandby({ name: 'archive-tl' });
+    try {
+      const url = s3Url('timeline');
+      const spool = newDir('spool');
+      const proc = startCli(['receive', '-D', spool, '-d', standby.connectionString(), '--archive', url, '--s3-endpoint', s3.endpoint, '-v'], { env: s3Env() });
+      await proc.waitForOutput(/starting log streaming/);
+      await standby.waitForReplay(await primary.generateWal(SEG + SEG / 4));
+      await standby.promote();
+      await standby.generateWal(2 * SEG);
+      const endpos = await standby.currentLsn();
+      await proc.waitForOutput(/archived 00000002\.history/, 30_000);
+      proc.kill('SIGINT');
+      expect((await proc.done).code).toBe(0);
+      const res = await runCli(['receive', '-D', spool, '-d', standby.connectionString(), '-E', endpos, '-n', '--archive', url, '--s3-endpoint', s3.endpoint], { env: s3Env() });
+      expect(res.code, res.stderr).toBe(0);
+      const store = await open(url);
+      const names = (await store.list()).map((o) => o.name);
+      expect(names).toContain('00000002.history');
+      expect((await store.get('00000002.history')).data.equals(readFileSync(join(standby.walDir, '00000002.history')))).toBe(true);
+      const tl2 = names.filter((n) => /^00000002[0-9A-F]{16}$/.test(n));
+      expect(tl2.length).toBeGreaterThanOrEqual(1);
+      for (const n of tl2) expect((await store.get(n)).data.equals(readFileSync(join(standby.walDir, n))), n).toBe(true);
+      expect(names.some((n) => /^00000001[0-9A-F]{16}$/.test(n))).toBe(true);
+    } finally {
+      await standby.destroy();
+    }
+  });
+
   it('resumes after the archive\'s newest segment when the spool is empty (a new host)', async () => {
     const first = await slot('newhost');
     await primary.generateWal(2 * SEG);
