@@ -2,7 +2,7 @@
 // ProcessKeepaliveMsg, sendFeedback): checks that XLogData is contiguous, hands it to the sink,
 // answers keepalives, sends status updates on a timer and, in synchronous mode, after every batch
 // once it is durable. The flush position sent is always the sink's durable position.
-import { decodeServerCopyData, encodeStandbyStatus, type ServerCopyMessage } from '../protocol/messages.js';
+import { ProtocolError, decodeServerCopyData, encodeStandbyStatus, type ServerCopyMessage } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { nowPgTime } from '../wal/time.js';
 import type { ReplicationConnection } from './connection.js';
@@ -113,7 +113,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     if (stopping) return;
     const expected = sink.receivedLsn;
     if (msg.dataStart !== expected) {
-      throw new Error(`received WAL at ${formatLsn(msg.dataStart)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
+      throw new ProtocolError(`received WAL at ${formatLsn(msg.dataStart)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
     }
     if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
     let data = msg.data;
