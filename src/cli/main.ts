@@ -213,6 +213,58 @@ export function buildProgram(): Command {
         stop: stopOnSignals(),
       });
     });
+  program
+    .command('push')
+    .description('archive one WAL file: use as archive_command = \'walstream push %p\'')
+    .argument('<path>', 'the file to archive (%p)')
+    .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
+    .option('--no-sync', 'do not fsync a local archive (testing only)')
+    .option('-v, --verbose', 'output verbose messages')
+    .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
+    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; verbose?: boolean }) => {
+      if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
+      const [{ push }, { openArchive }] = await Promise.all([import('../commands/push.js'), import('../storage/open.js')]);
+      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+      try {
+        await push({ path, store, compression: opts.compress.method, noSync: opts.sync === false, log: stderrLogger(opts.verbose === true) });
+      } finally {
+        await store.close();
+      }
+    });
+
+  program
+    .command('fetch')
+    .description('restore one WAL file from the archive: use as restore_command = \'walstream fetch %f %p\'')
+    .argument('<name>', 'the WAL file name asked for (%f)')
+    .argument('<dest>', 'where to write it (%p)')
+    .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .option('-v, --verbose', 'output verbose messages')
+    .addHelpText(
+      'after',
+      '\nExit status: 0 when restored; 1 when the file is not in the archive or the name is not a WAL file name. When the\n' +
+        'archive cannot be read (after retries) or holds a corrupt copy: 1 in a standby (it streams instead), 126 in\n' +
+        'archive or point-in-time recovery, which makes PostgreSQL stop rather than end the recovery early.',
+    )
+    .action(async (name: string, dest: string, opts: { archive?: string; s3Endpoint?: string; verbose?: boolean }) => {
+      const { fetch, FetchError, failureExitCode } = await import('../commands/fetch.js');
+      let store;
+      try {
+        if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
+        const { openArchive } = await import('../storage/open.js');
+        store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+      } catch (err) {
+        // A misconfigured restore_command must not read as "no more WAL".
+        throw new FetchError((err as Error).message, failureExitCode());
+      }
+      try {
+        await fetch({ name, dest, store, log: stderrLogger(opts.verbose === true) });
+      } finally {
+        await store.close();
+      }
+    });
   return program;
 }
 
@@ -230,6 +282,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const message = (e.message ?? String(err)).split('\n')[0];
     process.stderr.write(`walstream: error: ${message}\n`);
-    return 1;
+    // Commands that follow PostgreSQL's exit-status contract say which status they mean.
+    return typeof e.exitCode === 'number' && e.exitCode > 0 && e.exitCode < 128 ? e.exitCode : 1;
   }
 }

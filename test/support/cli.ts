@@ -28,6 +28,8 @@ export interface CliResult {
 
 export interface CliOptions {
   env?: Record<string, string | undefined>;
+  /** Working directory (restore_command runs in the data directory). */
+  cwd?: string;
   timeoutMs?: number;
 }
 
@@ -63,7 +65,7 @@ export class CliProcess {
 export function startCli(args: string[], opts: CliOptions = {}): CliProcess {
   const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
   for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
-  const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], { env, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   return new CliProcess(child, opts.timeoutMs ?? 120_000);
 }
 

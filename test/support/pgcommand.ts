@@ -1,0 +1,54 @@
+// walstream as PostgreSQL runs it: archive_command and restore_command execute as the server's OS
+// user (postgres, when the tests run as root), which may not reach this checkout (e.g. under
+// /root, mode 0700) or the Node binary. Then the package and Node are hard-linked (or copied) once
+// into a directory that user can reach.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { harnessTmpRoot, pgOsUser, traversable } from '../harness/exec.js';
+import { BIN, ROOT } from './cli.js';
+
+let staged: { node: string; bin: string } | undefined;
+
+function copyTree(src: string, dst: string): void {
+  try {
+    execFileSync('cp', ['-al', src, dst], { stdio: 'ignore' });
+  } catch {
+    execFileSync('cp', ['-a', src, dst], { stdio: 'ignore' });
+  }
+}
+
+function stage(): { node: string; bin: string } {
+  const user = pgOsUser();
+  const reachable = (p: string): boolean => user === null || traversable(dirname(p), user);
+  if (reachable(process.execPath) && reachable(BIN)) return { node: process.execPath, bin: BIN };
+  if (staged && existsSync(staged.bin)) return staged;
+  const base = mkdtempSync(join(harnessTmpRoot(), 'walstream-pkg-'));
+  chmodSync(base, 0o755);
+  for (const part of ['bin', 'dist', 'node_modules', 'package.json']) copyTree(join(ROOT, part), join(base, part));
+  let node = process.execPath;
+  if (!reachable(node)) {
+    mkdirSync(join(base, 'node-bin'), { mode: 0o755 });
+    node = join(base, 'node-bin', 'node');
+    copyTree(process.execPath, node);
+  }
+  process.once('exit', () => rmSync(base, { recursive: true, force: true }));
+  staged = { node, bin: join(base, 'bin', 'walstream') };
+  return staged;
+}
+
+/** A shell command line running walstream with `args`, for postgresql.conf (args are shell-quoted). */
+export function walstreamCommand(args: string[]): string {
+  const { node, bin } = stage();
+  const q = (s: string): string => (/^[A-Za-z0-9_%./:=-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  return [node, bin, ...args].map(q).join(' ');
+}
+
+/** A directory the PostgreSQL OS user owns (an archive that archive_command writes to). */
+export function pgOwnedDir(prefix: string): string {
+  const dir = mkdtempSync(join(harnessTmpRoot(), `walstream-${prefix}-`));
+  const user = pgOsUser();
+  if (user) chownSync(dir, user.uid, user.gid);
+  chmodSync(dir, 0o755);
+  return dir;
+}
