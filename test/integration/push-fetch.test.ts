@@ -3,7 +3,7 @@
 // pg_wal catching up from the archive and returning to streaming, and PostgreSQL's exit-status
 // contract for every kind of bad input.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, freePort, toolBinDir } from '../harness/pg.js';
@@ -179,5 +179,56 @@ describe('push and fetch with a real archiver and a real standby', () => {
     expect(res.code).toBe(126);
     expect(res.stderr).not.toContain('not-a-real-secret');
     expect(readdirSync(cwd)).toEqual([]);
+  });
+});
+
+describe('point-in-time recovery through walstream fetch', () => {
+  let primary: PgCluster;
+  let restored: PgCluster | undefined;
+  let archive: string;
+
+  beforeAll(async () => {
+    archive = pgOwnedDir('pitr');
+    primary = await PgCluster.create({
+      name: 'pitr',
+      conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) },
+    });
+  });
+  afterAll(async () => {
+    await restored?.destroy();
+    await primary?.destroy();
+    rmSync(archive, { recursive: true, force: true });
+  });
+
+  it('recovers a base backup to a target LSN: exactly the rows committed before it', async () => {
+    await primary.query('create table pitr (id int primary key)');
+    // The base backup: a copy of the data directory that will not stream.
+    restored = await primary.createStandby({ name: 'pitr-restored', start: false });
+    await primary.query('insert into pitr select generate_series(1, 100)');
+    await primary.generateWal(3 * 1024 * 1024);
+    const [{ target }] = (await primary.query<{ target: string }>('select pg_current_wal_lsn()::text as target')) as [{ target: string }];
+    await primary.query('insert into pitr select generate_series(101, 200)');
+    const last = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+    await primary.switchWal();
+    await primary.waitFor(
+      async () => ((await primary.query<{ l: string | null }>('select last_archived_wal as l from pg_stat_archiver'))[0]?.l ?? '') >= last,
+      60_000,
+      `archiving up to ${last}`,
+    );
+    // Archive recovery, not standby mode: WAL only from the archive, stop at the target, promote.
+    unlinkSync(join(restored.dataDir, 'standby.signal'));
+    writeFileSync(join(restored.dataDir, 'recovery.signal'), '');
+    restored.configure({
+      primary_conninfo: '',
+      restore_command: walstreamCommand(['fetch', '%f', '%p', '--archive', archive]),
+      recovery_target_lsn: target,
+      recovery_target_action: 'promote',
+    });
+    await restored.start();
+    await restored.waitFor(async () => !(await restored!.isInRecovery()), 120_000, 'the end of recovery');
+    const [{ n, max }] = (await restored.query<{ n: string; max: number }>('select count(*)::text as n, max(id) as max from pitr')) as [{ n: string; max: number }];
+    expect(n).toBe('100');
+    expect(max).toBe(100);
+    expect(readFileSync(restored.logFile, 'utf8')).toMatch(/recovery stopping (after|before) WAL location \(LSN\)|reached recovery target|recovery stopping/);
   });
 });
