@@ -232,3 +232,49 @@ describe('point-in-time recovery through walstream fetch', () => {
     expect(readFileSync(restored.logFile, 'utf8')).toMatch(/recovery stopping (after|before) WAL location \(LSN\)|reached recovery target|recovery stopping/);
   });
 });
+
+describe('timelines through the archive', () => {
+  const clusters: PgCluster[] = [];
+  let archive: string;
+  afterAll(async () => {
+    for (const c of clusters.reverse()) await c.destroy();
+    if (archive) rmSync(archive, { recursive: true, force: true });
+  });
+
+  it('a promoted standby archives its history file, and another standby follows the new timeline through fetch', async () => {
+    archive = pgOwnedDir('timeline');
+    const fetchCmd = walstreamCommand(['fetch', '%f', '%p', '--archive', archive]);
+    const primary = await PgCluster.create({
+      name: 'tl-primary',
+      conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) },
+    });
+    clusters.push(primary);
+    await primary.query('create table tl (id int)');
+    const promoted = await primary.createStandby({ name: 'tl-promoted', restoreCommand: fetchCmd });
+    clusters.push(promoted);
+    const follower = await primary.createStandby({ name: 'tl-follower', restoreCommand: fetchCmd, conf: { recovery_target_timeline: 'latest' } });
+    clusters.push(follower);
+    await primary.query('insert into tl values (1)');
+    const lsn = await primary.currentLsn();
+    await promoted.waitForReplay(lsn);
+    await follower.waitForReplay(lsn);
+    // The primary is lost; one standby becomes the new primary on timeline 2.
+    await primary.stop('immediate');
+    await promoted.promote();
+    await promoted.query('insert into tl values (2)');
+    await promoted.switchWal();
+    await promoted.waitFor(
+      async () => existsSync(join(archive, '00000002.history')) && ((await promoted.query<{ l: string | null }>('select last_archived_wal as l from pg_stat_archiver'))[0]?.l ?? '').startsWith('00000002'),
+      60_000,
+      'the new timeline to be archived',
+    );
+    expect(readFileSync(join(archive, '00000002.history')).equals(readFileSync(join(promoted.walDir, '00000002.history')))).toBe(true);
+    // The other standby, whose primary is gone, finds timeline 2 in the archive and replays it.
+    await follower.waitFor(
+      async () => (await follower.query<{ n: string }>('select count(*)::text as n from tl'))[0]?.n === '2',
+      120_000,
+      'the follower to replay timeline 2 from the archive',
+    );
+    expect(readFileSync(follower.logFile, 'utf8')).toMatch(/restored log file "00000002\.history" from archive|new target timeline is 2/);
+  });
+});
