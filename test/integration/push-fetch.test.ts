@@ -278,3 +278,50 @@ describe('timelines through the archive', () => {
     expect(readFileSync(follower.logFile, 'utf8')).toMatch(/restored log file "00000002\.history" from archive|new target timeline is 2/);
   });
 });
+
+describe('a standby catching up from what walstream receive archived', () => {
+  let primary: PgCluster;
+  let standby: PgCluster;
+  let dir: string;
+  afterAll(async () => {
+    await standby?.destroy();
+    await primary?.destroy();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('replays the receiver\'s directory through fetch, then streams from the primary', async () => {
+    dir = pgOwnedDir('received');
+    primary = await PgCluster.create({ name: 'recv-catchup', conf: { min_wal_size: '2MB', max_wal_size: '8MB', wal_keep_size: 0 } });
+    standby = await primary.createStandby({ name: 'recv-catchup-standby', restoreCommand: walstreamCommand(['fetch', '%f', '%p', '--archive', dir]) });
+    await primary.query("select pg_create_physical_replication_slot('receiver', true)");
+    await primary.query('create table caught (id int)');
+    await standby.waitForReplay(await primary.currentLsn());
+    await standby.stop();
+    await primary.query('insert into caught select generate_series(1, 1000)');
+    await primary.generateWal(30 * 1024 * 1024);
+    // Everything up to here goes into complete segments the receiver holds.
+    await primary.switchWal();
+    const endpos = await primary.currentLsn();
+    const res = await runCli(['receive', '-D', dir, '-d', primary.connectionString(), '-S', 'receiver', '-E', endpos, '-n']);
+    expect(res.code, res.stderr).toBe(0);
+    expect(readdirSync(dir).filter((n) => SEG_RE.test(n)).length).toBeGreaterThanOrEqual(30);
+    // PostgreSQL runs restore_command as its own OS user: let it read what root received.
+    await run(['chown', '-R', 'postgres:postgres', dir]);
+    // Without the slot, checkpoints remove the old segments: the standby can only get them from the receiver.
+    await primary.query("select pg_drop_replication_slot('receiver')");
+    await primary.checkpoint();
+    await primary.checkpoint();
+    await standby.start();
+    await standby.waitForReplay(endpos, 120_000);
+    await standby.waitFor(
+      async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
+      60_000,
+      'the standby to stream from the primary again',
+    );
+    expect(readFileSync(standby.logFile, 'utf8')).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
+    await primary.query('insert into caught values (0)');
+    await standby.waitForReplay(await primary.currentLsn(), 60_000);
+    const q = 'select count(*)::text as n, sum(id)::text as s from caught';
+    expect(await standby.query(q)).toEqual(await primary.query(q));
+  });
+});
