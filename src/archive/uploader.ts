@@ -9,6 +9,7 @@ import { readFile, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError, type ArchiveStore, type Compression } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
+import { HISTORY_NAME_RE, WAL_NAME_RE } from '../wal/segment.js';
 
 export interface UploaderOptions {
   spoolDir: string;
@@ -30,13 +31,11 @@ export interface PressureListener {
   drain(): void;
 }
 
-const SEGMENT_RE = /^[0-9A-F]{24}$/;
-const HISTORY_RE = /^[0-9A-F]{8}\.history$/;
 
 /** Upload order: history files first (a timeline's history must be there before its WAL), then by name. */
 function uploadOrder(a: string, b: string): number {
-  const ha = HISTORY_RE.test(a);
-  const hb = HISTORY_RE.test(b);
+  const ha = HISTORY_NAME_RE.test(a);
+  const hb = HISTORY_NAME_RE.test(b);
   if (ha !== hb) return ha ? -1 : 1;
   return a < b ? -1 : a > b ? 1 : 0;
 }
@@ -68,7 +67,7 @@ export class SpoolUploader {
 
   /** Queue everything finished that an earlier run left in the spool. */
   async start(): Promise<void> {
-    const names = (await readdir(this.o.spoolDir)).filter((n) => SEGMENT_RE.test(n) || HISTORY_RE.test(n)).sort(uploadOrder);
+    const names = (await readdir(this.o.spoolDir)).filter((n) => WAL_NAME_RE.test(n) || HISTORY_NAME_RE.test(n)).sort(uploadOrder);
     for (const n of names) await this.enqueue(n);
   }
 
@@ -101,7 +100,7 @@ export class SpoolUploader {
     }
     this.queued.add(name);
     this.sizes.set(name, size);
-    if (SEGMENT_RE.test(name)) this.pendingBytes += size;
+    if (WAL_NAME_RE.test(name)) this.pendingBytes += size;
     this.waiting.push(name);
     this.waiting.sort(uploadOrder);
     this.checkPressure();
@@ -132,7 +131,7 @@ export class SpoolUploader {
     while (!this.stopped && !this.failure && this.active.size < this.o.concurrency && this.waiting.length > 0) {
       // A segment waits for the history files queued before it.
       const next = this.waiting[0]!;
-      if (!HISTORY_RE.test(next) && [...this.active].some((a) => HISTORY_RE.test(a))) break;
+      if (!HISTORY_NAME_RE.test(next) && [...this.active].some((a) => HISTORY_NAME_RE.test(a))) break;
       this.waiting.shift();
       this.active.add(next);
       void this.upload(next, this.o.retryMinMs ?? 500);
@@ -148,7 +147,7 @@ export class SpoolUploader {
     const path = join(this.o.spoolDir, name);
     try {
       const data = await readFile(path);
-      const res = await this.o.store.put(name, data, { compression: HISTORY_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync });
+      const res = await this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync });
       if (res.replacedDamaged) {
         this.o.log.warn(`archive held a damaged copy of ${name} (failing its own checksum): kept as ${res.replacedDamaged} and replaced`);
       }
@@ -205,7 +204,7 @@ export class SpoolUploader {
     const size = this.sizes.get(name) ?? 0;
     this.sizes.delete(name);
     this.queued.delete(name);
-    if (!SEGMENT_RE.test(name)) {
+    if (!WAL_NAME_RE.test(name)) {
       // History files are small and tell a restarted receiver which timelines it has: keep them.
       return;
     }

@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
+import { POSTGRES_WAL_FILE_RE } from '../wal/segment.js';
 import type { Logger } from '../util/log.js';
 
 export interface FetchOptions {
@@ -27,9 +28,6 @@ export const EXIT_NOT_AVAILABLE = 1;
 /** Exit status above 125: PostgreSQL stops the recovery (FATAL) rather than end it early. */
 export const EXIT_ABORT_RECOVERY = 126;
 
-/** Names restore_command is asked for: segments, history files (and .partial / .backup by hand). */
-const FETCHABLE_RE = /^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
-
 export class FetchError extends Error {
   constructor(
     message: string,
@@ -46,7 +44,7 @@ export function failureExitCode(cwd: string = process.cwd()): number {
 }
 
 export async function fetch(o: FetchOptions): Promise<void> {
-  if (!FETCHABLE_RE.test(o.name)) {
+  if (!POSTGRES_WAL_FILE_RE.test(o.name)) {
     throw new FetchError(`"${o.name.slice(0, 80)}" is not a WAL file name`, EXIT_NOT_AVAILABLE);
   }
   const attempts = o.attempts ?? 5;

@@ -4,8 +4,8 @@
 import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE } from '../wal/page.js';
-import { isValidSegSize, parseWalFileName } from '../wal/segment.js';
-import { ARCHIVE_NAME_RE, type ArchiveStore, type Compression } from '../storage/types.js';
+import { POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
+import type { ArchiveStore, Compression } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
 
 export interface PushOptions {
@@ -24,9 +24,6 @@ export class PushError extends Error {
   }
 }
 
-/** What PostgreSQL archives: segments, history, backup history and .partial files (not pieces). */
-const PUSHABLE_RE = /^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
-
 /** Check a segment (or a promotion's .partial) before it may enter the archive. */
 export function checkSegmentFile(name: string, data: Buffer): void {
   const segName = name.slice(0, 24);
@@ -43,7 +40,7 @@ export function checkSegmentFile(name: string, data: Buffer): void {
 
 export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   const name = basename(o.path);
-  if (!PUSHABLE_RE.test(name) || !ARCHIVE_NAME_RE.test(name)) {
+  if (!POSTGRES_WAL_FILE_RE.test(name)) {
     throw new PushError(`"${name.slice(0, 80)}" is not a WAL file name PostgreSQL archives`);
   }
   let data: Buffer;
@@ -52,9 +49,10 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   } catch (err) {
     throw new PushError(`cannot read ${o.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  if (/^[0-9A-F]{24}(\.partial)?$/.test(name)) checkSegmentFile(name, data);
+  const segment = SEGMENT_FILE_RE.test(name);
+  if (segment) checkSegmentFile(name, data);
   // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
-  const compression = /^[0-9A-F]{24}(\.partial)?$/.test(name) ? o.compression : 'none';
+  const compression = segment ? o.compression : 'none';
   const res = await o.store.put(name, data, { compression, noSync: o.noSync });
   if (res.replacedDamaged) o.log.warn(`the archive held a damaged copy of ${name}: kept as ${res.replacedDamaged} and replaced`);
   o.log.verbose(`${name}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);

@@ -12,7 +12,7 @@ import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
 import { zstdAvailable, type Compression } from '../sink/segment-file.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
-import { historyFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
+import { historyFileName, isWalFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
 import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
 import type { ArchiveStore } from '../storage/types.js';
@@ -194,7 +194,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       log,
       noSync: o.noSync,
       onUploaded: (name) => {
-        if (/^[0-9A-F]{24}$/.test(name)) void shipper?.segmentArchived(name);
+        if (isWalFileName(name)) void shipper?.segmentArchived(name);
       },
     });
     if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
@@ -450,7 +450,7 @@ function shipPartials(shipper: PartialShipper, sink: WalDirSink, segSize: number
 async function archiveResumePoint(store: ArchiveStore, segSize: number): Promise<{ start: Lsn; tli: number } | undefined> {
   let best: { tli: number; segNo: bigint } | undefined;
   for (const obj of await store.list()) {
-    if (!/^[0-9A-F]{24}$/.test(obj.name)) continue;
+    if (!isWalFileName(obj.name)) continue;
     const p = parseWalFileName(obj.name, segSize);
     if (!best || p.segNo > best.segNo || (p.segNo === best.segNo && p.tli > best.tli)) best = p;
   }

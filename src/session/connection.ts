@@ -18,7 +18,7 @@ import {
 } from '../protocol/commands.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { assertSegSize, historyFileName, parseSizeSetting } from '../wal/segment.js';
-import { ConnectionLostError, ServerError, toServerError } from './errors.js';
+import { ConnectionLostError, toServerError } from './errors.js';
 import type { ReplicationClientConfig } from './conninfo.js';
 import { CopyBothStream, type StreamEvents } from './copyboth.js';
 import type { Lsn } from '../wal/lsn.js';
@@ -33,7 +33,6 @@ const textOnly = { getTypeParser: () => (value: string) => value };
 
 export class ReplicationConnection {
   private closed = false;
-  private lastError: Error | undefined;
 
   private constructor(
     private readonly client: pg.Client,
@@ -57,9 +56,8 @@ export class ReplicationConnection {
     if (early) throw toServerError(early);
     const conn = new ReplicationConnection(client, 0);
     client.removeListener('error', onError);
-    client.on('error', (e: Error) => {
-      conn.lastError = toServerError(e);
-    });
+    // Failures reach the command in flight; without a listener an 'error' event would crash the process.
+    client.on('error', () => undefined);
     const res = await conn.command(showCommand('server_version_num'));
     const num = Number(res.rows[0]?.['server_version_num']);
     if (!Number.isInteger(num) || num < 100000) throw new ProtocolError('could not read server_version_num');
@@ -160,10 +158,5 @@ export class ReplicationConnection {
     const con = (this.client as unknown as { connection?: { stream?: { destroy(): void } } }).connection;
     con?.stream?.destroy();
   }
-
-  get error(): Error | undefined {
-    return this.lastError;
-  }
 }
 
-export { ServerError };

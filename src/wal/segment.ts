@@ -51,6 +51,10 @@ export function walFileName(tli: number, segNo: bigint, segSize: number): string
 export const WAL_NAME_RE = /^[0-9A-F]{24}$/;
 export const HISTORY_NAME_RE = /^[0-9A-F]{8}\.history$/;
 export const BACKUP_NAME_RE = /^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$/;
+/** What PostgreSQL hands archive_command and asks restore_command for: segments, history, backup history and .partial files. */
+export const POSTGRES_WAL_FILE_RE = /^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
+/** A segment, or the .partial a promotion leaves of one: both hold a whole segment's bytes. */
+export const SEGMENT_FILE_RE = /^[0-9A-F]{24}(?:\.partial)?$/;
 
 export function isWalFileName(name: string): boolean {
   return WAL_NAME_RE.test(name);

@@ -14,6 +14,15 @@ import { LocalStore } from '../../src/storage/local.js';
 
 const SEG_RE = /^[0-9A-F]{24}$/;
 
+/** Wait until a standby that caught up from the archive streams from its primary again. */
+function waitStreaming(standby: PgCluster): Promise<void> {
+  return standby.waitFor(
+    async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
+    60_000,
+    'the standby to stream from the primary again',
+  );
+}
+
 describe('push and fetch with a real archiver and a real standby', () => {
   let primary: PgCluster;
   let standby: PgCluster;
@@ -89,11 +98,7 @@ describe('push and fetch with a real archiver and a real standby', () => {
     const target = await primary.currentLsn();
     await standby.start();
     await standby.waitForReplay(target, 120_000);
-    await standby.waitFor(
-      async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
-      60_000,
-      'the standby to stream from the primary again',
-    );
+    await waitStreaming(standby);
     const log = readFileSync(standby.logFile, 'utf8');
     expect(log).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
     expect(oldest > '000000010000000000000003').toBe(true);
@@ -313,11 +318,7 @@ describe('a standby catching up from what walstream receive archived', () => {
     await primary.checkpoint();
     await standby.start();
     await standby.waitForReplay(endpos, 120_000);
-    await standby.waitFor(
-      async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
-      60_000,
-      'the standby to stream from the primary again',
-    );
+    await waitStreaming(standby);
     expect(readFileSync(standby.logFile, 'utf8')).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
     await primary.query('insert into caught values (0)');
     await standby.waitForReplay(await primary.currentLsn(), 60_000);
