@@ -6,7 +6,9 @@
 // pieces are deleted.
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ArchiveStore } from '../storage/types.js';
+import { NotFoundError, type ArchiveStore } from '../storage/types.js';
+import { checkSegmentPages, LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
+import { isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { Logger } from '../util/log.js';
 
 const PIECE_RE = /^([0-9A-F]{24})\.partial\.([0-9A-F]{8})$/;
@@ -110,4 +112,36 @@ export class PartialShipper {
     if (this.segment === segment) this.segment = undefined;
     this.broken.delete(segment);
   }
+}
+
+/**
+ * The newest WAL the archive holds of a segment that never arrived whole, as a full-size segment
+ * PostgreSQL can restore (fetch --partial): the segment's `.partial` object (pg_receivewal's
+ * layout, or what a promotion archived), else the contiguous pieces of the receiver's segment in
+ * progress, zero-padded to the segment size as PostgreSQL requires of a restored file. Undefined
+ * when the archive has neither. The first page must be a valid long header for this segment;
+ * pieces are checked page by page up to their end.
+ */
+export async function readPartialSegment(store: ArchiveStore, segment: string): Promise<Buffer | undefined> {
+  let data: Buffer;
+  let validLength: number;
+  try {
+    data = (await store.get(`${segment}.partial`)).data;
+    validLength = LONG_PAGE_HEADER_SIZE; // bytes after the last record may be stale: PostgreSQL stops at them
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+    data = await assemblePieces(store, segment);
+    if (data.length === 0) return undefined;
+    validLength = data.length;
+  }
+  if (data.length < LONG_PAGE_HEADER_SIZE) throw new Error(`the archive's partial copy of ${segment} is too short to hold a WAL page header`);
+  const head = readLongPageHeader(data);
+  if (!isValidSegSize(head.segSize) || data.length > head.segSize) throw new Error(`the archive's partial copy of ${segment} does not hold a valid segment header`);
+  const { tli, segNo } = parseWalFileName(segment, head.segSize);
+  const check = checkSegmentPages(data, Math.min(validLength, data.length), { segNo, segSize: head.segSize, tli, blockSize: head.blockSize });
+  if (!check.ok) throw new Error(`the archive's partial copy of ${segment} is not valid WAL: ${check.problems[0]}`);
+  if (data.length === head.segSize) return data;
+  const full = Buffer.alloc(head.segSize);
+  data.copy(full);
+  return full;
 }

@@ -4,10 +4,17 @@
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { createInterface } from 'node:readline';
 import { parseLsn } from '../wal/lsn.js';
-import { stderrLogger } from '../util/log.js';
+import { stderrLogger, type Logger } from '../util/log.js';
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Compression } from '../sink/segment-file.js';
+import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
+import { parseListenAddress, type ListenAddress } from '../observe/http.js';
 
 const VERSION = '0.1.0';
+/** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
+const PREFETCH_LOG_NAME = 'prefetch.log';
 
 function parseEndPos(v: string): bigint {
   try {
@@ -136,6 +143,20 @@ interface ReceiveCliOptions {
   spoolMax: number;
   uploadConcurrency: number;
   partialInterval: number;
+  metricsListen?: ListenAddress;
+}
+
+function parseListen(v: string): ListenAddress {
+  try {
+    return parseListenAddress(v);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function parseRows(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 10_000_000) throw new InvalidArgumentError(`invalid row count "${v}" (1-10000000)`);
+  return Number(v);
 }
 
 export function buildProgram(): Command {
@@ -145,7 +166,22 @@ export function buildProgram(): Command {
     .description('PostgreSQL WAL streaming receiver and archiver')
     .version(VERSION, '-V, --version')
     .showHelpAfterError(false)
-    .configureOutput({ outputError: (str, write) => write(`walstream: ${str.split('\n')[0]!.trim()}\n`) });
+    .addOption(
+      new Option('--log-format <format>', 'log messages on standard error as text or as JSON lines ({"time","level","msg",...})')
+        .choices(LOG_FORMATS)
+        .default('text')
+        .env('WALSTREAM_LOG_FORMAT'),
+    )
+    .configureHelp({ showGlobalOptions: true })
+    .configureOutput({
+      outputError: (str, write) => {
+        const line = str.split('\n')[0]!.trim();
+        write(logFormatOf(program) === 'json' ? formatFatal('json', line.replace(/^error: /, '')) : `walstream: ${line}\n`);
+      },
+    });
+  // Every command's logger writes in the chosen --log-format (a program option, also accepted
+  // after the command name): this shadows the imported stderrLogger for the commands below.
+  const stderrLogger = (verbose: boolean): ReturnType<typeof formattedLogger> => formattedLogger(verbose, { format: logFormatOf(program) });
 
   program
     .command('receive')
@@ -174,6 +210,7 @@ export function buildProgram(): Command {
     .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 2)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
+    .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)', parseListen)
     .addHelpText(
       'after',
       '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
@@ -183,6 +220,13 @@ export function buildProgram(): Command {
       const { receive } = await import('../commands/receive.js');
       const log = stderrLogger(opts.verbose === true);
       const password = opts.forcePassword ? await promptPassword() : undefined;
+      const { observeReceiver } = await import('../observe/receiver.js');
+      const observation = await observeReceiver({
+        listen: opts.metricsListen,
+        statusIntervalMs: opts.statusInterval,
+        log,
+        progress: process.stderr.isTTY === true && logFormatOf(program) === 'text',
+      });
       await receive({
         directory: opts.directory,
         slot: opts.slot,
@@ -211,7 +255,19 @@ export function buildProgram(): Command {
         partialIntervalMs: opts.partialInterval,
         log,
         stop: stopOnSignals(),
-      });
+        metrics: observation.metrics,
+      }).finally(() => observation.stop());
+    });
+  program
+    .command('demo')
+    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a standby restored from that archive through walstream fetch')
+    .option('--rows <n>', 'rows to write on the primary and look for on the standby', parseRows, 100_000)
+    .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
+    .option('--keep', 'keep the directories (servers stopped) instead of removing them')
+    .option('-v, --verbose', 'also show the receiver\'s verbose messages')
+    .action(async (opts: { rows: number; dir?: string; keep?: boolean; verbose?: boolean }) => {
+      const { demo } = await import('../commands/demo.js');
+      await demo({ rows: opts.rows, dir: opts.dir, keep: opts.keep === true, log: stderrLogger(opts.verbose === true), out: (line) => process.stdout.write(`${line}\n`), stop: stopOnSignals() });
     });
   program
     .command('push')
@@ -221,14 +277,15 @@ export function buildProgram(): Command {
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
     .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
     .option('--no-sync', 'do not fsync a local archive (testing only)')
+    .option('--parallel <n>', 'push up to n files at once: this one and the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
-    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; verbose?: boolean }) => {
+    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; parallel: number; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const [{ push }, { openArchive }] = await Promise.all([import('../commands/push.js'), import('../storage/open.js')]);
       const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
       try {
-        await push({ path, store, compression: opts.compress.method, noSync: opts.sync === false, log: stderrLogger(opts.verbose === true) });
+        await push({ path, store, compression: opts.compress.method, noSync: opts.sync === false, parallel: opts.parallel, log: stderrLogger(opts.verbose === true) });
       } finally {
         await store.close();
       }
@@ -241,6 +298,9 @@ export function buildProgram(): Command {
     .argument('<dest>', 'where to write it (%p)')
     .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .addOption(new Option('--prefetch [n]', 'after serving a segment, download the next n (default 8) in the background into the spool').argParser(parsePositiveInt).preset(8))
+    .option('--spool <dir>', 'with --prefetch: where prefetched segments wait (default .walstream-prefetch in the working directory, the data directory)')
+    .option('--partial', 'serve the newest partial copy of a segment the archive lacks (point-in-time recovery up to the last WAL received)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText(
       'after',
@@ -248,7 +308,7 @@ export function buildProgram(): Command {
         'archive cannot be read (after retries) or holds a corrupt copy: 1 in a standby (it streams instead), 126 in\n' +
         'archive or point-in-time recovery, which makes PostgreSQL stop rather than end the recovery early.',
     )
-    .action(async (name: string, dest: string, opts: { archive?: string; s3Endpoint?: string; verbose?: boolean }) => {
+    .action(async (name: string, dest: string, opts: FetchCliOptions) => {
       const { fetch, FetchError, failureExitCode } = await import('../commands/fetch.js');
       let store;
       try {
@@ -260,12 +320,67 @@ export function buildProgram(): Command {
         throw new FetchError((err as Error).message, failureExitCode());
       }
       try {
-        await fetch({ name, dest, store, log: stderrLogger(opts.verbose === true) });
+        const log = stderrLogger(opts.verbose === true);
+        const prefetch = opts.prefetch ? prefetchSettings(opts, opts.prefetch, log) : undefined;
+        await fetch({ name, dest, store, log, partial: opts.partial === true, prefetch });
+      } finally {
+        await store.close();
+      }
+    });
+  program
+    .command('fetch-prefetch', { hidden: true })
+    .description('the background worker of fetch --prefetch')
+    .requiredOption('--spool <dir>', 'the prefetch spool')
+    .addOption(new Option('--archive <url>', 'the archive').env('WALSTREAM_ARCHIVE'))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .option('-v, --verbose', 'output verbose messages')
+    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; verbose?: boolean }) => {
+      if (!opts.archive) throw new Error('no archive given');
+      const [{ runPrefetchWorker }, { openArchive }] = await Promise.all([import('../archive/prefetch.js'), import('../storage/open.js')]);
+      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+      try {
+        await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
       } finally {
         await store.close();
       }
     });
   return program;
+}
+
+interface FetchCliOptions {
+  archive?: string;
+  s3Endpoint?: string;
+  prefetch?: number;
+  spool?: string;
+  partial?: boolean;
+  verbose?: boolean;
+}
+
+/**
+ * fetch --prefetch: the spool, and how to start the background worker: this program again,
+ * detached, with its messages in the spool's prefetch.log.
+ */
+function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { count: number; spool: string; startWorker: () => void } {
+  const spool = resolve(opts.spool ?? '.walstream-prefetch');
+  const startWorker = (): void => {
+    const args = [...process.execArgv, process.argv[1]!, 'fetch-prefetch', '--spool', spool, '--archive', opts.archive!, '--verbose'];
+    if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
+    let logFd: number | undefined;
+    try {
+      logFd = openSync(join(spool, PREFETCH_LOG_NAME), 'w', 0o600);
+      spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', logFd] }).unref();
+    } catch (err) {
+      log.warn(`cannot start the prefetch worker: ${(err as Error).message}`);
+    } finally {
+      if (logFd !== undefined) closeSync(logFd);
+    }
+  };
+  return { count, spool, startWorker };
+}
+
+/** The --log-format in effect (text until parsed). */
+function logFormatOf(program: Command): LogFormat {
+  return program.opts<{ logFormat?: LogFormat }>().logFormat ?? 'text';
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -281,7 +396,7 @@ export async function main(argv: string[]): Promise<number> {
       return 1;
     }
     const message = (e.message ?? String(err)).split('\n')[0];
-    process.stderr.write(`walstream: error: ${message}\n`);
+    process.stderr.write(formatFatal(logFormatOf(program), message ?? ''));
     // Commands that follow PostgreSQL's exit-status contract say which status they mean.
     return typeof e.exitCode === 'number' && e.exitCode > 0 && e.exitCode < 128 ? e.exitCode : 1;
   }

@@ -10,7 +10,10 @@ import { existsSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
-import { POSTGRES_WAL_FILE_RE } from '../wal/segment.js';
+import { isValidSegSize, POSTGRES_WAL_FILE_RE, WAL_NAME_RE } from '../wal/segment.js';
+import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
+import { prepareSpool, requestPrefetch, takeFromSpool } from '../archive/prefetch.js';
+import { readPartialSegment } from '../archive/partial.js';
 import type { Logger } from '../util/log.js';
 
 export interface FetchOptions {
@@ -21,6 +24,10 @@ export interface FetchOptions {
   /** Attempts for transient failures before giving up (default 5). */
   attempts?: number;
   retryMinMs?: number;
+  /** Serve the newest partial copy of a segment the archive lacks (point-in-time recovery to the last byte received). */
+  partial?: boolean;
+  /** Keep the next segments ready in a spool directory (see archive/prefetch.ts). */
+  prefetch?: { count: number; spool: string; startWorker: () => void };
 }
 
 /** Exit status meaning "not available" to PostgreSQL. */
@@ -43,32 +50,31 @@ export function failureExitCode(cwd: string = process.cwd()): number {
   return existsSync(join(cwd, 'standby.signal')) ? EXIT_NOT_AVAILABLE : EXIT_ABORT_RECOVERY;
 }
 
-export async function fetch(o: FetchOptions): Promise<void> {
-  if (!POSTGRES_WAL_FILE_RE.test(o.name)) {
-    throw new FetchError(`"${o.name.slice(0, 80)}" is not a WAL file name`, EXIT_NOT_AVAILABLE);
-  }
+async function getWithRetries(o: FetchOptions, what: string, get: () => Promise<Buffer | undefined>): Promise<Buffer | undefined> {
   const attempts = o.attempts ?? 5;
   let delay = o.retryMinMs ?? 200;
-  let data: Buffer | undefined;
-  for (let attempt = 1; data === undefined; attempt++) {
+  for (let attempt = 1; ; attempt++) {
     try {
-      data = (await o.store.get(o.name)).data;
+      return await get();
     } catch (err) {
-      if (err instanceof NotFoundError) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);
+      if (err instanceof NotFoundError) return undefined;
       const e = err as Error;
       const transient = !(err instanceof StorageError) || err.transient;
       if (!transient || attempt >= attempts) {
         const code = failureExitCode();
-        const what = code === EXIT_ABORT_RECOVERY ? 'stopping the recovery rather than ending it early' : 'the standby will stream instead and ask again';
-        throw new FetchError(`cannot fetch ${o.name}: ${e.message} (${what})`, code);
+        const how = code === EXIT_ABORT_RECOVERY ? 'stopping the recovery rather than ending it early' : 'the standby will stream instead and ask again';
+        throw new FetchError(`cannot fetch ${what}: ${e.message} (${how})`, code);
       }
-      o.log.warn(`cannot fetch ${o.name} (attempt ${attempt} of ${attempts}): ${e.message}; retrying`);
+      o.log.warn(`cannot fetch ${what} (attempt ${attempt} of ${attempts}): ${e.message}; retrying`);
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 5000);
     }
   }
-  // Write next to %p under a temporary name, then rename: PostgreSQL never sees half a file.
-  const tmp = join(dirname(o.dest), `.${basename(o.dest)}.walstream-tmp`);
+}
+
+/** Write next to %p under a temporary name, then rename: PostgreSQL never sees half a file. */
+async function writeDest(dest: string, data: Buffer): Promise<void> {
+  const tmp = join(dirname(dest), `.${basename(dest)}.walstream-tmp`);
   try {
     const fh = await open(tmp, 'w', 0o600);
     try {
@@ -76,10 +82,48 @@ export async function fetch(o: FetchOptions): Promise<void> {
     } finally {
       await fh.close();
     }
-    await rename(tmp, o.dest);
+    await rename(tmp, dest);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
-    throw new FetchError(`cannot write ${o.dest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, failureExitCode());
+    throw new FetchError(`cannot write ${dest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, failureExitCode());
   }
-  o.log.verbose(`restored ${o.name}`);
+}
+
+export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'partial'> {
+  if (!POSTGRES_WAL_FILE_RE.test(o.name)) {
+    throw new FetchError(`"${o.name.slice(0, 80)}" is not a WAL file name`, EXIT_NOT_AVAILABLE);
+  }
+  const segment = WAL_NAME_RE.test(o.name);
+  const pf = segment ? o.prefetch : undefined;
+  let source: 'archive' | 'spool' | 'partial' = 'archive';
+  let segSize: number | undefined;
+  if (pf) {
+    try {
+      await prepareSpool(pf.spool, o.store.description);
+      segSize = await takeFromSpool(pf.spool, o.name, o.dest);
+    } catch (err) {
+      // The spool is only a cache: without it, fetch from the archive (and say why).
+      o.log.warn(`prefetch spool ${pf.spool}: ${(err as Error).message}`);
+    }
+    if (segSize !== undefined) source = 'spool';
+  }
+  if (source === 'archive') {
+    let data = await getWithRetries(o, o.name, async () => (await o.store.get(o.name)).data);
+    if (data === undefined && o.partial && segment) {
+      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(o.store, o.name));
+      if (data !== undefined) source = 'partial';
+    }
+    if (data === undefined) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);
+    await writeDest(o.dest, data);
+    if (segment && data.length >= LONG_PAGE_HEADER_SIZE) segSize = readLongPageHeader(data).segSize;
+  }
+  o.log.verbose(`restored ${o.name}${source === 'spool' ? ' from the prefetch spool' : source === 'partial' ? ' from its partial copy (the newest WAL the archive has of it)' : ''}`);
+  if (pf && source !== 'partial' && segSize !== undefined && isValidSegSize(segSize)) {
+    try {
+      await requestPrefetch(pf.spool, { name: o.name, segSize, count: pf.count }, pf.startWorker);
+    } catch (err) {
+      o.log.warn(`cannot start prefetching after ${o.name}: ${(err as Error).message}`);
+    }
+  }
+  return source;
 }

@@ -1,11 +1,13 @@
 // walstream push %p — archive_command (pgarch.c pgarch_archiveXlog; replication-protocol.md §6).
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
-import { readFile } from 'node:fs/promises';
-import { basename } from 'node:path';
-import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE } from '../wal/page.js';
-import { POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
+import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { ArchiveStore, Compression } from '../storage/types.js';
+import { claimArchive, type ArchiveIdentity } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
 
 export interface PushOptions {
@@ -15,6 +17,8 @@ export interface PushOptions {
   compression: Compression;
   noSync: boolean;
   log: Logger;
+  /** Push up to this many files at once: the one asked for and the next ones ready in archive_status (default 1). */
+  parallel?: number;
 }
 
 export class PushError extends Error {
@@ -25,7 +29,7 @@ export class PushError extends Error {
 }
 
 /** Check a segment (or a promotion's .partial) before it may enter the archive. */
-export function checkSegmentFile(name: string, data: Buffer): void {
+export function checkSegmentFile(name: string, data: Buffer): LongPageHeader {
   const segName = name.slice(0, 24);
   if (data.length < LONG_PAGE_HEADER_SIZE) throw new PushError(`${name}: ${data.length} bytes is not a WAL segment`);
   const head = readLongPageHeader(data);
@@ -36,6 +40,42 @@ export function checkSegmentFile(name: string, data: Buffer): void {
   const validLength = name.endsWith('.partial') ? LONG_PAGE_HEADER_SIZE : data.length;
   const check = checkSegmentPages(data, validLength, { segNo, segSize: head.segSize, tli, blockSize: head.blockSize });
   if (!check.ok) throw new PushError(`${name}: not a valid WAL segment: ${check.problems[0]}`);
+  return head;
+}
+
+/** Read a file PostgreSQL hands over; a one-line error when it cannot. */
+async function readWalFile(path: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    throw new PushError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/**
+ * The files after `asked` that PostgreSQL has marked ready for archiving (pg_wal/archive_status/*.ready),
+ * in the order its archiver takes them: history files first, then by name (pgarch.c).
+ */
+export async function readyFiles(walDir: string, asked: string, count: number): Promise<string[]> {
+  let entries: string[];
+  try {
+    entries = await readdir(join(walDir, 'archive_status'));
+  } catch {
+    return []; // not a pg_wal directory: nothing to look ahead at
+  }
+  const ready = entries
+    .filter((e) => e.endsWith('.ready'))
+    .map((e) => e.slice(0, -'.ready'.length))
+    .filter((n) => n !== asked && POSTGRES_WAL_FILE_RE.test(n));
+  const history = ready.filter((n) => HISTORY_NAME_RE.test(n)).sort();
+  const rest = ready.filter((n) => !HISTORY_NAME_RE.test(n) && n > asked).sort();
+  return [...history, ...rest].slice(0, count);
+}
+
+/** True when the archive already holds exactly these bytes under `name` (one HEAD, no upload). */
+async function alreadyArchived(store: ArchiveStore, name: string, data: Buffer): Promise<boolean> {
+  const info = await store.head(name);
+  return info?.checksum !== undefined && info.checksum === createHash('sha256').update(data).digest('hex');
 }
 
 export async function push(o: PushOptions): Promise<'created' | 'exists'> {
@@ -43,18 +83,48 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   if (!POSTGRES_WAL_FILE_RE.test(name)) {
     throw new PushError(`"${name.slice(0, 80)}" is not a WAL file name PostgreSQL archives`);
   }
-  let data: Buffer;
-  try {
-    data = await readFile(o.path);
-  } catch (err) {
-    throw new PushError(`cannot read ${o.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  const data = await readWalFile(o.path);
+  const parallel = o.parallel ?? 1;
+  // With --parallel an earlier call may have pushed this file already: the archive says so.
+  if (parallel > 1 && (await alreadyArchived(o.store, name, data))) {
+    o.log.verbose(`${name}: already archived with identical contents`);
+    return 'exists';
   }
-  const segment = SEGMENT_FILE_RE.test(name);
-  if (segment) checkSegmentFile(name, data);
-  // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
-  const compression = segment ? o.compression : 'none';
-  const res = await o.store.put(name, data, { compression, noSync: o.noSync });
-  if (res.replacedDamaged) o.log.warn(`the archive held a damaged copy of ${name}: kept as ${res.replacedDamaged} and replaced`);
-  o.log.verbose(`${name}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
-  return res.status;
+  let identity: ArchiveIdentity | undefined;
+  const pushOne = async (n: string, bytes: Buffer): Promise<'created' | 'exists'> => {
+    const segment = SEGMENT_FILE_RE.test(n);
+    if (segment) {
+      const head = checkSegmentFile(n, bytes);
+      const ours = { systemIdentifier: head.systemId, segmentSize: head.segSize };
+      if (!identity) {
+        await claimArchive(o.store, ours, n);
+        identity = ours;
+      } else if (identity.systemIdentifier !== ours.systemIdentifier || identity.segmentSize !== ours.segmentSize) {
+        throw new PushError(`${n}: from another database system than ${name}`);
+      }
+    }
+    // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
+    const res = await o.store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });
+    if (res.replacedDamaged) o.log.warn(`the archive held a damaged copy of ${n}: kept as ${res.replacedDamaged} and replaced`);
+    o.log.verbose(`${n}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
+    return res.status;
+  };
+  const status = await pushOne(name, data);
+  if (parallel > 1) {
+    // Look ahead: push the next ready files together, so that PostgreSQL's later calls for them
+    // find them archived and return at once. A failure here is only logged: the call for that
+    // file pushes it again and reports the error to PostgreSQL.
+    const walDir = dirname(o.path);
+    const ahead = await readyFiles(walDir, name, parallel - 1);
+    await Promise.all(
+      ahead.map(async (n) => {
+        try {
+          await pushOne(n, await readWalFile(join(walDir, n)));
+        } catch (err) {
+          o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
+        }
+      }),
+    );
+  }
+  return status;
 }

@@ -1,6 +1,6 @@
 // Pieces every archive backend shares: quarantine names, which names a listing shows, and a
 // bounded parallel map. Pure except for the clock a caller passes in.
-import { ARCHIVE_NAME_RE, QUARANTINE_PREFIX, assertArchiveName } from './types.js';
+import { ARCHIVE_NAME_RE, IDENTITY_NAME, QUARANTINE_PREFIX, assertArchiveName } from './types.js';
 
 export function isArchiveName(name: string): boolean {
   try {
@@ -32,6 +32,7 @@ export function quarantineName(name: string, when: Date, attempt = 0): string {
 /** Whether list(prefix) shows `name`: prefix match, and quarantine copies only when asked for. */
 export function listedUnder(name: string, prefix: string): boolean {
   if (!name.startsWith(prefix)) return false;
+  if (name === IDENTITY_NAME) return prefix === IDENTITY_NAME;
   return !name.startsWith(QUARANTINE_PREFIX) || prefix.startsWith(QUARANTINE_PREFIX);
 }
 

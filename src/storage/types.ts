@@ -113,6 +113,12 @@ export class IntegrityError extends StorageError {
 export const QUARANTINE_PREFIX = 'quarantine/';
 
 /**
+ * The archive's identity record (archive/identity.ts): which database system and segment size the
+ * archive holds. A plain object under this reserved name; listings leave it out unless asked by name.
+ */
+export const IDENTITY_NAME = 'walstream.json';
+
+/**
  * Names an archive accepts: WAL segments, history, backup history and partial files, pieces of a
  * segment still being received (`<segment>.partial.<offset as 8 hex digits>`: the bytes from that
  * offset, see archive/partial.ts), or quarantine copies.
@@ -120,6 +126,10 @@ export const QUARANTINE_PREFIX = 'quarantine/';
 export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial(?:\.[0-9A-F]{8})?|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
 
 export function assertArchiveName(name: string): void {
-  if (name.startsWith(QUARANTINE_PREFIX) && ARCHIVE_NAME_RE.test(name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, ''))) return;
+  if (name === IDENTITY_NAME) return;
+  if (name.startsWith(QUARANTINE_PREFIX)) {
+    const original = name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, '');
+    if (ARCHIVE_NAME_RE.test(original) || original === IDENTITY_NAME) return;
+  }
   if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`"${name.slice(0, 80)}" is not a WAL file name`, false);
 }

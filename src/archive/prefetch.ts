@@ -1,0 +1,285 @@
+// Prefetch for restore_command. PostgreSQL asks for one WAL file at a time and replays it before
+// asking for the next, so a standby catching up from a remote archive waits a full round trip per
+// segment. When `walstream fetch` has served segment X, it records X as "wanted" in a spool
+// directory and makes sure one background worker is running; the worker downloads X+1 ... X+N (on
+// X's timeline) in parallel, each verified by the store (checksum, decompression) and written to
+// the spool under a temporary name, fsynced, then renamed. The next fetch finds its file there and
+// moves it to %p with one rename. Nothing in the spool is served unless it was complete and
+// verified when the worker renamed it; a spool written for another archive is emptied first.
+//
+// Spool layout (one directory, private to the user):
+//   <segment>          verified, complete files ready to serve
+//   .<segment>.tmp     a download in progress (removed by the next worker)
+//   .want              JSON: the newest segment served, the segment size, the window, the archive
+//   .lock              the running worker's process id
+//   .archive           the archive this spool holds files of
+//   prefetch.log       the last worker's messages
+import { closeSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NotFoundError, type ArchiveStore } from '../storage/types.js';
+import { mapLimit } from '../storage/common.js';
+import { isValidSegSize, parseWalFileName, walFileName, WAL_NAME_RE } from '../wal/segment.js';
+import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
+import type { Logger } from '../util/log.js';
+
+export interface PrefetchWant {
+  /** The newest segment fetch has served. */
+  name: string;
+  segSize: number;
+  /** How many segments after it to keep ready. */
+  count: number;
+}
+
+const WANT = '.want';
+const LOCK = '.lock';
+const ARCHIVE_ID = '.archive';
+export const PREFETCH_LOG = 'prefetch.log';
+/** A lock older than this is taken over even if its process id is alive (a reused pid, a hung worker). */
+const LOCK_STALE_MS = 10 * 60_000;
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException).code;
+}
+
+/**
+ * Create the spool directory (0700) or check an existing one; empty it when it holds files of
+ * another archive. Refuses a directory other users could write to: they could plant WAL there.
+ */
+export async function prepareSpool(dir: string, archive: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const st = await stat(dir);
+  if (!st.isDirectory()) throw new Error(`prefetch spool "${dir}" is not a directory`);
+  if ((st.mode & 0o022) !== 0) throw new Error(`prefetch spool "${dir}" is writable by other users (mode ${(st.mode & 0o777).toString(8)}); use chmod 700 or another --spool`);
+  let held: string | undefined;
+  try {
+    held = await readFile(join(dir, ARCHIVE_ID), 'utf8');
+  } catch (err) {
+    if (errno(err) !== 'ENOENT') throw err;
+  }
+  if (held === archive) return;
+  for (const f of await readdir(dir)) {
+    if (WAL_NAME_RE.test(f) || f.endsWith('.tmp') || f === WANT) await unlink(join(dir, f)).catch(() => undefined);
+  }
+  await writeFile(join(dir, ARCHIVE_ID), archive, { mode: 0o600 });
+}
+
+/** The segment size a complete segment file says it has, or undefined if the file is not one. */
+async function completeSegmentSize(path: string): Promise<number | undefined> {
+  const fh = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(LONG_PAGE_HEADER_SIZE);
+    const { bytesRead } = await fh.read(head, 0, head.length, 0);
+    if (bytesRead < head.length) return undefined;
+    const segSize = readLongPageHeader(head).segSize;
+    return isValidSegSize(segSize) && (await fh.stat()).size === segSize ? segSize : undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Move `name` from the spool to `dest` if the spool has it. Returns its segment size, or undefined
+ * when the spool does not hold a complete copy (then the caller fetches from the archive).
+ */
+export async function takeFromSpool(dir: string, name: string, dest: string): Promise<number | undefined> {
+  const path = join(dir, name);
+  let segSize: number | undefined;
+  try {
+    segSize = await completeSegmentSize(path);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  if (segSize === undefined) {
+    await unlink(path).catch(() => undefined);
+    return undefined;
+  }
+  try {
+    await rename(path, dest);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return undefined;
+    if (errno(err) !== 'EXDEV') throw err;
+    // The spool is on another file system than %p: copy next to %p, then rename there.
+    const tmp = `${dest}.walstream-tmp`;
+    await copyFile(path, tmp);
+    await rename(tmp, dest);
+    await unlink(path).catch(() => undefined);
+  }
+  return segSize;
+}
+
+/** The segments after `want.name` on its timeline that the worker keeps ready. */
+export function windowNames(want: PrefetchWant): string[] {
+  const { tli, segNo } = parseWalFileName(want.name, want.segSize);
+  const out: string[] = [];
+  for (let i = 1n; i <= BigInt(want.count); i++) out.push(walFileName(tli, segNo + i, want.segSize));
+  return out;
+}
+
+function readWant(dir: string): PrefetchWant | undefined {
+  try {
+    const o = JSON.parse(readFileSync(join(dir, WANT), 'utf8')) as PrefetchWant;
+    if (typeof o.name !== 'string' || !WAL_NAME_RE.test(o.name) || !isValidSegSize(o.segSize) || !Number.isInteger(o.count) || o.count < 1) return undefined;
+    return o;
+  } catch {
+    return undefined;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errno(err) === 'EPERM';
+  }
+}
+
+/** The process id holding the spool's lock, if a live one does. */
+function lockHolder(dir: string): number | undefined {
+  const path = join(dir, LOCK);
+  try {
+    const pid = Number(readFileSync(path, 'utf8').trim());
+    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && Date.now() - statSync(path).mtimeMs < LOCK_STALE_MS) return pid;
+  } catch {
+    // no lock, or unreadable: nobody holds it
+  }
+  return undefined;
+}
+
+function tryLock(dir: string): boolean {
+  const path = join(dir, LOCK);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx', 0o600);
+      try {
+        writeFileSync(fd, `${process.pid}\n`);
+      } finally {
+        closeSync(fd);
+      }
+      return true;
+    } catch (err) {
+      if (errno(err) !== 'EEXIST') throw err;
+      if (lockHolder(dir) !== undefined) return false;
+      try {
+        unlinkSync(path); // a dead worker's lock
+      } catch {
+        // someone else took it over first
+      }
+    }
+  }
+  return false;
+}
+
+function unlock(dir: string): void {
+  try {
+    const fd = openSync(join(dir, LOCK), 'r');
+    const buf = Buffer.alloc(32);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    closeSync(fd);
+    if (Number(buf.subarray(0, n).toString().trim()) === process.pid) unlinkSync(join(dir, LOCK));
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * Record what fetch has just served and make sure a worker will prefetch after it. The order
+ * matters: the want is written before the lock is looked at, and a worker looks at the want again
+ * after releasing the lock, so one of the two always sees the newest want.
+ */
+export async function requestPrefetch(dir: string, want: PrefetchWant, startWorker: () => void): Promise<void> {
+  const tmp = join(dir, `${WANT}.${process.pid}.tmp`);
+  await writeFile(tmp, JSON.stringify(want), { mode: 0o600 });
+  await rename(tmp, join(dir, WANT));
+  if (lockHolder(dir) === undefined) startWorker();
+}
+
+/** Remove what recovery has passed: every segment at or before the wanted one, on any timeline. */
+async function cleanup(dir: string, want: PrefetchWant, removeTemp: boolean): Promise<void> {
+  const { segNo } = parseWalFileName(want.name, want.segSize);
+  for (const f of await readdir(dir)) {
+    if (removeTemp && f.startsWith('.') && f.endsWith('.tmp')) {
+      await unlink(join(dir, f)).catch(() => undefined);
+      continue;
+    }
+    if (!WAL_NAME_RE.test(f)) continue;
+    let passed = true;
+    try {
+      passed = parseWalFileName(f, want.segSize).segNo <= segNo;
+    } catch {
+      // not a name for this segment size: not ours to keep
+    }
+    if (passed) await unlink(join(dir, f)).catch(() => undefined);
+  }
+}
+
+async function download(store: ArchiveStore, dir: string, name: string): Promise<'stored' | 'missing'> {
+  let data: Buffer;
+  try {
+    data = (await store.get(name)).data;
+  } catch (err) {
+    if (err instanceof NotFoundError) return 'missing';
+    throw err;
+  }
+  const tmp = join(dir, `.${name}.tmp`);
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, join(dir, name));
+  return 'stored';
+}
+
+export interface PrefetchWorkerOptions {
+  dir: string;
+  store: ArchiveStore;
+  log: Logger;
+}
+
+/**
+ * The background worker: while the wanted window changes, download what it lacks. Exits when the
+ * window is complete or the archive has nothing more; another worker is started by the next fetch.
+ */
+export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void> {
+  let done = '';
+  while (tryLock(o.dir)) {
+    try {
+      let first = true;
+      for (;;) {
+        const want = readWant(o.dir);
+        const key = JSON.stringify(want ?? null);
+        if (!want || key === done) break;
+        await cleanup(o.dir, want, first);
+        first = false;
+        const names: string[] = [];
+        for (const n of windowNames(want)) {
+          try {
+            await stat(join(o.dir, n));
+          } catch {
+            names.push(n);
+          }
+        }
+        let missing = 0;
+        await mapLimit(names, want.count, async (n) => {
+          try {
+            if ((await download(o.store, o.dir, n)) === 'missing') missing++;
+            else o.log.verbose(`prefetched ${n}`);
+          } catch (err) {
+            o.log.warn(`could not prefetch ${n}: ${(err as Error).message}`);
+          }
+        });
+        if (missing > 0) o.log.verbose(`${missing} of the next ${want.count} segments after ${want.name} are not in the archive (yet)`);
+        done = key;
+      }
+    } finally {
+      unlock(o.dir);
+    }
+    // A fetch may have written a newer want while it saw the lock still held.
+    if (JSON.stringify(readWant(o.dir) ?? null) === done) break;
+  }
+}
