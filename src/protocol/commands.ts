@@ -59,6 +59,22 @@ function field(row: TextRow, name: string, what: string): string {
   return v;
 }
 
+/** A server's LSN text: anything malformed is the server's protocol error, not a user's typo. */
+function lsnValue(text: string, what: string): Lsn {
+  try {
+    return parseLsn(text);
+  } catch {
+    throw new ProtocolError(`${what}: bad LSN ${JSON.stringify(text.slice(0, 40))}`);
+  }
+}
+
+/** A timeline ID: 1 to 2^32-1 (TimeLineID is uint32), in decimal. */
+function tliValue(text: string, what: string): number {
+  const tli = /^\d{1,10}$/.test(text) ? Number(text) : NaN;
+  if (!(tli >= 1 && tli <= 0xffffffff)) throw new ProtocolError(`${what}: bad timeline ${JSON.stringify(text.slice(0, 40))}`);
+  return tli;
+}
+
 export interface SystemIdentity {
   systemId: bigint;
   timeline: number;
@@ -68,13 +84,11 @@ export interface SystemIdentity {
 
 export function parseIdentifySystem(row: TextRow): SystemIdentity {
   const sys = field(row, 'systemid', 'IDENTIFY_SYSTEM');
-  if (!/^\d+$/.test(sys)) throw new ProtocolError(`IDENTIFY_SYSTEM: bad systemid "${sys}"`);
-  const tli = Number(field(row, 'timeline', 'IDENTIFY_SYSTEM'));
-  if (!Number.isSafeInteger(tli) || tli < 1) throw new ProtocolError('IDENTIFY_SYSTEM: bad timeline');
+  if (!/^\d{1,20}$/.test(sys) || BigInt(sys) > 0xffffffffffffffffn) throw new ProtocolError(`IDENTIFY_SYSTEM: bad systemid "${sys.slice(0, 40)}"`);
   return {
     systemId: BigInt(sys),
-    timeline: tli,
-    xlogPos: parseLsn(field(row, 'xlogpos', 'IDENTIFY_SYSTEM')),
+    timeline: tliValue(field(row, 'timeline', 'IDENTIFY_SYSTEM'), 'IDENTIFY_SYSTEM'),
+    xlogPos: lsnValue(field(row, 'xlogpos', 'IDENTIFY_SYSTEM'), 'IDENTIFY_SYSTEM'),
     dbName: row['dbname'] ?? null,
   };
 }
@@ -90,8 +104,8 @@ export function parseReadReplicationSlot(row: TextRow): SlotInfo {
   const tli = row['restart_tli'];
   return {
     slotType: row['slot_type'] ?? null,
-    restartLsn: lsn == null ? null : parseLsn(lsn),
-    restartTli: tli == null ? null : Number(tli),
+    restartLsn: lsn == null ? null : lsnValue(lsn, 'READ_REPLICATION_SLOT'),
+    restartTli: tli == null ? null : tliValue(tli, 'READ_REPLICATION_SLOT'),
   };
 }
 
@@ -101,7 +115,6 @@ export interface EndOfTimeline {
 }
 
 export function parseEndOfTimeline(row: TextRow): EndOfTimeline {
-  const tli = Number(field(row, 'next_tli', 'end of timeline'));
-  if (!Number.isSafeInteger(tli) || tli < 1) throw new ProtocolError('end of timeline: bad next_tli');
-  return { nextTli: tli, nextStart: parseLsn(field(row, 'next_tli_startpos', 'end of timeline')) };
+  const tli = tliValue(field(row, 'next_tli', 'end of timeline'), 'end of timeline');
+  return { nextTli: tli, nextStart: lsnValue(field(row, 'next_tli_startpos', 'end of timeline'), 'end of timeline') };
 }

@@ -13,7 +13,6 @@ import {
   timelineHistoryCommand,
 } from '../../src/protocol/commands.js';
 import { ProtocolError } from '../../src/protocol/messages.js';
-import { LsnParseError } from '../../src/wal/lsn.js';
 
 describe('command text', () => {
   it('CREATE_REPLICATION_SLOT: option list from 15, bare keyword before', () => {
@@ -104,8 +103,18 @@ describe('parseIdentifySystem', () => {
     expect(() => parseIdentifySystem(row)).toThrow(ProtocolError);
   });
 
-  it('rejects a bad xlogpos', () => {
-    expect(() => parseIdentifySystem({ systemid: '1', timeline: '1', xlogpos: 'DB2210' })).toThrow(LsnParseError);
+  it("rejects a bad xlogpos as the server's protocol error", () => {
+    expect(() => parseIdentifySystem({ systemid: '1', timeline: '1', xlogpos: 'DB2210' })).toThrow(ProtocolError);
+    expect(() => parseIdentifySystem({ systemid: '1', timeline: '1', xlogpos: 'DB2210' })).toThrow(/IDENTIFY_SYSTEM: bad LSN "DB2210"/);
+  });
+
+  it('rejects a systemid or timeline beyond their unsigned ranges', () => {
+    expect(parseIdentifySystem({ systemid: '18446744073709551615', timeline: '4294967295', xlogpos: '0/1' })).toMatchObject({
+      systemId: 0xffffffffffffffffn,
+      timeline: 0xffffffff,
+    });
+    expect(() => parseIdentifySystem({ systemid: '18446744073709551616', timeline: '1', xlogpos: '0/1' })).toThrow(ProtocolError);
+    expect(() => parseIdentifySystem({ systemid: '1', timeline: '4294967296', xlogpos: '0/1' })).toThrow(ProtocolError);
   });
 });
 
@@ -121,6 +130,7 @@ describe('parseEndOfTimeline', () => {
     expect(() => parseEndOfTimeline({ next_tli: '2', next_tli_startpos: null })).toThrow(ProtocolError);
     expect(() => parseEndOfTimeline({ next_tli: '0', next_tli_startpos: '0/B023F8' })).toThrow(ProtocolError);
     expect(() => parseEndOfTimeline({ next_tli: 'x', next_tli_startpos: '0/B023F8' })).toThrow(ProtocolError);
+    expect(() => parseEndOfTimeline({ next_tli: '2', next_tli_startpos: 'B023F8' })).toThrow(ProtocolError);
   });
 });
 
@@ -148,5 +158,11 @@ describe('parseReadReplicationSlot', () => {
       restartTli: null,
     });
     expect(parseReadReplicationSlot({})).toEqual({ slotType: null, restartLsn: null, restartTli: null });
+  });
+
+  it("a malformed position or timeline is the server's protocol error", () => {
+    expect(() => parseReadReplicationSlot({ slot_type: 'physical', restart_lsn: '3000000', restart_tli: '1' })).toThrow(ProtocolError);
+    expect(() => parseReadReplicationSlot({ slot_type: 'physical', restart_lsn: '0/3000000', restart_tli: 'one' })).toThrow(ProtocolError);
+    expect(() => parseReadReplicationSlot({ slot_type: 'physical', restart_lsn: '0/3000000', restart_tli: '0' })).toThrow(ProtocolError);
   });
 });
