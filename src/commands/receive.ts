@@ -15,10 +15,12 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { historyFileName, isWalFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
 import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
+import { claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
+import type { ErrorKind, ReceiverMetrics } from '../observe/metrics.js';
 
 export interface ReceiveOptions {
   directory?: string;
@@ -48,6 +50,8 @@ export interface ReceiveOptions {
   /** Reconnect backoff bounds in milliseconds. */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** Updated as the receiver works (receive --metrics-listen and the progress line read it). */
+  metrics?: ReceiverMetrics;
 }
 
 /** An error the user must act on: printed as one line, exit status 1. */
@@ -143,6 +147,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   try {
     conn = await ReplicationConnection.connect(cfg);
   } catch (err) {
+    o.metrics?.error('connection');
     throw new UsageError(`could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`);
   }
 
@@ -194,9 +199,15 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       log,
       noSync: o.noSync,
       onUploaded: (name) => {
-        if (isWalFileName(name)) void shipper?.segmentArchived(name);
+        if (isWalFileName(name)) {
+          o.metrics?.segmentArchived();
+          void shipper?.segmentArchived(name);
+        }
       },
+      onUploadFailed: () => o.metrics?.error('archive'),
     });
+    const queue = uploader;
+    o.metrics?.uploadQueueFrom(() => queue.queueDepth);
     if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
     await uploader.start();
   }
@@ -236,7 +247,11 @@ async function receiveLoop(
   for (;;) {
     let progressed = false;
     try {
-      if (!firstRound) conn = await ReplicationConnection.connect(cfg);
+      if (!firstRound) {
+        o.metrics?.reconnect();
+        conn = await ReplicationConnection.connect(cfg);
+      }
+      o.metrics?.connection(true);
       const outcome = await streamOnce({
         conn,
         o,
@@ -255,11 +270,13 @@ async function receiveLoop(
       log.info('server closed the connection; reconnecting');
     } catch (err) {
       const e = classifyError(err, o.slot);
+      o.metrics?.error(errorKind(e));
       if (e instanceof PermanentError || e instanceof UsageError || o.noLoop) throw e;
       if (stopped) return;
       log.error(`${e.message}; retrying`);
     } finally {
       await conn!.close().catch(() => undefined);
+      o.metrics?.connection(false);
     }
     firstRound = false;
     if (stopped) return;
@@ -312,6 +329,15 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     throw new PermanentError(`system identifier of the server changed from ${expectedSystemId} to ${info.systemId}: this is another cluster`);
   }
   if (conn.serverVersionNum < 100000) throw new PermanentError('server version is too old: walstream needs PostgreSQL 10 or newer');
+  if (store) {
+    // One archive, one database system: record it on first use, refuse another system's WAL after.
+    try {
+      await claimArchive(store, { systemIdentifier: info.systemId, segmentSize: info.segSize }, 'the server');
+    } catch (err) {
+      if (err instanceof IdentityMismatchError) throw new PermanentError(err.message);
+      throw err;
+    }
+  }
 
   // Where to start: the directory, then (with --archive) the archive, then the slot, then the
   // server's position (pg_receivewal.c FindStreamingStart and StreamLog).
@@ -363,6 +389,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     magic: magicForServerVersion(info.version),
     onSegmentDone: (name) => {
       log.verbose(`finished segment ${name}`);
+      o.metrics?.segmentCompleted();
       void uploader?.enqueue(name);
     },
   });
@@ -381,6 +408,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     if (stopped()) return { finished: true, systemId: info.systemId };
     log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
     sink.begin(start, tli);
+    o.metrics?.streamStarting(tli, start);
     let result;
     const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
     try {
@@ -397,8 +425,10 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         backpressure: uploader,
         log,
         onProgress: onData,
+        onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
       });
     } finally {
+      o.metrics?.streamEnded();
       await shipping?.stop();
       await sink.endStream();
     }
@@ -444,6 +474,15 @@ function shipPartials(shipper: PartialShipper, sink: WalDirSink, segSize: number
       await inFlight;
     },
   };
+}
+
+/** The kind of a receive error, for walstream_errors_total. */
+function errorKind(e: Error): ErrorKind {
+  if (e instanceof PermanentError || e instanceof UsageError) return 'permanent';
+  if (e instanceof ConnectionLostError) return 'connection';
+  if (e instanceof ServerError) return /^(08|57)/.test(e.code ?? '') ? 'connection' : 'server';
+  if (/ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|EPIPE|Connection terminated|^disconnected$/i.test(e.message)) return 'connection';
+  return 'other';
 }
 
 /** Where to resume from the archive's listing: after its newest complete segment. */
