@@ -6,7 +6,7 @@ import { createInterface } from 'node:readline';
 import { parseLsn } from '../wal/lsn.js';
 import { stderrLogger, type Logger } from '../util/log.js';
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Compression } from '../sink/segment-file.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
@@ -367,7 +367,15 @@ function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { 
     if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
     let logFd: number | undefined;
     try {
-      logFd = openSync(join(spool, PREFETCH_LOG_NAME), 'w', 0o600);
+      // Appended to, and started afresh once it passes 1 MB.
+      const logPath = join(spool, PREFETCH_LOG_NAME);
+      let size = 0;
+      try {
+        size = statSync(logPath).size;
+      } catch {
+        // not there yet
+      }
+      logFd = openSync(logPath, size > 1024 * 1024 ? 'w' : 'a', 0o600);
       spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', logFd] }).unref();
     } catch (err) {
       log.warn(`cannot start the prefetch worker: ${(err as Error).message}`);
