@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import type { Compression } from '../sink/segment-file.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/http.js';
+import { registerOpsCommands } from './ops.js';
 
 const VERSION = '0.1.0';
 /** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
@@ -344,6 +345,7 @@ export function buildProgram(): Command {
         await store.close();
       }
     });
+  registerOpsCommands(program);
   return program;
 }
 

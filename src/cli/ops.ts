@@ -1,0 +1,184 @@
+// The operations commands on an archive: status, verify and cleanup (src/ops/). Option parsing
+// and output only; errors are thrown as one-line Errors for main() to print (exit status 1).
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { ArchiveStore } from '../storage/types.js';
+import { stderrLogger } from '../util/log.js';
+
+function archiveOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--archive <url>', 'the archive: a directory, file:///path or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'));
+}
+
+async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string }, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
+  if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
+  const { openArchive } = await import('../storage/open.js');
+  const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function parseParallel(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
+  return Number(v);
+}
+
+function parsePort(v: string): string {
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
+  return v;
+}
+
+function parseSegmentName(v: string): string {
+  if (!/^[0-9A-F]{24}$/.test(v)) throw new InvalidArgumentError(`"${v.slice(0, 80)}" is not a WAL segment name (24 upper-case hexadecimal digits)`);
+  return v;
+}
+
+/** Thrown after a report was printed: the report said it all, the exit status carries the verdict. */
+class VerdictError extends Error {
+  readonly exitCode = 1;
+  constructor(message: string) {
+    super(message);
+    this.name = 'VerdictError';
+  }
+}
+
+interface StatusCliOptions {
+  archive?: string;
+  s3Endpoint?: string;
+  dbname?: string;
+  host?: string;
+  port?: string;
+  username?: string;
+  slot?: string;
+  json?: boolean;
+}
+
+interface VerifyCliOptions {
+  archive?: string;
+  s3Endpoint?: string;
+  from?: string;
+  parallel: number;
+  json?: boolean;
+  verbose?: boolean;
+}
+
+interface CleanupCliOptions {
+  archive?: string;
+  s3Endpoint?: string;
+  before?: string;
+  olderThan?: string;
+  dryRun?: boolean;
+  json?: boolean;
+  verbose?: boolean;
+}
+
+export function registerOpsCommands(program: Command): void {
+  archiveOptions(
+    program
+      .command('status')
+      .description('show what the archive holds per timeline, its gaps and segment in progress, and (given a server) how far it is behind'),
+  )
+    .option('-d, --dbname <connstr>', 'also ask this server (connection string or URI) for its WAL position')
+    .option('-h, --host <hostname>', 'database server host or socket directory')
+    .option('-p, --port <port>', 'database server port number', parsePort)
+    .option('-U, --username <name>', 'connect as specified database user (needs the REPLICATION attribute)')
+    .option('-S, --slot <slotname>', 'also report this replication slot\'s restart_lsn (PostgreSQL 15+)')
+    .option('--json', 'print the status as JSON (fields described in the README)')
+    .addHelpText(
+      'after',
+      '\nThe server is asked only when -d, -h, -p, -U or -S is given (other settings from PG* variables and ~/.pgpass).\n' +
+        'Exit status: 0 when the status was printed; 1 when the archive cannot be listed or the server cannot be asked.',
+    )
+    .action(async (opts: StatusCliOptions) => {
+      const [{ archiveStatus, formatStatus, statusJson }, { probeServer }] = await Promise.all([import('../ops/status.js'), import('../ops/server.js')]);
+      const wantsServer = [opts.dbname, opts.host, opts.port, opts.username, opts.slot].some((v) => v !== undefined);
+      await withArchive(opts, async (store) => {
+        const server = wantsServer
+          ? await probeServer({ dbname: opts.dbname, host: opts.host, port: opts.port, user: opts.username, applicationName: 'walstream status' }, opts.slot)
+          : undefined;
+        const report = await archiveStatus({ store, server });
+        process.stdout.write(opts.json ? statusJson(report) : formatStatus(report));
+      });
+    });
+
+  archiveOptions(
+    program
+      .command('verify')
+      .description('prove the archive can be replayed: every object against its checksum, every segment\'s headers, no missing segment or history file'),
+  )
+    .option('--from <segment>', 'start at this segment (e.g. the first segment of the oldest base backup you keep)', parseSegmentName)
+    .option('--parallel <n>', 'objects read at a time (1-64)', parseParallel, 4)
+    .option('--json', 'print the report as JSON (fields described in the README)')
+    .option('-v, --verbose', 'report progress and each problem as it is found, on standard error')
+    .addHelpText(
+      'after',
+      '\nExit status: 0 only when every needed segment and history file is there and intact; 1 when any problem was\n' +
+        'found (each is listed with the object it concerns) or the archive cannot be read.',
+    )
+    .action(async (opts: VerifyCliOptions) => {
+      const { verifyArchive, formatVerify, verifyJson } = await import('../ops/verify.js');
+      await withArchive(opts, async (store) => {
+        const report = await verifyArchive({ store, from: opts.from, parallel: opts.parallel, log: stderrLogger(opts.verbose === true) });
+        process.stdout.write(opts.json ? verifyJson(report) : formatVerify(report));
+        if (!report.ok) throw new VerdictError(`${store.description}: verification failed with ${report.problems.length} problem${report.problems.length === 1 ? '' : 's'}`);
+      });
+    });
+
+  archiveOptions(
+    program
+      .command('cleanup')
+      .description('remove WAL the archive no longer needs: use as archive_cleanup_command = \'walstream cleanup %r\', or with --before / --older-than')
+      .argument('[walfile]', 'remove what is older than this WAL file on its timeline and its ancestors (%r)'),
+  )
+    .option('--before <segment>', 'remove what is older than this segment on its timeline and its ancestors')
+    .option('--older-than <duration>', 'remove what was last modified longer ago than this (e.g. 7d, 12h, 1w2d)')
+    .option('-n, --dry-run', 'print what would be removed; remove nothing')
+    .option('--json', 'print the result as JSON (fields described in the README)')
+    .option('-v, --verbose', 'print each object removed')
+    .addHelpText(
+      'after',
+      '\nHistory files and the newest segment are never removed. Nothing is removed from an archive that cannot be\n' +
+        'listed completely. As archive_cleanup_command (the WAL file argument) it prints nothing unless -v.\n' +
+        'Exit status: 0 when done (also when there was nothing to remove); 1 on any error, with nothing or only\n' +
+        'the oldest part of the plan removed.',
+    )
+    .action(async (walfile: string | undefined, opts: CleanupCliOptions) => {
+      const { cleanupArchive, cutoffSegment, parseDuration, CleanupError } = await import('../ops/cleanup.js');
+      const { formatBytes, plural } = await import('../ops/format.js');
+      const given = [walfile !== undefined, opts.before !== undefined, opts.olderThan !== undefined].filter(Boolean).length;
+      if (given !== 1) throw new CleanupError('give exactly one of: a WAL file name (%r), --before SEGMENT, --older-than DURATION');
+      let rule: import('../ops/cleanup.js').CleanupRule | undefined;
+      if (opts.olderThan !== undefined) {
+        rule = { kind: 'older-than', cutoff: new Date(Date.now() - parseDuration(opts.olderThan)) };
+      } else {
+        const name = (walfile ?? opts.before)!;
+        if (opts.before !== undefined && !/^[0-9A-F]{24}$/.test(name)) throw new CleanupError(`--before: "${name.slice(0, 80)}" is not a WAL segment name`);
+        const seg = cutoffSegment(name);
+        // The all-zero name (PostgreSQL's %r before the first restart point): nothing may go.
+        if (seg !== undefined) rule = { kind: 'before', segment: seg };
+      }
+      const quiet = walfile !== undefined && !opts.verbose && !opts.dryRun && !opts.json;
+      const log = stderrLogger(opts.verbose === true);
+      await withArchive(opts, async (store) => {
+        const names: string[] = [];
+        const onRemove = (f: { name: string }): void => {
+          names.push(f.name);
+          if (!opts.json && (opts.verbose || opts.dryRun)) process.stdout.write(`${opts.dryRun ? 'would remove' : 'removed'} ${f.name}\n`);
+        };
+        const result = rule
+          ? await cleanupArchive({ store, rule, dryRun: opts.dryRun === true, log, onRemove })
+          : { plan: { remove: [], kept: 0, warnings: [] }, removed: 0, bytes: 0 };
+        if (opts.json) {
+          const out = { archive: store.description, dryRun: opts.dryRun === true, removed: names, count: names.length, bytes: result.bytes, kept: rule ? result.plan.kept : null, warnings: result.plan.warnings };
+          process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+        } else if (!quiet) {
+          const n = result.plan.remove.length;
+          const what = `${plural(n, 'object')} (${formatBytes(result.bytes)})`;
+          process.stdout.write(opts.dryRun ? `would remove ${what} from ${store.description}; nothing removed\n` : `removed ${what} from ${store.description}\n`);
+        }
+      });
+    });
+}

@@ -1,0 +1,186 @@
+// walstream cleanup: remove WAL the archive no longer needs, as archive_cleanup_command (with %r,
+// the file holding the oldest restart point a standby still needs: xlog.c CreateRestartPoint,
+// like pg_archivecleanup) or as a retention rule (before a segment, or older than a duration).
+//
+// What it may remove, and what it never does:
+// - only segments, .partial files, pieces and backup history files; never a history file (they are
+//   tiny, and recovery_target_timeline = 'latest' probes them in order, so removing one hides every
+//   newer timeline), never the archive's newest segment;
+// - before a segment (%r or --before): the segments older than it on its own timeline, and on the
+//   timelines its history file proves to be its ancestors only the part before each one's switch
+//   point; timelines it cannot prove to be ancestors are left alone;
+// - older than a duration: objects last modified before the cutoff that also lie before every
+//   segment modified after it (so no hole opens inside what is kept);
+// - an archive that cannot be listed completely is not touched (list() fails as a whole).
+// Objects are removed oldest first, so an interruption leaves the archive contiguous.
+import type { ArchiveStore } from '../storage/types.js';
+import { silentLogger, type Logger } from '../util/log.js';
+import { historyFileName } from '../wal/segment.js';
+import {
+  ancestry,
+  buildInventory,
+  cmp,
+  newestSegment,
+  positionFits,
+  positionToSegNo,
+  probeGeometry,
+  readHistories,
+  type ArchivedFile,
+  type Geometry,
+  type HistoryMap,
+  type Inventory,
+} from './inventory.js';
+
+export type CleanupRule = { kind: 'before'; segment: string } | { kind: 'older-than'; cutoff: Date };
+
+export interface CleanupPlan {
+  /** What goes, oldest position first. */
+  remove: ArchivedFile[];
+  /** How many WAL files stay. */
+  kept: number;
+  /** Things the operator should know (e.g. a history file that could not be read). */
+  warnings: string[];
+}
+
+export class CleanupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CleanupError';
+  }
+}
+
+const ZERO_NAME = '000000000000000000000000';
+const CUTOFF_NAME_RE = /^([0-9A-F]{24})(?:\.partial|\.[0-9A-F]{8}\.backup)?$/;
+
+/**
+ * The segment a cutoff name stands for: a segment name, or a .partial or .backup name (as
+ * pg_archivecleanup accepts). Undefined for the all-zero name PostgreSQL passes before the first
+ * restart point, which means "nothing may go".
+ */
+export function cutoffSegment(name: string): string | undefined {
+  const m = CUTOFF_NAME_RE.exec(name);
+  if (!m) throw new CleanupError(`"${name.slice(0, 80)}" is not a WAL file name (expected a 24-digit segment name such as %r)`);
+  if (m[1] === ZERO_NAME) return undefined;
+  if (m[1]!.startsWith('00000000')) throw new CleanupError(`"${name}" names timeline 0`);
+  return m[1]!;
+}
+
+/** "7d", "12h", "90m", "1w2d", "3600s" → milliseconds. */
+export function parseDuration(text: string): number {
+  const t = text.trim();
+  if (!/^(?:\d+[smhdw])+$/.test(t)) throw new CleanupError(`invalid duration "${text}" (use a number with s, m, h, d or w, e.g. 7d or 12h)`);
+  const unit: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+  let ms = 0;
+  for (const [, n, u] of t.matchAll(/(\d+)([smhdw])/g)) ms += Number(n) * unit[u!]!;
+  if (ms <= 0) throw new CleanupError(`invalid duration "${text}": must be longer than zero`);
+  return ms;
+}
+
+const REMOVABLE = new Set(['segment', 'partial', 'piece', 'backup']);
+
+/**
+ * Decide what a rule removes. Pure. `geometry` (the segment size) is needed only for a cutoff on
+ * a timeline with ancestors; `histories` must hold the cutoff timeline's history when above 1.
+ */
+export function planCleanup(inv: Inventory, rule: CleanupRule, histories: HistoryMap, geometry: Geometry | undefined): CleanupPlan {
+  const warnings: string[] = [];
+  const newest = newestSegment(inv);
+  const candidates = inv.files.filter((f) => REMOVABLE.has(f.kind) && f !== newest);
+  let remove: ArchivedFile[];
+  if (rule.kind === 'before') {
+    const tli = parseInt(rule.segment.slice(0, 8), 16);
+    const pos = rule.segment.slice(8);
+    const h = histories.get(tli);
+    if (tli > 1 && h?.state !== 'ok') {
+      warnings.push(`${historyFileName(tli)} is ${h?.state === 'missing' || !h ? 'not in the archive' : `unreadable (${h.problem})`}: only timeline ${tli} is cleaned`);
+    }
+    const lines = ancestry(histories, tli);
+    const ends = new Map(lines.map((l) => [l.tli, l.end]));
+    if (lines.length > 1 && !geometry) {
+      throw new CleanupError('cannot tell the segment size (no segment in the archive has a readable header): not removing anything');
+    }
+    remove = candidates.filter((f) => {
+      if (!ends.has(f.tli) || f.position! >= pos) return false;
+      const end = ends.get(f.tli);
+      if (end === undefined) return true; // the cutoff's own timeline
+      // An ancestor: only the segments holding WAL from before its switch point.
+      if (!positionFits(f.position!, geometry!.segSize)) return false;
+      return positionToSegNo(f.position!, geometry!.segSize) * BigInt(geometry!.segSize) < end;
+    });
+  } else {
+    const cutoff = rule.cutoff.getTime();
+    // Nothing at or after the oldest segment that is still recent (or the newest segment) goes.
+    let floor: string | undefined = newest?.position;
+    for (const list of inv.segments.values()) {
+      for (const f of list) if (f.info.modified.getTime() >= cutoff && (floor === undefined || f.position! < floor)) floor = f.position!;
+    }
+    if (floor === undefined) {
+      warnings.push('the archive holds no complete segment: nothing is removed by age');
+      remove = [];
+    } else {
+      remove = candidates.filter((f) => f.info.modified.getTime() < cutoff && f.position! < floor);
+    }
+  }
+  remove.sort((a, b) => cmp(a.position!, b.position!) || a.tli - b.tli || cmp(a.name, b.name));
+  return { remove, kept: inv.files.length - remove.length, warnings };
+}
+
+export interface CleanupOptions {
+  store: ArchiveStore;
+  rule: CleanupRule;
+  dryRun: boolean;
+  /** Deletes in flight (default 4). */
+  parallel?: number;
+  log?: Logger;
+  /** Called for each object removed (or, in a dry run, that would be). */
+  onRemove?: (file: ArchivedFile) => void;
+}
+
+export interface CleanupResult {
+  plan: CleanupPlan;
+  /** Objects actually removed (0 in a dry run). */
+  removed: number;
+  /** Stored bytes of the objects in the plan. */
+  bytes: number;
+}
+
+export async function cleanupArchive(o: CleanupOptions): Promise<CleanupResult> {
+  const log = o.log ?? silentLogger;
+  // A listing error throws here: nothing is removed from an archive that cannot be seen whole.
+  const inv = buildInventory(await o.store.list());
+  let histories: HistoryMap = new Map();
+  let geometry: Geometry | undefined;
+  if (o.rule.kind === 'before') {
+    const tli = parseInt(o.rule.segment.slice(0, 8), 16);
+    histories = await readHistories(o.store, inv, [tli]);
+    if (tli > 1 && histories.get(tli)?.state === 'ok') geometry = await probeGeometry(o.store, inv);
+  }
+  const plan = planCleanup(inv, o.rule, histories, geometry);
+  for (const w of plan.warnings) log.warn(w);
+  let removed = 0;
+  const bytes = plan.remove.reduce((n, f) => n + f.info.storedSize, 0);
+  if (o.dryRun) {
+    for (const f of plan.remove) o.onRemove?.(f);
+    return { plan, removed: 0, bytes };
+  }
+  // Oldest first, a few at a time: whatever stops us leaves the archive without holes above the removed part.
+  const width = Math.max(1, o.parallel ?? 4);
+  for (let i = 0; i < plan.remove.length; i += width) {
+    const batch = plan.remove.slice(i, i + width);
+    const results = await Promise.allSettled(batch.map((f) => o.store.delete(f.name)));
+    let failed: { name: string; err: Error } | undefined;
+    for (let j = 0; j < batch.length; j++) {
+      const r = results[j]!;
+      if (r.status === 'rejected') {
+        failed ??= { name: batch[j]!.name, err: r.reason as Error };
+        continue;
+      }
+      removed++;
+      o.onRemove?.(batch[j]!);
+    }
+    if (failed) {
+      throw new CleanupError(`removed ${removed} of ${plan.remove.length} objects, then could not remove ${failed.name}: ${failed.err.message}`);
+    }
+  }
+  return { plan, removed, bytes };
+}

@@ -1,0 +1,267 @@
+// walstream status: what the archive holds per timeline (first and last segment, count, bytes,
+// gaps), the segment in progress, how far the archive reaches, and, given a server, how far it is
+// behind that server and its replication slot. Reads the listing, the history files and one
+// segment's long page header (for the segment size and system identifier); never the whole archive.
+import type { Lsn } from '../wal/lsn.js';
+import type { ArchiveStore } from '../storage/types.js';
+import { formatAge, formatBytes, plural } from './format.js';
+import {
+  buildInventory,
+  lsnText,
+  missingRanges,
+  newestSegment,
+  positionFits,
+  positionToSegNo,
+  probeGeometry,
+  readAllHistories,
+  segNosOf,
+  timelineBegin,
+  timelinesOf,
+  type ArchivedFile,
+  type Geometry,
+  type SegmentRange,
+} from './inventory.js';
+
+/** What a server said about itself (IDENTIFY_SYSTEM, SHOW wal_segment_size, READ_REPLICATION_SLOT). */
+export interface ServerState {
+  systemIdentifier: bigint;
+  timeline: number;
+  /** IDENTIFY_SYSTEM xlogpos: the server's current WAL flush position. */
+  position: Lsn;
+  segSize: number | undefined;
+  slot?: {
+    name: string;
+    exists: boolean;
+    restartLsn: Lsn | null;
+    restartTimeline: number | null;
+    /** Why the slot could not be read (READ_REPLICATION_SLOT needs PostgreSQL 15). */
+    unavailable?: string;
+  };
+}
+
+export interface StatusTimeline {
+  timeline: number;
+  parent: number | null;
+  begin: string | null;
+  historyFile: string | null;
+  firstSegment: string | null;
+  lastSegment: string | null;
+  segments: number;
+  bytes: number;
+  /** Missing segments between the first and the last; null when the segment size is unknown. */
+  gaps: SegmentRange[] | null;
+}
+
+export interface StatusPartial {
+  segment: string;
+  timeline: number;
+  kind: 'pieces' | 'file';
+  pieces: number;
+  /** Pieces: the contiguous bytes from the segment start; a file: its size. */
+  bytes: number;
+  modified: string;
+  ageSeconds: number;
+}
+
+export interface StatusReport {
+  archive: string;
+  time: string;
+  segmentSize: number | null;
+  systemIdentifier: string | null;
+  objects: number;
+  bytes: number;
+  historyFiles: number;
+  backupFiles: number;
+  timelines: StatusTimeline[];
+  partial: StatusPartial | null;
+  archivedUpTo: { lsn: string; timeline: number } | null;
+  newest: { name: string; modified: string; ageSeconds: number } | null;
+  server: { systemIdentifier: string; timeline: number; position: string; lagBytes: number | null; sameSystem: boolean | null } | null;
+  slot: {
+    name: string;
+    exists: boolean | null;
+    restartLsn: string | null;
+    restartTimeline: number | null;
+    retainedBytes: number | null;
+    aheadOfArchiveBytes: number | null;
+    unavailable: string | null;
+  } | null;
+  warnings: string[];
+}
+
+export interface StatusOptions {
+  store: ArchiveStore;
+  server?: ServerState;
+  now?: Date;
+}
+
+export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
+  const now = o.now ?? new Date();
+  const inv = buildInventory(await o.store.list());
+  const histories = await readAllHistories(o.store, inv);
+  const warnings: string[] = [];
+  const geometry: Geometry | undefined = await probeGeometry(o.store, inv);
+  const segSize = geometry?.segSize ?? o.server?.segSize;
+  if (!geometry && inv.files.some((f) => f.kind !== 'history' && f.kind !== 'backup')) {
+    warnings.push(`no segment header could be read${segSize ? '; using the server\'s segment size' : ': gaps and positions are unknown'}`);
+  }
+  for (const h of histories.values()) {
+    if (h.state !== 'ok') warnings.push(`${h.file} is ${h.state === 'missing' ? 'missing' : `unreadable: ${h.problem}`}`);
+  }
+
+  const age = (d: Date): number => Math.max(0, (now.getTime() - d.getTime()) / 1000);
+  const timelines: StatusTimeline[] = timelinesOf(inv, histories).map((tli) => {
+    const files = inv.segments.get(tli) ?? [];
+    const begin = timelineBegin(histories, tli);
+    let gaps: SegmentRange[] | null = null;
+    if (segSize !== undefined) {
+      const nos = segNosOf(files, segSize);
+      gaps = nos.length ? missingRanges(tli, nos, nos[0]!, nos[nos.length - 1]!, segSize) : [];
+    }
+    return {
+      timeline: tli,
+      parent: begin?.parent ?? null,
+      begin: begin ? lsnText(begin.lsn) : null,
+      historyFile: inv.histories.get(tli)?.name ?? null,
+      firstSegment: files[0]?.name ?? null,
+      lastSegment: files[files.length - 1]?.name ?? null,
+      segments: files.length,
+      bytes: files.reduce((n, f) => n + f.info.storedSize, 0),
+      gaps,
+    };
+  });
+
+  // The segment in progress: the partial with the highest position (pieces, or a .partial file).
+  const groups = new Map<string, ArchivedFile[]>();
+  for (const f of [...inv.pieces, ...inv.partials]) {
+    const key = `${f.segment!}:${f.kind}`;
+    let g = groups.get(key);
+    if (!g) groups.set(key, (g = []));
+    g.push(f);
+  }
+  let partial: StatusPartial | null = null;
+  let partialEnd: Lsn | undefined;
+  for (const g of groups.values()) {
+    const f0 = g[0]!;
+    if (partial && (f0.position! < partial.segment.slice(8) || (f0.position === partial.segment.slice(8) && f0.tli <= partial.timeline))) continue;
+    const modified = new Date(Math.max(...g.map((f) => f.info.modified.getTime())));
+    let bytes: number;
+    if (f0.kind === 'piece') {
+      bytes = 0;
+      for (const p of [...g].sort((a, b) => a.offset! - b.offset!)) if (p.offset === bytes) bytes += p.info.size;
+    } else {
+      bytes = f0.info.size;
+    }
+    partial = { segment: f0.segment!, timeline: f0.tli, kind: f0.kind === 'piece' ? 'pieces' : 'file', pieces: f0.kind === 'piece' ? g.length : 0, bytes, modified: modified.toISOString(), ageSeconds: age(modified) };
+    partialEnd = f0.kind === 'piece' && segSize !== undefined && positionFits(f0.position!, segSize) ? positionToSegNo(f0.position!, segSize) * BigInt(segSize) + BigInt(bytes) : undefined;
+  }
+
+  // How far the archive reaches: the newest complete segment, extended by the pieces of the next one.
+  let archivedUpTo: StatusReport['archivedUpTo'] = null;
+  let upTo: Lsn | undefined;
+  const newest = newestSegment(inv);
+  if (segSize !== undefined && newest && positionFits(newest.position!, segSize)) {
+    upTo = (positionToSegNo(newest.position!, segSize) + 1n) * BigInt(segSize);
+    archivedUpTo = { lsn: lsnText(upTo), timeline: newest.tli };
+  }
+  if (partial && partialEnd !== undefined && segSize !== undefined) {
+    const start = positionToSegNo(partial.segment.slice(8), segSize) * BigInt(segSize);
+    if ((upTo === undefined || start === upTo) && partial.bytes > 0) {
+      upTo = partialEnd;
+      archivedUpTo = { lsn: lsnText(upTo), timeline: partial.timeline };
+    }
+  }
+
+  let newestFile: ArchivedFile | undefined;
+  for (const f of inv.files) if (!newestFile || f.info.modified > newestFile.info.modified) newestFile = f;
+
+  const report: StatusReport = {
+    archive: o.store.description,
+    time: now.toISOString(),
+    segmentSize: segSize ?? null,
+    systemIdentifier: geometry?.systemId.toString() ?? null,
+    objects: inv.files.length,
+    bytes: inv.files.reduce((n, f) => n + f.info.storedSize, 0),
+    historyFiles: inv.histories.size,
+    backupFiles: inv.backups.length,
+    timelines,
+    partial,
+    archivedUpTo,
+    newest: newestFile ? { name: newestFile.name, modified: newestFile.info.modified.toISOString(), ageSeconds: age(newestFile.info.modified) } : null,
+    server: null,
+    slot: null,
+    warnings,
+  };
+
+  const s = o.server;
+  if (s) {
+    const sameSystem = geometry ? geometry.systemId === s.systemIdentifier : null;
+    if (sameSystem === false) warnings.push(`the server is database system ${s.systemIdentifier}, the archive holds WAL of system ${geometry!.systemId}`);
+    if (geometry && s.segSize !== undefined && s.segSize !== geometry.segSize) warnings.push(`the server uses ${s.segSize}-byte segments, the archive ${geometry.segSize}-byte segments`);
+    report.server = {
+      systemIdentifier: s.systemIdentifier.toString(),
+      timeline: s.timeline,
+      position: lsnText(s.position),
+      lagBytes: upTo !== undefined ? Number(s.position - upTo) : null,
+      sameSystem,
+    };
+    if (s.slot) {
+      const r = s.slot.restartLsn;
+      report.slot = {
+        name: s.slot.name,
+        exists: s.slot.unavailable ? null : s.slot.exists,
+        restartLsn: r !== null ? lsnText(r) : null,
+        restartTimeline: s.slot.restartTimeline,
+        retainedBytes: r !== null ? Number(s.position - r) : null,
+        aheadOfArchiveBytes: r !== null && upTo !== undefined ? Number(r - upTo) : null,
+        unavailable: s.slot.unavailable ?? null,
+      };
+      if (!s.slot.unavailable && !s.slot.exists) warnings.push(`replication slot "${s.slot.name}" does not exist on the server`);
+    }
+  }
+  return report;
+}
+
+/** Status for a person: one line per fact, timelines aligned. */
+export function formatStatus(r: StatusReport): string {
+  const L: string[] = [];
+  const label = (l: string): string => l.padEnd(10);
+  const geo = r.segmentSize !== null ? `${formatBytes(r.segmentSize)} segments${r.systemIdentifier ? `, system ${r.systemIdentifier}` : ''}` : 'segment size unknown';
+  L.push(`${label('archive')}${r.archive}  (${geo})`);
+  const newest = r.newest ? `; newest written ${formatAge(r.newest.ageSeconds)} ago` : '';
+  L.push(`${label('')}${plural(r.objects, 'WAL file')}, ${formatBytes(r.bytes)}, ${plural(r.historyFiles, 'history file')}, ${plural(r.backupFiles, 'backup file')}${newest}`);
+  for (const t of r.timelines) {
+    const range = t.firstSegment ? `${t.firstSegment} .. ${t.lastSegment}  ${plural(t.segments, 'segment')}, ${formatBytes(t.bytes)}` : 'no segments';
+    const from = t.parent !== null ? `  (from timeline ${t.parent} at ${t.begin})` : '';
+    L.push(`${label(`timeline ${t.timeline}`)}${range}${from}`);
+    for (const g of t.gaps ?? []) {
+      L.push(`${label('')}GAP: ${g.first}${g.count > 1 ? ` .. ${g.last}` : ''} missing (${plural(g.count, 'segment')})`);
+    }
+  }
+  if (r.partial) {
+    const p = r.partial;
+    const what = p.kind === 'pieces' ? `${plural(p.pieces, 'piece')}, ${formatBytes(p.bytes)}` : `${p.segment}.partial, ${formatBytes(p.bytes)}`;
+    L.push(`${label('partial')}${p.segment}: ${what}, written ${formatAge(p.ageSeconds)} ago`);
+  }
+  L.push(`${label('reaches')}${r.archivedUpTo ? `${r.archivedUpTo.lsn} on timeline ${r.archivedUpTo.timeline}` : 'unknown'}`);
+  if (r.server) {
+    const s = r.server;
+    const lag = s.lagBytes === null ? 'lag unknown' : s.lagBytes >= 0 ? `archive ${formatBytes(s.lagBytes)} behind` : `archive ${formatBytes(-s.lagBytes)} ahead of the server`;
+    L.push(`${label('server')}at ${s.position} on timeline ${s.timeline}: ${lag}`);
+  }
+  if (r.slot) {
+    const s = r.slot;
+    let text: string;
+    if (s.unavailable) text = `${s.name}: ${s.unavailable}`;
+    else if (!s.exists) text = `${s.name}: does not exist`;
+    else if (s.restartLsn === null) text = `${s.name}: no restart_lsn yet`;
+    else text = `${s.name}: restart_lsn ${s.restartLsn}, ${formatBytes(s.retainedBytes ?? 0)} kept on the server`;
+    L.push(`${label('slot')}${text}`);
+  }
+  for (const w of r.warnings) L.push(`warning: ${w}`);
+  return `${L.join('\n')}\n`;
+}
+
+export function statusJson(r: StatusReport): string {
+  return `${JSON.stringify(r, null, 2)}\n`;
+}
