@@ -4,6 +4,7 @@
  *   const s3 = await startS3();          // s3rver in this process, 127.0.0.1, free port, temp dir
  *   new S3Store({ bucket: s3.bucket, prefix: s3.prefix, endpoint: s3.endpoint, credentials: s3.credentials });
  *   await s3.pause(); ... await s3.resume();   // outage: same port, same data
+ *   s3.failFor(5000, 500); s3.setLatency(300);  // errors for a while; a slow endpoint
  *   await s3.stop();
  *
  * With WALSTREAM_TEST_S3_ENDPOINT set, startS3() uses that store instead (bucket from
@@ -66,6 +67,10 @@ export interface S3TestServer {
   resume(): Promise<void>;
   /** Built-in only: answer the next `count` requests with HTTP `status` (default 503 SlowDown). */
   failNext(count: number, status?: number): void;
+  /** Built-in only: answer every request with HTTP `status` (default 503) for the next `ms` milliseconds. */
+  failFor(ms: number, status?: number): void;
+  /** Built-in only: hold every request `ms` milliseconds before serving it (0: no delay), a slow endpoint. */
+  setLatency(ms: number): void;
   stop(): Promise<void>;
 }
 
@@ -206,6 +211,8 @@ async function startBuiltIn(): Promise<S3TestServer> {
 
   const requests: S3RequestRecord[] = [];
   const failures: number[] = [];
+  let failWindow: { until: number; status: number } | undefined;
+  let latencyMs = 0;
   const held: { req: IncomingMessage; res: ServerResponse }[] = [];
   const locks = new Map<string, Promise<void>>();
   const sockets = new Set<Socket>();
@@ -292,7 +299,7 @@ async function startBuiltIn(): Promise<S3TestServer> {
     });
 
   const route = (req: IncomingMessage, res: ServerResponse): void => {
-    const status = failures.shift();
+    const status = failures.shift() ?? (failWindow !== undefined && Date.now() < failWindow.until ? failWindow.status : undefined);
     if (status !== undefined) {
       const [code, message] = ERROR_CODES[status] ?? ['InjectedError', 'Injected failure.'];
       replyError(req, res, status, code, message);
@@ -331,6 +338,14 @@ async function startBuiltIn(): Promise<S3TestServer> {
     requests.push({ method: req.method ?? '', path: q < 0 ? url : url.slice(0, q), query: q < 0 ? '' : url.slice(q + 1), headers: { ...req.headers } });
     if (paused === 'hang') {
       held.push({ req, res });
+      return;
+    }
+    if (latencyMs > 0) {
+      const t = setTimeout(() => {
+        if (paused === 'hang') held.push({ req, res });
+        else if (!req.socket.destroyed) route(req, res);
+      }, latencyMs);
+      res.once('close', () => clearTimeout(t));
       return;
     }
     route(req, res);
@@ -387,6 +402,12 @@ async function startBuiltIn(): Promise<S3TestServer> {
     failNext(count, status = 503) {
       for (let i = 0; i < count; i++) failures.push(status);
     },
+    failFor(ms, status = 503) {
+      failWindow = { until: Date.now() + ms, status };
+    },
+    setLatency(ms) {
+      latencyMs = ms;
+    },
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -430,6 +451,12 @@ async function startExternal(endpoint: string): Promise<S3TestServer> {
     resume: () => Promise.reject(builtInOnly('resume()')),
     failNext() {
       throw builtInOnly('failNext()');
+    },
+    failFor() {
+      throw builtInOnly('failFor()');
+    },
+    setLatency() {
+      throw builtInOnly('setLatency()');
     },
     async stop() {
       if (stopped) return;
