@@ -24,6 +24,8 @@ export interface UploaderOptions {
   retryMaxMs?: number;
   noSync?: boolean;
   onUploaded?: (name: string) => void;
+  /** An upload failed (it is retried if the failure is transient). */
+  onUploadFailed?: (name: string, err: Error) => void;
 }
 
 export interface PressureListener {
@@ -77,6 +79,11 @@ export class SpoolUploader {
     return () => {
       this.listeners.delete(l);
     };
+  }
+
+  /** Files waiting for upload or being uploaded. */
+  get queueDepth(): number {
+    return this.waiting.length + this.active.size;
   }
 
   get error(): Error | undefined {
@@ -169,6 +176,7 @@ export class SpoolUploader {
     } catch (err) {
       const e = err instanceof Error ? err : new Error(String(err));
       const transient = !(e instanceof StorageError) || e.transient;
+      this.o.onUploadFailed?.(name, e);
       if (!transient) {
         this.active.delete(name);
         this.fail(e);

@@ -52,6 +52,16 @@ export interface StreamCtl {
   backpressure?: { attach(l: { pressure(): void; drain(): void }): () => void };
   log: Logger;
   onProgress?: (received: Lsn, serverEnd: Lsn) => void;
+  /** Observation (metrics): every server message, and every move of the durable position. */
+  onActivity?: (a: StreamActivity) => void;
+}
+
+export interface StreamActivity {
+  kind: 'data' | 'keepalive' | 'durable';
+  received: Lsn;
+  durable: Lsn;
+  /** The server's WAL end as last reported in this stream. */
+  serverEnd: Lsn;
 }
 
 export interface StreamResult {
@@ -67,6 +77,9 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   let syncScheduled = false;
   let serverEnd: Lsn = 0n;
   let lastSentFlush: Lsn = -1n;
+  let lastServerMessage = 0;
+  const observe = (kind: StreamActivity['kind']): void =>
+    ctl.onActivity?.({ kind, received: sink.receivedLsn, durable: sink.durableLsn, serverEnd });
 
   const sendStatus = (replyRequested = false): void => {
     const flush = ctl.reportFlush ? sink.durableLsn : 0n;
@@ -98,8 +111,10 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   };
 
   const onMessage = (msg: ServerCopyMessage): void => {
+    lastServerMessage = Date.now();
     if (msg.kind === 'keepalive') {
       if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
+      observe('keepalive');
       if (msg.replyRequested) {
         if (ctl.reportFlush && sink.writtenLsn > sink.durableLsn) {
           // Make what we have durable first so the answer can carry it (receivelog.c ProcessKeepaliveMsg).
@@ -126,6 +141,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     }
     sink.write(msg.dataStart, data);
     ctl.onProgress?.(sink.receivedLsn, serverEnd);
+    observe('data');
     if (ctl.synchronous && !syncScheduled) {
       syncScheduled = true;
       // After this batch of messages (one socket read), make it durable and report at once.
@@ -161,6 +177,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   const onDrain = (): void => release('sink');
   const onFailed = (err: Error): void => stream.fail(err);
   const onDurable = (): void => {
+    observe('durable');
     // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
     if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== lastSentFlush && stream.started) sendStatus();
   };
@@ -169,7 +186,10 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   const timer =
     ctl.statusIntervalMs > 0
       ? setInterval(() => {
-          if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus();
+          // After a status interval without any server message, ask for a reply (as walreceiver.c
+          // does before wal_receiver_timeout): an idle server otherwise sends nothing, and a live
+          // connection could not be told from a dead one. Never when answering a keepalive.
+          if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus(Date.now() - lastServerMessage >= ctl.statusIntervalMs);
         }, Math.min(ctl.statusIntervalMs, 1000))
       : undefined;
   let stopWhenStarted = false;
