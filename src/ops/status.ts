@@ -225,7 +225,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
 /** Status for a person: one line per fact, timelines aligned. */
 export function formatStatus(r: StatusReport): string {
   const L: string[] = [];
-  const label = (l: string): string => l.padEnd(10);
+  const label = (l: string): string => l.padEnd(12);
   const geo = r.segmentSize !== null ? `${formatBytes(r.segmentSize)} segments${r.systemIdentifier ? `, system ${r.systemIdentifier}` : ''}` : 'segment size unknown';
   L.push(`${label('archive')}${r.archive}  (${geo})`);
   const newest = r.newest ? `; newest written ${formatAge(r.newest.ageSeconds)} ago` : '';

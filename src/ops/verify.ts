@@ -117,9 +117,14 @@ export function assertSegmentName(name: string, what: string): void {
   if (!SEGMENT_NAME_RE.test(name)) throw new Error(`${what} "${name.slice(0, 80)}" is not a WAL segment name (24 hexadecimal digits)`);
 }
 
-/** Run `fn` over `items` with at most `limit()` calls in flight (the limit may shrink while running). */
+/**
+ * Run `fn` over `items` with at most `limit()` calls in flight. The first item runs alone (it
+ * tells the segment size, on which the limit depends); the limit is read again before each item.
+ */
 async function pool<T>(items: readonly T[], width: number, limit: () => number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
+  if (items.length === 0) return;
+  await fn(items[0]!);
+  let next = 1;
   const worker = async (id: number): Promise<void> => {
     while (next < items.length) {
       if (id > 0 && id >= limit()) return;
@@ -127,7 +132,7 @@ async function pool<T>(items: readonly T[], width: number, limit: () => number, 
       await fn(item);
     }
   };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(width, items.length)) }, (_, i) => worker(i)));
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(width, items.length - 1)) }, (_, i) => worker(i)));
 }
 
 function majority<T>(values: readonly T[]): T | undefined {
@@ -306,7 +311,7 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
   }
   checkHistories(inv, histories, problem);
   if (segSize !== undefined) report.timelines = checkContinuity(inv, histories, segSize, fromPos, problem);
-  else if (inv.segments.size > 0) problem(inv.files[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
+  else if (inRange) problem(targets[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
 
   problems.sort((a, b) => cmp(a.object, b.object) || cmp(a.kind, b.kind));
   report.ok = problems.length === 0;
@@ -404,7 +409,10 @@ function checkContinuity(
         }
       }
     }
-    const first = [start, beginSeg].filter((x): x is bigint => x !== undefined).reduce((a, b) => (a > b ? a : b), -1n);
+    // Where this timeline's WAL starts: its switch point; without a history saying so (timeline 1,
+    // or a missing history file, reported apart), the archive's start or its own first segment.
+    const own = beginSeg ?? (tli > 1 ? present[0] : undefined);
+    const first = [start, own].filter((x): x is bigint => x !== undefined).reduce((a, b) => (a > b ? a : b), -1n);
     const newest = present[present.length - 1];
     const last = [newest, lastNeeded].filter((x): x is bigint => x !== undefined).reduce((a, b) => (a > b ? a : b), -1n);
     const row: VerifyTimeline = {

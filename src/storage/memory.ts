@@ -1,5 +1,5 @@
 // An in-memory archive for unit tests, with the same semantics as the real backends (never
-// overwrite, quarantine on conflict, verify on get) and two test hooks: corrupt() and failNext().
+// overwrite, quarantine on conflict, verify on get) and test hooks: corrupt(), setModified() and failNext().
 // Every put decides and stores synchronously after its one await, so concurrent puts of one name
 // are serialised exactly as link(2) or If-None-Match serialise them elsewhere.
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
@@ -44,6 +44,13 @@ export class MemoryStore implements ArchiveStore {
     const i = Math.floor(stored.length / 2);
     stored[i] = stored[i]! ^ 0xff;
     this.objects.set(name, { ...e, stored });
+  }
+
+  /** Test hook: set the modification time of a stored object (what list and head report). */
+  setModified(name: string, when: Date): void {
+    const e = this.objects.get(name);
+    if (!e) throw new NotFoundError(name);
+    this.objects.set(name, { ...e, modified: when });
   }
 
   /** Test hook: the next operation (put, get, head, list or delete) rejects with `err`. */

@@ -273,6 +273,20 @@ function archiveContract(backend: () => Backend): void {
       expect(one.map((o) => o.name)).toEqual([seg(1, 2), `${seg(1, 2)}.00000028.backup`, `${seg(1, 2)}.partial`]);
     });
 
+    it('reports when each object was written (cleanup --older-than relies on it)', async () => {
+      const s = await fresh();
+      const before = Date.now();
+      await s.put(seg(18), payload(18));
+      await s.put(`${seg(18)}.partial.00000000`, payload(19), { compression: 'gzip' });
+      const listed = await s.list(seg(18));
+      expect(listed.map((o) => o.name)).toEqual([seg(18), `${seg(18)}.partial.00000000`]);
+      for (const o of listed) {
+        // S3 keeps whole seconds.
+        expect(o.modified.getTime()).toBeGreaterThanOrEqual(Math.floor(before / 1000) * 1000 - 2000);
+        expect(o.modified.getTime()).toBeLessThanOrEqual(Date.now() + 2000);
+      }
+    });
+
     it('a missing prefix lists as empty, and so does an empty archive', async () => {
       const s = await fresh();
       expect(await s.list()).toEqual([]);
@@ -443,6 +457,16 @@ describe('LocalStore', () => {
       const rec = await readFile(join(dir, META_DIR, `${seg(2)}.partial.sha256`), 'utf8');
       expect(rec.startsWith(sha256Hex(data))).toBe(true);
       expect((await readdir(join(dir, META_DIR))).sort()).toEqual([`${seg(1)}.sha256`, `${seg(2)}.partial.sha256`]);
+    });
+
+    it('delete removes the checksum record with the data file', async () => {
+      const dir = newDir();
+      const s = new LocalStore(dir);
+      await s.put(seg(1), payload(25), { compression: 'gzip' });
+      await s.put(seg(2), payload(26));
+      await s.delete(seg(1));
+      expect((await readdir(dir)).sort()).toEqual([META_DIR, seg(2)].sort());
+      expect(await readdir(join(dir, META_DIR))).toEqual([`${seg(2)}.sha256`]);
     });
 
     it('files 0600, directories 0700, the archive directory created on first put', async () => {

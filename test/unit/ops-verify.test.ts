@@ -1,0 +1,191 @@
+// walstream verify over synthetic archives in a MemoryStore: what passes, and that each kind of
+// damage is reported naming the object.
+import { describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/storage/memory.js';
+import { StorageError } from '../../src/storage/types.js';
+import { encodeIdentity } from '../../src/archive/identity.js';
+import { IDENTITY_NAME } from '../../src/storage/types.js';
+import { formatVerify, verifyArchive, type VerifyReport } from '../../src/ops/verify.js';
+import { CountingStore, SEG, SYSID, historyText, lsnAt, makeSegment, putSegments, seg } from './ops-walgen.js';
+
+const problemsOf = (r: VerifyReport): string[] => r.problems.map((p) => `${p.object} ${p.kind}`);
+
+/** Timeline 1 from segment 2 to 5 (switch inside 5), timeline 2 from 5 to 8, as a promotion leaves them. */
+async function twoTimelines(store: MemoryStore): Promise<void> {
+  await putSegments(store, 1, 2, 4);
+  await store.put(`${seg(1, 5)}.partial`, makeSegment({ tli: 1, segNo: 5 }));
+  await store.put('00000002.history', historyText([[1, lsnAt(5, 0x23f8)]]));
+  await putSegments(store, 2, 5, 8);
+}
+
+describe('verify', () => {
+  it('passes a complete archive and reports what it checked', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 3, 9);
+    const r = await verifyArchive({ store });
+    expect(r.problems).toEqual([]);
+    expect(r.ok).toBe(true);
+    expect(r.segmentSize).toBe(SEG);
+    expect(r.systemIdentifier).toBe(SYSID.toString());
+    expect(r.checked).toMatchObject({ objects: 7, segments: 7, bytes: 7 * SEG, withoutChecksum: 0 });
+    expect(r.timelines).toEqual([
+      expect.objectContaining({ timeline: 1, firstSegment: seg(1, 3), lastSegment: seg(1, 9), segments: 7, neededFirst: seg(1, 3), neededLast: seg(1, 9) }),
+    ]);
+    expect(formatVerify(r)).toMatch(/^OK: /m);
+  });
+
+  it('names a missing segment, and a run of missing segments by its first and last', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 12);
+    await store.delete(seg(1, 4));
+    for (const n of [7, 8, 9]) await store.delete(seg(1, n));
+    const r = await verifyArchive({ store });
+    expect(r.ok).toBe(false);
+    expect(r.problems).toEqual([
+      expect.objectContaining({ object: seg(1, 4), kind: 'missing-segment', count: 1 }),
+      expect.objectContaining({ object: seg(1, 7), kind: 'missing-segment', last: seg(1, 9), count: 3 }),
+    ]);
+    const text = formatVerify(r);
+    expect(text).toContain(`${seg(1, 4)}  missing-segment`);
+    expect(text).toMatch(/^FAILED/m);
+  });
+
+  it('names an object that fails its recorded checksum', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 5);
+    store.corrupt(seg(1, 3));
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual([`${seg(1, 3)} checksum`]);
+    expect(r.problems[0]!.message).toContain(seg(1, 3));
+  });
+
+  it('names a segment of another database system', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 3);
+    await store.put(seg(1, 4), makeSegment({ tli: 1, segNo: 4, sysid: 42n }));
+    await putSegments(store, 1, 5, 6);
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual([`${seg(1, 4)} system-identifier`]);
+    expect(r.problems[0]!.message).toMatch(/system 42\b.*system 7300000000000000001/);
+  });
+
+  it('judges the system against the identity record when the archive has one', async () => {
+    const store = new MemoryStore();
+    await store.put(IDENTITY_NAME, encodeIdentity({ systemIdentifier: 42n, segmentSize: SEG }));
+    await putSegments(store, 1, 1, 3);
+    await store.put(seg(1, 4), makeSegment({ tli: 1, segNo: 4, sysid: 42n }));
+    const r = await verifyArchive({ store });
+    expect(r.identityRecord).toBe(true);
+    expect(r.systemIdentifier).toBe('42');
+    expect(problemsOf(r)).toEqual([1, 2, 3].map((n) => `${seg(1, n)} system-identifier`));
+  });
+
+  it('names a segment whose pages belong elsewhere, or that is cut short', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 2);
+    await store.put(seg(1, 3), makeSegment({ tli: 1, segNo: 9 })); // another segment's bytes under this name
+    await store.put(seg(1, 4), makeSegment({ tli: 1, segNo: 4 }).subarray(0, SEG / 2));
+    await store.put(seg(1, 5), makeSegment({ tli: 1, segNo: 5, pageTli: 3 })); // pages of a later timeline
+    await putSegments(store, 1, 6, 6);
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual([`${seg(1, 3)} header`, `${seg(1, 4)} segment-size`, `${seg(1, 5)} header`]);
+    expect(r.problems[0]!.message).toMatch(/address/);
+  });
+
+  it('follows the history files across a promotion', async () => {
+    const store = new MemoryStore();
+    await twoTimelines(store);
+    const r = await verifyArchive({ store });
+    expect(r.problems).toEqual([]);
+    expect(r.timelines).toEqual([
+      expect.objectContaining({ timeline: 1, neededFirst: seg(1, 2), neededLast: seg(1, 4), parent: null }),
+      expect.objectContaining({ timeline: 2, neededFirst: seg(2, 5), neededLast: seg(2, 8), parent: 1, begin: lsnAt(5, 0x23f8) }),
+    ]);
+    expect(r.checked).toMatchObject({ historyFiles: 1, partials: 1, segments: 7 });
+  });
+
+  it('needs the parent timeline up to the segment before its switch point', async () => {
+    const store = new MemoryStore();
+    await twoTimelines(store);
+    await store.delete(seg(1, 4));
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual([`${seg(1, 4)} missing-segment`]);
+    expect(r.problems[0]!.message).toContain('00000002.history says timeline 1 ended at 0/5023F8');
+    // And the child from the segment holding the switch point.
+    const s2 = new MemoryStore();
+    await twoTimelines(s2);
+    await s2.delete(seg(2, 5));
+    expect(problemsOf(await verifyArchive({ store: s2 }))).toEqual([`${seg(2, 5)} missing-segment`]);
+  });
+
+  it('names a missing history file of a timeline with WAL, and one whose absence hides newer timelines', async () => {
+    const store = new MemoryStore();
+    await twoTimelines(store);
+    await store.delete('00000002.history');
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual(['00000002.history missing-history']);
+
+    const s3 = new MemoryStore();
+    await putSegments(s3, 1, 1, 3);
+    await s3.put('00000003.history', historyText([[1, lsnAt(4)], [2, lsnAt(6)]]));
+    await putSegments(s3, 2, 4, 5);
+    await putSegments(s3, 3, 6, 7);
+    const r3 = await verifyArchive({ store: s3 });
+    expect(problemsOf(r3)).toEqual(['00000002.history missing-history']);
+  });
+
+  it('reports history files that contradict each other, and segments before their timeline began', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 4);
+    await store.put('00000002.history', historyText([[1, lsnAt(5)]]));
+    await store.put('00000003.history', historyText([[1, lsnAt(4)], [2, lsnAt(7)]]));
+    await putSegments(store, 2, 3, 6); // 3 and 4 precede timeline 2's start at segment 5
+    await putSegments(store, 3, 7, 8);
+    const r = await verifyArchive({ store });
+    expect(problemsOf(r)).toEqual([`${seg(2, 3)} timeline`, `${seg(2, 4)} timeline`, '00000003.history history']);
+  });
+
+  it('--from skips what is older', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 8);
+    await store.delete(seg(1, 2));
+    store.corrupt(seg(1, 3));
+    expect((await verifyArchive({ store, from: seg(1, 4) })).ok).toBe(true);
+    const r = await verifyArchive({ store, from: seg(1, 3) });
+    expect(problemsOf(r)).toEqual([`${seg(1, 3)} checksum`]);
+    await expect(verifyArchive({ store, from: 'nonsense' })).rejects.toThrow(/not a WAL segment name/);
+  });
+
+  it('an empty archive (or nothing from --from on) is not a complete one', async () => {
+    const store = new MemoryStore('memory:empty');
+    expect(problemsOf(await verifyArchive({ store }))).toEqual(['memory:empty empty']);
+    await putSegments(store, 1, 1, 2);
+    expect(problemsOf(await verifyArchive({ store, from: seg(1, 3) }))).toEqual([`${seg(1, 3)} empty`]);
+  });
+
+  it('reads a few objects at a time, fewer when segments are big', async () => {
+    const store = new CountingStore();
+    await putSegments(store, 1, 1, 24);
+    expect((await verifyArchive({ store, parallel: 3 })).ok).toBe(true);
+    expect(store.maxInFlight).toBe(3);
+    store.maxInFlight = 0;
+    // Two segments' worth of memory: at most two reads at once, whatever --parallel says.
+    expect((await verifyArchive({ store, parallel: 8, maxBytesInFlight: 2 * SEG })).ok).toBe(true);
+    expect(store.maxInFlight).toBe(2);
+  });
+
+  it('a listing error fails the verification; a read error is a problem naming the object', async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 3);
+    store.failNext(new StorageError('LIST refused', true));
+    await expect(verifyArchive({ store })).rejects.toThrow(/LIST refused/);
+    const flaky = new (class extends MemoryStore {
+      override async get(name: string): ReturnType<MemoryStore['get']> {
+        if (name === seg(1, 2)) throw new StorageError('GET timed out', true);
+        return super.get(name);
+      }
+    })();
+    await putSegments(flaky, 1, 1, 3);
+    expect(problemsOf(await verifyArchive({ store: flaky }))).toEqual([`${seg(1, 2)} read`]);
+  });
+});
