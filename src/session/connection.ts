@@ -1,7 +1,9 @@
 // One physical replication connection (walsender in replication=true mode): connect through the
-// pg client (auth, TLS, pgpass, PG* variables), run replication commands over the simple query
-// protocol and read their text rows. Mirrors streamutil.c (GetConnection, RunIdentifySystem,
-// RetrieveWalSegSize, CreateReplicationSlot, GetSlotInformation).
+// pg client (SCRAM, md5) with libpq's sslmode negotiation, certificate files (session/tls.ts) and
+// password sources (password=, PGPASSWORD, the password file: session/pgpass.ts), run
+// replication commands over the simple query protocol and read their text rows. Mirrors
+// fe-connect.c (PQconnectPoll's SSL fallbacks) and streamutil.c (GetConnection,
+// RunIdentifySystem, RetrieveWalSegSize, CreateReplicationSlot, GetSlotInformation).
 import pg from 'pg';
 import {
   createPhysicalSlotCommand,
@@ -18,8 +20,12 @@ import {
 } from '../protocol/commands.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { assertSegSize, historyFileName, parseSizeSetting } from '../wal/segment.js';
-import { ConnectionLostError, toServerError } from './errors.js';
+import { ConnectionLostError, ConnectionSetupError, ServerError, toServerError } from './errors.js';
 import type { ReplicationClientConfig } from './conninfo.js';
+import { buildTlsOptions, describeTlsError, isTlsError } from './tls.js';
+import { passfilePath, passwordFromFile } from './pgpass.js';
+import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
+import { userInfo } from 'node:os';
 import { CopyBothStream, type StreamEvents } from './copyboth.js';
 import type { Lsn } from '../wal/lsn.js';
 import { startReplicationCommand } from '../protocol/commands.js';
@@ -31,6 +37,85 @@ export interface CommandResult {
 
 const textOnly = { getTypeParser: () => (value: string) => value };
 
+/** Who connects, with which password (never printed) and where it came from. */
+interface Credentials {
+  user: string;
+  password: string | undefined;
+  /** The password file the password came from, for libpq's hint after a rejected password. */
+  passwordFile?: string;
+}
+
+interface AttemptFailure {
+  ssl: boolean;
+  err: Error;
+  /** The TCP connection was made (a failure after it may be retried with the other SSL choice). */
+  reachedServer: boolean;
+  /** The server accepted the credentials before the failure. */
+  authenticated: boolean;
+}
+
+function stderrWarning(message: string): void {
+  process.stderr.write(`walstream: warning: ${message}\n`);
+}
+
+function osUserName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env['USER'] ?? '';
+  }
+}
+
+/**
+ * The user (options, PGUSER, else the OS user, as libpq) and the password: the options'
+ * password=, else PGPASSWORD, else the password file entry for host, port, database and user.
+ */
+export function resolveCredentials(cfg: ReplicationClientConfig, warn: (message: string) => void): Credentials {
+  const env = process.env;
+  const user = cfg.user || env['PGUSER'] || osUserName();
+  const given = typeof cfg.password === 'string' && cfg.password !== '' ? cfg.password : env['PGPASSWORD'] || undefined;
+  if (given !== undefined) return { user, password: given };
+  const file = passfilePath(cfg.passfile);
+  if (file === undefined) return { user, password: undefined };
+  // The password file matches libpq's host (not hostaddr), the default port and the database
+  // ("replication" for a physical replication connection).
+  const host = cfg.hostName || cfg.host || env['PGHOST'] || 'localhost';
+  const port = String(cfg.port ?? (env['PGPORT'] || 5432));
+  const found = passwordFromFile(file, { host, port, database: cfg.database ?? 'replication', user });
+  if (found.warning) warn(found.warning);
+  return found.password === undefined ? { user, password: undefined } : { user, password: found.password, passwordFile: file };
+}
+
+/** A failed attempt's error: TLS problems worded like libpq's, server errors keeping their SQLSTATE. */
+function connectFailure(err: unknown): Error {
+  if (isTlsError(err)) return new ConnectionSetupError(describeTlsError(err as Error));
+  const e = toServerError(err);
+  if (/server does not support SSL/i.test(e.message)) return new ConnectionSetupError('server does not support SSL, but SSL was required');
+  return e;
+}
+
+/** One error for all attempts (libpq reports each; here they share one line). */
+function connectError(failures: AttemptFailure[], mode: string, creds: Credentials): Error {
+  const hint = (e: Error): string =>
+    e instanceof ServerError && e.code === '28P01' && creds.passwordFile ? `${e.message} (password retrieved from file "${creds.passwordFile}")` : e.message;
+  // prefer against a server without SSL: only the plain attempt matters.
+  const relevant = failures.filter((f, i) => !(i < failures.length - 1 && f.ssl && /server does not support SSL/.test(f.err.message)));
+  const last = relevant[relevant.length - 1]!;
+  if (relevant.length === 1) {
+    const e = last.err;
+    if (e instanceof ServerError) return new ServerError(hint(e), e.code, e.detail, e.hint);
+    if (e instanceof ConnectionSetupError || e instanceof ConnectionLostError) return e;
+    return new ConnectionSetupError(hint(e));
+  }
+  // The same refusal with and without SSL is said once.
+  const texts = relevant.map((f) => hint(f.err));
+  const text = texts.every((t) => t === texts[0])
+    ? texts[0]!
+    : relevant.map((f, i) => `${texts[i]} (${f.ssl ? 'with' : 'without'} SSL, sslmode=${mode})`).join('; ');
+  const server = relevant.find((f) => f.err instanceof ServerError)?.err as ServerError | undefined;
+  return server ? new ServerError(text, server.code, server.detail, server.hint) : new ConnectionSetupError(text);
+}
+
 export class ReplicationConnection {
   private closed = false;
 
@@ -39,8 +124,65 @@ export class ReplicationConnection {
     readonly serverVersionNum: number,
   ) {}
 
-  static async connect(cfg: ReplicationClientConfig): Promise<ReplicationConnection> {
-    const client = new pg.Client({ ...cfg, types: textOnly } as pg.ClientConfig);
+  /**
+   * Connect the libpq way (fe-connect.c PQconnectPoll): sslmode decides the attempts (prefer:
+   * SSL, then without it if the server refuses SSL, the handshake fails or the server rejects the
+   * SSL connection before authentication; allow: the reverse), the password comes from the
+   * options, PGPASSWORD or the password file. `warn` gets libpq's warnings (an ignored password file).
+   */
+  static async connect(cfg: ReplicationClientConfig, warn: (message: string) => void = stderrWarning): Promise<ReplicationConnection> {
+    const creds = resolveCredentials(cfg, warn);
+    const mode = cfg.sslSettings?.mode ?? 'prefer';
+    const order: boolean[] = mode === 'disable' ? [false] : mode === 'allow' ? [false, true] : mode === 'prefer' ? [true, false] : [true];
+    const failures: AttemptFailure[] = [];
+    for (const useSsl of order) {
+      let ssl: TlsConnectionOptions | false = false;
+      try {
+        if (useSsl) ssl = buildTlsOptions(cfg.sslSettings, cfg.hostName ?? cfg.host ?? process.env['PGHOST'] ?? 'localhost');
+      } catch (err) {
+        failures.push({ ssl: true, err: err as Error, reachedServer: true, authenticated: false });
+        if (mode === 'prefer') continue;
+        break;
+      }
+      const result = await ReplicationConnection.attempt(cfg, ssl, creds);
+      if (result instanceof ReplicationConnection) return result;
+      failures.push({ ...result, ssl: useSsl });
+      // Retry with the other choice only where libpq does.
+      const again =
+        (mode === 'prefer' && useSsl && result.reachedServer && !result.authenticated && !(result.err instanceof ConnectionLostError && /timeout/i.test(result.err.message))) ||
+        (mode === 'allow' && !useSsl && result.err instanceof ServerError && !result.authenticated);
+      if (!again) break;
+    }
+    throw connectError(failures, mode, creds);
+  }
+
+  /** One connection attempt, with or without TLS. */
+  private static async attempt(
+    cfg: ReplicationClientConfig,
+    ssl: TlsConnectionOptions | false,
+    creds: Credentials,
+  ): Promise<ReplicationConnection | Omit<AttemptFailure, 'ssl'>> {
+    const { sslSettings: _ssl, hostName: _name, passfile: _file, ...pgConfig } = cfg;
+    const client = new pg.Client({
+      ...pgConfig,
+      user: creds.user,
+      // A function: pg neither reads PGPASSWORD nor its own ~/.pgpass; the server asks, we answer.
+      password: async () => {
+        if (creds.password === undefined) throw new Error('fe_sendauth: no password supplied');
+        return creds.password;
+      },
+      ssl,
+      types: textOnly,
+    } as pg.ClientConfig);
+    let reachedServer = false;
+    let authenticated = false;
+    const con = (client as unknown as { connection: { on(event: string, fn: () => void): void } }).connection;
+    con.on('connect', () => {
+      reachedServer = true;
+    });
+    con.on('authenticationOk', () => {
+      authenticated = true;
+    });
     let early: Error | undefined;
     const onError = (e: Error): void => {
       early = e;
@@ -51,18 +193,26 @@ export class ReplicationConnection {
     } catch (err) {
       client.removeListener('error', onError);
       await client.end().catch(() => undefined);
-      throw toServerError(err);
+      return { err: connectFailure(err), reachedServer, authenticated };
     }
-    if (early) throw toServerError(early);
+    if (early) {
+      await client.end().catch(() => undefined);
+      return { err: connectFailure(early), reachedServer, authenticated };
+    }
     const conn = new ReplicationConnection(client, 0);
     client.removeListener('error', onError);
     // Failures reach the command in flight; without a listener an 'error' event would crash the process.
     client.on('error', () => undefined);
-    const res = await conn.command(showCommand('server_version_num'));
-    const num = Number(res.rows[0]?.['server_version_num']);
-    if (!Number.isInteger(num) || num < 100000) throw new ProtocolError('could not read server_version_num');
-    (conn as { serverVersionNum: number }).serverVersionNum = num;
-    return conn;
+    try {
+      const res = await conn.command(showCommand('server_version_num'));
+      const num = Number(res.rows[0]?.['server_version_num']);
+      if (!Number.isInteger(num) || num < 100000) throw new ProtocolError('could not read server_version_num');
+      (conn as { serverVersionNum: number }).serverVersionNum = num;
+      return conn;
+    } catch (err) {
+      await conn.close();
+      throw err;
+    }
   }
 
   get pgClient(): pg.Client {

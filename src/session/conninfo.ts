@@ -1,8 +1,10 @@
 // Connection settings as libpq takes them: a keyword/value conninfo string or a postgres:// URI
-// (libpq's conninfo_parse / conninfo_uri_parse), overridden by -h/-p/-U, with PG* environment
-// variables and ~/.pgpass filled in by the pg client. Pure apart from reading TLS files named in it.
+// (libpq's conninfo_parse / conninfo_uri_parse), overridden by -h/-p/-U, with the PG* environment
+// variables libpq reads for what is left unset. Pure apart from reading the environment: files
+// (certificates, keys, ~/.pgpass) are read when connecting (session/connection.ts).
 import { parse as parseUri } from 'pg-connection-string';
 import type { ClientConfig } from 'pg';
+import { SSL_MODES, type SslMode, type SslSettings } from './tls.js';
 
 export class ConninfoError extends Error {
   constructor(message: string) {
@@ -83,14 +85,58 @@ export interface ConnectionOptions {
   walSenderTimeout?: string;
 }
 
-const KNOWN_KEYS = new Set([
+const SSL_KEYS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'sslcrl', 'sslpassword'] as const;
+
+const KNOWN_KEYS = new Set<string>([
   'host', 'hostaddr', 'port', 'user', 'password', 'dbname', 'application_name', 'fallback_application_name',
-  'sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'connect_timeout', 'options', 'replication',
-  'keepalives', 'keepalives_idle', 'passfile', 'sslcrl', 'sslpassword', 'target_session_attrs', 'client_encoding',
+  'connect_timeout', 'options', 'replication', 'keepalives', 'keepalives_idle', 'passfile', 'target_session_attrs',
+  'client_encoding', ...SSL_KEYS,
 ]);
 
-/** The pg client's configuration with the replication startup parameter (which pg sends though its types omit it). */
-export type ReplicationClientConfig = ClientConfig & { replication?: string };
+/** The environment variable libpq reads for a keyword left unset. */
+const ENV_FOR: Record<string, string> = {
+  hostaddr: 'PGHOSTADDR',
+  passfile: 'PGPASSFILE',
+  sslmode: 'PGSSLMODE',
+  sslrootcert: 'PGSSLROOTCERT',
+  sslcert: 'PGSSLCERT',
+  sslkey: 'PGSSLKEY',
+  sslcrl: 'PGSSLCRL',
+};
+
+/**
+ * The pg client's configuration with the replication startup parameter (which pg sends though
+ * its types omit it), and what pg does not do the libpq way and session/connection.ts does:
+ * sslmode negotiation and certificate files, and the password file.
+ */
+export type ReplicationClientConfig = ClientConfig & {
+  replication?: string;
+  /** sslmode and the ssl* files (read when connecting). */
+  sslSettings: SslSettings;
+  /** libpq's `host` when `hostaddr` is what is connected to: the name verify-full checks and the password file matches. */
+  hostName?: string;
+  /** passfile= (else PGPASSFILE, else ~/.pgpass). */
+  passfile?: string;
+};
+
+/** Remove the ssl* parameters from a URI's query, leaving every other byte as written. */
+function withoutSslParams(uri: string): string {
+  const q = uri.indexOf('?');
+  if (q < 0) return uri;
+  const hash = uri.indexOf('#', q);
+  const query = uri.slice(q + 1, hash < 0 ? undefined : hash);
+  const kept = query.split('&').filter((part) => {
+    const name = part.split('=')[0] ?? '';
+    let decoded = name;
+    try {
+      decoded = decodeURIComponent(name);
+    } catch {
+      // left for the parser to refuse
+    }
+    return !(SSL_KEYS as readonly string[]).includes(decoded);
+  });
+  return `${uri.slice(0, q)}${kept.length ? `?${kept.join('&')}` : ''}${hash < 0 ? '' : uri.slice(hash)}`;
+}
 
 /** Build the pg client configuration for a physical replication connection. */
 export function buildClientConfig(opts: ConnectionOptions): ReplicationClientConfig {
@@ -106,12 +152,17 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
       for (const key of url.searchParams.keys()) {
         if (!KNOWN_KEYS.has(key)) throw new ConninfoError(`invalid URI query parameter: "${key}"`);
       }
-      const parsed = parseUri(opts.dbname, { useLibpqCompat: true }) as Record<string, unknown>;
+      // pg-connection-string would read the ssl* files and apply its own sslmode rules: the ssl*
+      // parameters are taken here and handled the libpq way when connecting.
+      const parsed = parseUri(withoutSslParams(opts.dbname), { useLibpqCompat: true }) as Record<string, unknown>;
       for (const [k, v] of Object.entries(parsed)) {
         const key = k === 'database' ? 'dbname' : k;
         if (typeof v === 'string' && v !== '' && KNOWN_KEYS.has(key)) kv[key] = v;
       }
-      if (parsed['ssl'] !== undefined && parsed['ssl'] !== false) return finish(opts, kv, parsed['ssl'] as ClientConfig['ssl']);
+      for (const k of SSL_KEYS) {
+        const v = url.searchParams.get(k);
+        if (v !== null) kv[k] = v;
+      }
     } else if (opts.dbname.includes('=')) {
       kv = parseKeywordValue(opts.dbname);
     } else {
@@ -121,22 +172,37 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
   for (const k of Object.keys(kv)) {
     if (!KNOWN_KEYS.has(k)) throw new ConninfoError(`invalid connection option "${k}"`);
   }
-  let ssl: ClientConfig['ssl'] | undefined;
-  const sslmode = kv['sslmode'] ?? process.env['PGSSLMODE'];
-  if (sslmode !== undefined) {
-    const params = new URLSearchParams({ sslmode });
-    for (const k of ['sslrootcert', 'sslcert', 'sslkey'] as const) {
-      const v = kv[k] ?? process.env[`PG${k.toUpperCase()}`];
-      if (v) params.set(k, v);
-    }
-    const sslConfig = parseUri(`postgres://x/?${params.toString()}`, { useLibpqCompat: true }) as { ssl?: ClientConfig['ssl'] };
-    ssl = sslConfig.ssl;
-  }
-  return finish(opts, kv, ssl);
+  const setting = (k: string): string | undefined => {
+    const v = kv[k];
+    if (v !== undefined && v !== '') return v;
+    const env = ENV_FOR[k] !== undefined ? process.env[ENV_FOR[k]] : undefined;
+    return env !== undefined && env !== '' ? env : undefined;
+  };
+  return finish(opts, kv, sslSettingsFrom(setting), setting('hostaddr'), setting('passfile'));
 }
 
-function finish(opts: ConnectionOptions, kv: Record<string, string>, ssl: ClientConfig['ssl'] | undefined): ReplicationClientConfig {
-  const host = opts.host ?? kv['host'] ?? kv['hostaddr'];
+/** libpq's sslmode rules: default prefer; sslrootcert=system demands (and defaults to) verify-full. */
+function sslSettingsFrom(setting: (k: string) => string | undefined): SslSettings {
+  const rootCert = setting('sslrootcert');
+  const given = setting('sslmode');
+  if (given !== undefined && !(SSL_MODES as readonly string[]).includes(given)) throw new ConninfoError(`invalid sslmode value: "${given}"`);
+  const mode = (given ?? (rootCert === 'system' ? 'verify-full' : 'prefer')) as SslMode;
+  if (rootCert === 'system' && mode !== 'verify-full') {
+    throw new ConninfoError(`weak sslmode "${mode}" may not be used with sslrootcert=system (use "verify-full")`);
+  }
+  return { mode, rootCert, cert: setting('sslcert'), key: setting('sslkey'), crl: setting('sslcrl'), keyPassword: setting('sslpassword') };
+}
+
+function finish(
+  opts: ConnectionOptions,
+  kv: Record<string, string>,
+  sslSettings: SslSettings,
+  hostaddr: string | undefined,
+  passfile: string | undefined,
+): ReplicationClientConfig {
+  // hostaddr is where to connect; host stays the name (libpq): verify-full checks it, pgpass matches it.
+  const hostName = opts.host ?? kv['host'];
+  const host = hostaddr ?? hostName;
   const portText = opts.port !== undefined ? String(opts.port) : kv['port'];
   let port: number | undefined;
   if (portText !== undefined && portText !== '') {
@@ -157,8 +223,10 @@ function finish(opts: ConnectionOptions, kv: Record<string, string>, ssl: Client
     connectionTimeoutMillis: connectTimeout > 0 ? connectTimeout * 1000 : 0,
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
+    sslSettings,
   };
-  if (ssl !== undefined) cfg.ssl = ssl;
+  if (hostName !== undefined && hostName !== host) cfg.hostName = hostName;
+  if (passfile !== undefined) cfg.passfile = passfile;
   if (kv['options'] || opts.walSenderTimeout) {
     const parts = [kv['options'] ?? ''];
     if (opts.walSenderTimeout) parts.push(`-c wal_sender_timeout=${opts.walSenderTimeout}`);

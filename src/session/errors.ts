@@ -44,3 +44,11 @@ export function toServerError(err: unknown): Error {
   }
   return new Error(String(err));
 }
+
+/** The connection could not be set up on the client's side or was refused before authentication for a non-server reason (TLS, missing password). */
+export class ConnectionSetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConnectionSetupError';
+  }
+}

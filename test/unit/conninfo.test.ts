@@ -2,7 +2,7 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { buildClientConfig, parseKeywordValue, isUri, describeTarget, ConninfoError } from '../../src/session/conninfo.js';
 
 // buildClientConfig reads PGSSLMODE and friends: run without them.
-const ENV_KEYS = ['PGSSLMODE', 'PGSSLROOTCERT', 'PGSSLCERT', 'PGSSLKEY', 'PGHOST', 'PGPORT', 'PGUSER'];
+const ENV_KEYS = ['PGSSLMODE', 'PGSSLROOTCERT', 'PGSSLCERT', 'PGSSLKEY', 'PGSSLCRL', 'PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGPASSFILE'];
 let savedEnv: Record<string, string | undefined> = {};
 beforeEach(() => {
   savedEnv = {};
@@ -76,6 +76,8 @@ describe('buildClientConfig', () => {
     expect(cfg.port).toBeUndefined();
     expect(cfg.user).toBeUndefined();
     expect(cfg.ssl).toBeUndefined();
+    // libpq's default sslmode: try SSL, go on without it.
+    expect(cfg.sslSettings).toEqual({ mode: 'prefer' });
     expect(cfg.options).toBeUndefined();
   });
 
@@ -128,7 +130,18 @@ describe('buildClientConfig', () => {
       application_name: 'walstream',
     });
     const cfg = buildClientConfig({ dbname: 'postgresql://u:p@h:5433/db?application_name=x&sslmode=disable', applicationName: 'walstream' });
-    expect(cfg).toMatchObject({ host: 'h', port: 5433, user: 'u', password: 'p', database: 'db', application_name: 'x', ssl: false });
+    expect(cfg).toMatchObject({ host: 'h', port: 5433, user: 'u', password: 'p', database: 'db', application_name: 'x' });
+    expect(cfg.sslSettings.mode).toBe('disable');
+  });
+
+  it('URI form: ssl* parameters are taken as given, and the files are not read yet', () => {
+    const cfg = buildClientConfig({
+      dbname: 'postgresql://u@h:5433/db?sslmode=verify-full&sslrootcert=/nonexistent/root.crt&sslcert=/nonexistent/c.crt&sslkey=/nonexistent/c.key&application_name=x',
+      applicationName: 'walstream',
+    });
+    expect(cfg.sslSettings).toEqual({ mode: 'verify-full', rootCert: '/nonexistent/root.crt', cert: '/nonexistent/c.crt', key: '/nonexistent/c.key' });
+    expect(cfg).toMatchObject({ host: 'h', port: 5433, user: 'u', database: 'db', application_name: 'x' });
+    expect(cfg.ssl).toBeUndefined();
   });
 
   it('URI form: -h/-p/-U still override', () => {
@@ -180,14 +193,59 @@ describe('buildClientConfig', () => {
     expect(buildClientConfig({ dbname: "options='-c work_mem=1MB'", applicationName: 'a' }).options).toBe('-c work_mem=1MB');
   });
 
-  it('sslmode from the string', () => {
-    expect(buildClientConfig({ dbname: 'host=h sslmode=disable', applicationName: 'a' }).ssl).toBe(false);
-    expect(buildClientConfig({ dbname: 'host=h sslmode=require', applicationName: 'a' }).ssl).toEqual({ rejectUnauthorized: false });
+  it('sslmode from the string, default prefer', () => {
+    expect(buildClientConfig({ dbname: 'host=h sslmode=disable', applicationName: 'a' }).sslSettings).toEqual({ mode: 'disable' });
+    expect(buildClientConfig({ dbname: 'host=h sslmode=require', applicationName: 'a' }).sslSettings).toEqual({ mode: 'require' });
+    expect(buildClientConfig({ dbname: 'host=h', applicationName: 'a' }).sslSettings).toEqual({ mode: 'prefer' });
+    for (const mode of ['allow', 'prefer', 'verify-ca', 'verify-full']) {
+      expect(buildClientConfig({ dbname: `sslmode=${mode}`, applicationName: 'a' }).sslSettings.mode).toBe(mode);
+    }
   });
 
-  it('sslmode from PGSSLMODE', () => {
-    process.env['PGSSLMODE'] = 'disable';
-    expect(buildClientConfig({ dbname: 'host=h', applicationName: 'a' }).ssl).toBe(false);
+  it('an unknown sslmode is refused', () => {
+    expect(() => buildClientConfig({ dbname: 'sslmode=no-verify', applicationName: 'a' })).toThrow(/invalid sslmode value: "no-verify"/);
+    expect(() => buildClientConfig({ dbname: 'postgres://h/?sslmode=true', applicationName: 'a' })).toThrow(ConninfoError);
+  });
+
+  it('ssl settings from PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGSSLCRL; the string wins', () => {
+    process.env['PGSSLMODE'] = 'verify-ca';
+    process.env['PGSSLROOTCERT'] = '/env/root.crt';
+    process.env['PGSSLCERT'] = '/env/c.crt';
+    process.env['PGSSLKEY'] = '/env/c.key';
+    process.env['PGSSLCRL'] = '/env/root.crl';
+    expect(buildClientConfig({ dbname: 'host=h', applicationName: 'a' }).sslSettings).toEqual({
+      mode: 'verify-ca',
+      rootCert: '/env/root.crt',
+      cert: '/env/c.crt',
+      key: '/env/c.key',
+      crl: '/env/root.crl',
+    });
+    expect(buildClientConfig({ dbname: "sslmode=disable sslrootcert=/s/root.crt sslpassword='p w'", applicationName: 'a' }).sslSettings).toMatchObject({
+      mode: 'disable',
+      rootCert: '/s/root.crt',
+      keyPassword: 'p w',
+    });
+  });
+
+  it('sslrootcert=system: verify-full by default, and no weaker mode', () => {
+    expect(buildClientConfig({ dbname: 'sslrootcert=system', applicationName: 'a' }).sslSettings.mode).toBe('verify-full');
+    expect(() => buildClientConfig({ dbname: 'sslrootcert=system sslmode=require', applicationName: 'a' })).toThrow(
+      /weak sslmode "require" may not be used with sslrootcert=system/,
+    );
+  });
+
+  it('hostaddr is where to connect, host stays the name (for verify-full and the password file)', () => {
+    const cfg = buildClientConfig({ dbname: 'host=db.example hostaddr=127.0.0.1', applicationName: 'a' });
+    expect(cfg.host).toBe('127.0.0.1');
+    expect(cfg.hostName).toBe('db.example');
+    process.env['PGHOSTADDR'] = '10.1.1.1';
+    expect(buildClientConfig({ host: 'db2', applicationName: 'a' })).toMatchObject({ host: '10.1.1.1', hostName: 'db2' });
+  });
+
+  it('passfile from the string or PGPASSFILE', () => {
+    expect(buildClientConfig({ dbname: 'passfile=/x/pgpass', applicationName: 'a' }).passfile).toBe('/x/pgpass');
+    process.env['PGPASSFILE'] = '/env/pgpass';
+    expect(buildClientConfig({ applicationName: 'a' }).passfile).toBe('/env/pgpass');
   });
 });
 

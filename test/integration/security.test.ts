@@ -1,0 +1,351 @@
+// walstream receive against a real server with TLS and password authentication, the libpq way:
+// sslmode disable/allow/prefer/require/verify-ca/verify-full, root and client certificates (given
+// or from ~/.postgresql), host name checks, SCRAM and md5, passwords from password=, PGPASSWORD
+// and the password file. Failures are one clear line that never shows the password.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PgCluster } from '../harness/pg.js';
+import { createTestPki, type TestPki } from '../harness/tls.js';
+import { runCli, type CliResult } from '../support/cli.js';
+
+const SECRETS = {
+  ssl_user: 'ssl-user-secret',
+  scram_user: 'scram-user-secret',
+  md5_user: 'md5-user-secret',
+  norepl_user: 'norepl-secret',
+};
+
+function oneLineError(res: CliResult, pattern: RegExp): void {
+  if (process.env['WALSTREAM_TEST_SHOW_ERRORS']) process.stdout.write(`[security] ${res.stderr}`);
+  expect(res.code, res.stderr).toBe(1);
+  const lines = res.stderr.trim().split('\n');
+  expect(lines, res.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(pattern);
+  for (const secret of Object.values(SECRETS)) expect(res.stderr).not.toContain(secret);
+}
+
+function ok(res: CliResult): void {
+  expect(res.code, res.stderr).toBe(0);
+  for (const secret of Object.values(SECRETS)) expect(res.stderr).not.toContain(secret);
+}
+
+describe('receive: TLS and password authentication', () => {
+  let pg: PgCluster;
+  let pki: TestPki;
+  const dirs: string[] = [];
+  let appSeq = 0;
+
+  const tempDir = (prefix: string): string => {
+    const d = mkdtempSync(join(tmpdir(), prefix));
+    dirs.push(d);
+    return d;
+  };
+
+  /**
+   * Run `walstream receive -E <current LSN>` with a connection string and an environment of
+   * its own: HOME is an empty directory unless given, no PG* variable leaks in. Returns the
+   * result and the application_name used, to find the connection in the server log.
+   */
+  const receive = async (
+    conninfo: string,
+    env: Record<string, string | undefined> = {},
+    extra: string[] = [],
+  ): Promise<{ res: CliResult; app: string; dir: string }> => {
+    const app = `sec_${++appSeq}`;
+    const dir = tempDir('walstream-sec-wal-');
+    const lsn = await pg.currentLsn();
+    const res = await runCli(['receive', '-D', dir, '-n', '-E', lsn, '-d', `${conninfo} application_name=${app}`, ...extra], {
+      env: {
+        HOME: tempDir('walstream-sec-home-'),
+        PGPASSWORD: undefined,
+        PGPASSFILE: undefined,
+        PGSSLMODE: undefined,
+        PGSSLROOTCERT: undefined,
+        PGSSLCERT: undefined,
+        PGSSLKEY: undefined,
+        PGHOST: undefined,
+        PGPORT: undefined,
+        PGUSER: undefined,
+        ...env,
+      },
+      timeoutMs: 60_000,
+    });
+    return { res, app, dir };
+  };
+
+  /** How the server saw the connection of `app` ("SSL enabled (...)" or not), from its log. */
+  const authorizedLine = (app: string): string => {
+    const line = readFileSync(pg.logFile, 'utf8')
+      .split('\n')
+      .find((l) => l.includes('connection authorized') && (l.includes(`application_name=${app} `) || l.endsWith(`application_name=${app}`)));
+    if (line === undefined) throw new Error(`no "connection authorized" line for ${app} in the server log`);
+    return line;
+  };
+
+  const tcp = (): string => `host=127.0.0.1 port=${pg.port}`;
+
+  beforeAll(async () => {
+    pki = await createTestPki({ clientCn: 'cert_user' });
+    pg = await PgCluster.create({
+      name: 'security',
+      start: false,
+      conf: { log_connections: true, password_encryption: 'scram-sha-256' },
+      hba: [
+        'hostssl replication cert_user 127.0.0.1/32 cert',
+        'hostnossl replication cert_user 127.0.0.1/32 reject',
+        'hostssl replication ssl_user 127.0.0.1/32 scram-sha-256',
+        'hostnossl replication ssl_user 127.0.0.1/32 reject',
+        'host replication scram_user 127.0.0.1/32 scram-sha-256',
+        'host replication md5_user 127.0.0.1/32 md5',
+      ],
+    });
+    pg.configure({ ssl: true, ...pki.installServerFiles(pg.dataDir) });
+    await pg.start();
+    await pg.createRole('ssl_user', { replication: true, password: SECRETS.ssl_user });
+    await pg.createRole('cert_user', { replication: true });
+    await pg.createRole('scram_user', { replication: true, password: SECRETS.scram_user });
+    await pg.createRole('norepl_user', { password: SECRETS.norepl_user });
+    // An md5 hash needs password_encryption = md5 when the password is set.
+    const c = await pg.connect();
+    try {
+      await c.query("set password_encryption = 'md5'");
+      await c.query(`create role md5_user login replication password '${SECRETS.md5_user}'`);
+    } finally {
+      await c.end();
+    }
+  });
+
+  afterAll(async () => {
+    await pg?.destroy();
+    pki?.remove();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  describe('TLS', () => {
+    it('sslmode=disable against a hostssl-only entry fails clearly', async () => {
+      const { res } = await receive(`${tcp()} user=ssl_user sslmode=disable`, { PGPASSWORD: SECRETS.ssl_user });
+      oneLineError(res, /could not connect to 127\.0\.0\.1:\d+ as ssl_user: pg_hba\.conf rejects replication connection .*"ssl_user", no encryption/);
+    });
+
+    it('sslmode=require encrypts without verifying (no root certificate)', async () => {
+      const { res, app, dir } = await receive(`${tcp()} user=ssl_user sslmode=require`, { PGPASSWORD: SECRETS.ssl_user });
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+      // WAL arrived over the encrypted connection.
+      expect(readdirNames(dir).length).toBeGreaterThan(0);
+    });
+
+    it('the default sslmode (prefer) uses SSL when the server offers it', async () => {
+      const { res, app } = await receive(`${tcp()} user=ssl_user`, { PGPASSWORD: SECRETS.ssl_user });
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+    });
+
+    it('sslmode=allow tries without SSL first, then with it when the server rejects that', async () => {
+      const { res, app } = await receive(`${tcp()} user=ssl_user sslmode=allow`, { PGPASSWORD: SECRETS.ssl_user });
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+    });
+
+    it('verify-ca with the right CA; PGSSLMODE and PGSSLROOTCERT are read', async () => {
+      ok((await receive(`${tcp()} user=ssl_user sslmode=verify-ca sslrootcert=${pki.caCert}`, { PGPASSWORD: SECRETS.ssl_user })).res);
+      const { res, app } = await receive(`${tcp()} user=ssl_user`, { PGPASSWORD: SECRETS.ssl_user, PGSSLMODE: 'verify-ca', PGSSLROOTCERT: pki.caCert });
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+    });
+
+    it('verify-ca refuses a server certificate from another CA', async () => {
+      const { res } = await receive(`${tcp()} user=ssl_user sslmode=verify-ca sslrootcert=${pki.otherCaCert}`, { PGPASSWORD: SECRETS.ssl_user });
+      oneLineError(res, /could not connect to .*: SSL error: certificate verify failed: /);
+    });
+
+    it('sslmode=require with a root certificate verifies like verify-ca (libpq)', async () => {
+      const { res } = await receive(`${tcp()} user=ssl_user sslmode=require sslrootcert=${pki.otherCaCert}`, { PGPASSWORD: SECRETS.ssl_user });
+      oneLineError(res, /SSL error: certificate verify failed/);
+    });
+
+    it('verify-ca / verify-full without any root certificate refuse to start', async () => {
+      const { res } = await receive(`${tcp()} user=ssl_user sslmode=verify-full`, { PGPASSWORD: SECRETS.ssl_user });
+      oneLineError(res, /root certificate file ".*\/\.postgresql\/root\.crt" does not exist/);
+    });
+
+    it('verify-full accepts the names in the certificate (DNS and IP address)', async () => {
+      const byName = await receive(`host=localhost port=${pg.port} user=ssl_user sslmode=verify-full sslrootcert=${pki.caCert}`, {
+        PGPASSWORD: SECRETS.ssl_user,
+      });
+      ok(byName.res);
+      expect(authorizedLine(byName.app)).toMatch(/SSL enabled/);
+      ok((await receive(`${tcp()} user=ssl_user sslmode=verify-full sslrootcert=${pki.caCert}`, { PGPASSWORD: SECRETS.ssl_user })).res);
+    });
+
+    it('verify-full refuses a host name the certificate does not carry (hostaddr connects, host is checked)', async () => {
+      const { res } = await receive(
+        `host=db.wrong.example hostaddr=127.0.0.1 port=${pg.port} user=ssl_user sslmode=verify-full sslrootcert=${pki.caCert}`,
+        { PGPASSWORD: SECRETS.ssl_user },
+      );
+      oneLineError(res, /server certificate for "localhost" \(and 1 other name\) does not match host name "db\.wrong\.example"/);
+      // verify-ca does not check the name.
+      ok(
+        (
+          await receive(`host=db.wrong.example hostaddr=127.0.0.1 port=${pg.port} user=ssl_user sslmode=verify-ca sslrootcert=${pki.caCert}`, {
+            PGPASSWORD: SECRETS.ssl_user,
+          })
+        ).res,
+      );
+    });
+
+    it('root certificate from ~/.postgresql/root.crt by default', async () => {
+      const home = tempDir('walstream-sec-home-');
+      mkdirSync(join(home, '.postgresql'));
+      copyFileSync(pki.caCert, join(home, '.postgresql', 'root.crt'));
+      ok((await receive(`host=localhost port=${pg.port} user=ssl_user sslmode=verify-full`, { HOME: home, PGPASSWORD: SECRETS.ssl_user })).res);
+      // A default root.crt of another CA makes even sslmode=require fail, as in libpq.
+      copyFileSync(pki.otherCaCert, join(home, '.postgresql', 'root.crt'));
+      oneLineError(
+        (await receive(`${tcp()} user=ssl_user sslmode=require`, { HOME: home, PGPASSWORD: SECRETS.ssl_user })).res,
+        /certificate verify failed/,
+      );
+    });
+
+    it('client certificate authentication (cert) with sslcert/sslkey, and without one it is refused', async () => {
+      const { res, app } = await receive(
+        `${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert} sslcert=${pki.clientCert} sslkey=${pki.clientKey}`,
+      );
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+      oneLineError(
+        (await receive(`${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert}`)).res,
+        /connection requires a valid client certificate/,
+      );
+    });
+
+    it('client certificate and key from ~/.postgresql by default; PGSSLCERT/PGSSLKEY read', async () => {
+      const home = tempDir('walstream-sec-home-');
+      mkdirSync(join(home, '.postgresql'));
+      copyFileSync(pki.clientCert, join(home, '.postgresql', 'postgresql.crt'));
+      copyFileSync(pki.clientKey, join(home, '.postgresql', 'postgresql.key'));
+      chmodSync(join(home, '.postgresql', 'postgresql.key'), 0o600);
+      ok((await receive(`${tcp()} user=cert_user sslmode=verify-ca sslrootcert=${pki.caCert}`, { HOME: home })).res);
+      ok(
+        (
+          await receive(`${tcp()} user=cert_user sslmode=require`, {
+            PGSSLCERT: pki.clientCert,
+            PGSSLKEY: pki.clientKey,
+          })
+        ).res,
+      );
+    });
+
+    it('a private key that others can read is refused, as libpq does', async () => {
+      const keyDir = tempDir('walstream-sec-key-');
+      const key = join(keyDir, 'client.key');
+      copyFileSync(pki.clientKey, key);
+      chmodSync(key, 0o644);
+      const { res } = await receive(`${tcp()} user=cert_user sslmode=require sslcert=${pki.clientCert} sslkey=${key}`);
+      oneLineError(res, /private key file ".*client\.key" has group or world access/);
+    });
+  });
+
+  describe('passwords', () => {
+    it('SCRAM-SHA-256 from PGPASSWORD, from password= and from a URI', async () => {
+      ok((await receive(`${tcp()} user=scram_user`, { PGPASSWORD: SECRETS.scram_user })).res);
+      ok((await receive(`${tcp()} user=scram_user password=${SECRETS.scram_user}`)).res);
+      // password= beats PGPASSWORD.
+      ok((await receive(`${tcp()} user=scram_user password=${SECRETS.scram_user}`, { PGPASSWORD: 'wrong' })).res);
+    });
+
+    it('md5 from PGPASSWORD and from the password file', async () => {
+      ok((await receive(`${tcp()} user=md5_user sslmode=disable`, { PGPASSWORD: SECRETS.md5_user })).res);
+      const home = tempDir('walstream-sec-home-');
+      writeFileSync(join(home, '.pgpass'), `127.0.0.1:${pg.port}:replication:md5_user:${SECRETS.md5_user}\n`, { mode: 0o600 });
+      ok((await receive(`${tcp()} user=md5_user`, { HOME: home })).res);
+    });
+
+    it('~/.pgpass (mode 0600) and PGPASSFILE, matched on host, port, "replication" and user', async () => {
+      const home = tempDir('walstream-sec-home-');
+      writeFileSync(
+        join(home, '.pgpass'),
+        [`# walstream`, `127.0.0.1:${pg.port}:postgres:scram_user:not-this-one`, `127.0.0.1:${pg.port}:replication:scram_user:${SECRETS.scram_user}`, ''].join('\n'),
+        { mode: 0o600 },
+      );
+      chmodSync(join(home, '.pgpass'), 0o600);
+      const res = (await receive(`${tcp()} user=scram_user`, { HOME: home })).res;
+      ok(res);
+      // No deprecation notice or other noise from the pg client's own password file support.
+      expect(res.stderr).toBe('');
+      const other = join(tempDir('walstream-sec-pf-'), 'pgpass');
+      writeFileSync(other, `*:*:*:scram_user:${SECRETS.scram_user}\n`, { mode: 0o600 });
+      ok((await receive(`${tcp()} user=scram_user`, { PGPASSFILE: other })).res);
+      ok((await receive(`${tcp()} user=scram_user passfile=${other}`)).res);
+    });
+
+    it('a password file others can read is ignored with a warning', async () => {
+      const home = tempDir('walstream-sec-home-');
+      writeFileSync(join(home, '.pgpass'), `*:*:*:scram_user:${SECRETS.scram_user}\n`);
+      chmodSync(join(home, '.pgpass'), 0o644);
+      const { res } = await receive(`${tcp()} user=scram_user`, { HOME: home });
+      expect(res.code).toBe(1);
+      const lines = res.stderr.trim().split('\n');
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toMatch(/warning: password file ".*\.pgpass" has group or world access; permissions should be u=rw \(0600\) or less/);
+      expect(lines[1]).toMatch(/error: could not connect to .* as scram_user: fe_sendauth: no password supplied/);
+      expect(res.stderr).not.toContain(SECRETS.scram_user);
+    });
+
+    it('a wrong password is one line without the password; from the password file it says so', async () => {
+      oneLineError(
+        (await receive(`${tcp()} user=scram_user password=wrong-pw-123`)).res,
+        /could not connect to 127\.0\.0\.1:\d+ as scram_user: password authentication failed for user "scram_user"$/,
+      );
+      const wrong = await receive(`${tcp()} user=md5_user sslmode=disable`, { PGPASSWORD: 'wrong-pw-456' });
+      oneLineError(wrong.res, /password authentication failed for user "md5_user"/);
+      expect(wrong.res.stderr).not.toContain('wrong-pw-456');
+      const home = tempDir('walstream-sec-home-');
+      writeFileSync(join(home, '.pgpass'), `*:*:*:scram_user:wrong-pw-789\n`, { mode: 0o600 });
+      const fromFile = await receive(`${tcp()} user=scram_user sslmode=disable`, { HOME: home });
+      oneLineError(fromFile.res, /password authentication failed for user "scram_user" \(password retrieved from file ".*\.pgpass"\)/);
+      expect(fromFile.res.stderr).not.toContain('wrong-pw-789');
+    });
+
+    it('a role without REPLICATION gets a clear error', async () => {
+      const { res } = await receive(`${tcp()} user=norepl_user`, { PGPASSWORD: SECRETS.norepl_user });
+      oneLineError(res, /could not connect to .* as norepl_user: .*(permission denied to start WAL sender|must be superuser or replication role)/);
+    });
+
+    it('--create-slot over TLS with a password', async () => {
+      const res = await runCli(['receive', '--create-slot', '-S', 'sec_slot', '-d', `${tcp()} user=ssl_user sslmode=require`], {
+        env: { PGPASSWORD: SECRETS.ssl_user, PGSSLMODE: undefined, HOME: tempDir('walstream-sec-home-') },
+      });
+      ok(res);
+      const rows = await pg.query<{ slot_name: string }>("select slot_name from pg_replication_slots where slot_name = 'sec_slot'");
+      expect(rows).toHaveLength(1);
+    });
+  });
+
+  it('sslmode=require against a server without SSL fails clearly; prefer goes on without it', async () => {
+    pg.configure({ ssl: false });
+    await pg.reload();
+    await pg.waitFor(async () => (await pg.query<{ ssl: string }>('show ssl'))[0]?.ssl === 'off', 10_000, 'ssl = off');
+    oneLineError(
+      (await receive(`${tcp()} user=scram_user sslmode=require`, { PGPASSWORD: SECRETS.scram_user })).res,
+      /could not connect to .*: server does not support SSL, but SSL was required/,
+    );
+    const { res, app } = await receive(`${tcp()} user=scram_user`, { PGPASSWORD: SECRETS.scram_user });
+    ok(res);
+    expect(authorizedLine(app)).not.toMatch(/SSL enabled/);
+  });
+});
+
+function readdirNames(dir: string): string[] {
+  return readdirSyncSafe(dir).filter((n) => /^[0-9A-F]{24}/.test(n));
+}
+
+function readdirSyncSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
