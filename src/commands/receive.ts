@@ -9,6 +9,7 @@ import { ConnectionLostError, ServerError } from '../session/errors.js';
 import { runStream } from '../session/stream.js';
 import { WalDirSink, WalValidationError } from '../sink/wal-dir.js';
 import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
+import { checkSpoolDirectory } from '../sink/fsutil.js';
 import { zstdAvailable, type Compression } from '../sink/segment-file.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
@@ -134,6 +135,8 @@ interface ServerInfo {
 export async function receive(o: ReceiveOptions): Promise<void> {
   validateReceiveOptions(o);
   if (o.directory && !o.dropSlot && !o.createSlot) await checkDirectory(o.directory);
+  // With --archive the directory is a spool others must not be able to write into.
+  if (o.directory && o.archive !== undefined && !o.dropSlot && !o.createSlot) await checkSpoolDirectory(o.directory);
   const cfg = buildClientConfig(o.connection);
   const log = o.log;
 

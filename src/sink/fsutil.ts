@@ -49,3 +49,27 @@ export async function sameContent(a: string, b: string): Promise<boolean> {
   const [x, y] = await Promise.all([readFile(a), readFile(b)]);
   return x.equals(y);
 }
+
+/** A directory whose permissions would let other users change what walstream keeps there. */
+export class UnsafeDirectoryError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsafeDirectoryError';
+  }
+}
+
+/**
+ * Refuse a spool directory that group or others may write to: whoever can write there can
+ * replace or remove WAL before it reaches the archive (and the archive would keep their copy).
+ * Checked on the directory itself, not followed below it; walstream's own files are 0600.
+ */
+export async function checkSpoolDirectory(dir: string): Promise<void> {
+  const st = await stat(dir);
+  if ((st.mode & 0o022) !== 0) {
+    const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+    throw new UnsafeDirectoryError(
+      `spool directory "${dir}" is writable by ${st.mode & 0o002 ? 'all users' : 'its group'} (mode ${mode}): ` +
+        `anyone who can write there could replace WAL before it is archived; run chmod go-w "${dir}"`,
+    );
+  }
+}

@@ -8,7 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster } from '../harness/pg.js';
 import { createTestPki, type TestPki } from '../harness/tls.js';
-import { runCli, type CliResult } from '../support/cli.js';
+import { BIN, runCli, type CliResult } from '../support/cli.js';
+import { spawn } from 'node:child_process';
+import { statSync, existsSync } from 'node:fs';
 
 const SECRETS = {
   ssl_user: 'ssl-user-secret',
@@ -18,7 +20,6 @@ const SECRETS = {
 };
 
 function oneLineError(res: CliResult, pattern: RegExp): void {
-  if (process.env['WALSTREAM_TEST_SHOW_ERRORS']) process.stdout.write(`[security] ${res.stderr}`);
   expect(res.code, res.stderr).toBe(1);
   const lines = res.stderr.trim().split('\n');
   expect(lines, res.stderr).toHaveLength(1);
@@ -321,6 +322,134 @@ describe('receive: TLS and password authentication', () => {
       ok(res);
       const rows = await pg.query<{ slot_name: string }>("select slot_name from pg_replication_slots where slot_name = 'sec_slot'");
       expect(rows).toHaveLength(1);
+    });
+  });
+
+  describe('file modes', () => {
+    /** Run walstream under `umask 000`, as a careless service manager might. */
+    const runUmask0 = (args: string[], opts: { untilFile?: () => boolean } = {}): Promise<CliResult> =>
+      new Promise((resolve, reject) => {
+        const child = spawn('sh', ['-c', 'umask 000; exec "$@"', 'sh', process.execPath, BIN, ...args], {
+          env: { ...process.env, PGPASSWORD: undefined, PGPASSFILE: undefined, PGSSLMODE: undefined, HOME: tempDir('walstream-sec-home-') },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+        child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+        const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        const poll = opts.untilFile
+          ? setInterval(() => {
+              if (opts.untilFile!()) child.kill('SIGTERM');
+            }, 100)
+          : undefined;
+        child.on('error', reject);
+        child.on('close', (code, signal) => {
+          clearTimeout(killer);
+          if (poll) clearInterval(poll);
+          resolve({ code, signal, stdout, stderr });
+        });
+      });
+
+    /** Every file and directory below `root` (not `root` itself) with its permission bits. */
+    const modesBelow = (root: string): { path: string; dir: boolean; mode: number }[] => {
+      const out: { path: string; dir: boolean; mode: number }[] = [];
+      const walk = (d: string): void => {
+        for (const name of readdirSync(d)) {
+          const p = join(d, name);
+          const st = statSync(p);
+          out.push({ path: p, dir: st.isDirectory(), mode: st.mode & 0o7777 });
+          if (st.isDirectory()) walk(p);
+        }
+      };
+      walk(root);
+      return out;
+    };
+
+    const expectPrivate = (entries: { path: string; dir: boolean; mode: number }[]): void => {
+      expect(entries.length).toBeGreaterThan(0);
+      for (const e of entries) expect({ path: e.path, mode: e.mode.toString(8) }).toEqual({ path: e.path, mode: e.dir ? '700' : '600' });
+    };
+
+    const superuser = (): string => `${tcp()} user=postgres`;
+
+    it('receive (plain and gzip), receive --archive and push create only 0600 files and 0700 directories under umask 000', async () => {
+      // Slots that hold WAL from here make each run start before a few complete segments.
+      for (const slot of ['modes_plain', 'modes_gz', 'modes_archive']) await pg.query('select pg_create_physical_replication_slot($1, true)', [slot]);
+      await pg.switchWal();
+      await pg.switchWal();
+      await pg.query("select pg_logical_emit_message(true, 'walstream-test', 'mid-segment')");
+      // Mid-segment: the last segment stays .partial.
+      const lsn = await pg.currentLsn();
+
+      const plain = tempDir('walstream-sec-plain-');
+      const r1 = await runUmask0(['receive', '-D', plain, '-n', '-E', lsn, '-S', 'modes_plain', '-d', superuser()]);
+      expect(r1.code, r1.stderr).toBe(0);
+      const plainFiles = modesBelow(plain);
+      expect(plainFiles.some((e) => /^[0-9A-F]{24}$/.test(e.path.slice(-24)))).toBe(true);
+      expect(plainFiles.some((e) => e.path.endsWith('.partial'))).toBe(true);
+      expectPrivate(plainFiles);
+
+      const gz = tempDir('walstream-sec-gz-');
+      const r2 = await runUmask0(['receive', '-D', gz, '-n', '-E', lsn, '-S', 'modes_gz', '-Z', 'gzip', '-d', superuser()]);
+      expect(r2.code, r2.stderr).toBe(0);
+      expect(readdirSync(gz).some((n) => n.endsWith('.gz'))).toBe(true);
+      expectPrivate(modesBelow(gz));
+
+      // The archive directory does not exist yet: walstream creates it and everything in it.
+      const spool = tempDir('walstream-sec-spool-');
+      const archiveBase = tempDir('walstream-sec-archive-');
+      const archive = join(archiveBase, 'new', 'archive');
+      const r3 = await runUmask0(['receive', '-D', spool, '-n', '-E', lsn, '-S', 'modes_archive', '--archive', archive, '-d', superuser()]);
+      expect(r3.code, r3.stderr).toBe(0);
+      expectPrivate(modesBelow(spool));
+      const archived = modesBelow(archiveBase);
+      expect(archived.some((e) => /^[0-9A-F]{24}$/.test(e.path.slice(-24)))).toBe(true);
+      expectPrivate(archived);
+
+      // push: a new archive directory, a segment and its checksum record.
+      const segment = readdirSync(plain).find((n) => /^[0-9A-F]{24}$/.test(n))!;
+      const pushBase = tempDir('walstream-sec-push-');
+      const r4 = await runUmask0(['push', join(plain, segment), '--archive', join(pushBase, 'a', 'b')]);
+      expect(r4.code, r4.stderr).toBe(0);
+      const pushed = modesBelow(pushBase);
+      expect(pushed.some((e) => e.path.endsWith(segment))).toBe(true);
+      expectPrivate(pushed);
+    });
+
+    it('the segment in progress, shipped as pieces, is private too', async () => {
+      const spool = tempDir('walstream-sec-spool-');
+      const archive = tempDir('walstream-sec-archive-');
+      const writer = setInterval(() => void pg.query("select pg_logical_emit_message(false, 'walstream-test', repeat('x', 2000))").catch(() => undefined), 200);
+      try {
+        const res = await runUmask0(['receive', '-D', spool, '--archive', archive, '--partial-interval', '1', '-d', superuser()], {
+          untilFile: () => readdirSync(archive).some((n) => /\.partial\.[0-9A-F]+$/i.test(n)),
+        });
+        expect(res.code, res.stderr).toBe(0);
+      } finally {
+        clearInterval(writer);
+      }
+      const entries = modesBelow(archive);
+      expect(entries.some((e) => /\.partial\.[0-9A-F]+$/i.test(e.path))).toBe(true);
+      expectPrivate(entries);
+      expectPrivate(modesBelow(spool));
+    });
+
+    it('receive --archive refuses a spool directory group or others can write to', async () => {
+      for (const mode of [0o770, 0o777, 0o1777]) {
+        const spool = tempDir('walstream-sec-spool-');
+        chmodSync(spool, mode);
+        const archive = join(tempDir('walstream-sec-archive-'), 'archive');
+        const res = await runCli(['receive', '-D', spool, '-n', '--archive', archive, '-d', superuser()], { env: { PGSSLMODE: undefined } });
+        oneLineError(res, new RegExp(`spool directory ".*" is writable by (its group|all users) \\(mode ${mode.toString(8).padStart(4, '0')}\\).*chmod go-w`));
+        expect(readdirSync(spool)).toEqual([]);
+        expect(existsSync(archive)).toBe(false);
+      }
+      // Without --archive the directory is pg_receivewal's and is taken as it is.
+      const open = tempDir('walstream-sec-open-');
+      chmodSync(open, 0o777);
+      const res = await runCli(['receive', '-D', open, '-n', '-E', await pg.currentLsn(), '-d', superuser()], { env: { PGSSLMODE: undefined } });
+      expect(res.code, res.stderr).toBe(0);
     });
   });
 
