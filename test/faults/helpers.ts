@@ -31,6 +31,15 @@ export async function slotRestartLsn(pg: PgCluster, slot: string): Promise<bigin
   return row.lsn === null ? 0n : lsnOf(row.lsn);
 }
 
+/** What the receiver streaming on `slot` reported as written (received), or 0 when none is connected. */
+export async function receivedLsn(pg: PgCluster, slot: string): Promise<bigint> {
+  const [row] = await pg.query<{ lsn: string | null }>(
+    'select r.write_lsn::text as lsn from pg_stat_replication r join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = $1',
+    [slot],
+  );
+  return row?.lsn ? lsnOf(row.lsn) : 0n;
+}
+
 /** Create a physical slot that holds WAL from now on; returns its restart_lsn. */
 export async function createSlot(pg: PgCluster, slot: string, reserve = true): Promise<bigint> {
   await pg.query('select pg_create_physical_replication_slot($1, $2)', [slot, reserve]);

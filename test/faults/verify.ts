@@ -100,7 +100,24 @@ function allZero(b: Buffer, from: number): boolean {
   return true;
 }
 
+/**
+ * Compare, as described at the top. A receiver still running renames and removes files while
+ * they are read: a file that vanished between the listing and the read starts the check again.
+ * (Directories are listed before the archive, so a file uploaded and removed from the spool
+ * meanwhile is still seen in one of them.)
+ */
 export async function verifyWal(o: VerifyOptions): Promise<VerifyResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await verifyOnce(o);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 20) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+async function verifyOnce(o: VerifyOptions): Promise<VerifyResult> {
   const losses: string[] = [];
   let bytesVerified = 0;
   /** Longest verified prefix of each (timeline, segment), and whether the archive has it complete. */
@@ -151,6 +168,7 @@ export async function verifyWal(o: VerifyOptions): Promise<VerifyResult> {
       try {
         data = decompress(readFileSync(path), suffix, partial);
       } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
         losses.push(`${dir}: ${file} cannot be read: ${(err as Error).message}`);
         continue;
       }
