@@ -407,13 +407,13 @@ export async function demo(o: DemoOptions): Promise<void> {
     const left = await waitForProcessesMentioning(dir);
     if (left.length > 0) o.log.warn(`processes still running from ${dir}: ${left.join(', ')}`);
     if (o.keep) {
-      out(`${ok ? '9' : '-'}. kept ${dir} (servers stopped). To start them again:`);
+      out(`${ok ? '9. ' : ''}kept ${dir} (servers stopped). To start them again:`);
       const as = user ? `runuser -u ${user.name} -- ` : '';
       for (const s of servers) if (existsSync(s.dataDir)) out(`   ${as}${join(servers[0]!.install.binDir, 'pg_ctl')} -D ${s.dataDir} -l ${s.logFile} start`);
     } else {
       if (ws.created) rmSync(dir, { recursive: true, force: true });
       else for (const n of readdirSync(dir)) rmSync(join(dir, n), { recursive: true, force: true });
-      out(`${ok ? '9' : '-'}. cleaned up: stopped both servers, removed ${ws.created ? dir : `everything in ${dir}`}`);
+      out(`${ok ? '9. ' : ''}cleaned up: stopped both servers, removed ${ws.created ? dir : `everything in ${dir}`}`);
     }
     if (ok) out(`\ndone in ${seconds(Date.now() - t0)}. Next: walstream receive --help, walstream fetch --help, and the README.`);
   }
