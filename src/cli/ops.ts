@@ -177,7 +177,7 @@ export function registerOpsCommands(program: Command): void {
         } else if (!quiet) {
           const n = result.plan.remove.length;
           const what = `${plural(n, 'object')} (${formatBytes(result.bytes)})`;
-          process.stdout.write(opts.dryRun ? `would remove ${what} from ${store.description}; nothing removed\n` : `removed ${what} from ${store.description}\n`);
+          process.stdout.write(opts.dryRun ? `dry run: ${what} would be removed from ${store.description}; nothing was removed\n` : `removed ${what} from ${store.description}\n`);
         }
       });
     });

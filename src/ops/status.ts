@@ -229,9 +229,9 @@ export function formatStatus(r: StatusReport): string {
   const geo = r.segmentSize !== null ? `${formatBytes(r.segmentSize)} segments${r.systemIdentifier ? `, system ${r.systemIdentifier}` : ''}` : 'segment size unknown';
   L.push(`${label('archive')}${r.archive}  (${geo})`);
   const newest = r.newest ? `; newest written ${formatAge(r.newest.ageSeconds)} ago` : '';
-  L.push(`${label('')}${plural(r.objects, 'WAL file')}, ${formatBytes(r.bytes)}, ${plural(r.historyFiles, 'history file')}, ${plural(r.backupFiles, 'backup file')}${newest}`);
+  L.push(`${label('')}${plural(r.objects, 'WAL file')}, ${formatBytes(r.bytes)} stored, ${plural(r.historyFiles, 'history file')}, ${plural(r.backupFiles, 'backup file')}${newest}`);
   for (const t of r.timelines) {
-    const range = t.firstSegment ? `${t.firstSegment} .. ${t.lastSegment}  ${plural(t.segments, 'segment')}, ${formatBytes(t.bytes)}` : 'no segments';
+    const range = t.firstSegment ? `${t.firstSegment} .. ${t.lastSegment}  ${plural(t.segments, 'segment')}, ${formatBytes(t.bytes)} stored` : 'no segments';
     const from = t.parent !== null ? `  (from timeline ${t.parent} at ${t.begin})` : '';
     L.push(`${label(`timeline ${t.timeline}`)}${range}${from}`);
     for (const g of t.gaps ?? []) {

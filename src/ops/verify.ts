@@ -213,7 +213,8 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
   const examineHeader = (f: ArchivedFile, data: Buffer): void => {
     const g = geometryOf(data, f.name);
     if (!g) {
-      if (f.kind === 'piece') return;
+      // A piece, or a compressed .partial only just begun, may be shorter than a page header.
+      if (f.kind === 'piece' || (f.kind === 'partial' && data.length < LONG_PAGE_HEADER_SIZE)) return;
       problem(f.name, 'header', data.length < LONG_PAGE_HEADER_SIZE ? `${data.length} bytes: too short for a WAL segment` : 'no valid long page header (the segment or block size in it is impossible)');
       return;
     }

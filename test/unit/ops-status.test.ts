@@ -45,7 +45,7 @@ describe('status', () => {
     expect(r.server).toBeNull();
     expect(r.warnings).toEqual([]);
     const text = formatStatus(r);
-    expect(text).toMatch(new RegExp(`^timeline 2 +${seg(2, 5)} \\.\\. ${seg(2, 10)}  4 segments, 4\\.0 MB  \\(from timeline 1 at 0/5023F8\\)$`, 'm'));
+    expect(text).toMatch(new RegExp(`^timeline 2 +${seg(2, 5)} \\.\\. ${seg(2, 10)}  4 segments, 4\\.0 MB stored  \\(from timeline 1 at 0/5023F8\\)$`, 'm'));
     expect(text).toContain(`GAP: ${seg(2, 7)} .. ${seg(2, 8)} missing (2 segments)`);
     expect(text).toMatch(/^reaches +0\/B03000 on timeline 2$/m);
     expect(text).toMatch(/^partial +00000002000000000000000B: 3 pieces, 12\.0 kB, written 4 s ago$/m);
