@@ -132,7 +132,9 @@ export class ReplicationConnection {
    */
   static async connect(cfg: ReplicationClientConfig, warn: (message: string) => void = stderrWarning): Promise<ReplicationConnection> {
     const creds = resolveCredentials(cfg, warn);
-    const mode = cfg.sslSettings?.mode ?? 'prefer';
+    // libpq ignores sslmode on a Unix-domain socket: the server never offers SSL there.
+    const unixSocket = (cfg.host ?? process.env['PGHOST'] ?? '').startsWith('/');
+    const mode = unixSocket ? 'disable' : (cfg.sslSettings?.mode ?? 'prefer');
     const order: boolean[] = mode === 'disable' ? [false] : mode === 'allow' ? [false, true] : mode === 'prefer' ? [true, false] : [true];
     const failures: AttemptFailure[] = [];
     for (const useSsl of order) {
@@ -162,9 +164,15 @@ export class ReplicationConnection {
     ssl: TlsConnectionOptions | false,
     creds: Credentials,
   ): Promise<ReplicationConnection | Omit<AttemptFailure, 'ssl'>> {
-    const { sslSettings: _ssl, hostName: _name, passfile: _file, ...pgConfig } = cfg;
+    const { sslSettings: _ssl, hostName: _name, passfile: _file, channelBinding: _cb, ...pgConfig } = cfg;
+    const channelBinding = cfg.channelBinding ?? 'prefer';
+    if (channelBinding === 'require' && ssl === false) {
+      return { err: new ConnectionSetupError('channel binding required, but SSL not in use'), reachedServer: false, authenticated: false };
+    }
     const client = new pg.Client({
       ...pgConfig,
+      // SCRAM-SHA-256-PLUS when the server offers it over TLS, as libpq's channel_binding=prefer.
+      enableChannelBinding: ssl !== false && channelBinding !== 'disable',
       user: creds.user,
       // A function: pg neither reads PGPASSWORD nor its own ~/.pgpass; the server asks, we answer.
       password: async () => {
@@ -176,12 +184,22 @@ export class ReplicationConnection {
     } as pg.ClientConfig);
     let reachedServer = false;
     let authenticated = false;
-    const con = (client as unknown as { connection: { on(event: string, fn: () => void): void } }).connection;
+    const con = (client as unknown as {
+      connection: { on(event: string, fn: (msg: { mechanisms?: string[] }) => void): void; stream: { destroy(err: Error): void } };
+    }).connection;
+    let bound = false;
     con.on('connect', () => {
       reachedServer = true;
     });
+    con.on('authenticationSASL', (msg) => {
+      bound = ssl !== false && (msg.mechanisms ?? []).includes('SCRAM-SHA-256-PLUS');
+    });
     con.on('authenticationOk', () => {
       authenticated = true;
+      // channel_binding=require: a server that authenticated us any other way may be an impostor.
+      if (channelBinding === 'require' && !bound) {
+        con.stream.destroy(new ConnectionSetupError('channel binding required, but server authenticated client without channel binding'));
+      }
     });
     let early: Error | undefined;
     const onError = (e: Error): void => {

@@ -90,7 +90,7 @@ const SSL_KEYS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'sslcrl', 'sslp
 const KNOWN_KEYS = new Set<string>([
   'host', 'hostaddr', 'port', 'user', 'password', 'dbname', 'application_name', 'fallback_application_name',
   'connect_timeout', 'options', 'replication', 'keepalives', 'keepalives_idle', 'passfile', 'target_session_attrs',
-  'client_encoding', ...SSL_KEYS,
+  'client_encoding', 'channel_binding', ...SSL_KEYS,
 ]);
 
 /** The environment variable libpq reads for a keyword left unset. */
@@ -102,6 +102,7 @@ const ENV_FOR: Record<string, string> = {
   sslcert: 'PGSSLCERT',
   sslkey: 'PGSSLKEY',
   sslcrl: 'PGSSLCRL',
+  channel_binding: 'PGCHANNELBINDING',
 };
 
 /**
@@ -117,7 +118,11 @@ export type ReplicationClientConfig = ClientConfig & {
   hostName?: string;
   /** passfile= (else PGPASSFILE, else ~/.pgpass). */
   passfile?: string;
+  /** channel_binding: SCRAM-SHA-256-PLUS over TLS when the server offers it (prefer, libpq's default), always (require) or never. */
+  channelBinding: ChannelBinding;
 };
+
+export type ChannelBinding = 'disable' | 'prefer' | 'require';
 
 /** Remove the ssl* parameters from a URI's query, leaving every other byte as written. */
 function withoutSslParams(uri: string): string {
@@ -178,7 +183,11 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
     const env = ENV_FOR[k] !== undefined ? process.env[ENV_FOR[k]] : undefined;
     return env !== undefined && env !== '' ? env : undefined;
   };
-  return finish(opts, kv, sslSettingsFrom(setting), setting('hostaddr'), setting('passfile'));
+  const channelBinding = setting('channel_binding') ?? 'prefer';
+  if (!['disable', 'prefer', 'require'].includes(channelBinding)) throw new ConninfoError(`invalid channel_binding value: "${channelBinding}"`);
+  const cfg = finish(opts, kv, sslSettingsFrom(setting), setting('hostaddr'), setting('passfile'));
+  cfg.channelBinding = channelBinding as ChannelBinding;
+  return cfg;
 }
 
 /** libpq's sslmode rules: default prefer; sslrootcert=system demands (and defaults to) verify-full. */
@@ -224,6 +233,7 @@ function finish(
     keepAlive: true,
     keepAliveInitialDelayMillis: 10_000,
     sslSettings,
+    channelBinding: 'prefer',
   };
   if (hostName !== undefined && hostName !== host) cfg.hostName = hostName;
   if (passfile !== undefined) cfg.passfile = passfile;

@@ -315,6 +315,20 @@ describe('receive: TLS and password authentication', () => {
       oneLineError(res, /could not connect to .* as norepl_user: .*(permission denied to start WAL sender|must be superuser or replication role)/);
     });
 
+    it('channel_binding=require: SCRAM-SHA-256-PLUS over TLS, refused without TLS or with md5', async () => {
+      const { res, app } = await receive(`${tcp()} user=ssl_user sslmode=require channel_binding=require`, { PGPASSWORD: SECRETS.ssl_user });
+      ok(res);
+      expect(authorizedLine(app)).toMatch(/SSL enabled/);
+      oneLineError(
+        (await receive(`${tcp()} user=md5_user sslmode=require channel_binding=require`, { PGPASSWORD: SECRETS.md5_user })).res,
+        /channel binding required, but server authenticated client without channel binding/,
+      );
+      oneLineError(
+        (await receive(`${tcp()} user=scram_user sslmode=disable channel_binding=require`, { PGPASSWORD: SECRETS.scram_user })).res,
+        /channel binding required, but SSL not in use/,
+      );
+    });
+
     it('--create-slot over TLS with a password', async () => {
       const res = await runCli(['receive', '--create-slot', '-S', 'sec_slot', '-d', `${tcp()} user=ssl_user sslmode=require`], {
         env: { PGPASSWORD: SECRETS.ssl_user, PGSSLMODE: undefined, HOME: tempDir('walstream-sec-home-') },

@@ -2,7 +2,7 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { buildClientConfig, parseKeywordValue, isUri, describeTarget, ConninfoError } from '../../src/session/conninfo.js';
 
 // buildClientConfig reads PGSSLMODE and friends: run without them.
-const ENV_KEYS = ['PGSSLMODE', 'PGSSLROOTCERT', 'PGSSLCERT', 'PGSSLKEY', 'PGSSLCRL', 'PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGPASSFILE'];
+const ENV_KEYS = ['PGSSLMODE', 'PGSSLROOTCERT', 'PGSSLCERT', 'PGSSLKEY', 'PGSSLCRL', 'PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGPASSFILE', 'PGCHANNELBINDING'];
 let savedEnv: Record<string, string | undefined> = {};
 beforeEach(() => {
   savedEnv = {};
@@ -240,6 +240,15 @@ describe('buildClientConfig', () => {
     expect(cfg.hostName).toBe('db.example');
     process.env['PGHOSTADDR'] = '10.1.1.1';
     expect(buildClientConfig({ host: 'db2', applicationName: 'a' })).toMatchObject({ host: '10.1.1.1', hostName: 'db2' });
+  });
+
+  it('channel_binding: prefer by default, from the string or PGCHANNELBINDING, checked', () => {
+    expect(buildClientConfig({ applicationName: 'a' }).channelBinding).toBe('prefer');
+    expect(buildClientConfig({ dbname: 'channel_binding=require', applicationName: 'a' }).channelBinding).toBe('require');
+    expect(buildClientConfig({ dbname: 'postgres://h/?channel_binding=disable', applicationName: 'a' }).channelBinding).toBe('disable');
+    process.env['PGCHANNELBINDING'] = 'require';
+    expect(buildClientConfig({ applicationName: 'a' }).channelBinding).toBe('require');
+    expect(() => buildClientConfig({ dbname: 'channel_binding=yes', applicationName: 'a' })).toThrow(/invalid channel_binding value: "yes"/);
   });
 
   it('passfile from the string or PGPASSFILE', () => {
