@@ -14,7 +14,9 @@ export async function fsyncDir(dir: string): Promise<void> {
 /** Write a whole small file atomically: temp name, fsync, rename, fsync the directory. */
 export async function writeFileAtomic(path: string, data: Buffer, noSync = false): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-  await writeFile(tmp, data, { mode: 0o600 });
+  // A temp file left by a crash could carry another mode: always create it afresh, 0600.
+  await removeIfExists(tmp);
+  await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
   if (!noSync) {
     const fh = await open(tmp, 'r+');
     try {
