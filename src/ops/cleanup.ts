@@ -146,8 +146,14 @@ export interface CleanupResult {
 
 export async function cleanupArchive(o: CleanupOptions): Promise<CleanupResult> {
   const log = o.log ?? silentLogger;
-  // A listing error throws here: nothing is removed from an archive that cannot be seen whole.
-  const inv = buildInventory(await o.store.list());
+  // A listing error stops us here: nothing is removed from an archive that cannot be seen whole.
+  let listing;
+  try {
+    listing = await o.store.list();
+  } catch (err) {
+    throw new CleanupError(`cannot list the archive completely, so nothing was removed: ${(err as Error).message}`);
+  }
+  const inv = buildInventory(listing);
   let histories: HistoryMap = new Map();
   let geometry: Geometry | undefined;
   if (o.rule.kind === 'before') {

@@ -212,6 +212,12 @@ describe('status, verify and cleanup on real archives', () => {
     expect(readdirSync(dir)).toContain('walstream.json');
     // What is left still verifies.
     expect((await cli(['verify', '--archive', dir])).code).toBe(0);
+    // An archive that cannot be listed: refused, one line.
+    const notADir = join(newDir('notadir'), 'file');
+    writeFileSync(notADir, 'x');
+    const refused = await cli(['cleanup', '--archive', notADir, '--older-than', '1d']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^walstream: error: cannot list the archive completely, so nothing was removed: /)]);
   });
 
   it('cleanup as the standby\'s archive_cleanup_command removes what precedes its restart point', async () => {
