@@ -2,7 +2,7 @@
 // and output only; errors are thrown as one-line Errors for main() to print (exit status 1).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
-import { stderrLogger } from '../util/log.js';
+import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
 
 function archiveOptions(cmd: Command): Command {
   return cmd
@@ -76,6 +76,8 @@ interface CleanupCliOptions {
 }
 
 export function registerOpsCommands(program: Command): void {
+  // Messages on standard error follow the global --log-format; reports go to standard output.
+  const stderrLogger = (verbose: boolean): Logger => formattedLogger(verbose, { format: program.opts<{ logFormat?: LogFormat }>().logFormat ?? 'text' });
   archiveOptions(
     program
       .command('status')
