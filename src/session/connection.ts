@@ -140,7 +140,7 @@ export class ReplicationConnection {
     for (const useSsl of order) {
       let ssl: TlsConnectionOptions | false = false;
       try {
-        if (useSsl) ssl = buildTlsOptions(cfg.sslSettings, cfg.hostName ?? cfg.host ?? process.env['PGHOST'] ?? 'localhost');
+        if (useSsl) ssl = buildTlsOptions(cfg.sslSettings ?? { mode }, cfg.hostName ?? cfg.host ?? process.env['PGHOST'] ?? 'localhost');
       } catch (err) {
         failures.push({ ssl: true, err: err as Error, reachedServer: true, authenticated: false });
         if (mode === 'prefer') continue;

@@ -210,7 +210,7 @@ function finish(
   passfile: string | undefined,
 ): ReplicationClientConfig {
   // hostaddr is where to connect; host stays the name (libpq): verify-full checks it, pgpass matches it.
-  const hostName = opts.host ?? kv['host'];
+  const hostName = opts.host ?? kv['host'] ?? (hostaddr !== undefined ? process.env['PGHOST'] || undefined : undefined);
   const host = hostaddr ?? hostName;
   const portText = opts.port !== undefined ? String(opts.port) : kv['port'];
   let port: number | undefined;

@@ -240,6 +240,8 @@ describe('buildClientConfig', () => {
     expect(cfg.hostName).toBe('db.example');
     process.env['PGHOSTADDR'] = '10.1.1.1';
     expect(buildClientConfig({ host: 'db2', applicationName: 'a' })).toMatchObject({ host: '10.1.1.1', hostName: 'db2' });
+    process.env['PGHOST'] = 'db3';
+    expect(buildClientConfig({ applicationName: 'a' })).toMatchObject({ host: '10.1.1.1', hostName: 'db3' });
   });
 
   it('channel_binding: prefer by default, from the string or PGCHANNELBINDING, checked', () => {
