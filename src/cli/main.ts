@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Compression } from '../sink/segment-file.js';
+import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/http.js';
 import { registerOpsCommands } from './ops.js';
@@ -312,21 +313,26 @@ export function buildProgram(): Command {
     )
     .action(async (name: string, dest: string, opts: FetchCliOptions) => {
       const { fetch, FetchError, failureExitCode } = await import('../commands/fetch.js');
-      let store;
-      try {
-        if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
-        const { openArchive } = await import('../storage/open.js');
-        store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
-      } catch (err) {
-        // A misconfigured restore_command must not read as "no more WAL".
-        throw new FetchError((err as Error).message, failureExitCode());
-      }
+      // A misconfigured restore_command must not read as "no more WAL".
+      if (!opts.archive) throw new FetchError('no archive given: use --archive URL or WALSTREAM_ARCHIVE', failureExitCode());
+      const archive = opts.archive;
+      let store: ArchiveStore | undefined;
+      const openStore = async (): Promise<ArchiveStore> => {
+        if (store) return store;
+        try {
+          const { openArchive } = await import('../storage/open.js');
+          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint });
+          return store;
+        } catch (err) {
+          throw new FetchError((err as Error).message, failureExitCode());
+        }
+      };
       try {
         const log = stderrLogger(opts.verbose === true);
         const prefetch = opts.prefetch ? prefetchSettings(opts, opts.prefetch, log) : undefined;
-        await fetch({ name, dest, store, log, partial: opts.partial === true, prefetch });
+        await fetch({ name, dest, openStore, archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`, log, partial: opts.partial === true, prefetch });
       } finally {
-        await store.close();
+        await store?.close();
       }
     });
   program

@@ -19,7 +19,13 @@ import type { Logger } from '../util/log.js';
 export interface FetchOptions {
   name: string;
   dest: string;
-  store: ArchiveStore;
+  /**
+   * The archive, opened on first use: a file served from the prefetch spool needs no archive at
+   * all (no S3 SDK to load, no connection).
+   */
+  openStore: () => Promise<ArchiveStore>;
+  /** Names the archive for the prefetch spool (the location as given, without secrets). */
+  archiveKey: string;
   log: Logger;
   /** Attempts for transient failures before giving up (default 5). */
   attempts?: number;
@@ -99,7 +105,7 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
   let segSize: number | undefined;
   if (pf) {
     try {
-      await prepareSpool(pf.spool, o.store.description);
+      await prepareSpool(pf.spool, o.archiveKey);
       segSize = await takeFromSpool(pf.spool, o.name, o.dest);
     } catch (err) {
       // The spool is only a cache: without it, fetch from the archive (and say why).
@@ -108,9 +114,10 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
     if (segSize !== undefined) source = 'spool';
   }
   if (source === 'archive') {
-    let data = await getWithRetries(o, o.name, async () => (await o.store.get(o.name)).data);
+    const store = await o.openStore();
+    let data = await getWithRetries(o, o.name, async () => (await store.get(o.name)).data);
     if (data === undefined && o.partial && segment) {
-      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(o.store, o.name));
+      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(store, o.name));
       if (data !== undefined) source = 'partial';
     }
     if (data === undefined) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);

@@ -451,7 +451,9 @@ export class S3Store implements ArchiveStore {
       ContentLength: obj.stored.length,
       ContentType: 'application/octet-stream',
       Metadata: { [META_SHA256]: obj.sha, [META_COMPRESSION]: obj.compression, [META_SIZE]: String(obj.data.length) },
-      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const } : {}),
+      // Uncompressed, the stored bytes are the bytes already hashed: hand the SDK that checksum
+      // instead of letting it hash 16 MB again.
+      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const, ...(obj.compression === 'none' ? { ChecksumSHA256: Buffer.from(obj.sha, 'hex').toString('base64') } : {}) } : {}),
       ...(this.conditionalWrites ? { IfNoneMatch: '*' } : {}),
       ...(this.sse !== undefined ? { ServerSideEncryption: this.sse } : {}),
       ...(this.sseKmsKeyId !== undefined ? { SSEKMSKeyId: this.sseKmsKeyId } : {}),
