@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import type { Compression } from '../sink/segment-file.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
-import { parseListenAddress, type ListenAddress } from '../observe/http.js';
+import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
 
 const VERSION = '0.1.0';
