@@ -4,7 +4,7 @@
 // a received chunk costs a memcpy), so the caller's buffer is consumed before write() returns;
 // only fsync and close go to the thread pool. Compressed files feed a zlib stream whose output is
 // appended asynchronously; write() copies what it is given.
-import { close, closeSync, fstatSync, fsync, openSync, write, writeSync } from 'node:fs';
+import { close, closeSync, fstatSync, fsync, openSync, readSync, unlinkSync, write, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import zlib from 'node:zlib';
 import type { Transform } from 'node:stream';
@@ -41,6 +41,18 @@ function closeFd(fd: number): Promise<void> {
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 
+/** Whether the first `size` bytes of the file are all zero. */
+function zerosOnly(fd: number, size: number): boolean {
+  const buf = Buffer.alloc(Math.min(size, ZERO_CHUNK.length));
+  for (let off = 0; off < size; ) {
+    const n = readSync(fd, buf, 0, Math.min(buf.length, size - off), off);
+    if (n === 0) return false;
+    for (let i = 0; i < n; i++) if (buf[i] !== 0) return false;
+    off += n;
+  }
+  return true;
+}
+
 function padSync(fd: number, size: number): void {
   for (let off = 0; off < size; ) {
     off += writeSync(fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, size - off), off);
@@ -73,7 +85,10 @@ export class PlainSegmentFile implements SegmentFile {
 
   /**
    * Open `path` for writing: an existing file must be empty or exactly `segSize` bytes
-   * (receivelog.c open_walfile); an empty or new one is padded with zeros.
+   * (receivelog.c open_walfile); an empty or new one is padded with zeros. Unlike
+   * pg_receivewal, a shorter file holding only zeros is padded too: it is a padding cut short
+   * (a full disk, a crash), which would otherwise stop every later attempt at this segment.
+   * A file this call created is removed again when padding it fails.
    */
   static open(path: string, segSize: number): { file: PlainSegmentFile; created: boolean } {
     let fd: number;
@@ -87,12 +102,19 @@ export class PlainSegmentFile implements SegmentFile {
     }
     try {
       const { size } = fstatSync(fd);
-      if (size !== 0 && size !== segSize) {
+      if (size !== 0 && size !== segSize && (size > segSize || !zerosOnly(fd, size))) {
         throw new Error(`segment file "${path}" has incorrect size ${size}, expected 0 or ${segSize}`);
       }
-      if (size === 0) padSync(fd, segSize);
+      if (size !== segSize) padSync(fd, segSize);
     } catch (err) {
       closeSync(fd);
+      if (created) {
+        try {
+          unlinkSync(path);
+        } catch {
+          // gone already
+        }
+      }
       throw err;
     }
     return { file: new PlainSegmentFile(fd), created };
