@@ -144,7 +144,7 @@ describe('fault: the network between receiver and primary cut, stalled and resto
         if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
         // SIGTERM: what was received is fsynced and reported in a last status update.
         const reported = await slotRestartLsn(primary, slot);
-        if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received`);
+        if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
         const flushed = await slotRestartLsn(primary, slot);
         const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: flushed > endpos ? flushed : endpos }] });
         losses.push(...v.losses);

@@ -85,7 +85,7 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
       if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
       // SIGTERM: what was received is fsynced and reported in a last status update.
       const reported = await slotRestartLsn(primary, slot);
-      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received`);
+      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
       const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], ranges: [{ tli: 1, from: first, to: endpos }] });
       losses.push(...v.losses);
       recordRow({ fault: 'primary stopped -m immediate, started again', iterations: RESTARTS, bytesVerified: v.bytesVerified, losses: losses.length });
@@ -160,7 +160,7 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
       if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
       // SIGTERM: what was received is fsynced and reported in a last status update.
       const reported = await slotRestartLsn(current, slot);
-      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received`);
+      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
       // A last run to the end position archives everything finished (exit 0 waits for it).
       const fin = await runCli(receiverArgs({ ...args, extra: [...args.extra, '-E', formatLsn(endpos), '-n'] }), { timeoutMs: 180_000 });
       if (fin.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${fin.code}:\n${tail(fin.stderr)}`);
