@@ -52,6 +52,14 @@ async function main(): Promise<void> {
       { name: `walstream fetch --prefetch ${PREFETCH}`, command: (_d, spool) => walstreamCommand(['fetch', '%f', '%p', '--archive', local, '--prefetch', PREFETCH, '--spool', spool]) },
       { name: 'walstream fetch S3', command: () => `${envPrefix} ${walstreamCommand(['fetch', '%f', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint])}` },
       {
+        name: `walstream fetch --prefetch ${PREFETCH}, mv first`,
+        command: (_d, spool) => `mv ${spool}/%f %p 2>/dev/null || ${walstreamCommand(['fetch', '%f', '%p', '--archive', local, '--prefetch', PREFETCH, '--spool', spool])}`,
+      },
+      {
+        name: `walstream fetch S3 --prefetch ${PREFETCH}, mv first`,
+        command: (_d, spool) => `mv ${spool}/%f %p 2>/dev/null || ${envPrefix} ${walstreamCommand(['fetch', '%f', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint, '--prefetch', PREFETCH, '--spool', spool])}`,
+      },
+      {
         name: `walstream fetch S3 --prefetch ${PREFETCH}`,
         command: (_d, spool) => `${envPrefix} ${walstreamCommand(['fetch', '%f', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint, '--prefetch', PREFETCH, '--spool', spool])}`,
       },
@@ -156,7 +164,9 @@ async function main(): Promise<void> {
       console.log(`${pad(c.name, 40)}${pad(t.toFixed(2), 10)}${pad(((names.length * SEG_MB) / t).toFixed(0), 8)}${(t / cpTime).toFixed(2)}x`);
     }
     const ratio = (a: string, b: string): string => (times.has(a) && times.has(b) ? (median(times.get(a)!) / median(times.get(b)!)).toFixed(2) : 'n/a');
-    console.log(`\nwalstream fetch --prefetch ${PREFETCH} (local) / cp: ${ratio(`walstream fetch --prefetch ${PREFETCH}`, 'cp')}`);
+    console.log(`\nwalstream fetch --prefetch ${PREFETCH}, mv first (local) / cp: ${ratio(`walstream fetch --prefetch ${PREFETCH}, mv first`, 'cp')}`);
+    console.log(`walstream fetch S3 --prefetch ${PREFETCH}, mv first / pgbackrest archive-get S3 async: ${ratio(`walstream fetch S3 --prefetch ${PREFETCH}, mv first`, 'pgbackrest archive-get S3 async')}`);
+    console.log(`walstream fetch --prefetch ${PREFETCH} (local) / cp: ${ratio(`walstream fetch --prefetch ${PREFETCH}`, 'cp')}`);
     console.log(`walstream fetch (local) / cp: ${ratio('walstream fetch', 'cp')}`);
     console.log(`walstream fetch S3 --prefetch ${PREFETCH} / pgbackrest archive-get S3 async: ${ratio(`walstream fetch S3 --prefetch ${PREFETCH}`, 'pgbackrest archive-get S3 async')}`);
     console.log(`walstream fetch --prefetch ${PREFETCH} / pgbackrest archive-get async (local): ${ratio(`walstream fetch --prefetch ${PREFETCH}`, 'pgbackrest archive-get async')}`);

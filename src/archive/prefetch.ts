@@ -14,8 +14,8 @@
 //   .lock              the running worker's process id
 //   .archive           the archive this spool holds files of
 //   prefetch.log       the last worker's messages
-import { closeSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotFoundError, type ArchiveStore } from '../storage/types.js';
 import { mapLimit } from '../storage/common.js';
@@ -239,47 +239,82 @@ export interface PrefetchWorkerOptions {
   dir: string;
   store: ArchiveStore;
   log: Logger;
+  /** Exit after this long without a new request or a file taken from the spool (default 20 s; 0: one pass). */
+  idleMs?: number;
+  /** How often to look at the spool (default 100 ms). */
+  pollMs?: number;
+}
+
+/** How long a segment the archive did not have is not asked for again. */
+const MISSING_RETRY_MS = 1000;
+
+function sameTimeline(a: string, b: string): boolean {
+  return a.slice(0, 8) === b.slice(0, 8);
 }
 
 /**
- * The background worker: while the wanted window changes, download what it lacks. Exits when the
- * window is complete or the archive has nothing more; another worker is started by the next fetch.
+ * The background worker: keeps the window after the newest segment recovery has taken full. It
+ * learns what recovery took from fetch's requests and from its own files leaving the spool (taken
+ * by fetch, or by a plain rename in restore_command, see the README), so it follows a recovery
+ * without a request per segment. Exits after `idleMs` without either; the next fetch starts a new one.
  */
 export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void> {
-  let done = '';
+  const idleMs = o.idleMs ?? 20_000;
+  const pollMs = o.pollMs ?? 100;
+  let seen = '';
   while (tryLock(o.dir)) {
     try {
+      let want = readWant(o.dir);
+      if (!want) return;
+      seen = JSON.stringify(want);
+      const stored = new Set<string>();
+      const missingUntil = new Map<string, number>();
+      let lastActivity = Date.now();
+      let lastTouch = Date.now();
       let first = true;
       for (;;) {
-        const want = readWant(o.dir);
-        const key = JSON.stringify(want ?? null);
-        if (!want || key === done) break;
+        const asked = readWant(o.dir);
+        if (asked && JSON.stringify(asked) !== seen) {
+          seen = JSON.stringify(asked);
+          want = asked;
+          lastActivity = Date.now();
+        }
+        for (const n of stored) {
+          if (existsSync(join(o.dir, n))) continue;
+          stored.delete(n);
+          if (sameTimeline(n, want.name) && n > want.name) want = { ...want, name: n };
+          lastActivity = Date.now();
+        }
         await cleanup(o.dir, want, first);
         first = false;
-        const names: string[] = [];
-        for (const n of windowNames(want)) {
-          try {
-            await stat(join(o.dir, n));
-          } catch {
-            names.push(n);
-          }
-        }
-        let missing = 0;
+        const now = Date.now();
+        const names = windowNames(want).filter((n) => !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
         await mapLimit(names, want.count, async (n) => {
           try {
-            if ((await download(o.store, o.dir, n)) === 'missing') missing++;
-            else o.log.verbose(`prefetched ${n}`);
+            if ((await download(o.store, o.dir, n)) === 'missing') {
+              missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
+            } else {
+              stored.add(n);
+              o.log.verbose(`prefetched ${n}`);
+            }
           } catch (err) {
+            missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
             o.log.warn(`could not prefetch ${n}: ${(err as Error).message}`);
           }
         });
-        if (missing > 0) o.log.verbose(`${missing} of the next ${want.count} segments after ${want.name} are not in the archive (yet)`);
-        done = key;
+        if (Date.now() - lastActivity >= idleMs) break;
+        if (Date.now() - lastTouch > 10_000) {
+          // A live worker's lock stays fresh (an old lock is taken over).
+          const t = new Date();
+          await utimes(join(o.dir, LOCK), t, t).catch(() => undefined);
+          lastTouch = Date.now();
+        }
+        await new Promise((r) => setTimeout(r, pollMs));
       }
     } finally {
       unlock(o.dir);
     }
-    // A fetch may have written a newer want while it saw the lock still held.
-    if (JSON.stringify(readWant(o.dir) ?? null) === done) break;
+    // A fetch may have written a newer request while it saw the lock still held.
+    if (JSON.stringify(readWant(o.dir) ?? null) === seen) break;
   }
 }

@@ -2,7 +2,7 @@
 // unsafe modes), the partial-segment reader for fetch --partial, the archive identity, and push's
 // look-ahead order in archive_status.
 import { afterEach, describe, expect, it } from 'vitest';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryStore } from '../../src/storage/memory.js';
@@ -85,7 +85,7 @@ describe('prefetch spool', () => {
     let started = 0;
     await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 6 }, () => started++);
     expect(started).toBe(1);
-    await runPrefetchWorker({ dir: spool, store, log: silentLogger });
+    await runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 0 });
     const segs = readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n));
     expect(segs).toEqual(['000000010000000000000008', '000000010000000000000009', '00000001000000000000000A', '00000001000000000000000B']);
     expect(readFileSync(join(spool, '00000001000000000000000A')).equals(fakeSegment(10))).toBe(true);
@@ -94,8 +94,33 @@ describe('prefetch spool', () => {
     store.corrupt('00000001000000000000000B');
     rmSync(join(spool, '00000001000000000000000B'));
     await requestPrefetch(spool, { name: '000000010000000000000009', segSize: FIXTURE_SEG_SIZE, count: 4 }, () => started++);
-    await runPrefetchWorker({ dir: spool, store, log: silentLogger });
+    await runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 0 });
     expect(readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n))).toEqual(['00000001000000000000000A']);
+  });
+
+  it('follows files taken from the spool without a new request, and exits when idle', async () => {
+    const spool = tmp();
+    const store = new MemoryStore();
+    const name = (i: number): string => `0000000100000000000000${i.toString(16).toUpperCase().padStart(2, '0')}`;
+    for (let i = 8; i <= 14; i++) await store.put(name(i), fakeSegment(i));
+    await prepareSpool(spool, store.description);
+    await requestPrefetch(spool, { name: name(7), segSize: FIXTURE_SEG_SIZE, count: 2 }, () => undefined);
+    const worker = runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 400, pollMs: 10 });
+    const out = tmp();
+    // Recovery takes each file by a plain rename, as a shell restore_command would.
+    for (let i = 8; i <= 12; i++) {
+      const deadline = Date.now() + 5000;
+      while (!existsSync(join(spool, name(i)))) {
+        if (Date.now() > deadline) throw new Error(`${name(i)} never arrived`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      renameSync(join(spool, name(i)), join(out, 'RECOVERYXLOG'));
+      expect(readFileSync(join(out, 'RECOVERYXLOG')).equals(fakeSegment(i))).toBe(true);
+    }
+    await worker;
+    // It kept two ahead of the last file taken, and no more.
+    expect(readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n))).toEqual([name(13), name(14)]);
+    expect(existsSync(join(spool, '.lock'))).toBe(false);
   });
 
   it('does not start a second worker while one holds the lock', async () => {
