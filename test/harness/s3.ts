@@ -16,6 +16,7 @@
  * fills the gaps the archive depends on:
  *  - If-None-Match: * on PUT is ignored by s3rver (it overwrites): emulated here, serialised
  *    per key, answering 412 PreconditionFailed like S3 (switch off with `conditionalWrites`);
+ *    a GET or HEAD of a key waits for such a PUT in flight (s3rver would show it half-written);
  *  - ListObjectsV2 crashes with 500 whenever a listing is truncated (its continuation token
  *    uses DES, which OpenSSL 3 in Node 17+ refuses), and s3rver pages in file-name order, not
  *    key order (X.00000028.backup before X): ListObjectsV2 is answered here from s3rver's store,
@@ -318,7 +319,11 @@ async function startBuiltIn(): Promise<S3TestServer> {
         !url.searchParams.has('uploadId') &&
         server.conditionalWrites);
     if (!emulated) {
-      handle(req, res);
+      // S3 shows a PUT whole or not at all; s3rver writes the object in place, so a read of a key
+      // while a (conditional) PUT of it runs waits for that PUT, as if it had come just after.
+      const putting = (req.method === 'GET' || req.method === 'HEAD') && key !== '' ? locks.get(`${bucketName}/${key}`) : undefined;
+      if (putting) void putting.then(() => handle(req, res));
+      else handle(req, res);
       return;
     }
     if (!known(req)) {
