@@ -48,6 +48,14 @@ async function main(): Promise<void> {
       { name: 'cp + fsync', command: async () => { const d = fresh('cp'); return `cp %p ${d}/%f.tmp && sync ${d}/%f.tmp && mv ${d}/%f.tmp ${d}/%f && sync ${d}`; } },
       { name: 'walstream push', command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws')]) },
       { name: `walstream push --parallel ${PARALLEL}`, command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL]) },
+      {
+        name: `walstream push --parallel ${PARALLEL}, rm first`,
+        command: async () => { const m = fresh('markers'); return `rm ${m}/%f.pushed 2>/dev/null || ${walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL, '--spool', m])}`; },
+      },
+      {
+        name: `walstream push S3 --parallel ${PARALLEL}, rm first`,
+        command: async () => { const m = fresh('markers'); return `rm ${m}/%f.pushed 2>/dev/null || ${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint, '--parallel', PARALLEL, '--spool', m])}`; },
+      },
       { name: 'walstream push S3', command: async () => `${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint])}` },
       { name: `walstream push S3 --parallel ${PARALLEL}`, command: async () => `${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint, '--parallel', PARALLEL])}` },
     ];
@@ -111,7 +119,9 @@ async function main(): Promise<void> {
       console.log(`${pad(c.name, 44)}${pad(t.toFixed(2), 10)}${pad(((SEGMENTS * SEG_MB) / t).toFixed(0), 8)}${(t / cp).toFixed(2)}x`);
     }
     const ratio = (a: string, b: string): string => (times.has(a) && times.has(b) ? (median(times.get(a)!) / median(times.get(b)!)).toFixed(2) : 'n/a');
-    console.log(`\nwalstream push --parallel ${PARALLEL} / pgbackrest archive-push async: ${ratio(`walstream push --parallel ${PARALLEL}`, `pgbackrest archive-push async (${PARALLEL})`)}`);
+    console.log(`\nwalstream push --parallel ${PARALLEL}, rm first / pgbackrest archive-push async: ${ratio(`walstream push --parallel ${PARALLEL}, rm first`, `pgbackrest archive-push async (${PARALLEL})`)}`);
+    console.log(`walstream push S3 --parallel ${PARALLEL}, rm first / pgbackrest archive-push S3 async: ${ratio(`walstream push S3 --parallel ${PARALLEL}, rm first`, `pgbackrest archive-push S3 async (${PARALLEL})`)}`);
+    console.log(`walstream push --parallel ${PARALLEL} / pgbackrest archive-push async: ${ratio(`walstream push --parallel ${PARALLEL}`, `pgbackrest archive-push async (${PARALLEL})`)}`);
     console.log(`walstream push --parallel ${PARALLEL} / pgbackrest archive-push: ${ratio(`walstream push --parallel ${PARALLEL}`, 'pgbackrest archive-push')}`);
     console.log(`walstream push S3 --parallel ${PARALLEL} / pgbackrest archive-push S3 async: ${ratio(`walstream push S3 --parallel ${PARALLEL}`, `pgbackrest archive-push S3 async (${PARALLEL})`)}`);
   } finally {

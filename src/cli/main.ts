@@ -281,16 +281,31 @@ export function buildProgram(): Command {
     .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
     .option('--no-sync', 'do not fsync a local archive (testing only)')
     .option('--parallel <n>', 'push up to n files at once: this one and the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
+    .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
-    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; parallel: number; verbose?: boolean }) => {
+    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
-      const [{ push }, { openArchive }] = await Promise.all([import('../commands/push.js'), import('../storage/open.js')]);
-      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+      const archive = opts.archive;
+      const { push } = await import('../commands/push.js');
+      let store: ArchiveStore | undefined;
+      const openStore = async (): Promise<ArchiveStore> => {
+        const { openArchive } = await import('../storage/open.js');
+        store ??= await openArchive(archive, { s3Endpoint: opts.s3Endpoint });
+        return store;
+      };
       try {
-        await push({ path, store, compression: opts.compress.method, noSync: opts.sync === false, parallel: opts.parallel, log: stderrLogger(opts.verbose === true) });
+        await push({
+          path,
+          openStore,
+          compression: opts.compress.method,
+          noSync: opts.sync === false,
+          parallel: opts.parallel,
+          markers: resolve(opts.spool ?? '.walstream-push'),
+          log: stderrLogger(opts.verbose === true),
+        });
       } finally {
-        await store.close();
+        await store?.close();
       }
     });
 

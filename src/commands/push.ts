@@ -2,10 +2,10 @@
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
 import { createHash } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
-import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
+import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { ArchiveStore, Compression } from '../storage/types.js';
 import { claimArchive, type ArchiveIdentity } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
@@ -13,12 +13,19 @@ import type { Logger } from '../util/log.js';
 export interface PushOptions {
   /** The file PostgreSQL asks to archive (%p: pg_wal/<name>, relative to the data directory). */
   path: string;
-  store: ArchiveStore;
+  /** The archive, opened on first use (a call answered by a marker opens nothing). */
+  openStore: () => Promise<ArchiveStore>;
   compression: Compression;
   noSync: boolean;
   log: Logger;
   /** Push up to this many files at once: the one asked for and the next ones ready in archive_status (default 1). */
   parallel?: number;
+  /**
+   * With parallel > 1: a private directory where a look-ahead push leaves `<name>.pushed` once the
+   * archive has confirmed the file, so the call for it returns without reading the file or asking
+   * the archive (and a shell can do the same: see the README).
+   */
+  markers?: string;
 }
 
 export class PushError extends Error {
@@ -72,6 +79,35 @@ export async function readyFiles(walDir: string, asked: string, count: number): 
   return [...history, ...rest].slice(0, count);
 }
 
+const MARKER_SUFFIX = '.pushed';
+
+/**
+ * Create the marker directory (0700), refusing one other users can write to (a planted marker
+ * would make PostgreSQL drop a segment that was never archived), and remove the markers of files
+ * older than `asked`: PostgreSQL archives in order, so it will not ask for those again.
+ */
+async function prepareMarkers(dir: string, asked: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const st = await stat(dir);
+  if (!st.isDirectory() || (st.mode & 0o022) !== 0) throw new PushError(`push marker directory "${dir}" is not a directory private to its owner; use chmod 700 or another --spool`);
+  for (const f of await readdir(dir)) {
+    if (f.endsWith(MARKER_SUFFIX) && WAL_NAME_RE.test(f.slice(0, -MARKER_SUFFIX.length)) && f.slice(0, -MARKER_SUFFIX.length) < asked && WAL_NAME_RE.test(asked)) {
+      await unlink(join(dir, f)).catch(() => undefined);
+    }
+  }
+}
+
+/** Consume the marker an earlier look-ahead left for `name`, if any. */
+async function takeMarker(dir: string, name: string): Promise<boolean> {
+  try {
+    await unlink(join(dir, `${name}${MARKER_SUFFIX}`));
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
 /** True when the archive already holds exactly these bytes under `name` (one HEAD, no upload). */
 async function alreadyArchived(store: ArchiveStore, name: string, data: Buffer): Promise<boolean> {
   const info = await store.head(name);
@@ -83,10 +119,19 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   if (!POSTGRES_WAL_FILE_RE.test(name)) {
     throw new PushError(`"${name.slice(0, 80)}" is not a WAL file name PostgreSQL archives`);
   }
-  const data = await readWalFile(o.path);
   const parallel = o.parallel ?? 1;
+  const markers = parallel > 1 ? o.markers : undefined;
+  if (markers !== undefined) {
+    await prepareMarkers(markers, name);
+    if (await takeMarker(markers, name)) {
+      o.log.verbose(`${name}: archived by an earlier call's look-ahead`);
+      return 'exists';
+    }
+  }
+  const data = await readWalFile(o.path);
   // With --parallel an earlier call may have pushed this file already: the archive says so.
-  if (parallel > 1 && (await alreadyArchived(o.store, name, data))) {
+  const store = await o.openStore();
+  if (parallel > 1 && (await alreadyArchived(store, name, data))) {
     o.log.verbose(`${name}: already archived with identical contents`);
     return 'exists';
   }
@@ -97,14 +142,14 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
       const head = checkSegmentFile(n, bytes);
       const ours = { systemIdentifier: head.systemId, segmentSize: head.segSize };
       if (!identity) {
-        await claimArchive(o.store, ours, n);
+        await claimArchive(store, ours, n);
         identity = ours;
       } else if (identity.systemIdentifier !== ours.systemIdentifier || identity.segmentSize !== ours.segmentSize) {
         throw new PushError(`${n}: from another database system than ${name}`);
       }
     }
     // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
-    const res = await o.store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });
+    const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });
     if (res.replacedDamaged) o.log.warn(`the archive held a damaged copy of ${n}: kept as ${res.replacedDamaged} and replaced`);
     o.log.verbose(`${n}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
     return res.status;
@@ -120,6 +165,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
       ahead.map(async (n) => {
         try {
           await pushOne(n, await readWalFile(join(walDir, n)));
+          if (markers !== undefined) await writeFile(join(markers, `${n}.pushed`), '', { mode: 0o600 });
         } catch (err) {
           o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
         }
