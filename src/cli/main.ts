@@ -368,7 +368,36 @@ export function buildProgram(): Command {
       }
     });
   registerOpsCommands(program);
+  optionsFromEnvironment(program);
   return program;
+}
+
+/** Options that do something once rather than configure: never taken from the environment. */
+const NOT_FROM_ENVIRONMENT = new Set(['--help', '--version', '--create-slot', '--drop-slot', '--force-password']);
+
+/**
+ * Every option of every (visible) command may also come from WALSTREAM_<LONG NAME> (e.g.
+ * --spool-max from WALSTREAM_SPOOL_MAX, --no-sync from WALSTREAM_NO_SYNC), unless it already
+ * names another variable (--s3-endpoint: AWS_ENDPOINT_URL). The command line wins over the
+ * environment, the environment over the defaults. A flag is on when its variable is set to
+ * anything but "", 0, false, no or off.
+ */
+export function optionsFromEnvironment(program: Command): void {
+  for (const cmd of [program, ...program.commands]) {
+    if ((cmd as unknown as { _hidden?: boolean })._hidden) continue;
+    for (const opt of cmd.options) {
+      if (opt.envVar !== undefined || opt.long === undefined || NOT_FROM_ENVIRONMENT.has(opt.long)) continue;
+      opt.envVar = `WALSTREAM_${opt.long.slice(2).replace(/-/g, '_').toUpperCase()}`;
+      // Commander wires variables up when an option is added: do what it would have done.
+      const name = opt.name();
+      const events = cmd as unknown as NodeJS.EventEmitter;
+      events.on(`optionEnv:${name}`, (val: string | undefined) => events.emit(`option:${name}`, val));
+      if (opt.isBoolean()) {
+        const v = process.env[opt.envVar];
+        if (v !== undefined && /^(?:|0|false|no|off)$/i.test(v.trim())) delete process.env[opt.envVar];
+      }
+    }
+  }
 }
 
 interface FetchCliOptions {
