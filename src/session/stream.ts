@@ -193,7 +193,11 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
         }, Math.min(ctl.statusIntervalMs, 1000))
       : undefined;
   let stopWhenStarted = false;
+  let over = false;
   void ctl.stopRequested.then(() => {
+    // A round that has ended must not act: after a timeline switch the next round streams on the
+    // same connection, and this round's CopyDone and stale status would end that stream instead.
+    if (over) return;
     // CopyDone is only valid once the server has entered COPY mode.
     if (stream.started) stop('received stop request');
     else stopWhenStarted = true;
@@ -203,6 +207,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     const end = await stream.done;
     return { end, received: sink.receivedLsn };
   } finally {
+    over = true;
     if (timer) clearInterval(timer);
     detach();
     detachBackpressure?.();
