@@ -7,6 +7,7 @@ import { basename, dirname, join } from 'node:path';
 import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { ArchiveStore, Compression } from '../storage/types.js';
+import { mapLimit } from '../storage/common.js';
 import { claimArchive, type ArchiveIdentity } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
 
@@ -80,6 +81,8 @@ export async function readyFiles(walDir: string, asked: string, count: number): 
 }
 
 const MARKER_SUFFIX = '.pushed';
+/** How many ready files one --parallel call looks ahead at, per file pushed at a time. */
+const LOOKAHEAD_PER_WORKER = 8;
 
 /**
  * Create the marker directory (0700), refusing one other users can write to (a planted marker
@@ -154,23 +157,30 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     o.log.verbose(`${n}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
     return res.status;
   };
-  const status = await pushOne(name, data);
-  if (parallel > 1) {
-    // Look ahead: push the next ready files together, so that PostgreSQL's later calls for them
-    // find them archived and return at once. A failure here is only logged: the call for that
-    // file pushes it again and reports the error to PostgreSQL.
-    const walDir = dirname(o.path);
-    const ahead = await readyFiles(walDir, name, parallel - 1);
-    await Promise.all(
-      ahead.map(async (n) => {
-        try {
-          await pushOne(n, await readWalFile(join(walDir, n)));
-          if (markers !== undefined) await writeFile(join(markers, `${n}.pushed`), '', { mode: 0o600 });
-        } catch (err) {
-          o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
-        }
-      }),
-    );
-  }
+  if (parallel <= 1) return pushOne(name, data);
+  // Look ahead: with the file asked for, push the next ready files, `parallel` at a time, so that
+  // PostgreSQL's later calls for them find them archived and return at once. A look-ahead failure
+  // is only logged: the call for that file pushes it again and reports the error to PostgreSQL.
+  const walDir = dirname(o.path);
+  const ahead = await readyFiles(walDir, name, parallel * LOOKAHEAD_PER_WORKER);
+  let status: 'created' | 'exists' | undefined;
+  let failure: unknown;
+  await mapLimit([name, ...ahead], parallel, async (n) => {
+    if (n === name) {
+      try {
+        status = await pushOne(name, data);
+      } catch (err) {
+        failure = err;
+      }
+      return;
+    }
+    try {
+      await pushOne(n, await readWalFile(join(walDir, n)));
+      if (markers !== undefined) await writeFile(join(markers, `${n}${MARKER_SUFFIX}`), '', { mode: 0o600 });
+    } catch (err) {
+      o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
+    }
+  });
+  if (status === undefined) throw failure;
   return status;
 }
