@@ -53,6 +53,7 @@ interface StatusCliOptions {
   port?: string;
   username?: string;
   slot?: string;
+  receiverName: string;
   json?: boolean;
 }
 
@@ -87,7 +88,8 @@ export function registerOpsCommands(program: Command): void {
     .option('-h, --host <hostname>', 'database server host or socket directory')
     .option('-p, --port <port>', 'database server port number', parsePort)
     .option('-U, --username <name>', 'connect as specified database user (needs the REPLICATION attribute)')
-    .option('-S, --slot <slotname>', 'also report this replication slot\'s restart_lsn (PostgreSQL 15+)')
+    .option('-S, --slot <slotname>', 'also report this replication slot\'s restart_lsn')
+    .option('--receiver-name <name>', 'the application_name of the walstream receive to report on (its lag in time)', 'walstream')
     .option('--json', 'print the status as JSON (fields described in the README)')
     .addHelpText(
       'after',
@@ -99,7 +101,7 @@ export function registerOpsCommands(program: Command): void {
       const wantsServer = [opts.dbname, opts.host, opts.port, opts.username, opts.slot].some((v) => v !== undefined);
       await withArchive(opts, async (store) => {
         const server = wantsServer
-          ? await probeServer({ dbname: opts.dbname, host: opts.host, port: opts.port, user: opts.username, applicationName: 'walstream status' }, opts.slot)
+          ? await probeServer({ dbname: opts.dbname, host: opts.host, port: opts.port, user: opts.username, applicationName: 'walstream status' }, opts.slot, opts.receiverName)
           : undefined;
         const report = await archiveStatus({ store, server });
         process.stdout.write(opts.json ? statusJson(report) : formatStatus(report));

@@ -37,6 +37,26 @@ export interface ServerState {
     /** Why the slot could not be read (READ_REPLICATION_SLOT needs PostgreSQL 15). */
     unavailable?: string;
   };
+  /** What an ordinary SQL connection to the server added. */
+  sql?: SqlState;
+}
+
+export interface SqlState {
+  /** Why nothing could be asked over SQL (the role may only replicate), else null. */
+  unavailable: string | null;
+  /** The walstream receiver as the server sees it (pg_stat_replication), with the lag in time it measures. */
+  receiver: {
+    applicationName: string;
+    state: string | null;
+    /** Received (written), and its lag; a receiver without a slot or --synchronous reports no flush (as pg_receivewal). */
+    writeLsn: string | null;
+    writeLagSeconds: number | null;
+    flushLsn: string | null;
+    flushLagSeconds: number | null;
+    replyAgeSeconds: number | null;
+  } | null;
+  /** The server's own archiver (pg_stat_archiver), when archive_command has run. */
+  archiver: { lastArchived: string | null; lastArchivedAgeSeconds: number | null; failedCount: number; lastFailed: string | null } | null;
 }
 
 export interface StatusTimeline {
@@ -76,7 +96,18 @@ export interface StatusReport {
   partial: StatusPartial | null;
   archivedUpTo: { lsn: string; timeline: number } | null;
   newest: { name: string; modified: string; ageSeconds: number } | null;
-  server: { systemIdentifier: string; timeline: number; position: string; lagBytes: number | null; sameSystem: boolean | null } | null;
+  server: {
+    systemIdentifier: string;
+    timeline: number;
+    position: string;
+    lagBytes: number | null;
+    sameSystem: boolean | null;
+    /** Lag in time: the receiver's flush lag as the server measures it, else the age of the archiver's last success. */
+    lagSeconds: number | null;
+    receiver: SqlState['receiver'];
+    archiver: SqlState['archiver'];
+    sqlUnavailable: string | null;
+  } | null;
   slot: {
     name: string;
     exists: boolean | null;
@@ -204,7 +235,12 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
       position: lsnText(s.position),
       lagBytes: upTo !== undefined ? Number(s.position - upTo) : null,
       sameSystem,
+      lagSeconds: timeLag(s.sql),
+      receiver: s.sql?.receiver ?? null,
+      archiver: s.sql?.archiver ?? null,
+      sqlUnavailable: s.sql?.unavailable ?? null,
     };
+    if (s.sql?.archiver && s.sql.archiver.failedCount > 0) warnings.push(`the server's archiver has failed ${s.sql.archiver.failedCount} times (last: ${s.sql.archiver.lastFailed ?? 'unknown'})`);
     if (s.slot) {
       const r = s.slot.restartLsn;
       report.slot = {
@@ -220,6 +256,21 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     }
   }
   return report;
+}
+
+/**
+ * The lag in time: the receiver's, as the server measures it (flush lag when it reports flushes,
+ * else write lag; the server shows none once the receiver has caught up), else how long ago the
+ * server's archiver last archived a file; null when the server could not be asked.
+ */
+function timeLag(sql: SqlState | undefined): number | null {
+  const r = sql?.receiver;
+  if (r) {
+    if (r.flushLsn !== null) return r.flushLagSeconds ?? 0;
+    if (r.writeLsn !== null) return r.writeLagSeconds ?? 0;
+    return null;
+  }
+  return sql?.archiver?.lastArchivedAgeSeconds ?? null;
 }
 
 /** Status for a person: one line per fact, timelines aligned. */
@@ -247,7 +298,18 @@ export function formatStatus(r: StatusReport): string {
   if (r.server) {
     const s = r.server;
     const lag = s.lagBytes === null ? 'lag unknown' : s.lagBytes >= 0 ? `archive ${formatBytes(s.lagBytes)} behind` : `archive ${formatBytes(-s.lagBytes)} ahead of the server`;
-    L.push(`${label('server')}at ${s.position} on timeline ${s.timeline}: ${lag}`);
+    L.push(`${label('server')}at ${s.position} on timeline ${s.timeline}: ${lag}${s.lagSeconds !== null ? `, ${s.lagSeconds.toFixed(1)} s` : ''}`);
+    if (s.receiver) {
+      const rcv = s.receiver;
+      const lagOf = (v: number | null): string => (v !== null ? `${v.toFixed(1)} s` : 'none');
+      const flushed = rcv.flushLsn !== null ? `flushed ${rcv.flushLsn}, flush lag ${lagOf(rcv.flushLagSeconds)}` : 'reports no flushes (no slot)';
+      L.push(`${label('receiver')}${rcv.applicationName} ${rcv.state ?? 'unknown'}, received ${rcv.writeLsn ?? 'nothing yet'}, write lag ${lagOf(rcv.writeLagSeconds)}, ${flushed} (as the server measures it)`);
+    }
+    if (s.archiver) {
+      const a = s.archiver;
+      L.push(`${label('archiver')}last archived ${a.lastArchived ?? 'nothing'}${a.lastArchivedAgeSeconds !== null ? ` ${formatAge(a.lastArchivedAgeSeconds)} ago` : ''}, ${plural(a.failedCount, 'failure')}`);
+    }
+    if (s.sqlUnavailable) L.push(`${label('')}(lag in time unknown: ${s.sqlUnavailable})`);
   }
   if (r.slot) {
     const s = r.slot;

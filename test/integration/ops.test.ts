@@ -146,7 +146,30 @@ describe('status, verify and cleanup on real archives', () => {
     const human = await cli(['status', '--archive', base, '-d', primary.connectionString()]);
     expect(human.code, human.stderr).toBe(0);
     expect(human.stdout).toMatch(new RegExp(`^timeline 1 +${segs[0]} \\.\\. ${segs[segs.length - 1]}  ${segs.length} segments`, 'm'));
-    expect(human.stdout).toMatch(/^server +at [0-9A-F]+\/[0-9A-F]+ on timeline 1: archive .* behind$/m);
+    expect(human.stdout).toMatch(/^server +at [0-9A-F]+\/[0-9A-F]+ on timeline 1: archive .* behind/m);
+    // The SQL side answered (the slot was read there too, on any version), and no receiver runs now.
+    expect(st.server).toMatchObject({ sqlUnavailable: null, receiver: null });
+
+    // With a receiver streaming: its state and the lag in time, as the server measures it.
+    const spool = newDir('status-live');
+    const live = startCli(['receive', '-D', spool, '-d', primary.connectionString(), '--application-name', 'ops-live', '-s', '1']);
+    try {
+      await primary.waitFor(
+        async () =>
+          (await primary.query<{ s: string; w: string | null }>("select state as s, write_lsn::text as w from pg_stat_replication where application_name = 'ops-live'"))[0]?.w != null,
+        30_000,
+        'the receiver to stream and report its position',
+      );
+      const withReceiver = await statusJson(base, ['-d', primary.connectionString(), '--receiver-name', 'ops-live']);
+      expect(withReceiver.server!.receiver).toMatchObject({ applicationName: 'ops-live', state: 'streaming' });
+      expect(withReceiver.server!.lagSeconds).toEqual(expect.any(Number));
+      expect(withReceiver.server!.lagSeconds).toBeGreaterThanOrEqual(0);
+      const text = await cli(['status', '--archive', base, '-d', primary.connectionString(), '--receiver-name', 'ops-live']);
+      expect(text.stdout).toMatch(/^receiver +ops-live streaming, received [0-9A-F]+\/[0-9A-F]+, write lag (none|[\d.]+ s), reports no flushes \(no slot\) \(as the server measures it\)$/m);
+    } finally {
+      live.child.kill('SIGTERM');
+      await live.done;
+    }
   });
 
   it('a removed segment: verify names it, status shows the gap', async () => {

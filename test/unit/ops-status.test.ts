@@ -67,9 +67,46 @@ describe('status', () => {
       },
     });
     expect(r.archivedUpTo).toEqual({ lsn: lsnAt(4), timeline: 1 });
-    expect(r.server).toEqual({ systemIdentifier: SYSID.toString(), timeline: 1, position: lsnAt(5, 100), lagBytes: SEG + 100, sameSystem: true });
+    expect(r.server).toEqual({
+      systemIdentifier: SYSID.toString(),
+      timeline: 1,
+      position: lsnAt(5, 100),
+      lagBytes: SEG + 100,
+      sameSystem: true,
+      lagSeconds: null,
+      receiver: null,
+      archiver: null,
+      sqlUnavailable: null,
+    });
     expect(r.slot).toEqual({ name: 'walstream', exists: true, restartLsn: lsnAt(4), restartTimeline: 1, retainedBytes: SEG + 100, aheadOfArchiveBytes: 0, unavailable: null });
     expect(formatStatus(r)).toMatch(/^server +at 0\/500064 on timeline 1: archive 1\.0 MB behind$/m);
+  });
+
+  it("the lag in time: the receiver's flush lag as the server measures it, else the archiver's last success", async () => {
+    const store = new MemoryStore();
+    await putSegments(store, 1, 1, 3);
+    const base = { systemIdentifier: SYSID, timeline: 1, position: BigInt(5 * SEG), segSize: SEG };
+    const receiver = { applicationName: 'walstream', state: 'streaming', writeLsn: lsnAt(4, 16), writeLagSeconds: 0.5, flushLsn: lsnAt(4), flushLagSeconds: 2.5, replyAgeSeconds: 0.4 };
+    const archiver = { lastArchived: seg(1, 3), lastArchivedAgeSeconds: 42, failedCount: 2, lastFailed: seg(1, 4) };
+    const r = await archiveStatus({ store, now: NOW, server: { ...base, sql: { unavailable: null, receiver, archiver } } });
+    expect(r.server).toMatchObject({ lagSeconds: 2.5, receiver, archiver, sqlUnavailable: null });
+    expect(r.warnings).toContain(`the server's archiver has failed 2 times (last: ${seg(1, 4)})`);
+    const text = formatStatus(r);
+    expect(text).toMatch(/^server +at 0\/500000 on timeline 1: archive 1\.0 MB behind, 2\.5 s$/m);
+    expect(text).toMatch(/^receiver +walstream streaming, received 0\/400010, write lag 0\.5 s, flushed 0\/400000, flush lag 2\.5 s \(as the server measures it\)$/m);
+    // A receiver without a slot reports no flushes: its write lag is the lag.
+    const noSlot = await archiveStatus({ store, now: NOW, server: { ...base, sql: { unavailable: null, receiver: { ...receiver, flushLsn: null, flushLagSeconds: null }, archiver: null } } });
+    expect(noSlot.server!.lagSeconds).toBe(0.5);
+    expect(formatStatus(noSlot)).toContain('write lag 0.5 s, reports no flushes (no slot)');
+    // Caught up: the server reports no flush lag at all.
+    const caughtUp = await archiveStatus({ store, now: NOW, server: { ...base, sql: { unavailable: null, receiver: { ...receiver, flushLagSeconds: null }, archiver: null } } });
+    expect(caughtUp.server!.lagSeconds).toBe(0);
+    // No receiver: how long since the server's archiver last archived.
+    const pushOnly = await archiveStatus({ store, now: NOW, server: { ...base, sql: { unavailable: null, receiver: null, archiver } } });
+    expect(pushOnly.server!.lagSeconds).toBe(42);
+    const noSql = await archiveStatus({ store, now: NOW, server: { ...base, sql: { unavailable: 'no SQL connection: denied', receiver: null, archiver: null } } });
+    expect(noSql.server!.lagSeconds).toBeNull();
+    expect(formatStatus(noSql)).toContain('(lag in time unknown: no SQL connection: denied)');
   });
 
   it('warns about another system, a missing slot, and a history file it cannot find', async () => {
