@@ -91,7 +91,7 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
         await proc.waitForOutput(/starting log streaming/);
         for (const [i, outage] of plan.entries()) {
           await sleep(rng.int(300, 1500));
-          const ms = rng.int(2500, iterations(5000, 12_000));
+          const ms = rng.int(iterations(1500, 3000), iterations(3500, 12_000));
           switch (outage) {
             case 'refused':
               await s3.pause('refuse');
@@ -156,14 +156,16 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
 
   /**
    * The receiver runs into a full disk, is checked while it waits, and must carry on once space
-   * returns. `archive`: the directory is the spool of an S3 archive that is down meanwhile, and
-   * space returns by the uploads draining it once S3 is back.
+   * returns, `CYCLES` times in one run. WAL is written in bounded amounts (not for a while), so
+   * the directory never needs more than its size once space is back. `archive`: the directory is
+   * the spool of an S3 archive that is down meanwhile, and it fills with WAL by itself; space
+   * returns by the uploads draining it once S3 is back.
    */
+  const CYCLES = iterations(1, 3);
   const diskFull = async (label: string, opts: { compress?: boolean; archive?: boolean }): Promise<void> => {
     const slot = `disk_${opts.compress ? 'gz' : opts.archive ? 'spool' : 'plain'}`;
     const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
-    // Plain directories keep every segment: room for all the WAL of the test once the ballast goes.
-    const disk = await FullDisk.create(slot, opts.archive ? 16 : 96);
+    const disk = await FullDisk.create(slot, opts.archive ? 12 : 32);
     cleanup.defer(() => disk.remove());
     const url = opts.archive ? `s3://${s3.bucket}/${s3.prefix}${slot}/` : undefined;
     const store = url ? await openStore(url) : undefined;
@@ -171,39 +173,51 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
     const args = { dir: disk.dir, conn: primary.connectionString(), slot, archive: url, s3Endpoint: url ? s3.endpoint : undefined, env: url ? s3Env() : undefined, extra };
     const reference = pgWalReference(primary.walDir);
     const losses: string[] = [];
+    const caughtUp = async (what: string): Promise<void> => {
+      const target = await flushLsn(primary);
+      await waitUntil(async () => (await receivedLsn(primary, slot)) >= target, 120_000, `the receiver to reach ${formatLsn(target)} ${what}`, () => tail(proc.stderr, 40));
+    };
     const proc = startReceiver(cleanup, args);
-    await proc.waitForOutput(/starting log streaming/);
-    await primary.generateWal(2 * SEG);
-    await waitUntil(async () => (await receivedLsn(primary, slot)) >= (await flushLsn(primary)), 60_000, 'the receiver to stream');
-    // Full: a ballast file takes the space (or, with S3 down, the spool fills with WAL by itself);
-    // writing goes on until the receiver reports the failure, and some more.
-    if (opts.archive) await s3.pause('refuse');
-    if (!opts.archive || disk.kind === 'rlimit') await disk.fill(proc.child.pid!, opts.compress ? 1024 : 16 * 1024);
-    const mark = proc.stderr.length;
-    const writer = new WalWriter(() => primary, rng).start();
     try {
-      await waitUntil(() => disk.errorPattern.test(proc.stderr.slice(mark)), 90_000, `the receiver to meet the full disk (${disk.kind})`, () => tail(proc.stderr));
-      await sleep(rng.int(1500, 4000));
-      await writer.pause();
-      // While the disk is full: alive, waiting, and the slot only where the directory holds WAL.
-      if (proc.child.exitCode !== null) losses.push(`the receiver exited on a full disk (status ${proc.child.exitCode}):\n${tail(proc.stderr)}`);
-      const held = await slotRestartLsn(primary, slot);
-      // (With S3 down the archive cannot be listed: check the spool from its oldest segment on;
-      // what was archived before is checked at the end.)
-      const spooled = opts.archive ? oldestSegmentStart(disk.dir) : first;
-      const during = await verifyWal({ segSize: SEG, reference, dirs: [disk.dir], ranges: [{ tli: 1, from: spooled > first ? spooled : first, to: held }] });
-      for (const l of during.losses) losses.push(`while full: ${l}`);
-      if (held >= (await flushLsn(primary))) losses.push(`the receiver acknowledged everything although its disk was full: the fault did not bite\n${tail(proc.stderr, 60)}\n${readdirSync(disk.dir).join(" ")}`);
-      // Space returns.
-      if (opts.archive) await s3.resume();
-      if (!opts.archive || disk.kind === 'rlimit') await disk.free();
-      writer.resume();
-      await sleep(rng.int(500, 2000));
-      await writer.stop();
+      await proc.waitForOutput(/starting log streaming/);
+      await primary.generateWal(2 * SEG);
+      await caughtUp('before the disk fills');
+      for (let c = 1; c <= CYCLES; c++) {
+        // Full: a ballast file takes the space (with S3 down, the spool fills with WAL by itself).
+        if (opts.archive) await s3.pause('refuse');
+        if (!opts.archive || disk.kind === 'rlimit') await disk.fill(proc.child.pid!, opts.compress ? 1024 : 16 * 1024);
+        const mark = proc.stderr.length;
+        for (let written = 0; !disk.errorPattern.test(proc.stderr.slice(mark)); written += SEG / 2) {
+          if (written > 64 * SEG) throw new Error(`cycle ${c}: no full-disk error after 64 MB of WAL (${disk.kind}):\n${tail(proc.stderr)}`);
+          await primary.generateWal(SEG / 2);
+          await sleep(100);
+        }
+        await primary.generateWal(rng.int(SEG / 4, SEG));
+        await sleep(rng.int(500, 2000));
+        // While the disk is full: alive, waiting, and the slot only where the directory holds WAL.
+        if (proc.child.exitCode !== null) {
+          losses.push(`cycle ${c}: the receiver exited on a full disk (status ${proc.child.exitCode}):\n${tail(proc.stderr)}`);
+          break;
+        }
+        const held = await slotRestartLsn(primary, slot);
+        // (With S3 down the archive cannot be listed: the spool is checked from its oldest segment
+        // on; what was archived before is checked at the end.)
+        const spooled = opts.archive ? oldestSegmentStart(disk.dir) : first;
+        const during = await verifyWal({ segSize: SEG, reference, dirs: [disk.dir], ranges: [{ tli: 1, from: spooled > first ? spooled : first, to: held }] });
+        for (const l of during.losses) losses.push(`cycle ${c}, while full: ${l}`);
+        if (held >= (await flushLsn(primary))) losses.push(`cycle ${c}: the receiver acknowledged everything although its disk was full`);
+        // Space returns.
+        if (opts.archive) await s3.resume();
+        if (!opts.archive || disk.kind === 'rlimit') await disk.free();
+        await primary.generateWal(rng.int(SEG / 4, SEG));
+        try {
+          await caughtUp(`once space returned (cycle ${c})`);
+        } catch (err) {
+          losses.push((err as Error).message);
+          break;
+        }
+      }
       const endpos = await flushLsn(primary);
-      await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 120_000, `the receiver to carry on to ${formatLsn(endpos)} once space returned`, () =>
-        tail(proc.stderr, 80),
-      ).catch((err: Error) => losses.push(err.message));
       proc.kill('SIGTERM');
       const res = await proc.done;
       if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
@@ -222,16 +236,15 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
         archivedTo: store ? [{ tli: 1, from: first, to: endpos }] : undefined,
       });
       losses.push(...v.losses);
-      recordRow({ fault: `${label} (${disk.kind})`, iterations: 1, bytesVerified: v.bytesVerified, losses: losses.length });
+      recordRow({ fault: `${label} (${disk.kind})`, iterations: CYCLES, bytesVerified: v.bytesVerified, losses: losses.length });
       expect(losses).toEqual([]);
     } finally {
-      await writer.stop();
       await disk.free().catch(() => undefined);
       await s3.resume().catch(() => undefined);
     }
   };
 
-  it('disk full under a plain directory, space returns', () => diskFull('disk full: plain directory', {}), 300_000);
-  it('disk full under a gzip directory, space returns', () => diskFull('disk full: -Z gzip directory', { compress: true }), 300_000);
-  it('disk full under the spool while S3 is down, S3 returns', () => diskFull('disk full: spool, S3 down', { archive: true }), 300_000);
+  it('disk full under a plain directory, space returns', () => diskFull('disk full: plain directory', {}), 120_000 + CYCLES * 240_000);
+  it('disk full under a gzip directory, space returns', () => diskFull('disk full: -Z gzip directory', { compress: true }), 120_000 + CYCLES * 240_000);
+  it('disk full under the spool while S3 is down, S3 returns', () => diskFull('disk full: spool, S3 down', { archive: true }), 120_000 + CYCLES * 240_000);
 });

@@ -40,8 +40,13 @@ export async function receivedLsn(pg: PgCluster, slot: string): Promise<bigint> 
   return row?.lsn ? lsnOf(row.lsn) : 0n;
 }
 
-/** Create a physical slot that holds WAL from now on; returns its restart_lsn. */
+/**
+ * Create a physical slot that holds WAL from now on; returns its restart_lsn. (A physical slot
+ * reserves from the last checkpoint's redo position: a checkpoint first makes that "now", so a
+ * receiver starting from the slot does not stream everything since an old checkpoint.)
+ */
 export async function createSlot(pg: PgCluster, slot: string, reserve = true): Promise<bigint> {
+  if (reserve) await pg.checkpoint();
   await pg.query('select pg_create_physical_replication_slot($1, $2)', [slot, reserve]);
   return reserve ? slotRestartLsn(pg, slot) : 0n;
 }

@@ -16,7 +16,9 @@
  * fills the gaps the archive depends on:
  *  - If-None-Match: * on PUT is ignored by s3rver (it overwrites): emulated here, serialised
  *    per key, answering 412 PreconditionFailed like S3 (switch off with `conditionalWrites`);
- *    a GET or HEAD of a key waits for such a PUT in flight (s3rver would show it half-written);
+ *    s3rver writes objects in place, S3 commits a PUT whole or not at all: so a GET or HEAD of
+ *    a key waits for such a PUT in flight, listings leave it out until it is answered, and one
+ *    whose client went away before the answer leaves nothing behind;
  *  - ListObjectsV2 crashes with 500 whenever a listing is truncated (its continuation token
  *    uses DES, which OpenSSL 3 in Node 17+ refuses), and s3rver pages in file-name order, not
  *    key order (X.00000028.backup before X): ListObjectsV2 is answered here from s3rver's store,
@@ -216,6 +218,8 @@ async function startBuiltIn(): Promise<S3TestServer> {
   let latencyMs = 0;
   const held: { req: IncomingMessage; res: ServerResponse }[] = [];
   const locks = new Map<string, Promise<void>>();
+  /** Keys of conditional PUTs in flight: not listed until the PUT answered (S3 lists committed objects only). */
+  const uncommitted = new Set<string>();
   const sockets = new Set<Socket>();
   let paused: 'refuse' | 'hang' | undefined;
   let stopped = false;
@@ -254,7 +258,7 @@ async function startBuiltIn(): Promise<S3TestServer> {
     // boundary can skip keys: take the whole listing, order it by key, and page it here.
     const all = await store.listObjects(bucketName, { prefix, delimiter, startAfter: '', maxKeys: Infinity });
     const entries: { key: string; object?: S3rverObject }[] = [
-      ...all.objects.map((o) => ({ key: o.key, object: o })),
+      ...all.objects.filter((o) => !uncommitted.has(`${bucketName}/${o.key}`)).map((o) => ({ key: o.key, object: o })),
       ...all.commonPrefixes.map((p) => ({ key: p })),
     ]
       .filter((e) => e.key > startAfter)
@@ -291,13 +295,32 @@ async function startBuiltIn(): Promise<S3TestServer> {
       }
       // The client may have gone while this request waited for the lock: then there is nothing to serve.
       if (req.socket.destroyed || res.closed) return;
-      const done = Promise.race([once(res, 'close'), once(req.socket, 'close')]);
-      handle(req, res);
-      await done;
-      // S3 stores a PUT whole or not at all; s3rver writes in place. When the client went away
-      // before the answer, drop whatever was half-written (the key was absent before: If-None-Match).
-      if (!res.writableFinished && (await store.existsObject(bucketName, key))) await store.deleteObject(bucketName, key);
+      const id = `${bucketName}/${key}`;
+      uncommitted.add(id);
+      // Listed from the moment the answer is on its way: a client that got it may list at once.
+      res.once('finish', () => uncommitted.delete(id));
+      try {
+        await putAtomically(req, res, bucketName, key);
+      } finally {
+        uncommitted.delete(id);
+      }
     });
+
+  const putAtomically = async (req: IncomingMessage, res: ServerResponse, bucketName: string, key: string): Promise<void> => {
+    const done = Promise.race([once(res, 'close'), once(req.socket, 'close')]);
+    // (Koa's handler returns a promise settling when s3rver is done with the request.)
+    const handled = Promise.resolve(handle(req, res) as unknown).catch(() => undefined);
+    await done;
+    // S3 stores a PUT whole or not at all; s3rver writes in place. When the client went away
+    // before the answer, drop whatever was written (the key was absent before: If-None-Match),
+    // once s3rver has finished writing: at once it may still create or fill the file, and with
+    // the body cut short it never finishes, so not waiting for more than a moment. Reads of
+    // the key wait for this lock meanwhile.
+    if (!res.writableFinished) {
+      await Promise.race([handled, new Promise((r) => setTimeout(r, 1000))]);
+      await store.deleteObject(bucketName, key);
+    }
+  };
 
   const route = (req: IncomingMessage, res: ServerResponse): void => {
     const status = failures.shift() ?? (failWindow !== undefined && Date.now() < failWindow.until ? failWindow.status : undefined);
