@@ -10,18 +10,11 @@ import { PgCluster, freePort, toolBinDir } from '../harness/pg.js';
 import { run } from '../harness/exec.js';
 import { runCli } from '../support/cli.js';
 import { pgOwnedDir, walstreamCommand } from '../support/pgcommand.js';
+import { waitArchived, waitStreaming } from '../support/standby.js';
 import { LocalStore } from '../../src/storage/local.js';
 
 const SEG_RE = /^[0-9A-F]{24}$/;
 
-/** Wait until a standby that caught up from the archive streams from its primary again. */
-function waitStreaming(standby: PgCluster): Promise<void> {
-  return standby.waitFor(
-    async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
-    60_000,
-    'the standby to stream from the primary again',
-  );
-}
 
 describe('push and fetch with a real archiver and a real standby', () => {
   let primary: PgCluster;
@@ -215,11 +208,7 @@ describe('point-in-time recovery through walstream fetch', () => {
     await primary.query('insert into pitr select generate_series(101, 200)');
     const last = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
     await primary.switchWal();
-    await primary.waitFor(
-      async () => ((await primary.query<{ l: string | null }>('select last_archived_wal as l from pg_stat_archiver'))[0]?.l ?? '') >= last,
-      60_000,
-      `archiving up to ${last}`,
-    );
+    await waitArchived(primary, last, 60_000);
     // Archive recovery, not standby mode: WAL only from the archive, stop at the target, promote.
     unlinkSync(join(restored.dataDir, 'standby.signal'));
     writeFileSync(join(restored.dataDir, 'recovery.signal'), '');

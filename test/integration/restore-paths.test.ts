@@ -10,26 +10,11 @@ import { run } from '../harness/exec.js';
 import { startS3, type S3TestServer } from '../harness/s3.js';
 import { runCli, startCli } from '../support/cli.js';
 import { pgOwnedDir, walstreamCommand } from '../support/pgcommand.js';
+import { waitArchived, waitStreaming } from '../support/standby.js';
 import { SEG_RE } from '../support/walfiles.js';
 import { LocalStore } from '../../src/storage/local.js';
 import { openArchive } from '../../src/storage/open.js';
 import { listPieces } from '../../src/archive/partial.js';
-
-function waitStreaming(standby: PgCluster): Promise<void> {
-  return standby.waitFor(
-    async () => (await standby.query<{ s: string }>('select status as s from pg_stat_wal_receiver'))[0]?.s === 'streaming',
-    60_000,
-    'the standby to stream from the primary again',
-  );
-}
-
-async function waitArchived(primary: PgCluster, last: string): Promise<void> {
-  await primary.waitFor(
-    async () => ((await primary.query<{ l: string | null }>('select last_archived_wal as l from pg_stat_archiver'))[0]?.l ?? '') >= last,
-    120_000,
-    `archiving up to ${last}`,
-  );
-}
 
 async function currentWalFile(c: PgCluster): Promise<string> {
   return (await c.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
