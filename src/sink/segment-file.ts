@@ -4,8 +4,10 @@
 // a received chunk costs a memcpy), so the caller's buffer is consumed before write() returns;
 // only fsync and close go to the thread pool. Compressed files feed a zlib stream whose output is
 // appended asynchronously; write() copies what it is given.
-import { close, closeSync, fstatSync, fsync, openSync, readSync, unlinkSync, write, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { close, closeSync, fstatSync, fsync, openSync, readFileSync, readSync, unlinkSync, write, writeSync } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { fsyncDir as fsyncPath } from './fsutil.js';
 import zlib from 'node:zlib';
 import type { Transform } from 'node:stream';
 
@@ -143,18 +145,51 @@ export class PlainSegmentFile implements SegmentFile {
 
 type Compressor = Transform & { flush(kind: number, cb: () => void): void };
 
-/** A gzip or zstd stream appended to a file; the file always holds a valid prefix of the stream. */
+/** Suffix of the file a compressed segment is streamed into again beside the copy it replaces. */
+export const REWRITE_SUFFIX = '.rewrite';
+
+/** Uncompressed bytes an existing compressed in-progress file decodes to (0: none, empty or unreadable). */
+function heldLength(path: string, compression: Exclude<Compression, 'none'>): number {
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+  if (data.length === 0) return 0;
+  try {
+    if (compression === 'gzip') return zlib.gunzipSync(data, { finishFlush: zlib.constants.Z_SYNC_FLUSH }).length;
+    const zz = zlib as unknown as { zstdDecompressSync(b: Buffer, o: object): Buffer; constants: Record<string, number> };
+    return zz.zstdDecompressSync(data, { finishFlush: zz.constants['ZSTD_e_flush'] }).length;
+  } catch {
+    return 0; // nothing readable to keep
+  }
+}
+
+/**
+ * A gzip or zstd stream appended to a file; the file always holds a valid prefix of the stream.
+ * A compressed segment cannot be continued where it stopped, so a resumed one is streamed again
+ * from its start. The copy already there holds WAL that may have been reported flushed: it
+ * stays under its name while the new stream goes to `<name>.rewrite`, and is replaced (rename)
+ * only once the new file durably holds as many bytes, so no moment has less on disk than before.
+ */
 export class CompressedSegmentFile implements SegmentFile {
   private chain: Promise<void> = Promise.resolve();
   private position = 0;
   private failed: Error | undefined;
   private pending = 0;
   private closed = false;
+  /** Uncompressed bytes handed to the compressor. */
+  private fed = 0;
 
   private constructor(
     private readonly fd: number,
     private readonly z: Compressor,
     private readonly flushKind: number,
+    private readonly path: string,
+    /** The copy being replaced: its length and the file written instead until then. */
+    private replacing: { held: number; temp: string } | undefined,
   ) {
     z.on('data', (chunk: Buffer) => {
       const at = this.position;
@@ -169,16 +204,28 @@ export class CompressedSegmentFile implements SegmentFile {
     });
   }
 
-  /** Always starts the file afresh: a compressed partial is streamed again from its segment start. */
+  /** Start the segment's compressed stream afresh (beside an existing copy, which it replaces once it holds as much). */
   static open(path: string, compression: Exclude<Compression, 'none'>, level: number | undefined): CompressedSegmentFile {
+    const held = heldLength(path, compression);
+    const replacing = held > 0 ? { held, temp: `${path}${REWRITE_SUFFIX}` } : undefined;
+    const fd = openSync(replacing?.temp ?? path, 'w', 0o600);
     if (compression === 'gzip') {
       const z = zlib.createGzip(level !== undefined ? { level } : {}) as unknown as Compressor;
-      return new CompressedSegmentFile(openSync(path, 'w', 0o600), z, zlib.constants.Z_SYNC_FLUSH);
+      return new CompressedSegmentFile(fd, z, zlib.constants.Z_SYNC_FLUSH, path, replacing);
     }
     const zz = zlib as unknown as { createZstdCompress(o: object): Compressor; constants: Record<string, number> };
     const params: Record<number, number> = {};
     if (level !== undefined) params[zz.constants['ZSTD_c_compressionLevel']!] = level;
-    return new CompressedSegmentFile(openSync(path, 'w', 0o600), zz.createZstdCompress({ params }), zz.constants['ZSTD_e_flush']!);
+    return new CompressedSegmentFile(fd, zz.createZstdCompress({ params }), zz.constants['ZSTD_e_flush']!, path, replacing);
+  }
+
+  /** The new stream is durable up to `upto` bytes: replace the old copy once that is all it held. */
+  private async replaceIfCaughtUp(upto: number, noSync: boolean): Promise<void> {
+    const r = this.replacing;
+    if (!r || upto < r.held) return;
+    await rename(r.temp, this.path);
+    if (!noSync) await fsyncPath(dirname(this.path));
+    this.replacing = undefined;
   }
 
   get pendingBytes(): number {
@@ -189,16 +236,19 @@ export class CompressedSegmentFile implements SegmentFile {
     this.check();
     const copy = Buffer.from(data);
     this.pending += copy.length;
+    this.fed += copy.length;
     this.z.write(copy, () => {
       this.pending -= copy.length;
     });
   }
 
   async sync(): Promise<void> {
+    const upto = this.fed;
     await new Promise<void>((r) => this.z.flush(this.flushKind, () => r()));
     await this.chain;
     this.check();
     await fsyncFd(this.fd);
+    await this.replaceIfCaughtUp(upto, false);
   }
 
   async finish(noSync: boolean): Promise<void> {
@@ -211,15 +261,29 @@ export class CompressedSegmentFile implements SegmentFile {
     await this.chain;
     this.check();
     if (!noSync) await fsyncFd(this.fd);
+    await this.replaceIfCaughtUp(this.fed, noSync);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const upto = this.fed;
     if (!this.z.writableEnded) await new Promise<void>((r) => this.z.flush(this.flushKind, () => r()));
     await this.chain.catch(() => undefined);
     this.z.destroy();
-    await closeFd(this.fd);
+    try {
+      // Ended before a sync replaced the old copy: the new stream replaces it if it holds as much
+      // (made durable first), else the old copy stays and the new one goes.
+      const r = this.replacing;
+      if (r && !this.failed && upto >= r.held) {
+        await fsyncFd(this.fd);
+        await this.replaceIfCaughtUp(upto, false);
+      } else if (r) {
+        await unlink(r.temp).catch(() => undefined);
+      }
+    } finally {
+      await closeFd(this.fd);
+    }
   }
 
   private check(): void {
