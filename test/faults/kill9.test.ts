@@ -15,10 +15,11 @@ import { Cleanup, Pgbench, SEG, WalWriter, createFaultPrimary, createSlot, flush
 import { fileRng, iterations, recordRow, type Rng } from './report.js';
 import { formatLsn, pgWalReference, verifyWal } from './verify.js';
 
-type Kind = 'plain' | 'local' | 's3';
+type Kind = 'plain' | 'gzip' | 'local' | 's3';
 
 const MODES: { kind: Kind; label: string; extra: string[] }[] = [
   { kind: 'plain', label: 'receiver SIGKILL: plain directory, --synchronous', extra: ['--synchronous', '-s', '1'] },
+  { kind: 'gzip', label: 'receiver SIGKILL: -Z gzip directory, --synchronous', extra: ['-Z', 'gzip', '--synchronous', '-s', '1'] },
   { kind: 'local', label: 'receiver SIGKILL: --archive local dir, -Z gzip', extra: ['-Z', 'gzip', '--partial-interval', '1', '-s', '1'] },
   { kind: 's3', label: 'receiver SIGKILL: --archive S3 (slow endpoint)', extra: ['--partial-interval', '1', '-s', '1'] },
 ];
@@ -79,10 +80,15 @@ describe('fault: the receiver killed with SIGKILL, repeatedly', () => {
         try {
           for (let i = 1; i <= KILLS; i++) {
             const proc = startReceiver(cleanup, { ...args, extra: mode.extra });
-            // From the spawn: some kills land during start-up (the spool's leftovers being
-            // uploaded, the resume scan), most while streaming, writing, syncing and uploading.
-            const delay = rng.int(150, 2500);
+            // Most kills are timed from the spawn: some land during start-up (the spool's leftovers
+            // being uploaded, the resume scan), most while streaming, writing, syncing and
+            // uploading. One in three lands just after streaming resumed, while the segment in
+            // progress is being received again from its start.
+            const early = rng() < 1 / 3;
+            const delay = early ? rng.int(0, 120) : rng.int(150, 2500);
+            if (early) await proc.waitForOutput(/starting log streaming/).catch(() => undefined);
             await sleep(delay);
+            const when = early ? `${delay} ms after streaming resumed` : `${delay} ms after start`;
             if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
               losses.push(`run ${i}: the receiver exited by itself (status ${proc.child.exitCode}):\n${tail(proc.stderr)}`);
               break;
@@ -95,7 +101,7 @@ describe('fault: the receiver killed with SIGKILL, repeatedly', () => {
             // Until the receiver reports a flush, the slot stays where it was created: nothing is owed yet.
             if (flushed <= created) continue;
             const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: flushed }], cache });
-            for (const l of v.losses) losses.push(`kill ${i} (${delay} ms after start, slot at ${formatLsn(flushed)}): ${l}`);
+            for (const l of v.losses) losses.push(`kill ${i} (${when}, slot at ${formatLsn(flushed)}): ${l}`);
           }
         } finally {
           await writer.stop();
