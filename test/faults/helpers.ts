@@ -159,7 +159,11 @@ export class WalWriter {
         }
         try {
           const pg = this.target();
-          await pg.generateWal(this.rng.int(this.burstBytes[0], this.burstBytes[1]));
+          const bytes = this.rng.int(this.burstBytes[0], this.burstBytes[1]);
+          // Half the bursts are rows of random hex, which compress about as badly as real data
+          // (the harness filler compresses some fifty times, so compressed files would race ahead).
+          if (this.rng() < 0.5) await pg.generateWal(bytes);
+          else await randomRows(pg, bytes);
           if (this.rng() < 0.2) await pg.switchWal();
           this.bursts++;
         } catch {
@@ -186,6 +190,16 @@ export class WalWriter {
     this.stopped = true;
     await this.loop;
   }
+}
+
+/** Insert about `bytes` of rows of random hex (roughly as much WAL). */
+async function randomRows(pg: PgCluster, bytes: number): Promise<void> {
+  await pg.query('create table if not exists walstream_fault_random (id bigint, pad text)');
+  const rows = Math.max(1, Math.ceil(bytes / 1000));
+  await pg.query(
+    "insert into walstream_fault_random select g, (select string_agg(md5(random()::text || g::text || i::text), '') from generate_series(1, 28) i) from generate_series(1, $1::int) g",
+    [rows],
+  );
 }
 
 /** pgbench running against `pg` at a modest rate until stop(). */
