@@ -297,16 +297,22 @@ async function startBuiltIn(): Promise<S3TestServer> {
       if (req.socket.destroyed || res.closed) return;
       const id = `${bucketName}/${key}`;
       uncommitted.add(id);
-      // Listed from the moment the answer is on its way: a client that got it may list at once.
-      res.once('finish', () => uncommitted.delete(id));
+      // Committed (and listed) from the moment the answer is on its way: a client that got it may
+      // list at once. One flag decides both, so a listed object is never dropped afterwards.
+      const answer = { sent: false, dropped: false };
+      res.once('finish', () => {
+        if (answer.dropped) return;
+        answer.sent = true;
+        uncommitted.delete(id);
+      });
       try {
-        await putAtomically(req, res, bucketName, key);
+        await putAtomically(req, res, bucketName, key, answer);
       } finally {
         uncommitted.delete(id);
       }
     });
 
-  const putAtomically = async (req: IncomingMessage, res: ServerResponse, bucketName: string, key: string): Promise<void> => {
+  const putAtomically = async (req: IncomingMessage, res: ServerResponse, bucketName: string, key: string, answer: { sent: boolean; dropped: boolean }): Promise<void> => {
     const done = Promise.race([once(res, 'close'), once(req.socket, 'close')]);
     // (Koa's handler returns a promise settling when s3rver is done with the request.)
     const handled = Promise.resolve(handle(req, res) as unknown).catch(() => undefined);
@@ -316,9 +322,13 @@ async function startBuiltIn(): Promise<S3TestServer> {
     // once s3rver has finished writing: at once it may still create or fill the file, and with
     // the body cut short it never finishes, so not waiting for more than a moment. Reads of
     // the key wait for this lock meanwhile.
-    if (!res.writableFinished) {
+    if (!answer.sent) {
       await Promise.race([handled, new Promise((r) => setTimeout(r, 1000))]);
-      await store.deleteObject(bucketName, key);
+      // (s3rver may still have answered meanwhile, into the closed connection: then it stands.)
+      if (!answer.sent) {
+        answer.dropped = true;
+        await store.deleteObject(bucketName, key);
+      }
     }
   };
 
