@@ -38,6 +38,8 @@ export interface ObjectInfo {
   /** How the object is stored; undefined only where a listing cannot tell without a request per object (S3 list). */
   compression: Compression | undefined;
   modified: Date;
+  /** Id of the key the object is encrypted with (get results; see storage/encryption.ts), absent when stored unencrypted. */
+  keyId?: string;
 }
 
 export interface PutOptions {
@@ -107,6 +109,27 @@ export class IntegrityError extends StorageError {
   ) {
     super(`archived object "${objectName}" is corrupt: ${detail}`, false);
     this.name = 'IntegrityError';
+  }
+}
+
+/**
+ * An encrypted object whose key was not given: never served. Permanent (a retry cannot help),
+ * and not IntegrityError: nothing says the object is damaged.
+ */
+export class KeyUnavailableError extends StorageError {
+  constructor(
+    readonly objectName: string,
+    readonly keyId: string,
+    /** The ids of the keys that were given, if any. */
+    given: readonly string[] | undefined,
+  ) {
+    super(
+      given === undefined || given.length === 0
+        ? `archived object "${objectName}" is encrypted with key "${keyId}" and no encryption key was given (use --encryption-key-file or WALSTREAM_ENCRYPTION_KEY)`
+        : `archived object "${objectName}" is encrypted with key "${keyId}", which is not among the keys given (${given.map((g) => `"${g}"`).join(', ')})`,
+      false,
+    );
+    this.name = 'KeyUnavailableError';
   }
 }
 
