@@ -22,6 +22,7 @@ import { fsyncDir } from '../sink/fsutil.js';
 import { compressionSuffix } from '../sink/segment-file.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, mapLimit, quarantineName } from './common.js';
+import { decodeStored, encodeStored, isSealed, sealedHeader, type Keyring } from './encryption.js';
 import {
   ConflictError,
   IntegrityError,
@@ -48,6 +49,8 @@ export interface LocalStoreOptions {
   staleClaimMs?: number;
   /** How long a put waits for another writer's data file to appear before deciding (default 2 s). */
   claimWaitMs?: number;
+  /** Encrypt new objects with the first key, decrypt with any (storage/encryption.ts). */
+  keyring?: Keyring;
 }
 
 /** Where one name lives. */
@@ -181,6 +184,7 @@ export class LocalStore implements ArchiveStore {
   readonly dir: string;
   private readonly staleClaimMs: number;
   private readonly claimWaitMs: number;
+  private readonly keyring: Keyring | undefined;
 
   constructor(dir: string, opts: LocalStoreOptions = {}) {
     if (dir === '') throw new StorageError('the archive directory must not be empty', false);
@@ -188,6 +192,7 @@ export class LocalStore implements ArchiveStore {
     this.description = opts.description ?? dir;
     this.staleClaimMs = opts.staleClaimMs ?? 60_000;
     this.claimWaitMs = opts.claimWaitMs ?? 2_000;
+    this.keyring = opts.keyring;
   }
 
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
@@ -195,7 +200,8 @@ export class LocalStore implements ArchiveStore {
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
     return this.guard(`cannot store "${name}"`, async () => {
-      const obj: Prepared = { data, stored: await compress(data, compression), sha: sha256Hex(data), compression, noSync: opts.noSync ?? false };
+      const stored = encodeStored(this.keyring, name, compression, await compress(data, compression));
+      const obj: Prepared = { data, stored, sha: sha256Hex(data), compression, noSync: opts.noSync ?? false };
       const outcome = await this.store(name, obj);
       if (outcome !== 'conflict') return outcome;
       const when = new Date();
@@ -220,14 +226,23 @@ export class LocalStore implements ArchiveStore {
         throw err;
       }
       const rec = await this.readRecord(name);
-      const data = await this.decode(name, found, stored, rec);
+      const { payload, keyId } = decodeStored(this.keyring, name, found.compression, stored);
+      const data = await this.decode(name, found, payload, rec);
       if (rec) {
         const actual = sha256Hex(data);
         if (actual !== rec.sha) throw new IntegrityError(name, `SHA-256 of ${found.file} is ${actual}, the recorded one ${rec.sha}`);
       }
       return {
         data,
-        info: { name, size: data.length, storedSize: stored.length, checksum: rec?.sha, compression: found.compression, modified: found.stat.mtime },
+        info: {
+          name,
+          size: data.length,
+          storedSize: stored.length,
+          checksum: rec?.sha,
+          compression: found.compression,
+          modified: found.stat.mtime,
+          ...(keyId !== undefined ? { keyId } : {}),
+        },
       };
     });
   }
@@ -376,6 +391,28 @@ export class LocalStore implements ArchiveStore {
     } catch (err) {
       if (errno(err) === 'ENOENT') return false;
       throw err;
+    }
+    if (isSealed(stored)) {
+      // Encrypted: compare the plaintext. Without its key, the recorded checksum of the plaintext.
+      let keyId: string;
+      try {
+        keyId = sealedHeader(name, stored).keyId;
+      } catch (err) {
+        if (err instanceof IntegrityError) return false; // a damaged header: not ours
+        throw err;
+      }
+      if (!this.keyring?.has(keyId)) {
+        const rec = await this.readRecord(name);
+        return rec !== undefined && rec.sha === sha256Hex(data) && (rec.size === undefined || rec.size === data.length);
+      }
+      try {
+        stored = decodeStored(this.keyring, name, found.compression, stored).payload;
+      } catch (err) {
+        if (err instanceof IntegrityError) return false; // fails authentication: not ours
+        throw err;
+      }
+    } else if (found.compression === 'none') {
+      return stored.equals(data);
     }
     if (found.compression === 'none') return stored.equals(data);
     try {

@@ -4,6 +4,7 @@
 // are serialised exactly as link(2) or If-None-Match serialise them elsewhere.
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, listedUnder, quarantineName } from './common.js';
+import { decodeStored, encodeStored, type Keyring } from './encryption.js';
 import {
   ConflictError,
   IntegrityError,
@@ -28,12 +29,32 @@ interface Entry {
 
 export class MemoryStore implements ArchiveStore {
   readonly description: string;
-  private readonly objects = new Map<string, Entry>();
+  private objects = new Map<string, Entry>();
   private readonly failures: Error[] = [];
   private closed = false;
 
-  constructor(description = 'memory:') {
+  private readonly keyring: Keyring | undefined;
+
+  constructor(description = 'memory:', opts: { keyring?: Keyring } = {}) {
     this.description = description;
+    this.keyring = opts.keyring;
+  }
+
+  /** A view of the same objects read and written with other keys (or none): encryption tests. */
+  withKeyring(keyring: Keyring | undefined): MemoryStore {
+    const other = new MemoryStore(this.description, keyring ? { keyring } : {});
+    (other as unknown as { objects: Map<string, Entry> }).objects = this.objects;
+    return other;
+  }
+
+  /** Test hook: exchange what two names hold, records and all (an archive rearranged behind walstream's back). */
+  swap(a: string, b: string): void {
+    const ea = this.objects.get(a);
+    const eb = this.objects.get(b);
+    if (!ea) throw new NotFoundError(a);
+    if (!eb) throw new NotFoundError(b);
+    this.objects.set(a, eb);
+    this.objects.set(b, ea);
   }
 
   /** Test hook: flip one byte of the stored object (its recorded checksum stays). */
@@ -63,7 +84,7 @@ export class MemoryStore implements ArchiveStore {
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
     const entry: Entry = {
-      stored: Buffer.from(await compress(data, compression)),
+      stored: Buffer.from(encodeStored(this.keyring, name, compression, await compress(data, compression))),
       compression,
       checksum: sha256Hex(data),
       size: data.length,
@@ -92,15 +113,16 @@ export class MemoryStore implements ArchiveStore {
     this.injected();
     const e = this.objects.get(name);
     if (!e) throw new NotFoundError(name);
+    const { payload, keyId } = decodeStored(this.keyring, name, e.compression, e.stored);
     let data: Buffer;
     try {
-      data = await decompress(e.stored, e.compression);
+      data = await decompress(payload, e.compression);
     } catch (err) {
       throw new IntegrityError(name, `cannot decompress (${e.compression}): ${(err as Error).message}`);
     }
     const actual = sha256Hex(data);
     if (actual !== e.checksum) throw new IntegrityError(name, `SHA-256 ${actual} does not match the recorded ${e.checksum}`);
-    return { data, info: info(name, e) };
+    return { data, info: { ...info(name, e), ...(keyId !== undefined ? { keyId } : {}) } };
   }
 
   async head(name: string): Promise<ObjectInfo | undefined> {

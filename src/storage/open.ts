@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { LocalStore } from './local.js';
 import { StorageError, type ArchiveStore } from './types.js';
 import type { S3StoreOptions, ServerSideEncryption } from './s3.js';
+import type { Keyring } from './encryption.js';
 
 export interface OpenArchiveOptions {
   /** S3 endpoint URL (S3-compatible stores); default AWS_ENDPOINT_URL or AWS. */
@@ -14,6 +15,8 @@ export interface OpenArchiveOptions {
   sseKmsKeyId?: string;
   /** Further S3Store settings (timeouts, retries, credentials...). */
   s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
+  /** Client-side encryption keys (storage/encryption.ts): new objects are encrypted, encrypted ones authenticated. */
+  keyring?: Keyring;
 }
 
 export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string };
@@ -68,7 +71,7 @@ function oneLine(s: string): string {
 /** Open the archive at `url`: a directory path, file:///path or s3://bucket/prefix. */
 export async function openArchive(url: string, opts: OpenArchiveOptions = {}): Promise<ArchiveStore> {
   const loc = parseArchiveUrl(url);
-  if (loc.kind === 'local') return new LocalStore(loc.path, { description: url });
+  if (loc.kind === 'local') return new LocalStore(loc.path, { description: url, ...(opts.keyring ? { keyring: opts.keyring } : {}) });
   const { S3Store } = await import('./s3.js');
   return new S3Store({
     ...opts.s3,
@@ -78,5 +81,6 @@ export async function openArchive(url: string, opts: OpenArchiveOptions = {}): P
     ...(opts.s3ForcePathStyle !== undefined ? { forcePathStyle: opts.s3ForcePathStyle } : {}),
     ...(opts.sse !== undefined ? { sse: opts.sse } : {}),
     ...(opts.sseKmsKeyId !== undefined ? { sseKmsKeyId: opts.sseKmsKeyId } : {}),
+    ...(opts.keyring ? { keyring: opts.keyring } : {}),
   });
 }

@@ -19,6 +19,7 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, quarantineName } from './common.js';
+import { decodeStored, encodeStored, isSealed, sealedHeader, type Keyring } from './encryption.js';
 import {
   ConflictError,
   IntegrityError,
@@ -73,6 +74,8 @@ export interface S3StoreOptions {
   listPageSize?: number;
   /** What `description` shows (default s3://bucket/prefix). */
   description?: string;
+  /** Client-side encryption: new objects with the first key, reads with any (storage/encryption.ts). */
+  keyring?: Keyring;
 }
 
 interface Prepared {
@@ -194,6 +197,7 @@ export class S3Store implements ArchiveStore {
   private readonly conditionalWrites: boolean;
   private readonly timeoutMs: number;
   private readonly listPageSize: number;
+  private readonly keyring: Keyring | undefined;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new StorageError('an S3 archive needs a bucket', false);
@@ -209,6 +213,7 @@ export class S3Store implements ArchiveStore {
     this.conditionalWrites = opts.conditionalWrites ?? true;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.listPageSize = opts.listPageSize ?? 1000;
+    this.keyring = opts.keyring;
     if (!(this.timeoutMs > 0)) throw new StorageError('timeoutMs must be positive', false);
     if (!(this.listPageSize >= 1 && this.listPageSize <= 1000)) throw new StorageError('listPageSize must be 1-1000', false);
     this.secrets = [opts.credentials?.secretAccessKey, opts.credentials?.sessionToken, process.env['AWS_SECRET_ACCESS_KEY'], process.env['AWS_SESSION_TOKEN']].filter(
@@ -237,7 +242,7 @@ export class S3Store implements ArchiveStore {
     assertArchiveName(name);
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
-    const obj: Prepared = { data, stored: await compress(data, compression), sha: sha256Hex(data), compression };
+    const obj: Prepared = { data, stored: encodeStored(this.keyring, name, compression, await compress(data, compression)), sha: sha256Hex(data), compression };
     const outcome = await this.store(name, obj);
     if (outcome !== 'conflict' && !('damaged' in outcome)) return outcome;
     if (outcome !== 'conflict') return this.replaceDamaged(name, obj, outcome.damaged);
@@ -255,9 +260,10 @@ export class S3Store implements ArchiveStore {
     if (!fetched) throw new NotFoundError(name);
     const { stored, info } = fetched;
     const compression = info.compression ?? 'none';
+    const { payload, keyId } = decodeStored(this.keyring, name, compression, stored);
     let data: Buffer;
     try {
-      data = await decompress(stored, compression);
+      data = await decompress(payload, compression);
     } catch (err) {
       if (err instanceof StorageError) throw err;
       throw new IntegrityError(name, `cannot decompress (${compression}): ${(err as Error).message}`);
@@ -266,7 +272,7 @@ export class S3Store implements ArchiveStore {
       const actual = sha256Hex(data);
       if (actual !== info.checksum) throw new IntegrityError(name, `SHA-256 ${actual} does not match the recorded ${info.checksum}`);
     }
-    return { data, info: { ...info, size: data.length } };
+    return { data, info: { ...info, size: data.length, ...(keyId !== undefined ? { keyId } : {}) } };
   }
 
   async head(name: string): Promise<ObjectInfo | undefined> {
@@ -365,9 +371,31 @@ export class S3Store implements ArchiveStore {
   private async compareWith(name: string, data: Buffer): Promise<Outcome | 'gone'> {
     const fetched = await this.fetch(name);
     if (!fetched) return 'gone';
+    const compression = fetched.info.compression ?? 'none';
+    let payload: Buffer | undefined = fetched.stored;
+    if (isSealed(fetched.stored)) {
+      // Encrypted with a key not given: the checksum recorded of the plaintext decides.
+      const keyId = (() => {
+        try {
+          return sealedHeader(name, fetched.stored).keyId;
+        } catch {
+          return undefined;
+        }
+      })();
+      if (keyId !== undefined && !this.keyring?.has(keyId)) {
+        const same = fetched.info.checksum === sha256Hex(data) && fetched.info.size === data.length;
+        return same ? { status: 'exists', info: { ...fetched.info, size: data.length } } : 'conflict';
+      }
+      try {
+        payload = decodeStored(this.keyring, name, compression, fetched.stored).payload;
+      } catch (err) {
+        if (!(err instanceof IntegrityError)) throw err;
+        payload = undefined; // fails authentication: not ours
+      }
+    }
     let theirs: Buffer | undefined;
     try {
-      theirs = await decompress(fetched.stored, fetched.info.compression ?? 'none');
+      theirs = payload === undefined ? undefined : await decompress(payload, compression);
     } catch (err) {
       if (err instanceof StorageError) throw err;
       theirs = undefined; // undecodable bytes are not ours
@@ -453,7 +481,7 @@ export class S3Store implements ArchiveStore {
       Metadata: { [META_SHA256]: obj.sha, [META_COMPRESSION]: obj.compression, [META_SIZE]: String(obj.data.length) },
       // Uncompressed, the stored bytes are the bytes already hashed: hand the SDK that checksum
       // instead of letting it hash 16 MB again.
-      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const, ...(obj.compression === 'none' ? { ChecksumSHA256: Buffer.from(obj.sha, 'hex').toString('base64') } : {}) } : {}),
+      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const, ...(obj.stored === obj.data ? { ChecksumSHA256: Buffer.from(obj.sha, 'hex').toString('base64') } : {}) } : {}),
       ...(this.conditionalWrites ? { IfNoneMatch: '*' } : {}),
       ...(this.sse !== undefined ? { ServerSideEncryption: this.sse } : {}),
       ...(this.sseKmsKeyId !== undefined ? { SSEKMSKeyId: this.sseKmsKeyId } : {}),

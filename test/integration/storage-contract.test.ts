@@ -10,6 +10,7 @@ import { harnessTmpRoot } from '../harness/exec.js';
 import { startS3, unusedPort, type S3TestServer } from '../harness/s3.js';
 import { zstdAvailable } from '../../src/sink/segment-file.js';
 import { sha256Hex } from '../../src/storage/codec.js';
+import { Keyring, isSealed } from '../../src/storage/encryption.js';
 import { LocalStore, META_DIR } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { openArchive } from '../../src/storage/open.js';
@@ -17,6 +18,7 @@ import { S3Store, type S3StoreOptions } from '../../src/storage/s3.js';
 import {
   ConflictError,
   IntegrityError,
+  KeyUnavailableError,
   NotFoundError,
   StorageError,
   type ArchiveStore,
@@ -77,6 +79,12 @@ interface Backend {
   failingGet(): Promise<{ store: ArchiveStore; name: string }>;
   /** How many objects the listing test writes (enough to need several pages). */
   listCount: number;
+  /** The same archive as `store`, read and written with these encryption keys (or none). */
+  withKeyring(store: ArchiveStore, keyring: Keyring | undefined): ArchiveStore;
+  /** Exchange what two names hold behind the store's back: bytes, checksum records and all. */
+  swap(store: ArchiveStore, a: string, b: string): Promise<void>;
+  /** The bytes stored for `name`, as the backend keeps them. */
+  rawStored(store: ArchiveStore, name: string): Promise<Buffer>;
 }
 
 // --- the contract ---
@@ -342,6 +350,130 @@ function archiveContract(backend: () => Backend): void {
     }
   });
 
+  describe('client-side encryption', () => {
+    const keyA = new Keyring([{ id: 'key-a', key: Buffer.alloc(32, 0xa1) }], 'test');
+    const keyB = new Keyring([{ id: 'key-b', key: Buffer.alloc(32, 0xb2) }], 'test');
+    const rotated = new Keyring(
+      [
+        { id: 'key-b', key: Buffer.alloc(32, 0xb2) },
+        { id: 'key-a', key: Buffer.alloc(32, 0xa1) },
+      ],
+      'test',
+    );
+    const sameIdOtherBytes = new Keyring([{ id: 'key-a', key: Buffer.alloc(32, 0x5a) }], 'test');
+    /** A fresh archive, and views of it with the given keyrings. */
+    const views = async (...rings: (Keyring | undefined)[]): Promise<ArchiveStore[]> => {
+      const plain = await fresh();
+      return rings.map((r) => {
+        const v = backend().withKeyring(plain, r);
+        opened.push(v);
+        return v;
+      });
+    };
+
+    for (const c of COMPRESSIONS) {
+      if (c === 'zstd' && !zstdAvailable()) continue;
+      it(`round-trips with compression ${c}; stored sealed; unreadable without the key`, async () => {
+        const [enc, plain] = await views(keyA, undefined);
+        const data = payload(50);
+        const r = await enc!.put(seg(50), data, { compression: c });
+        expect(r.status).toBe('created');
+        expect(r.info).toMatchObject({ checksum: sha256Hex(data), compression: c, size: data.length });
+        const raw = await backend().rawStored(enc!, seg(50));
+        expect(isSealed(raw)).toBe(true);
+        expect(raw.includes(data.subarray(0, 64))).toBe(false);
+        const g = await enc!.get(seg(50));
+        expect(g.data.equals(data)).toBe(true);
+        expect(g.info).toMatchObject({ checksum: sha256Hex(data), compression: c, keyId: 'key-a' });
+        // head and list need no key.
+        expect(await plain!.head(seg(50))).toMatchObject({ name: seg(50), checksum: sha256Hex(data) });
+        expect((await plain!.list()).map((o) => o.name)).toEqual([seg(50)]);
+        const err = await rejection(plain!.get(seg(50)));
+        expect(err).toBeInstanceOf(KeyUnavailableError);
+        expect((err as Error).message).toContain(seg(50));
+        expect((err as Error).message).toContain('"key-a"');
+        expect((err as StorageError).transient).toBe(false);
+      });
+    }
+
+    it('a changed byte fails authentication: IntegrityError naming the object', async () => {
+      const [enc] = await views(keyA);
+      for (const c of ['none', 'gzip'] as const) {
+        const name = seg(c === 'none' ? 51 : 52);
+        await enc!.put(name, payload(51), { compression: c });
+        await backend().corrupt(enc!, name);
+        const err = await rejection(enc!.get(name));
+        expect(err).toBeInstanceOf(IntegrityError);
+        expect((err as IntegrityError).objectName).toBe(name);
+        expect((err as Error).message).toMatch(/fails authentication with key "key-a"/);
+      }
+    });
+
+    it('two objects swapped under each other\'s names (records and all) are refused', async () => {
+      const [enc] = await views(keyA);
+      await enc!.put(seg(53), payload(53), { compression: 'gzip' });
+      await enc!.put(seg(54), payload(54), { compression: 'gzip' });
+      await backend().swap(enc!, seg(53), seg(54));
+      for (const name of [seg(53), seg(54)]) {
+        const err = await rejection(enc!.get(name));
+        expect(err).toBeInstanceOf(IntegrityError);
+        expect((err as IntegrityError).objectName).toBe(name);
+      }
+    });
+
+    it('a key of another id: KeyUnavailableError; the same id with other bytes: IntegrityError', async () => {
+      const [enc, other, impostor] = await views(keyA, keyB, sameIdOtherBytes);
+      await enc!.put(seg(55), payload(55));
+      const err = await rejection(other!.get(seg(55)));
+      expect(err).toBeInstanceOf(KeyUnavailableError);
+      expect((err as Error).message).toMatch(/"key-a", which is not among the keys given \("key-b"\)/);
+      expect(await rejection(impostor!.get(seg(55)))).toBeInstanceOf(IntegrityError);
+    });
+
+    it('rotation: objects of the old key stay readable once a new key comes first', async () => {
+      const [old, both, onlyNew] = await views(keyA, rotated, keyB);
+      await old!.put(seg(56), payload(56), { compression: 'gzip' });
+      await both!.put(seg(57), payload(57), { compression: 'gzip' });
+      expect((await both!.get(seg(56))).info.keyId).toBe('key-a');
+      expect((await both!.get(seg(57))).info.keyId).toBe('key-b');
+      expect((await both!.get(seg(56))).data.equals(payload(56))).toBe(true);
+      expect((await onlyNew!.get(seg(57))).data.equals(payload(57))).toBe(true);
+      expect(await rejection(onlyNew!.get(seg(56)))).toBeInstanceOf(KeyUnavailableError);
+    });
+
+    it('plain and encrypted objects coexist (encryption turned on later)', async () => {
+      const [plain, enc] = await views(undefined, keyA);
+      await plain!.put(seg(58), payload(58), { compression: 'gzip' });
+      await enc!.put(seg(59), payload(59), { compression: 'gzip' });
+      const p = await enc!.get(seg(58));
+      expect(p.data.equals(payload(58))).toBe(true);
+      expect(p.info.keyId).toBeUndefined();
+      expect((await plain!.get(seg(58))).data.equals(payload(58))).toBe(true);
+      expect(await rejection(plain!.get(seg(59)))).toBeInstanceOf(KeyUnavailableError);
+      expect((await enc!.list()).map((o) => o.name)).toEqual([seg(58), seg(59)]);
+    });
+
+    it('identical re-put: exists (with the key, with another key, without one, over a plain copy); different: ConflictError', async () => {
+      const [enc, plain, other] = await views(keyA, undefined, keyB);
+      const data = payload(60);
+      await enc!.put(seg(60), data, { compression: 'gzip' });
+      expect((await enc!.put(seg(60), data, { compression: 'gzip' })).status).toBe('exists');
+      expect((await enc!.put(seg(60), data, { compression: 'none' })).status).toBe('exists');
+      expect((await plain!.put(seg(60), data, { compression: 'gzip' })).status).toBe('exists');
+      expect((await other!.put(seg(60), data, { compression: 'gzip' })).status).toBe('exists');
+      const err = await rejection(enc!.put(seg(60), payload(61), { compression: 'gzip' }));
+      expect(err).toBeInstanceOf(ConflictError);
+      expect(await rejection(plain!.put(seg(60), payload(61)))).toBeInstanceOf(ConflictError);
+      // The quarantine copy is readable with the key that wrote it.
+      expect((await enc!.get((err as ConflictError).quarantinedAs)).data.equals(payload(61))).toBe(true);
+      expect((await enc!.get(seg(60))).data.equals(data)).toBe(true);
+      // A plain copy already there: an encrypted re-put of the same bytes is 'exists'.
+      await plain!.put(seg(62), payload(62));
+      expect((await enc!.put(seg(62), payload(62))).status).toBe('exists');
+      expect(isSealed(await backend().rawStored(enc!, seg(62)))).toBe(false);
+    });
+  });
+
   it('has a description', async () => {
     const s = await fresh();
     expect(typeof s.description).toBe('string');
@@ -357,6 +489,9 @@ describe('MemoryStore', () => {
     listCount: 60,
     make: async () => new MemoryStore(),
     corrupt: async (store, name) => (store as MemoryStore).corrupt(name),
+    withKeyring: (store, keyring) => (store as MemoryStore).withKeyring(keyring),
+    swap: async (store, a, b) => (store as MemoryStore).swap(a, b),
+    rawStored: async (store, name) => (store as unknown as { objects: Map<string, { stored: Buffer }> }).objects.get(name)!.stored,
     failingGet: async () => {
       const store = new MemoryStore();
       store.failNext(new StorageError('injected failure', true));
@@ -396,6 +531,33 @@ describe('LocalStore', () => {
       const i = Math.floor(bytes.length / 2);
       bytes[i] = bytes[i]! ^ 0x55;
       await writeFile(join(dir, file), bytes);
+    },
+    withKeyring: (store, keyring) => {
+      const dir = dirs.get(store)!;
+      const view = new LocalStore(dir, keyring ? { keyring } : {});
+      dirs.set(view, dir);
+      return view;
+    },
+    swap: async (store, a, b) => {
+      const dir = dirs.get(store)!;
+      const files = await readdir(dir);
+      const fa = files.find((f) => f.startsWith(a) && !f.startsWith('.'))!;
+      const fb = files.find((f) => f.startsWith(b) && !f.startsWith('.'))!;
+      expect(fa.slice(a.length)).toBe(fb.slice(b.length)); // same compression suffix
+      for (const [x, y] of [
+        [join(dir, fa), join(dir, fb)],
+        [join(dir, META_DIR, `${a}.sha256`), join(dir, META_DIR, `${b}.sha256`)],
+      ] as const) {
+        const bx = await readFile(x);
+        const by = await readFile(y);
+        await writeFile(x, by);
+        await writeFile(y, bx);
+      }
+    },
+    rawStored: async (store, name) => {
+      const dir = dirs.get(store)!;
+      const file = (await readdir(dir)).find((f) => f.startsWith(name) && !f.startsWith('.'))!;
+      return readFile(join(dir, file));
     },
     failingGet: async () => {
       // Something that is not a file where the object would be.
@@ -621,6 +783,35 @@ describe('S3Store', () => {
       store: new S3Store(base(s3, { credentials: { accessKeyId: 'WSNOSUCHKEY', secretAccessKey: 'x'.repeat(40) }, maxAttempts: 1 })),
       name: seg(1),
     }),
+    withKeyring: (store, keyring) => {
+      const st = store as S3Store;
+      return new S3Store({ ...base(s3), prefix: st.prefix, ...(keyring ? { keyring } : {}) });
+    },
+    swap: async (store, a, b) => {
+      const st = store as S3Store;
+      const c = s3.client();
+      try {
+        const read = async (name: string): Promise<{ body: Buffer; meta: Record<string, string> | undefined }> => {
+          const got = await c.send(new GetObjectCommand({ Bucket: st.bucket, Key: st.prefix + name }));
+          return { body: Buffer.from(await got.Body!.transformToByteArray()), meta: got.Metadata };
+        };
+        const [oa, ob] = [await read(a), await read(b)];
+        await c.send(new PutObjectCommand({ Bucket: st.bucket, Key: st.prefix + a, Body: ob.body, Metadata: ob.meta }));
+        await c.send(new PutObjectCommand({ Bucket: st.bucket, Key: st.prefix + b, Body: oa.body, Metadata: oa.meta }));
+      } finally {
+        c.destroy();
+      }
+    },
+    rawStored: async (store, name) => {
+      const st = store as S3Store;
+      const c = s3.client();
+      try {
+        const got = await c.send(new GetObjectCommand({ Bucket: st.bucket, Key: st.prefix + name }));
+        return Buffer.from(await got.Body!.transformToByteArray());
+      } finally {
+        c.destroy();
+      }
+    },
   }));
 
   it('a put over an object cut short by an interrupted upload keeps the damaged bytes in quarantine and stores the verified copy', async () => {
