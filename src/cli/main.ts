@@ -13,6 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
+import { encryptionConfigured, encryptionKeyOption, keyringFromOptions } from './keys.js';
 
 const VERSION = '0.1.0';
 /** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
@@ -142,6 +143,7 @@ interface ReceiveCliOptions {
   applicationName: string;
   archive?: string;
   s3Endpoint?: string;
+  encryptionKeyFile?: string;
   spoolMax: number;
   uploadConcurrency: number;
   partialInterval: number;
@@ -209,6 +211,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'))
     .addOption(new Option('--archive <url>', 'also archive finished files: a directory or s3://bucket/prefix; -D is then the local spool').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
+    .addOption(encryptionKeyOption())
     .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 2)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
@@ -221,6 +224,11 @@ export function buildProgram(): Command {
     .action(async (opts: ReceiveCliOptions) => {
       const { receive } = await import('../commands/receive.js');
       const log = stderrLogger(opts.verbose === true);
+      // Only the archive is encrypted: -D without --archive would hold the WAL in the clear.
+      if (opts.archive === undefined && encryptionConfigured(opts) && !opts.createSlot && !opts.dropSlot) {
+        throw new Error('an encryption key applies to the archive only: use it with --archive (the -D directory is never encrypted)');
+      }
+      const keyring = opts.archive !== undefined ? await keyringFromOptions(opts) : undefined;
       const password = opts.forcePassword ? await promptPassword() : undefined;
       const { observeReceiver } = await import('../observe/receiver.js');
       const observation = await observeReceiver({
@@ -252,6 +260,7 @@ export function buildProgram(): Command {
         },
         archive: opts.archive,
         s3Endpoint: opts.s3Endpoint,
+        keyring,
         spoolMaxBytes: opts.spoolMax,
         uploadConcurrency: opts.uploadConcurrency,
         partialIntervalMs: opts.partialInterval,
@@ -278,20 +287,21 @@ export function buildProgram(): Command {
     .argument('<path>', 'the file to archive (%p)')
     .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .addOption(encryptionKeyOption())
     .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
     .option('--no-sync', 'do not fsync a local archive (testing only)')
     .option('--parallel <n>', 'push n files at a time: this one and up to 8n of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
-    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
+    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const archive = opts.archive;
       const { push } = await import('../commands/push.js');
       let store: ArchiveStore | undefined;
       const openStore = async (): Promise<ArchiveStore> => {
         const { openArchive } = await import('../storage/open.js');
-        store ??= await openArchive(archive, { s3Endpoint: opts.s3Endpoint });
+        store ??= await openArchive(archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
         return store;
       };
       try {
@@ -316,6 +326,7 @@ export function buildProgram(): Command {
     .argument('<dest>', 'where to write it (%p)')
     .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .addOption(encryptionKeyOption())
     .addOption(new Option('--prefetch [n]', 'after serving a segment, download the next n (default 8) in the background into the spool').argParser(parsePositiveInt).preset(8))
     .option('--spool <dir>', 'with --prefetch: where prefetched segments wait (default .walstream-prefetch in the working directory, the data directory)')
     .option('--partial', 'serve the newest partial copy of a segment the archive lacks (point-in-time recovery up to the last WAL received)')
@@ -336,7 +347,7 @@ export function buildProgram(): Command {
         if (store) return store;
         try {
           const { openArchive } = await import('../storage/open.js');
-          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint });
+          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
           return store;
         } catch (err) {
           throw new FetchError((err as Error).message, failureExitCode());
@@ -356,11 +367,12 @@ export function buildProgram(): Command {
     .requiredOption('--spool <dir>', 'the prefetch spool')
     .addOption(new Option('--archive <url>', 'the archive').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
+    .addOption(encryptionKeyOption())
     .option('-v, --verbose', 'output verbose messages')
-    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; verbose?: boolean }) => {
+    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given');
       const [{ runPrefetchWorker }, { openArchive }] = await Promise.all([import('../archive/prefetch.js'), import('../storage/open.js')]);
-      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
       try {
         await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
       } finally {
@@ -403,6 +415,7 @@ export function optionsFromEnvironment(program: Command): void {
 interface FetchCliOptions {
   archive?: string;
   s3Endpoint?: string;
+  encryptionKeyFile?: string;
   prefetch?: number;
   spool?: string;
   partial?: boolean;
@@ -418,6 +431,8 @@ function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { 
   const startWorker = (): void => {
     const args = [...process.execArgv, process.argv[1]!, 'fetch-prefetch', '--spool', spool, '--archive', opts.archive!, '--verbose'];
     if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
+    // The key file's path only; a key in WALSTREAM_ENCRYPTION_KEY reaches the worker through its environment.
+    if (opts.encryptionKeyFile) args.push('--encryption-key-file', resolve(opts.encryptionKeyFile));
     let logFd: number | undefined;
     try {
       // Appended to, and started afresh once it passes 1 MB.

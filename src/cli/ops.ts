@@ -3,17 +3,19 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
+import { encryptionKeyOption, keyringFromOptions } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--archive <url>', 'the archive: a directory, file:///path or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'));
+    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
+    .addOption(encryptionKeyOption());
 }
 
-async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string }, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
+async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string }, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
   if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
   const { openArchive } = await import('../storage/open.js');
-  const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint });
+  const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
   try {
     return await fn(store);
   } finally {
@@ -48,6 +50,7 @@ class VerdictError extends Error {
 interface StatusCliOptions {
   archive?: string;
   s3Endpoint?: string;
+  encryptionKeyFile?: string;
   dbname?: string;
   host?: string;
   port?: string;
@@ -60,6 +63,7 @@ interface StatusCliOptions {
 interface VerifyCliOptions {
   archive?: string;
   s3Endpoint?: string;
+  encryptionKeyFile?: string;
   from?: string;
   parallel: number;
   json?: boolean;
@@ -69,6 +73,7 @@ interface VerifyCliOptions {
 interface CleanupCliOptions {
   archive?: string;
   s3Endpoint?: string;
+  encryptionKeyFile?: string;
   before?: string;
   olderThan?: string;
   dryRun?: boolean;

@@ -18,6 +18,7 @@ import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
 import { claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import type { ArchiveStore } from '../storage/types.js';
+import type { Keyring } from '../storage/encryption.js';
 import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
@@ -43,6 +44,8 @@ export interface ReceiveOptions {
   /** Archive URL (directory or s3://bucket/prefix): -D becomes the spool, finished files go to the archive. */
   archive?: string;
   s3Endpoint?: string;
+  /** With --archive: encrypt what is archived (uploads and partial pieces), see storage/encryption.ts. */
+  keyring?: Keyring;
   /** Bytes of finished segments waiting for upload above which the stream pauses. */
   spoolMaxBytes?: number;
   uploadConcurrency?: number;
@@ -188,7 +191,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   if (o.archive !== undefined) {
     const { openArchive } = await import('../storage/open.js');
     try {
-      store = await openArchive(o.archive, { s3Endpoint: o.s3Endpoint });
+      store = await openArchive(o.archive, { s3Endpoint: o.s3Endpoint, ...(o.keyring ? { keyring: o.keyring } : {}) });
     } catch (err) {
       await conn.close();
       throw new UsageError(`cannot use archive "${o.archive}": ${(err as Error).message}`);

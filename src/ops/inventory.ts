@@ -9,7 +9,7 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { readLongPageHeader, LONG_PAGE_HEADER_SIZE } from '../wal/page.js';
 import { historyFileName, isValidSegSize, walFileName } from '../wal/segment.js';
 import { HistoryParseError, checkHistoryForTimeline, parseHistory, type TimelineHistoryEntry } from '../wal/timeline.js';
-import { IDENTITY_NAME, IntegrityError, NotFoundError, StorageError, type ArchiveStore, type ObjectInfo } from '../storage/types.js';
+import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type ObjectInfo } from '../storage/types.js';
 import { readIdentity } from '../archive/identity.js';
 
 export type ArchivedKind = 'segment' | 'partial' | 'piece' | 'history' | 'backup';
@@ -176,7 +176,7 @@ export async function probeSegmentHeaders(store: ArchiveStore, inv: Inventory, a
     try {
       data = (await store.get(c.name)).data;
     } catch (err) {
-      if (err instanceof NotFoundError || err instanceof IntegrityError) continue;
+      if (err instanceof NotFoundError || err instanceof IntegrityError || err instanceof KeyUnavailableError) continue;
       throw err;
     }
     const g = geometryOf(data, c.name);
@@ -201,8 +201,11 @@ export interface TimelineHistory {
   entries: TimelineHistoryEntry[] | undefined;
   /** Why there are no entries: 'missing', or the read / parse error. */
   problem: string | undefined;
-  /** What is wrong: not in the archive, failing its recorded checksum, or not a valid history file. */
-  state: 'ok' | 'missing' | 'corrupt' | 'invalid';
+  /**
+   * What is wrong: not in the archive, failing its recorded checksum (or authentication), not a
+   * valid history file, or encrypted with a key that was not given ('locked': not known to be bad).
+   */
+  state: 'ok' | 'missing' | 'corrupt' | 'invalid' | 'locked';
 }
 
 export type HistoryMap = Map<number, TimelineHistory>;
@@ -226,6 +229,7 @@ export async function readHistories(store: ArchiveStore, inv: Inventory, tlis: r
     } catch (err) {
       if (err instanceof NotFoundError) out.set(tli, { tli, file, entries: undefined, problem: 'missing', state: 'missing' });
       else if (err instanceof IntegrityError) out.set(tli, { tli, file, entries: undefined, problem: err.message, state: 'corrupt' });
+      else if (err instanceof KeyUnavailableError) out.set(tli, { tli, file, entries: undefined, problem: err.message, state: 'locked' });
       else throw err;
     }
   }

@@ -9,7 +9,7 @@
 // examined; only a few numbers per segment are kept.
 import { LONG_PAGE_HEADER_SIZE, checkSegmentPages } from '../wal/page.js';
 import { historyFileName } from '../wal/segment.js';
-import { IDENTITY_NAME, IntegrityError, NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
+import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
 import { readIdentity, type ArchiveIdentity } from '../archive/identity.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { formatBytes, plural } from './format.js';
@@ -41,7 +41,8 @@ export type ProblemKind =
   | 'history'
   | 'timeline'
   | 'read'
-  | 'empty';
+  | 'empty'
+  | 'unverified';
 
 export interface VerifyProblem {
   /** The object (or missing object) the problem is about. */
@@ -87,6 +88,10 @@ export interface VerifyReport {
     bytes: number;
     /** Objects stored without a checksum (written by other tools): read, but not verifiable. */
     withoutChecksum: number;
+    /** Encrypted objects that were authenticated and decrypted with a key given. */
+    encrypted: number;
+    /** Encrypted objects whose key was not given: not read, not verified, not called bad. */
+    encryptedWithoutKey: number;
   };
   timelines: VerifyTimeline[];
   problems: VerifyProblem[];
@@ -173,7 +178,7 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
     segmentSize: null,
     blockSize: null,
     identityRecord: false,
-    checked: { objects: 0, segments: 0, partials: 0, pieces: 0, historyFiles: 0, backups: 0, bytes: 0, withoutChecksum: 0 },
+    checked: { objects: 0, segments: 0, partials: 0, pieces: 0, historyFiles: 0, backups: 0, bytes: 0, withoutChecksum: 0, encrypted: 0, encryptedWithoutKey: 0 },
     timelines: [],
     problems,
     notes,
@@ -181,10 +186,16 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
 
   // History files first: small, and they say what the segments must be.
   const histories = await readAllHistories(store, inv);
+  /** Key ids of the encrypted objects that could not be read for want of their key. */
+  const lockedKeys = new Set<string>();
   for (const h of histories.values()) {
     if (h.state === 'ok' || h.state === 'invalid') {
       report.checked.objects++;
       report.checked.historyFiles++;
+    } else if (h.state === 'locked') {
+      report.checked.encryptedWithoutKey++;
+      const m = /encrypted with key "([^"]+)"/.exec(h.problem ?? '');
+      if (m) lockedKeys.add(m[1]!);
     }
   }
 
@@ -198,7 +209,12 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
     }
   } catch (err) {
     if (!(err instanceof StorageError) || err.transient) throw err;
-    problem(IDENTITY_NAME, err instanceof IntegrityError ? 'checksum' : 'read', err.message);
+    if (err instanceof KeyUnavailableError) {
+      report.checked.encryptedWithoutKey++;
+      lockedKeys.add(err.keyId);
+    } else {
+      problem(IDENTITY_NAME, err instanceof IntegrityError ? 'checksum' : 'read', err.message);
+    }
   }
 
   // Then every other object, in name order, a few at a time.
@@ -242,8 +258,13 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
       const got = await store.get(f.name);
       data = got.data;
       checksum = got.info.checksum;
+      if (got.info.keyId !== undefined) report.checked.encrypted++;
     } catch (err) {
-      if (err instanceof IntegrityError) problem(f.name, 'checksum', err.message);
+      if (err instanceof KeyUnavailableError) {
+        report.checked.encryptedWithoutKey++;
+        lockedKeys.add(err.keyId);
+        log.verbose(`${f.name}: encrypted with key "${err.keyId}", which was not given: not verified`);
+      } else if (err instanceof IntegrityError) problem(f.name, 'checksum', err.message);
       else if (err instanceof NotFoundError) {
         // The receiver deletes the pieces of a segment once the segment is archived.
         if (f.kind === 'piece') notes.push(`${f.name} was removed while verifying (its segment was archived meanwhile)`);
@@ -305,6 +326,16 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
     notes.push(`${report.checked.withoutChecksum} objects carry no recorded checksum (written by another tool): their headers were checked, their bytes could not be`);
   }
 
+  if (report.checked.encryptedWithoutKey > 0) {
+    // Not bad, just not checked: verification is incomplete, so the verdict cannot be "ok".
+    const ids = [...lockedKeys].sort().map((k) => `"${k}"`).join(', ');
+    problem(
+      store.description,
+      'unverified',
+      `cannot verify ${report.checked.encryptedWithoutKey} encrypted object${report.checked.encryptedWithoutKey === 1 ? '' : 's'}: ${lockedKeys.size === 1 ? 'key' : 'keys'} ${ids} not given (use --encryption-key-file or WALSTREAM_ENCRYPTION_KEY)`,
+    );
+  }
+
   const inRange = [...inv.segments.values()].some((list) => list.some((f) => fromPos === undefined || f.position! >= fromPos));
   if (!inRange) {
     if (o.from !== undefined) problem(o.from, 'empty', 'the archive holds no complete WAL segment from this position on');
@@ -312,6 +343,7 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
   }
   checkHistories(inv, histories, problem);
   if (segSize !== undefined) report.timelines = checkContinuity(inv, histories, segSize, fromPos, problem);
+  else if (inRange && facts.length === 0 && report.checked.encryptedWithoutKey > 0) notes.push('the segment size is unknown without the encryption key: continuity was not checked');
   else if (inRange) problem(targets[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
 
   problems.sort((a, b) => cmp(a.object, b.object) || cmp(a.kind, b.kind));
@@ -335,6 +367,8 @@ function checkHistories(inv: Inventory, histories: HistoryMap, problem: (object:
       }
     } else if (h.state === 'corrupt') {
       problem(h.file, 'checksum', h.problem!);
+    } else if (h.state === 'locked') {
+      // encrypted without its key: counted and reported once as 'unverified'
     } else if (h.state === 'invalid') {
       problem(h.file, 'history', `not a valid history file for timeline ${tli}: ${h.problem!}`);
     }
@@ -461,7 +495,8 @@ export function formatVerify(r: VerifyReport): string {
   const c = r.checked;
   lines.push(
     `checked ${plural(c.objects, 'object')} (${plural(c.segments, 'segment')}, ${plural(c.historyFiles, 'history file')}, ` +
-      `${plural(c.partials, 'partial file')}, ${plural(c.pieces, 'piece')}, ${plural(c.backups, 'backup file')}): ${formatBytes(c.bytes)}`,
+      `${plural(c.partials, 'partial file')}, ${plural(c.pieces, 'piece')}, ${plural(c.backups, 'backup file')}): ${formatBytes(c.bytes)}` +
+      (c.encrypted > 0 ? `; ${plural(c.encrypted, 'encrypted object')} authenticated` : ''),
   );
   for (const n of r.notes) lines.push(`note: ${n}`);
   if (r.ok) {

@@ -2,6 +2,7 @@
 // damage is reported naming the object.
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/storage/memory.js';
+import { Keyring } from '../../src/storage/encryption.js';
 import { StorageError } from '../../src/storage/types.js';
 import { encodeIdentity } from '../../src/archive/identity.js';
 import { IDENTITY_NAME } from '../../src/storage/types.js';
@@ -187,5 +188,50 @@ describe('verify', () => {
     })();
     await putSegments(flaky, 1, 1, 3);
     expect(problemsOf(await verifyArchive({ store: flaky }))).toEqual([`${seg(1, 2)} read`]);
+  });
+});
+
+describe('verify an encrypted archive', () => {
+  const key = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 7) }], 'test');
+
+  it('with the key: authenticates every object, and names one that fails', async () => {
+    const enc = new MemoryStore('memory:', { keyring: key });
+    await twoTimelines(enc);
+    await enc.put(IDENTITY_NAME, encodeIdentity({ systemIdentifier: SYSID, segmentSize: SEG }));
+    const r = await verifyArchive({ store: enc });
+    expect(r.problems).toEqual([]);
+    expect(r.ok).toBe(true);
+    expect(r.checked.encrypted).toBeGreaterThan(0);
+    expect(r.checked.encryptedWithoutKey).toBe(0);
+    expect(formatVerify(r)).toMatch(/encrypted objects? authenticated/);
+    enc.corrupt(seg(2, 6));
+    const bad = await verifyArchive({ store: enc });
+    expect(problemsOf(bad)).toEqual([`${seg(2, 6)} checksum`]);
+    expect(bad.problems[0]!.message).toMatch(/fails authentication/);
+  });
+
+  it('without the key: says it cannot verify them, calls none of them bad', async () => {
+    const enc = new MemoryStore('memory:', { keyring: key });
+    await twoTimelines(enc);
+    await enc.put(IDENTITY_NAME, encodeIdentity({ systemIdentifier: SYSID, segmentSize: SEG }));
+    const r = await verifyArchive({ store: enc.withKeyring(undefined) });
+    expect(r.ok).toBe(false);
+    expect(problemsOf(r)).toEqual(['memory: unverified']);
+    expect(r.problems[0]!.message).toMatch(/^cannot verify \d+ encrypted objects: key "k1" not given/);
+    expect(r.checked.encryptedWithoutKey).toBeGreaterThan(5);
+    expect(r.checked.objects).toBe(0);
+  });
+
+  it('plain objects alongside encrypted ones are checked; the encrypted ones only with the key', async () => {
+    const plain = new MemoryStore();
+    await putSegments(plain, 1, 1, 3);
+    const enc = plain.withKeyring(key);
+    await putSegments(enc, 1, 4, 6);
+    const withKey = await verifyArchive({ store: enc });
+    expect(withKey.ok).toBe(true);
+    expect(withKey.checked).toMatchObject({ segments: 6, encrypted: 3, encryptedWithoutKey: 0 });
+    const without = await verifyArchive({ store: plain });
+    expect(without.checked).toMatchObject({ segments: 3, encryptedWithoutKey: 3 });
+    expect(problemsOf(without)).toEqual(['memory: unverified']);
   });
 });

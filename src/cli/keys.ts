@@ -1,0 +1,28 @@
+// Client-side encryption keys on the command line (storage/encryption.ts): --encryption-key-file
+// (also WALSTREAM_ENCRYPTION_KEY_FILE) or the WALSTREAM_ENCRYPTION_KEY variable, never a key as
+// an argument (it would show in ps and shell history). Only the file's path is ever printed.
+import { Option } from 'commander';
+import type { Keyring } from '../storage/encryption.js';
+
+export const KEY_VARIABLE = 'WALSTREAM_ENCRYPTION_KEY';
+
+export function encryptionKeyOption(): Option {
+  return new Option(
+    '--encryption-key-file <file>',
+    `encrypt archived objects (AES-256-GCM) with the first key in this file and read them with any of its keys; one "id=KEY" a line, KEY 32 bytes in hex or base64; the file must be private (chmod 600). Or give one key in ${KEY_VARIABLE}`,
+  );
+}
+
+/** The keyring the options and the environment give, or undefined (no encryption). */
+export async function keyringFromOptions(opts: { encryptionKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): Promise<Keyring | undefined> {
+  const file = opts.encryptionKeyFile;
+  const variable = env[KEY_VARIABLE];
+  if ((file === undefined || file === '') && (variable === undefined || variable === '')) return undefined;
+  const { loadKeyring } = await import('../storage/encryption.js');
+  return loadKeyring({ keyFile: file, keyVariable: variable });
+}
+
+/** Whether any key is configured (without reading it). */
+export function encryptionConfigured(opts: { encryptionKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): boolean {
+  return (opts.encryptionKeyFile !== undefined && opts.encryptionKeyFile !== '') || (env[KEY_VARIABLE] !== undefined && env[KEY_VARIABLE] !== '');
+}
