@@ -15,6 +15,7 @@ import {
   type PutObjectCommandInput,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
+import { createHash } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
@@ -151,6 +152,21 @@ function toBuffer(u8: Uint8Array): Buffer {
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
 }
 
+/**
+ * SigV4 signs the SHA-256 of the payload (x-amz-content-sha256); without that header the SDK
+ * hashes the whole body for it. A PUT of a buffer carrying its SHA-256 transfer checksum already
+ * has that hash: sign with it (the same bytes, hex instead of base64) rather than hash the body
+ * a second time. The store checks the body against both.
+ */
+function signWithTransferChecksum(request: unknown): void {
+  const req = request as { headers?: Record<string, string>; body?: unknown };
+  const h = req.headers;
+  const sum = h?.['x-amz-checksum-sha256'];
+  if (h && sum !== undefined && h['x-amz-content-sha256'] === undefined && ArrayBuffer.isView(req.body)) {
+    h['x-amz-content-sha256'] = Buffer.from(sum, 'base64').toString('hex');
+  }
+}
+
 function normalisePrefix(prefix: string): string {
   return prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
 }
@@ -236,6 +252,13 @@ export class S3Store implements ArchiveStore {
     }
     if (opts.credentials) config.credentials = { ...opts.credentials };
     this.client = new S3Client(config);
+    this.client.middlewareStack.add(
+      (next) => (args) => {
+        signWithTransferChecksum(args.request);
+        return next(args);
+      },
+      { name: 'walstreamSignedPayloadHash', step: 'build', priority: 'low' },
+    );
   }
 
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
@@ -479,9 +502,10 @@ export class S3Store implements ArchiveStore {
       ContentLength: obj.stored.length,
       ContentType: 'application/octet-stream',
       Metadata: { [META_SHA256]: obj.sha, [META_COMPRESSION]: obj.compression, [META_SIZE]: String(obj.data.length) },
-      // Uncompressed, the stored bytes are the bytes already hashed: hand the SDK that checksum
-      // instead of letting it hash 16 MB again.
-      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const, ...(obj.stored === obj.data ? { ChecksumSHA256: Buffer.from(obj.sha, 'hex').toString('base64') } : {}) } : {}),
+      // The SHA-256 of the bytes sent, computed once: for uncompressed plaintext it is the
+      // checksum already recorded. The SDK then neither hashes the body for the transfer
+      // checksum nor (see signWithTransferChecksum) for the signature.
+      ...(this.transferChecksum ? { ChecksumAlgorithm: 'SHA256' as const, ChecksumSHA256: (obj.stored === obj.data ? Buffer.from(obj.sha, 'hex') : createHash('sha256').update(obj.stored).digest()).toString('base64') } : {}),
       ...(this.conditionalWrites ? { IfNoneMatch: '*' } : {}),
       ...(this.sse !== undefined ? { ServerSideEncryption: this.sse } : {}),
       ...(this.sseKmsKeyId !== undefined ? { SSEKMSKeyId: this.sseKmsKeyId } : {}),

@@ -873,6 +873,27 @@ describe('S3Store', () => {
       expect(local.requests.map((r) => r.method)).toEqual(['GET']);
     });
 
+    it('the transfer checksum and the signed payload hash are the SHA-256 of the bytes stored', async () => {
+      const st = open();
+      const c = local.client();
+      try {
+        for (const [i, compression] of [[1, 'none'], [2, 'gzip']] as const) {
+          const data = payload(33 + i);
+          local.requests.length = 0;
+          await st.put(seg(i), data, { compression });
+          const h = local.requests.find((r) => r.method === 'PUT')!.headers;
+          const got = await c.send(new GetObjectCommand({ Bucket: st.bucket, Key: st.prefix + seg(i) }));
+          const stored = Buffer.from(await got.Body!.transformToByteArray());
+          expect(h['x-amz-checksum-sha256']).toBe(Buffer.from(sha256Hex(stored), 'hex').toString('base64'));
+          // Signed, not UNSIGNED-PAYLOAD: the hash SigV4 covers is the body's.
+          expect(h['x-amz-content-sha256']).toBe(sha256Hex(stored));
+          expect(h['x-amz-meta-walstream-sha256']).toBe(sha256Hex(data));
+        }
+      } finally {
+        c.destroy();
+      }
+    });
+
     it('transferChecksum: false sends no checksum header', async () => {
       const st = open({ transferChecksum: false });
       local.requests.length = 0;
