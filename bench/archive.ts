@@ -1,8 +1,14 @@
-// npm run bench:archive — walstream receive into an archive: S3 (s3rver on loopback, or
-// WALSTREAM_TEST_S3_ENDPOINT) and a local directory, compressed and not, against pg_receivewal
-// into a directory as the baseline. A PostgreSQL 15 primary holds BENCH_WAL_MB (default 1024)
-// of WAL; each run streams it from the first retained segment to --endpos with fsync on and,
-// with --archive, until every finished segment is archived. Prints medians of BENCH_RUNS runs.
+// npm run bench:archive — walstream receive into an archive: S3 (s3rver on loopback in a child
+// process, or WALSTREAM_TEST_S3_ENDPOINT) and a local directory, compressed and not, against
+// pg_receivewal into a directory as the baseline. A PostgreSQL 15 primary holds BENCH_WAL_MB
+// (default 1024) of WAL; each run streams it from the first retained segment to --endpos with
+// fsync on and, with --archive, until every finished segment is archived. Prints medians of
+// BENCH_RUNS runs: throughput, walstream's CPU (and per GB), the S3 server's CPU, peak RSS and
+// the stored/raw size, then S3 against the local-directory receive (target 0.8x) and against
+// the most the S3 server takes on this machine (raw SDK PUTs of 16 MB objects, 4 at a time).
+// Knobs: BENCH_WAL_MB, BENCH_RUNS, BENCH_UPLOAD_CONCURRENCY (default: walstream's own),
+// BENCH_CASES (a regular expression choosing cases by name), BENCH_CPU_PROF (a directory: run
+// walstream under node --cpu-prof, one profile per run there).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,21 +18,40 @@ import { startS3 } from '../test/harness/s3.js';
 import { BIN } from '../test/support/cli.js';
 import { lsnOf, segName as walSegName } from '../test/support/walfiles.js';
 import { openArchive } from '../src/storage/open.js';
-import { measure, median, requireGnuTime, type Measurement } from './common.js';
+import { measure, median, rawPutCeiling, requireGnuTime, startS3Process, type Measurement } from './common.js';
 
 const WAL_MB = Number(process.env['BENCH_WAL_MB'] ?? 1024);
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = 16;
-const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'] ?? '2';
+const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'];
+const CASES = new RegExp(process.env['BENCH_CASES'] ?? '.');
+const CPU_PROF = process.env['BENCH_CPU_PROF'];
+/** The issue's targets: S3 at least this share of the local-directory receive's throughput, and this peak RSS. */
+const TARGET_RATIO = 0.8;
+const TARGET_RSS_MB = 200;
+const CEILING = { count: 64, bytes: SEG_MB * 1024 * 1024, parallel: 4 };
 
 /** Segment holding `lsn` on timeline 1. */
 function segName(lsn: string, segBytes: number): string {
   return walSegName(1, lsnOf(lsn), segBytes);
 }
 
+interface S3Endpoint {
+  endpoint: string;
+  bucket: string;
+  region: string;
+  prefix: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
+  /** CPU seconds of the server so far, when it runs here. */
+  cpuSeconds?: () => number;
+  stop(): Promise<void>;
+}
+
 async function main(): Promise<void> {
   requireGnuTime();
-  const s3 = await startS3();
+  const s3: S3Endpoint = process.env['WALSTREAM_TEST_S3_ENDPOINT'] ? await startS3() : await startS3Process();
   const primary = await PgCluster.create({ name: 'bench-archive', walSegmentSizeMB: SEG_MB, conf: { max_wal_size: '4GB', checkpoint_timeout: '30min' } });
   const dirs: string[] = [];
   const tmp = (p: string): string => {
@@ -41,7 +66,8 @@ async function main(): Promise<void> {
     await primary.switchWal();
     const endpos = await primary.currentLsn();
     await primary.query('create table bench_after_endpos as select g from generate_series(1, 1000) g');
-    console.log(`streaming ${slot!.lsn} .. ${endpos}`);
+    const streamMb = Number(lsnOf(endpos) - lsnOf(slot!.lsn)) / 1048576;
+    console.log(`streaming ${slot!.lsn} .. ${endpos} (${streamMb.toFixed(0)} MB); S3 server ${s3.cpuSeconds ? `in its own process at ${s3.endpoint}` : `outside, ${s3.endpoint}`}`);
     const first = segName(slot!.lsn, SEG_MB * 1024 * 1024);
     const conn = `host=127.0.0.1 port=${primary.port} user=postgres`;
     const env = { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
@@ -52,34 +78,42 @@ async function main(): Promise<void> {
     };
     let seq = 0;
     type Case = { name: string; argv: () => { argv: string[]; archive?: string } };
+    const node = (): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : []), BIN];
     const walstream = (extra: string[], archive?: string): { argv: string[]; archive?: string } => ({
       argv: [
-        process.execPath, BIN, 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
-        ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint, '--upload-concurrency', UPLOADS] : []),
+        ...node(), 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
+        ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint, ...(UPLOADS ? ['--upload-concurrency', UPLOADS] : [])] : []),
         ...extra,
       ],
       archive,
     });
-    const cases: Case[] = [
+    const s3Url = (): string => `s3://${s3.bucket}/${s3.prefix}run${seq++}/`;
+    const all: Case[] = [
       { name: 'pg_receivewal -> dir', argv: () => ({ argv: [join(toolBinDir(), 'pg_receivewal'), '-D', spool(), '-d', conn, '-E', endpos, '-n'] }) },
       { name: 'walstream -> dir', argv: () => walstream([]) },
       { name: 'walstream -> local archive', argv: () => walstream([], tmp('archive')) },
       { name: 'walstream -> local archive gzip', argv: () => walstream(['-Z', 'gzip:1'], tmp('archive')) },
-      { name: 'walstream -> S3', argv: () => walstream([], `s3://${s3.bucket}/${s3.prefix}run${seq++}/`) },
-      { name: 'walstream -> S3 gzip', argv: () => walstream(['-Z', 'gzip:1'], `s3://${s3.bucket}/${s3.prefix}run${seq++}/`) },
+      { name: 'walstream -> S3', argv: () => walstream([], s3Url()) },
+      { name: 'walstream -> S3 gzip', argv: () => walstream(['-Z', 'gzip:1'], s3Url()) },
     ];
     if (typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function') {
-      cases.push({ name: 'walstream -> S3 zstd', argv: () => walstream(['-Z', 'zstd:1'], `s3://${s3.bucket}/${s3.prefix}run${seq++}/`) });
+      all.push({ name: 'walstream -> S3 zstd', argv: () => walstream(['-Z', 'zstd:1'], s3Url()) });
     }
-    const results = new Map<string, { m: Measurement[]; ratio: number[] }>();
-    await measure(cases[0]!.argv().argv); // warm the server's page cache
+    const cases = all.filter((c) => CASES.test(c.name));
+    const results = new Map<string, { m: Measurement[]; serverCpu: number[]; ratio: number[] }>();
+    const ceilings: { mbs: number; serverCpu: number }[] = [];
+    const serverCpu = (): number => s3.cpuSeconds?.() ?? NaN;
+    await measure(all[0]!.argv().argv); // warm the server's page cache
     for (let i = 0; i < RUNS; i++) {
       const order = i % 2 === 0 ? cases : [...cases].reverse();
       for (const c of order) {
         const { argv, archive } = c.argv();
+        const cpu0 = serverCpu();
         const m = await measure(argv, env);
-        const r = results.get(c.name) ?? { m: [], ratio: [] };
+        const cpu = serverCpu() - cpu0;
+        const r = results.get(c.name) ?? { m: [], serverCpu: [], ratio: [] };
         r.m.push(m);
+        if (archive?.startsWith('s3://')) r.serverCpu.push(cpu);
         if (archive) {
           const store = await openArchive(archive, { s3Endpoint: s3.endpoint, s3: { credentials: s3.credentials } });
           // A listing carries no object metadata on S3: ask each object for its sizes.
@@ -89,21 +123,63 @@ async function main(): Promise<void> {
           await store.close();
         }
         results.set(c.name, r);
-        console.log(`run ${i + 1} ${c.name}: ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, RSS ${m.maxRssMb.toFixed(0)} MB`);
+        console.log(`run ${i + 1} ${c.name}: ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, RSS ${m.maxRssMb.toFixed(0)} MB${archive?.startsWith('s3://') && s3.cpuSeconds ? `, S3 server CPU ${cpu.toFixed(2)} s` : ''}`);
         for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
       }
+      if (cases.some((c) => c.name.includes('S3'))) {
+        const cpu0 = serverCpu();
+        const mbs = await rawPutCeiling(s3, `${s3.prefix}ceiling${i}/`, CEILING);
+        ceilings.push({ mbs, serverCpu: serverCpu() - cpu0 });
+        console.log(`run ${i + 1} raw PUT ceiling: ${mbs.toFixed(0)} MB/s`);
+      }
     }
-    const pad = (s: string, n: number): string => s.padEnd(n);
-    console.log(`\n${pad('case', 34)}${pad('MB/s', 9)}${pad('wall s', 9)}${pad('CPU s', 9)}${pad('RSS MB', 9)}stored/raw`);
-    const base = median(results.get('walstream -> dir')!.m.map((x) => x.wallS));
-    for (const [name, r] of results) {
+
+    const gb = streamMb / 1024;
+    const cols: [string, number][] = [['case', 34], ['MB/s', 8], ['wall s', 8], ['CPU s', 8], ['CPU s/GB', 10], ['S3 srv CPU s', 14], ['RSS MB', 8], ['stored/raw', 10]];
+    const row = (cells: string[]): string => cells.map((c, k) => c.padEnd(cols[k]![1])).join('').trimEnd();
+    console.log(`\n${WAL_MB} MB of WAL, medians of ${RUNS} run(s); RSS is the peak over all runs; MB/s = streamed MB / median wall`);
+    console.log(row(cols.map(([h]) => h)));
+    const mbsOf = (name: string): number | undefined => {
+      const r = results.get(name);
+      return r ? streamMb / median(r.m.map((x) => x.wallS)) : undefined;
+    };
+    for (const c of cases) {
+      const r = results.get(c.name)!;
       const wall = median(r.m.map((x) => x.wallS));
+      const cpu = median(r.m.map((x) => x.cpuS));
       console.log(
-        `${pad(name, 34)}${pad((WAL_MB / wall).toFixed(0), 9)}${pad(wall.toFixed(2), 9)}${pad(median(r.m.map((x) => x.cpuS)).toFixed(2), 9)}${pad(Math.max(...r.m.map((x) => x.maxRssMb)).toFixed(0), 9)}${r.ratio.length ? median(r.ratio).toFixed(3) : '-'}`,
+        row([
+          c.name,
+          (streamMb / wall).toFixed(0),
+          wall.toFixed(2),
+          cpu.toFixed(2),
+          (cpu / gb).toFixed(2),
+          r.serverCpu.length && s3.cpuSeconds ? median(r.serverCpu).toFixed(2) : '-',
+          Math.max(...r.m.map((x) => x.maxRssMb)).toFixed(0),
+          r.ratio.length ? median(r.ratio).toFixed(3) : '-',
+        ]),
       );
     }
-    const s3wall = median(results.get('walstream -> S3')!.m.map((x) => x.wallS));
-    console.log(`\nS3 throughput / local-directory receive throughput: ${(base / s3wall).toFixed(3)}`);
+    if (ceilings.length) {
+      const mbs = median(ceilings.map((x) => x.mbs));
+      console.log(
+        row([`raw PUTs ${CEILING.parallel}x${CEILING.bytes / 1048576} MB (ceiling)`, mbs.toFixed(0), '', '', '', s3.cpuSeconds ? median(ceilings.map((x) => x.serverCpu)).toFixed(2) : '-', '', '']),
+      );
+    }
+    const local = mbsOf('walstream -> dir');
+    const s3mbs = mbsOf('walstream -> S3');
+    console.log('');
+    if (local !== undefined && s3mbs !== undefined) {
+      const ratio = s3mbs / local;
+      console.log(`S3 / local-directory receive throughput: ${ratio.toFixed(3)} (target >= ${TARGET_RATIO}: ${ratio >= TARGET_RATIO ? 'met' : 'NOT met'})`);
+    }
+    if (s3mbs !== undefined && ceilings.length) {
+      const ceil = median(ceilings.map((x) => x.mbs));
+      console.log(`S3 / raw PUT ceiling of this S3 server on this machine: ${(s3mbs / ceil).toFixed(3)}`);
+      if (local !== undefined) console.log(`raw PUT ceiling / local-directory receive: ${(ceil / local).toFixed(3)} (the best ratio this S3 server allows here)`);
+    }
+    const peak = Math.max(...[...results.entries()].filter(([n]) => n.startsWith('walstream')).flatMap(([, r]) => r.m.map((x) => x.maxRssMb)));
+    if (Number.isFinite(peak)) console.log(`walstream peak RSS: ${peak.toFixed(0)} MB (target <= ${TARGET_RSS_MB}: ${peak <= TARGET_RSS_MB ? 'met' : 'NOT met'})`);
   } finally {
     await primary.destroy();
     await s3.stop();

@@ -1,8 +1,13 @@
-// Shared pieces of the benchmarks: timing a command with GNU time, medians, table output.
-import { spawn } from 'node:child_process';
+// Shared pieces of the benchmarks: timing a command with GNU time, medians, table output, the
+// S3 test server in a child process and the PUT rate it can take.
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import type { S3ServerInfo } from './s3-server.js';
 
 export interface Measurement {
   wallS: number;
@@ -58,4 +63,109 @@ export function printTable(rows: { name: string; wall: number; cpu: number; rss:
   console.log(`${pad('tool', 28)}${pad('median wall s', 15)}${pad('median CPU s', 15)}peak RSS MB`);
   for (const r of rows) console.log(`${pad(r.name, 28)}${pad(r.wall.toFixed(2), 15)}${pad(r.cpu.toFixed(2), 15)}${r.rss.toFixed(1)}`);
   for (const [k, v] of Object.entries(extra)) console.log(`${k}: ${v}`);
+}
+
+/** CPU seconds (user + system) a live process has used so far, from /proc. */
+export function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces) start at field 3; utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+export interface S3Process extends S3ServerInfo {
+  readonly pid: number;
+  readonly credentials: { accessKeyId: string; secretAccessKey: string };
+  /** CPU seconds the server process has used so far. */
+  cpuSeconds(): number;
+  /** Peak RSS of the server process so far, in MB. */
+  peakRssMb(): number;
+  stop(): Promise<void>;
+}
+
+/** The test S3 server (s3rver behind test/harness/s3.ts) in a child process: see s3-server.ts. */
+export async function startS3Process(): Promise<S3Process> {
+  const script = fileURLToPath(new URL('./s3-server.js', import.meta.url));
+  const child = spawn(process.execPath, ['--enable-source-maps', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (b: Buffer) => {
+      out += b.toString();
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(out.slice(0, nl));
+    });
+    child.once('exit', (code) => reject(new Error(`the S3 server process exited with ${code} before it was ready`)));
+  });
+  const info = JSON.parse(line) as S3ServerInfo;
+  const pid = child.pid!;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    ...info,
+    pid,
+    credentials: { accessKeyId: info.accessKeyId, secretAccessKey: info.secretAccessKey },
+    cpuSeconds: () => processCpuSeconds(pid),
+    peakRssMb: () => {
+      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      return m ? Number(m[1]) / 1024 : NaN;
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/**
+ * What the S3 endpoint takes at best from this machine: `count` PUTs of `bytes`-byte objects,
+ * `parallel` at a time, through the SDK from this process with checksums computed beforehand
+ * (SHA-256 transfer checksum and signed payload hash, as walstream sends them), so the time is
+ * the client's HTTP work and the server's. Returns MB/s (MB = 2^20 bytes).
+ */
+export async function rawPutCeiling(
+  s3: { endpoint: string; bucket: string; region: string; credentials: { accessKeyId: string; secretAccessKey: string } },
+  prefix: string,
+  opts: { count: number; bytes: number; parallel: number },
+): Promise<number> {
+  const client = new S3Client({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: s3.credentials });
+  try {
+    // Distinct bodies (s3rver hashes each one for its ETag either way): a different first 8 bytes.
+    const base = randomBytes(opts.bytes);
+    const bodies = Array.from({ length: opts.parallel }, (_, i) => {
+      const b = Buffer.from(base);
+      b.writeUInt32BE(i, 0);
+      return b;
+    });
+    const sums = bodies.map((b) => createHash('sha256').update(b).digest());
+    let next = 0;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(
+      bodies.map(async (body, w) => {
+        while (next < opts.count) {
+          const i = next++;
+          const cmd = new PutObjectCommand({ Bucket: s3.bucket, Key: `${prefix}${i}`, Body: body, ContentLength: body.length, ChecksumSHA256: sums[w]!.toString('base64') });
+          cmd.middlewareStack.add(
+            (nextMw) => (args) => {
+              (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sums[w]!.toString('hex');
+              return nextMw(args);
+            },
+            { step: 'build' },
+          );
+          await client.send(cmd);
+        }
+      }),
+    );
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    return (opts.count * opts.bytes) / 1048576 / s;
+  } finally {
+    client.destroy();
+  }
 }
