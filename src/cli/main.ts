@@ -130,6 +130,7 @@ interface ReceiveCliOptions {
   endpos?: bigint;
   loop: boolean;
   statusInterval: number;
+  receiveTimeout: number;
   synchronous?: boolean;
   sync: boolean;
   compress: CompressSpec;
@@ -196,6 +197,7 @@ export function buildProgram(): Command {
     .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
     .option('--no-sync', 'do not wait for changes to be written safely to disk')
     .option('-s, --status-interval <secs>', 'time between status packets sent to the server', parseSeconds, 10_000)
+    .option('--receive-timeout <secs>', 'end a connection from which nothing arrived for this long, and reconnect; also bounds connecting when connect_timeout is not set (0 = never)', parseSeconds, 60_000)
     .option('-S, --slot <slotname>', 'replication slot to use')
     .option('--synchronous', 'flush write-ahead log immediately after writing and report it, so walstream can be a synchronous standby')
     .option('-v, --verbose', 'output verbose messages')
@@ -246,6 +248,7 @@ export function buildProgram(): Command {
         endPos: opts.endpos,
         noLoop: opts.loop === false,
         statusIntervalMs: opts.statusInterval,
+        receiveTimeoutMs: opts.receiveTimeout,
         synchronous: opts.synchronous === true,
         noSync: opts.sync === false,
         compression: opts.compress.method,

@@ -33,6 +33,12 @@ export interface ReceiveOptions {
   endPos?: Lsn;
   noLoop: boolean;
   statusIntervalMs: number;
+  /**
+   * Give a connection up when nothing arrived from the server for this long while reading
+   * (milliseconds; 0 = never; default 60 s): PostgreSQL's wal_receiver_timeout. Also bounds each
+   * command's answer and, unless connect_timeout is given, connecting.
+   */
+  receiveTimeoutMs?: number;
   synchronous: boolean;
   noSync: boolean;
   compression: Compression;
@@ -82,7 +88,10 @@ export function validateReceiveOptions(o: ReceiveOptions): void {
   if (!o.dropSlot && !o.createSlot && !o.directory) throw new UsageError('no target directory specified (use -D/--directory)');
   if (o.compression === 'zstd' && !zstdAvailable()) throw new UsageError('zstd compression needs Node.js 22.15 or newer');
   if (!Number.isInteger(o.statusIntervalMs) || o.statusIntervalMs < 0) throw new UsageError('invalid status interval');
+  if (o.receiveTimeoutMs !== undefined && (!Number.isInteger(o.receiveTimeoutMs) || o.receiveTimeoutMs < 0)) throw new UsageError('invalid receive timeout');
 }
+
+const DEFAULT_RECEIVE_TIMEOUT_MS = 60_000;
 
 async function checkDirectory(dir: string): Promise<void> {
   let st;
@@ -140,7 +149,10 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   if (o.directory && !o.dropSlot && !o.createSlot) await checkDirectory(o.directory);
   // With --archive the directory is a spool others must not be able to write into.
   if (o.directory && o.archive !== undefined && !o.dropSlot && !o.createSlot) await checkSpoolDirectory(o.directory);
-  const cfg = buildClientConfig(o.connection);
+  const receiveTimeoutMs = o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS;
+  // A connection attempt that stalls is bounded by connect_timeout, else by the receive timeout.
+  const cfg = buildClientConfig({ ...o.connection, defaultConnectTimeout: receiveTimeoutMs > 0 ? Math.ceil(receiveTimeoutMs / 1000) : undefined });
+  const behaviour = { replyTimeoutMs: receiveTimeoutMs };
   const log = o.log;
 
   let stopped = false;
@@ -151,7 +163,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   // The first connection decides: failures here are the user's to fix, reported at once.
   let conn: ReplicationConnection;
   try {
-    conn = await ReplicationConnection.connect(cfg);
+    conn = await ReplicationConnection.connect(cfg, undefined, behaviour);
   } catch (err) {
     o.metrics?.error('connection');
     throw new UsageError(`could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`);
@@ -255,7 +267,7 @@ async function receiveLoop(
     try {
       if (!firstRound) {
         o.metrics?.reconnect();
-        conn = await ReplicationConnection.connect(cfg);
+        conn = await ReplicationConnection.connect(cfg, undefined, { replyTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS });
       }
       o.metrics?.connection(true);
       const outcome = await streamOnce({
@@ -425,6 +437,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         endPos: o.endPos,
         segSize: info.segSize,
         statusIntervalMs: o.statusIntervalMs,
+        receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
         synchronous: o.synchronous,
         reportFlush: o.slot !== undefined || o.synchronous,
         stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,

@@ -116,12 +116,23 @@ function connectError(failures: AttemptFailure[], mode: string, creds: Credentia
   return server ? new ServerError(text, server.code, server.detail, server.hint) : new ConnectionSetupError(text);
 }
 
+/** How a connection treats a server that goes silent. */
+export interface ConnectBehaviour {
+  /**
+   * Give a command up (and drop the connection) when its answer has not come after this many
+   * milliseconds (0 or absent = wait forever). The connection itself is bounded by the
+   * configuration's connectionTimeoutMillis (connect_timeout).
+   */
+  replyTimeoutMs?: number;
+}
+
 export class ReplicationConnection {
   private closed = false;
 
   private constructor(
     private readonly client: pg.Client,
     readonly serverVersionNum: number,
+    private readonly replyTimeoutMs = 0,
   ) {}
 
   /**
@@ -130,7 +141,11 @@ export class ReplicationConnection {
    * SSL connection before authentication; allow: the reverse), the password comes from the
    * options, PGPASSWORD or the password file. `warn` gets libpq's warnings (an ignored password file).
    */
-  static async connect(cfg: ReplicationClientConfig, warn: (message: string) => void = stderrWarning): Promise<ReplicationConnection> {
+  static async connect(
+    cfg: ReplicationClientConfig,
+    warn: (message: string) => void = stderrWarning,
+    behaviour: ConnectBehaviour = {},
+  ): Promise<ReplicationConnection> {
     const creds = resolveCredentials(cfg, warn);
     // libpq ignores sslmode on a Unix-domain socket: the server never offers SSL there.
     const unixSocket = (cfg.host ?? process.env['PGHOST'] ?? '').startsWith('/');
@@ -146,7 +161,7 @@ export class ReplicationConnection {
         if (mode === 'prefer') continue;
         break;
       }
-      const result = await ReplicationConnection.attempt(cfg, ssl, creds);
+      const result = await ReplicationConnection.attempt(cfg, ssl, creds, behaviour);
       if (result instanceof ReplicationConnection) return result;
       failures.push({ ...result, ssl: useSsl });
       // Retry with the other choice only where libpq does.
@@ -163,6 +178,7 @@ export class ReplicationConnection {
     cfg: ReplicationClientConfig,
     ssl: TlsConnectionOptions | false,
     creds: Credentials,
+    behaviour: ConnectBehaviour,
   ): Promise<ReplicationConnection | Omit<AttemptFailure, 'ssl'>> {
     const { sslSettings: _ssl, hostName: _name, passfile: _file, channelBinding: _cb, ...pgConfig } = cfg;
     const channelBinding = cfg.channelBinding ?? 'prefer';
@@ -217,7 +233,7 @@ export class ReplicationConnection {
       await client.end().catch(() => undefined);
       return { err: connectFailure(early), reachedServer, authenticated };
     }
-    const conn = new ReplicationConnection(client, 0);
+    const conn = new ReplicationConnection(client, 0, behaviour.replyTimeoutMs ?? 0);
     client.removeListener('error', onError);
     // Failures reach the command in flight; without a listener an 'error' event would crash the process.
     client.on('error', () => undefined);
@@ -240,13 +256,30 @@ export class ReplicationConnection {
   /** Run one replication command and return its rows as text. */
   async command(text: string): Promise<CommandResult> {
     if (this.closed) throw new ConnectionLostError('connection is closed');
+    // A server (or a path to it) that went silent: drop the connection, the command fails with this.
+    const timer =
+      this.replyTimeoutMs > 0
+        ? setTimeout(() => {
+            const what = text.split(/\s/)[0] ?? text;
+            this.abort(new ConnectionLostError(`no answer from the server to ${what} for ${Math.round(this.replyTimeoutMs / 1000)} s: connection considered dead`));
+          }, this.replyTimeoutMs)
+        : undefined;
     try {
       const res = await this.client.query({ text, types: textOnly } as pg.QueryConfig);
       const fields = (res.fields ?? []).map((f) => f.name);
       return { fields, rows: (res.rows ?? []) as TextRow[] };
     } catch (err) {
       throw toServerError(err);
+    } finally {
+      if (timer) clearTimeout(timer);
     }
+  }
+
+  /** Drop the connection with `err`: the command in flight fails with it. */
+  private abort(err: Error): void {
+    this.closed = true;
+    const con = (this.client as unknown as { connection?: { stream?: { destroy(err?: Error): void } } }).connection;
+    con?.stream?.destroy(err);
   }
 
   async identifySystem(): Promise<SystemIdentity> {

@@ -81,6 +81,8 @@ export interface ConnectionOptions {
   applicationName: string;
   /** Seconds; 0 means wait forever (libpq's connect_timeout). */
   connectTimeout?: number;
+  /** Seconds of connect_timeout when neither connectTimeout, connect_timeout nor PGCONNECT_TIMEOUT gives one (default 30). */
+  defaultConnectTimeout?: number;
   /** wal_sender_timeout requested for this connection, e.g. "60s". */
   walSenderTimeout?: string;
 }
@@ -103,6 +105,7 @@ const ENV_FOR: Record<string, string> = {
   sslkey: 'PGSSLKEY',
   sslcrl: 'PGSSLCRL',
   channel_binding: 'PGCHANNELBINDING',
+  connect_timeout: 'PGCONNECT_TIMEOUT',
 };
 
 /**
@@ -185,7 +188,7 @@ export function buildClientConfig(opts: ConnectionOptions): ReplicationClientCon
   };
   const channelBinding = setting('channel_binding') ?? 'prefer';
   if (!['disable', 'prefer', 'require'].includes(channelBinding)) throw new ConninfoError(`invalid channel_binding value: "${channelBinding}"`);
-  const cfg = finish(opts, kv, sslSettingsFrom(setting), setting('hostaddr'), setting('passfile'));
+  const cfg = finish(opts, kv, sslSettingsFrom(setting), setting('hostaddr'), setting('passfile'), setting('connect_timeout'));
   cfg.channelBinding = channelBinding as ChannelBinding;
   return cfg;
 }
@@ -208,6 +211,7 @@ function finish(
   sslSettings: SslSettings,
   hostaddr: string | undefined,
   passfile: string | undefined,
+  connectTimeoutText: string | undefined,
 ): ReplicationClientConfig {
   // hostaddr is where to connect; host stays the name (libpq): verify-full checks it, pgpass matches it.
   const hostName = opts.host ?? kv['host'] ?? (hostaddr !== undefined ? process.env['PGHOST'] || undefined : undefined);
@@ -218,8 +222,10 @@ function finish(
     port = Number(portText);
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConninfoError(`invalid port number: "${portText}"`);
   }
-  const timeoutText = kv['connect_timeout'];
-  const connectTimeout = opts.connectTimeout ?? (timeoutText ? Number(timeoutText) : 30);
+  const connectTimeout = opts.connectTimeout ?? (connectTimeoutText !== undefined ? libpqConnectTimeout(connectTimeoutText) : (opts.defaultConnectTimeout ?? 30));
+  // TCP keepalive as libpq: on unless keepalives=0; keepalives_idle in seconds.
+  const keepalives = integerSetting(kv, 'keepalives');
+  const keepalivesIdle = integerSetting(kv, 'keepalives_idle');
   const cfg: ReplicationClientConfig = {
     host,
     port,
@@ -230,8 +236,8 @@ function finish(
     application_name: kv['application_name'] ?? opts.applicationName,
     replication: 'true',
     connectionTimeoutMillis: connectTimeout > 0 ? connectTimeout * 1000 : 0,
-    keepAlive: true,
-    keepAliveInitialDelayMillis: 10_000,
+    keepAlive: keepalives !== 0,
+    keepAliveInitialDelayMillis: keepalivesIdle !== undefined && keepalivesIdle > 0 ? keepalivesIdle * 1000 : 10_000,
     sslSettings,
     channelBinding: 'prefer',
   };
@@ -243,6 +249,21 @@ function finish(
     cfg.options = parts.join(' ').trim();
   }
   return cfg;
+}
+
+/** An integer keyword (libpq's parse_int_param: optional sign, digits, surrounding blanks), or undefined when unset. */
+function integerSetting(kv: Record<string, string>, key: string): number | undefined {
+  const v = kv[key];
+  if (v === undefined || v === '') return undefined;
+  if (!/^\s*[-+]?\d+\s*$/.test(v)) throw new ConninfoError(`invalid integer value "${v}" for connection option "${key}"`);
+  return Number(v);
+}
+
+/** connect_timeout as libpq reads it: 0 or less waits forever, and less than 2 seconds means 2. */
+function libpqConnectTimeout(text: string): number {
+  const n = integerSetting({ connect_timeout: text }, 'connect_timeout')!;
+  if (n <= 0) return 0;
+  return Math.max(n, 2);
 }
 
 /** Describe a configuration for messages, never including the password. */

@@ -12,6 +12,8 @@ export interface StreamEvents {
   onCopyData(payload: Buffer): void;
   /** The server ended the COPY (end of a historic timeline). */
   onServerCopyDone?(): void;
+  /** Any message from the server for this command arrived (liveness: see session/silence.ts). */
+  onServerMessage?(): void;
 }
 
 export type StreamEnd =
@@ -55,8 +57,10 @@ export class CopyBothStream {
   private failure: Error | undefined;
   private readonly onReplicationStart = (): void => {
     this.copyStarted = true;
+    this.heard();
   };
   private readonly onCopyDone = (): void => {
+    this.heard();
     this.events.onServerCopyDone?.();
     this.sendCopyDone();
   };
@@ -88,6 +92,7 @@ export class CopyBothStream {
 
   handleCopyData(msg: CopyDataMsg): void {
     if (this.failure) return;
+    this.heard();
     try {
       this.events.onCopyData(msg.chunk);
     } catch (err) {
@@ -97,10 +102,12 @@ export class CopyBothStream {
   }
 
   handleRowDescription(msg: RowDescriptionMsg): void {
+    this.heard();
     this.fields = msg.fields.map((f) => f.name);
   }
 
   handleDataRow(msg: DataRowMsg): void {
+    this.heard();
     const row: TextRow = {};
     this.fields.forEach((name, i) => {
       row[name] = msg.fields[i] ?? null;
@@ -109,6 +116,7 @@ export class CopyBothStream {
   }
 
   handleCommandComplete(msg: CommandCompleteMsg): void {
+    this.heard();
     this.tags.push(msg.text);
   }
 
@@ -170,6 +178,10 @@ export class CopyBothStream {
     if (this.failure) return;
     this.failure = err;
     this.connection?.stream.destroy();
+  }
+
+  private heard(): void {
+    this.events.onServerMessage?.();
   }
 
   private detach(): void {

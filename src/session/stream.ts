@@ -1,13 +1,17 @@
 // The CopyBoth loop of one START_REPLICATION (receivelog.c HandleCopyStream, ProcessXLogDataMsg,
 // ProcessKeepaliveMsg, sendFeedback): checks that XLogData is contiguous, hands it to the sink,
 // answers keepalives, sends status updates on a timer and, in synchronous mode, after every batch
-// once it is durable. The flush position sent is always the sink's durable position.
+// once it is durable. The flush position sent is always the sink's durable position. With a
+// receive timeout (walreceiver.c's wal_receiver_timeout) a connection from which nothing arrives
+// is given up: the caller reconnects.
 import { ProtocolError, decodeServerCopyData, encodeStandbyStatus, type ServerCopyMessage } from '../protocol/messages.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { nowPgTime } from '../wal/time.js';
 import type { ReplicationConnection } from './connection.js';
 import type { CopyBothStream, StreamEnd } from './copyboth.js';
 import type { Logger } from '../util/log.js';
+import { ConnectionLostError } from './errors.js';
+import { SilenceClock } from './silence.js';
 
 /** What the loop needs from where WAL goes (the sink): see sink/wal-dir.ts. */
 export interface WalSink {
@@ -42,6 +46,11 @@ export interface StreamCtl {
   segSize: number;
   /** Milliseconds between status updates; 0 = only when asked. */
   statusIntervalMs: number;
+  /**
+   * End the connection when no message at all arrived from the server for this long while
+   * reading (milliseconds; 0 or absent = never). A reply is asked for at half of it.
+   */
+  receiveTimeoutMs?: number;
   /** fsync and report after every received batch. */
   synchronous: boolean;
   /** Report the flush position (with a slot or in synchronous mode), as pg_receivewal does. */
@@ -156,22 +165,33 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     }
   };
 
+  const receiveTimeoutMs = ctl.receiveTimeoutMs ?? 0;
+  const silence = receiveTimeoutMs > 0 ? new SilenceClock(receiveTimeoutMs, SilenceClock.tickFor(receiveTimeoutMs), Date.now()) : undefined;
+
   stream = conn.startReplication(ctl.start, ctl.timeline, ctl.slot, {
     onCopyData(payload) {
       if (stopWhenStarted) stop('received stop request');
       onMessage(decodeServerCopyData(payload));
     },
+    onServerMessage() {
+      silence?.heard(Date.now());
+    },
   });
 
-  // Reading stops while any source of pressure holds it, and resumes when none does.
+  // Reading stops while any source of pressure holds it, and resumes when none does. While it
+  // is stopped the server's silence is ours: the receive timeout starts again on resuming.
   const holds = new Set<string>();
   const hold = (who: string): void => {
     holds.add(who);
+    silence?.pause();
     stream.pause();
   };
   const release = (who: string): void => {
     holds.delete(who);
-    if (holds.size === 0) stream.resume();
+    if (holds.size === 0) {
+      silence?.resume(Date.now());
+      stream.resume();
+    }
   };
   const onPressure = (): void => hold('sink');
   const onDrain = (): void => release('sink');
@@ -192,6 +212,20 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
           if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus(Date.now() - lastServerMessage >= ctl.statusIntervalMs);
         }, Math.min(ctl.statusIntervalMs, 1000))
       : undefined;
+  const watchdog = silence
+    ? setInterval(() => {
+        const now = Date.now();
+        const verdict = silence.tick(now);
+        if (verdict === 'ping') {
+          // Half the timeout without a word: ask for one (walreceiver.c sends a reply with
+          // replyRequested then). Not an answer to a keepalive, so no ping-pong.
+          if (stream.started && !stopping) sendStatus(true);
+        } else if (verdict === 'dead') {
+          const secs = Math.round(silence.silentFor(now) / 1000);
+          stream.fail(new ConnectionLostError(`no message from the server for ${secs} s: connection considered dead (--receive-timeout ${receiveTimeoutMs / 1000})`));
+        }
+      }, silence.tickMs)
+    : undefined;
   let stopWhenStarted = false;
   let over = false;
   void ctl.stopRequested.then(() => {
@@ -209,6 +243,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   } finally {
     over = true;
     if (timer) clearInterval(timer);
+    if (watchdog) clearInterval(watchdog);
     detach();
     detachBackpressure?.();
   }
