@@ -7,6 +7,7 @@
  *   proxy.drop();          // cut: every connection reset, both ends see ECONNRESET
  *   proxy.freeze();        // stall: nothing is forwarded either way, new connections are held
  *   proxy.resume();        // ... until now: held bytes, ends and connections flow again
+ *   proxy.blackhole();     // the open connections go silent for good (no reset); new ones pass
  *   proxy.setUpstream(standby.port);   // later connections go to another server
  *   await proxy.stop();
  *
@@ -23,6 +24,8 @@ interface Pair {
   client: Socket;
   upstream: Socket | undefined;
   closed: boolean;
+  /** Nothing is forwarded any more, either way, and nothing is closed (a dead NAT entry). */
+  blackholed?: boolean;
 }
 
 export interface ProxyStats {
@@ -74,9 +77,10 @@ export class TcpProxy {
     this.upstreamHost = host;
   }
 
-  /** Cut every open connection: both ends get a TCP reset. */
+  /** Cut every open connection: both ends get a TCP reset (black-holed ones stay silent). */
   drop(): void {
     for (const p of [...this.pairs]) {
+      if (p.blackholed) continue;
       this.stats.dropped++;
       this.close(p, true);
     }
@@ -86,9 +90,34 @@ export class TcpProxy {
   freeze(): void {
     this.frozen = true;
     for (const p of this.pairs) {
+      if (p.blackholed) continue;
       p.client.pause();
       p.upstream?.pause();
     }
+  }
+
+  /**
+   * The open connections go silent forever, as behind a dead NAT entry or a pulled cable: no
+   * byte is forwarded either way and no end or reset reaches either side (each end's kernel
+   * still acknowledges what it is sent, so TCP keepalive does not notice either). resume() does
+   * not bring them back; connections made later pass normally. Returns how many were silenced.
+   */
+  blackhole(): number {
+    let n = 0;
+    for (const p of this.pairs) {
+      if (p.blackholed) continue;
+      p.blackholed = true;
+      n++;
+      // Keep reading and discard, so neither side's writes ever block and nothing is delivered.
+      for (const s of [p.client, p.upstream]) {
+        if (s === undefined) continue;
+        s.removeAllListeners('data');
+        s.removeAllListeners('end');
+        s.on('data', () => undefined);
+        s.resume();
+      }
+    }
+    return n;
   }
 
   /** Forward again: what waited is delivered, connections accepted meanwhile go upstream. */
@@ -96,6 +125,7 @@ export class TcpProxy {
     if (!this.frozen) return;
     this.frozen = false;
     for (const p of [...this.pairs]) {
+      if (p.blackholed) continue;
       if (p.upstream === undefined) this.connectUpstream(p);
       else {
         p.client.resume();
@@ -108,7 +138,7 @@ export class TcpProxy {
     if (this.stopped) return;
     this.stopped = true;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const p of [...this.pairs]) this.close(p, true);
+    for (const p of [...this.pairs]) this.close(p, true, true);
     await closed;
   }
 
@@ -151,7 +181,7 @@ export class TcpProxy {
       if (!to.write(chunk)) {
         from.pause();
         to.once('drain', () => {
-          if (!this.frozen && !pair.closed) from.resume();
+          if (!this.frozen && !pair.closed && !pair.blackholed) from.resume();
         });
       }
     });
@@ -160,8 +190,11 @@ export class TcpProxy {
     });
   }
 
-  private close(pair: Pair, reset: boolean): void {
+  private close(pair: Pair, reset: boolean, evenBlackholed = false): void {
     if (pair.closed) return;
+    // A black-holed connection tells neither side anything, not even that the other side left:
+    // what remains open stays open (and silent) until stop().
+    if (pair.blackholed && !evenBlackholed) return;
     pair.closed = true;
     this.pairs.delete(pair);
     for (const s of [pair.client, pair.upstream]) {
