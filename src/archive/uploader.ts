@@ -5,7 +5,7 @@
 // retried with capped, jittered backoff, each one logged; a conflict (different bytes under the
 // same name) or corruption stops the receiver. Past --spool-max bytes waiting, it asks the stream
 // to stop reading, so the server's slot holds the WAL instead.
-import { readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError, type ArchiveStore, type Compression } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
@@ -42,6 +42,30 @@ function uploadOrder(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/** Buffers at least this large are kept for reuse by the next upload. */
+const POOLED_MIN = 1024 * 1024;
+
+/**
+ * Read buffers reused from one upload to the next: the uploads hold at most `concurrency`
+ * segment-sized buffers, and no 16 MB buffer per segment is left behind for the garbage
+ * collector. Safe because a store keeps nothing of the buffer once put settles (storage/types.ts).
+ */
+class ReadBuffers {
+  private readonly free: Buffer[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  take(size: number): Buffer {
+    const i = this.free.findIndex((b) => b.length >= size);
+    if (i >= 0) return this.free.splice(i, 1)[0]!;
+    return Buffer.allocUnsafeSlow(size);
+  }
+
+  give(buf: Buffer): void {
+    if (buf.length >= POOLED_MIN && this.free.length < this.keep) this.free.push(buf);
+  }
+}
+
 /** Segment number part of a name for ordering markers (timeline excluded). */
 function segKey(name: string): string {
   return name.slice(8);
@@ -64,8 +88,11 @@ export class SpoolUploader {
   private readonly retries = new Map<NodeJS.Timeout, () => void>();
   private readonly retryNames = new Set<string>();
   uploadedCount = 0;
+  private readonly buffers: ReadBuffers;
 
-  constructor(private readonly o: UploaderOptions) {}
+  constructor(private readonly o: UploaderOptions) {
+    this.buffers = new ReadBuffers(o.concurrency);
+  }
 
   /** Queue everything finished that an earlier run left in the spool. */
   async start(): Promise<void> {
@@ -153,8 +180,9 @@ export class SpoolUploader {
   private async upload(name: string, delay: number): Promise<void> {
     const path = join(this.o.spoolDir, name);
     try {
-      const data = await readFile(path);
-      const res = await this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync });
+      const res = await this.withContents(path, (data) =>
+        this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync }),
+      );
       if (res.replacedDamaged) {
         this.o.log.warn(`archive held a damaged copy of ${name} (failing its own checksum): kept as ${res.replacedDamaged} and replaced`);
       }
@@ -204,6 +232,36 @@ export class SpoolUploader {
         retry(Math.min(delay * 2, max))();
       }, wait);
       this.retries.set(t, retry(this.o.retryMinMs ?? 500));
+    }
+  }
+
+  /** Run `fn` on the whole contents of a spool file, read into a reused buffer that is free again once `fn` settles. */
+  private async withContents<T>(path: string, fn: (data: Buffer) => Promise<T>): Promise<T> {
+    const fh = await open(path, 'r');
+    let buf: Buffer | undefined;
+    let data: Buffer;
+    try {
+      const { size } = await fh.stat();
+      buf = this.buffers.take(size);
+      let off = 0;
+      while (off < size) {
+        const { bytesRead } = await fh.read(buf, off, size - off, off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      // A finished spool file never changes; one that shrank while read is not uploaded as it is.
+      if (off !== size) throw new Error(`${path} changed size while being read (${off} of ${size} bytes)`);
+      data = buf.subarray(0, size);
+    } catch (err) {
+      if (buf) this.buffers.give(buf);
+      throw err;
+    } finally {
+      await fh.close();
+    }
+    try {
+      return await fn(data);
+    } finally {
+      this.buffers.give(buf);
     }
   }
 

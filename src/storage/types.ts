@@ -22,6 +22,7 @@
 // - list(prefix) returns the objects whose names start with prefix, in name order, complete
 //   (paginating as needed); it never includes temp files or quarantine/ unless asked by prefix.
 // - get of one object costs one request on S3 (no LIST).
+// - put keeps no reference to `data` once it settles: the caller may reuse that buffer.
 import type { Compression } from '../sink/segment-file.js';
 
 export type { Compression };
