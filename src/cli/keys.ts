@@ -6,6 +6,11 @@ import type { Keyring } from '../storage/encryption.js';
 
 export const KEY_VARIABLE = 'WALSTREAM_ENCRYPTION_KEY';
 
+export interface EncryptionCliOptions {
+  encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
+}
+
 export function encryptionKeyOption(): Option {
   return new Option(
     '--encryption-key-file <file>',
@@ -13,16 +18,18 @@ export function encryptionKeyOption(): Option {
   );
 }
 
+export function encryptionRequiredOption(): Option {
+  return new Option('--encryption-required', 'with a key: refuse archived objects that are not encrypted (once every object is), so none can be slipped in unencrypted');
+}
+
 /** The keyring the options and the environment give, or undefined (no encryption). */
-export async function keyringFromOptions(opts: { encryptionKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): Promise<Keyring | undefined> {
-  const file = opts.encryptionKeyFile;
-  const variable = env[KEY_VARIABLE];
-  if ((file === undefined || file === '') && (variable === undefined || variable === '')) return undefined;
+export async function keyringFromOptions(opts: EncryptionCliOptions, env: NodeJS.ProcessEnv = process.env): Promise<Keyring | undefined> {
+  if (!encryptionConfigured(opts, env) && opts.encryptionRequired !== true) return undefined;
   const { loadKeyring } = await import('../storage/encryption.js');
-  return loadKeyring({ keyFile: file, keyVariable: variable });
+  return loadKeyring({ keyFile: opts.encryptionKeyFile, keyVariable: env[KEY_VARIABLE], requireEncrypted: opts.encryptionRequired === true });
 }
 
 /** Whether any key is configured (without reading it). */
-export function encryptionConfigured(opts: { encryptionKeyFile?: string }, env: NodeJS.ProcessEnv = process.env): boolean {
+export function encryptionConfigured(opts: EncryptionCliOptions, env: NodeJS.ProcessEnv = process.env): boolean {
   return (opts.encryptionKeyFile !== undefined && opts.encryptionKeyFile !== '') || (env[KEY_VARIABLE] !== undefined && env[KEY_VARIABLE] !== '');
 }

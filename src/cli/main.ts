@@ -13,7 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
-import { encryptionConfigured, encryptionKeyOption, keyringFromOptions } from './keys.js';
+import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions } from './keys.js';
 
 const VERSION = '0.1.0';
 /** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
@@ -145,6 +145,7 @@ interface ReceiveCliOptions {
   archive?: string;
   s3Endpoint?: string;
   encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
   spoolMax: number;
   uploadConcurrency: number;
   partialInterval: number;
@@ -214,6 +215,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--archive <url>', 'also archive finished files: a directory or s3://bucket/prefix; -D is then the local spool').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
     .addOption(encryptionKeyOption())
+    .addOption(encryptionRequiredOption())
     .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 2)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
@@ -291,13 +293,14 @@ export function buildProgram(): Command {
     .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
     .addOption(encryptionKeyOption())
+    .addOption(encryptionRequiredOption())
     .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
     .option('--no-sync', 'do not fsync a local archive (testing only)')
     .option('--parallel <n>', 'push n files at a time: this one and up to 8n of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
-    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
+    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const archive = opts.archive;
       const { push } = await import('../commands/push.js');
@@ -330,6 +333,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
     .addOption(encryptionKeyOption())
+    .addOption(encryptionRequiredOption())
     .addOption(new Option('--prefetch [n]', 'after serving a segment, download the next n (default 8) in the background into the spool').argParser(parsePositiveInt).preset(8))
     .option('--spool <dir>', 'with --prefetch: where prefetched segments wait (default .walstream-prefetch in the working directory, the data directory)')
     .option('--partial', 'serve the newest partial copy of a segment the archive lacks (point-in-time recovery up to the last WAL received)')
@@ -371,8 +375,9 @@ export function buildProgram(): Command {
     .addOption(new Option('--archive <url>', 'the archive').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
     .addOption(encryptionKeyOption())
+    .addOption(encryptionRequiredOption())
     .option('-v, --verbose', 'output verbose messages')
-    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; verbose?: boolean }) => {
+    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given');
       const [{ runPrefetchWorker }, { openArchive }] = await Promise.all([import('../archive/prefetch.js'), import('../storage/open.js')]);
       const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
@@ -419,6 +424,7 @@ interface FetchCliOptions {
   archive?: string;
   s3Endpoint?: string;
   encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
   prefetch?: number;
   spool?: string;
   partial?: boolean;
@@ -436,6 +442,7 @@ function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { 
     if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
     // The key file's path only; a key in WALSTREAM_ENCRYPTION_KEY reaches the worker through its environment.
     if (opts.encryptionKeyFile) args.push('--encryption-key-file', resolve(opts.encryptionKeyFile));
+    if (opts.encryptionRequired) args.push('--encryption-required');
     let logFd: number | undefined;
     try {
       // Appended to, and started afresh once it passes 1 MB.

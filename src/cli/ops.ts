@@ -3,16 +3,17 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
-import { encryptionKeyOption, keyringFromOptions } from './keys.js';
+import { encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, type EncryptionCliOptions } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--archive <url>', 'the archive: a directory, file:///path or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
     .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption());
+    .addOption(encryptionKeyOption())
+    .addOption(encryptionRequiredOption());
 }
 
-async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string }, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
+async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & EncryptionCliOptions, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
   if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
   const { openArchive } = await import('../storage/open.js');
   const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
@@ -51,6 +52,7 @@ interface StatusCliOptions {
   archive?: string;
   s3Endpoint?: string;
   encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
   dbname?: string;
   host?: string;
   port?: string;
@@ -64,6 +66,7 @@ interface VerifyCliOptions {
   archive?: string;
   s3Endpoint?: string;
   encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
   from?: string;
   parallel: number;
   json?: boolean;
@@ -74,6 +77,7 @@ interface CleanupCliOptions {
   archive?: string;
   s3Endpoint?: string;
   encryptionKeyFile?: string;
+  encryptionRequired?: boolean;
   before?: string;
   olderThan?: string;
   dryRun?: boolean;

@@ -57,8 +57,14 @@ export class Keyring {
   readonly #current: string;
   /** Where the keys came from (a file path or the variable's name), for messages. */
   readonly source: string;
+  /**
+   * Refuse objects stored unencrypted (IntegrityError), so that whoever can write to the archive
+   * cannot slip in plain WAL in place of an encrypted object. Off by default: an archive may hold
+   * plain objects from before encryption was turned on.
+   */
+  readonly requireEncrypted: boolean;
 
-  constructor(keys: readonly { id: string; key: Buffer }[], source: string) {
+  constructor(keys: readonly { id: string; key: Buffer }[], source: string, opts: { requireEncrypted?: boolean } = {}) {
     if (keys.length === 0) throw new StorageError(`${source}: no encryption key`, false);
     for (const k of keys) {
       if (!KEY_ID_RE.test(k.id)) throw new StorageError(`${source}: invalid key id (1-64 letters, digits, ".", "_" or "-")`, false);
@@ -68,6 +74,16 @@ export class Keyring {
     }
     this.#current = keys[0]!.id;
     this.source = source;
+    this.requireEncrypted = opts.requireEncrypted ?? false;
+  }
+
+  /** The same keys, refusing unencrypted objects when `requireEncrypted`. */
+  withRequireEncrypted(requireEncrypted: boolean): Keyring {
+    return new Keyring(
+      this.ids.map((id) => ({ id, key: this.#keys.get(id)! })),
+      this.source,
+      { requireEncrypted },
+    );
   }
 
   /** The id of the key new objects are encrypted with. */
@@ -89,7 +105,7 @@ export class Keyring {
   }
 
   toJSON(): object {
-    return { source: this.source, ids: this.ids, current: this.#current };
+    return { source: this.source, ids: this.ids, current: this.#current, requireEncrypted: this.requireEncrypted };
   }
 
   [inspect.custom](): string {
@@ -173,9 +189,15 @@ export function encodeStored(keyring: Keyring | undefined, name: string, compres
   return keyring ? seal(keyring, name, compression, payload) : payload;
 }
 
-/** What a backend decompresses for `stored`: unsealed when sealed, else the bytes as stored. */
+/**
+ * What a backend decompresses for `stored`: unsealed when sealed, else the bytes as stored (or
+ * IntegrityError when the keyring requires encryption).
+ */
 export function decodeStored(keyring: Keyring | undefined, name: string, compression: Compression, stored: Buffer): { payload: Buffer; keyId: string | undefined } {
-  if (!isSealed(stored)) return { payload: stored, keyId: undefined };
+  if (!isSealed(stored)) {
+    if (keyring?.requireEncrypted) throw new IntegrityError(name, 'it is not encrypted, and only encrypted objects are accepted (--encryption-required)');
+    return { payload: stored, keyId: undefined };
+  }
   return unseal(keyring, name, compression, stored);
 }
 
@@ -264,6 +286,8 @@ export interface KeySources {
   keyFile?: string;
   /** The WALSTREAM_ENCRYPTION_KEY value. */
   keyVariable?: string;
+  /** --encryption-required: refuse unencrypted objects (needs a key). */
+  requireEncrypted?: boolean;
 }
 
 /** The keyring the sources give, undefined when none is given. Both at once is an error. */
@@ -273,7 +297,9 @@ export async function loadKeyring(src: KeySources): Promise<Keyring | undefined>
   if (file !== undefined && variable !== undefined) {
     throw new StorageError('give the encryption key either in a file (--encryption-key-file) or in WALSTREAM_ENCRYPTION_KEY, not both', false);
   }
-  if (file !== undefined) return readKeyFile(file);
-  if (variable !== undefined) return parseKeyVariable(variable);
+  const required = src.requireEncrypted === true;
+  if (file !== undefined) return (await readKeyFile(file)).withRequireEncrypted(required);
+  if (variable !== undefined) return parseKeyVariable(variable).withRequireEncrypted(required);
+  if (required) throw new StorageError('--encryption-required needs an encryption key (--encryption-key-file or WALSTREAM_ENCRYPTION_KEY)', false);
   return undefined;
 }

@@ -6,7 +6,7 @@
 // Also receive --archive: its uploads and the pieces of the segment in progress are encrypted.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmodSync, chownSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster } from '../harness/pg.js';
@@ -203,6 +203,26 @@ describe('an encrypted archive with real servers', () => {
       expect(r.stderr).not.toContain(NEW_KEY.toString('base64'));
       expect(r.stderr).not.toContain(NEW_KEY.toString('hex'));
     }
+
+    // Plain WAL slipped in under an encrypted object's name (with a matching checksum record):
+    // read as a plain object unless --encryption-required, which refuses it.
+    const planted = names[names.length - 2]!;
+    expect((await fetch(planted, withKey)).code).toBe(0);
+    const plainCopy = readFileSync(dest);
+    unlinkSync(dest);
+    unlinkSync(storedFile(copy, planted));
+    writeFileSync(join(copy, planted), plainCopy);
+    writeFileSync(join(copy, META_DIR, `${planted}.sha256`), `${createHash('sha256').update(plainCopy).digest('hex')} none ${plainCopy.length}\n`);
+    expect((await fetch(planted, withKey)).code).toBe(0);
+    unlinkSync(dest);
+    const strict = await fetch(planted, [...withKey, '--encryption-required']);
+    expect(strict.code).toBe(126);
+    expect(strict.stderr).toContain(planted);
+    expect(strict.stderr).toMatch(/not encrypted, and only encrypted objects are accepted/);
+    expect(existsSync(dest)).toBe(false);
+    const strictVerify = await runCli(['verify', '--archive', copy, ...withKey, '--encryption-required', '--json']);
+    expect(strictVerify.code).toBe(1);
+    expect((JSON.parse(strictVerify.stdout) as { problems: { object: string }[] }).problems.map((p) => p.object)).toContain(planted);
 
     // In a standby, "not available" is harmless: exit 1, it streams instead.
     writeFileSync(join(cwd, 'standby.signal'), '');

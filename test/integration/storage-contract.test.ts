@@ -453,6 +453,18 @@ function archiveContract(backend: () => Backend): void {
       expect((await enc!.list()).map((o) => o.name)).toEqual([seg(58), seg(59)]);
     });
 
+    it('requireEncrypted: an unencrypted object is refused as IntegrityError naming it, encrypted ones are served', async () => {
+      const [plain, enc, strict] = await views(undefined, keyA, keyA.withRequireEncrypted(true));
+      await plain!.put(seg(63), payload(63), { compression: 'gzip' });
+      await enc!.put(seg(64), payload(64), { compression: 'gzip' });
+      const err = await rejection(strict!.get(seg(63)));
+      expect(err).toBeInstanceOf(IntegrityError);
+      expect((err as IntegrityError).objectName).toBe(seg(63));
+      expect((err as Error).message).toMatch(/not encrypted, and only encrypted objects are accepted/);
+      expect((await strict!.get(seg(64))).data.equals(payload(64))).toBe(true);
+      expect((await enc!.get(seg(63))).data.equals(payload(63))).toBe(true);
+    });
+
     it('identical re-put: exists (with the key, with another key, without one, over a plain copy); different: ConflictError', async () => {
       const [enc, plain, other] = await views(keyA, undefined, keyB);
       const data = payload(60);
