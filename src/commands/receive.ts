@@ -19,7 +19,7 @@ import { PartialShipper } from '../archive/partial.js';
 import { claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import type { ArchiveStore } from '../storage/types.js';
 import type { Keyring } from '../storage/encryption.js';
-import { checkHistoryForTimeline, parseHistory } from '../wal/timeline.js';
+import { checkHistoryForTimeline, HistoryParseError, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import type { ErrorKind, ReceiverMetrics } from '../observe/metrics.js';
@@ -386,6 +386,15 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     tli = info.timeline;
     continuing = false;
   }
+  // Continuing on a timeline the server says it is not on yet (receivelog.c ReceiveXlogStream:
+  // "starting timeline is not present in the server"): a server that has not followed it, or
+  // one that lies; either way it cannot continue what we have.
+  if (tli > info.timeline) {
+    throw new PermanentError(
+      `starting timeline ${tli} is not present in the server: it reports timeline ${info.timeline}, but ${continuing ? `"${dir}" (or the archive) already holds WAL of timeline ${tli}` : `the slot is on timeline ${tli}`}. ` +
+        'Point walstream at a server that has followed this timeline, or move the directory aside and start afresh',
+    );
+  }
   // Continuing what we have: the slot must still hold everything from there on.
   if (continuing && slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > segmentStart(start, info.segSize)) {
     throw new PermanentError(
@@ -417,7 +426,13 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       const name = historyFileName(tli);
       if (!(await sink.hasHistory(name))) {
         const h = await conn.timelineHistory(tli);
-        checkHistoryForTimeline(parseHistory(h.content.toString('utf8')), tli);
+        try {
+          checkHistoryForTimeline(parseHistory(h.content.toString('utf8')), tli);
+        } catch (err) {
+          // The server's own history file is unusable: nothing to retry, nothing is written.
+          if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${name}: ${err.message}`);
+          throw err;
+        }
         await sink.writeHistory(name, h.content);
         log.verbose(`wrote timeline history file ${name}`);
       }

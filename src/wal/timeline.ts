@@ -24,7 +24,8 @@ export function parseHistory(content: string): TimelineHistoryEntry[] {
     const trimmed = line.trim();
     if (trimmed === '' || trimmed.startsWith('#')) continue;
     const m = /^\s*(\d+)\s+([0-9A-Fa-f]+\/[0-9A-Fa-f]+)(?:\s+(.*))?$/.exec(line);
-    if (!m) throw new HistoryParseError(`timeline history line ${i + 1} is malformed: "${trimmed.slice(0, 80)}"`);
+    // JSON quoting keeps the message on one line whatever bytes the line holds.
+    if (!m) throw new HistoryParseError(`timeline history line ${i + 1} is malformed: ${JSON.stringify(trimmed.slice(0, 80))}`);
     const tli = Number(m[1]);
     if (!Number.isSafeInteger(tli) || tli < 1 || tli > 0xffffffff) {
       throw new HistoryParseError(`timeline history line ${i + 1} has an invalid timeline ${m[1]}`);
