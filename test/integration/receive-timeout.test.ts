@@ -11,10 +11,12 @@ import { PgCluster } from '../harness/pg.js';
 import { TcpProxy } from '../harness/proxy.js';
 import { runCli, startCli } from '../support/cli.js';
 import { assertSegmentsMatch, completeSegments } from '../support/walfiles.js';
+import { startS3, type S3TestServer } from '../harness/s3.js';
 
 describe('receive --receive-timeout', () => {
   let primary: PgCluster;
   let proxy: TcpProxy;
+  let s3: S3TestServer | undefined;
   const dirs: string[] = [];
   const newDir = (): string => {
     const d = mkdtempSync(join(tmpdir(), 'walstream-rtimeout-'));
@@ -27,6 +29,7 @@ describe('receive --receive-timeout', () => {
     proxy = await TcpProxy.start(primary.port);
   });
   afterAll(async () => {
+    await s3?.stop();
     await proxy?.stop();
     await primary?.destroy();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -77,6 +80,40 @@ describe('receive --receive-timeout', () => {
     await new Promise((r) => setTimeout(r, 7000));
     expect(proc.stderr).not.toMatch(/no message from the server/);
     proc.kill('SIGTERM');
+    const res = await proc.done;
+    expect(res.code, res.stderr).toBe(0);
+  });
+
+  it('time with reading paused on purpose (the upload spool full) is not silence: no dead connection, no reconnect', async () => {
+    s3 = await startS3({ builtIn: true });
+    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const dir = newDir();
+    const url = `s3://${s3.bucket}/${s3.prefix}paused/`;
+    const proc = startCli(
+      ['receive', '-D', dir, '-d', through(), '--archive', url, '--s3-endpoint', s3.endpoint, '--spool-max', '1MB', '--partial-interval', '0', '--receive-timeout', '2', '-s', '1', '-v'],
+      { env, timeoutMs: 120_000 },
+    );
+    try {
+      await proc.waitForOutput(/starting log streaming/);
+      // The archive refuses connections: finished segments pile up in the spool past --spool-max,
+      // and the receiver stops reading for far longer than its receive timeout.
+      await s3.pause('refuse');
+      for (let i = 0; i < 4; i++) {
+        await primary.generateWal(1024 * 1024);
+        await primary.switchWal();
+      }
+      await proc.waitForOutput(/pausing the stream/, 30_000);
+      await new Promise((r) => setTimeout(r, 8000));
+      await s3.resume();
+      await proc.waitForOutput(/resuming the stream/, 60_000);
+      // Reading again: the clock started anew, the server is live, so still no timeout.
+      await new Promise((r) => setTimeout(r, 4000));
+      expect(proc.stderr).not.toMatch(/no message from the server/);
+      expect(proc.stderr.match(/starting log streaming/g), proc.stderr).toHaveLength(1);
+    } finally {
+      await s3.resume();
+      proc.kill('SIGTERM');
+    }
     const res = await proc.done;
     expect(res.code, res.stderr).toBe(0);
   });
