@@ -421,17 +421,31 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     },
   });
 
+  /** The timeline the server ended in this connection, and where (checked against the next history file). */
+  let switchedFrom: { tli: number; at: Lsn } | undefined;
   for (;;) {
     if (tli > 1) {
       const name = historyFileName(tli);
       if (!(await sink.hasHistory(name))) {
         const h = await conn.timelineHistory(tli);
+        let entries;
         try {
-          checkHistoryForTimeline(parseHistory(h.content.toString('utf8')), tli);
+          entries = parseHistory(h.content.toString('utf8'));
+          checkHistoryForTimeline(entries, tli);
         } catch (err) {
           // The server's own history file is unusable: nothing to retry, nothing is written.
           if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${name}: ${err.message}`);
           throw err;
+        }
+        // The server ended the previous timeline at its switch point (walsender.c StartReplication:
+        // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
+        if (switchedFrom) {
+          const entry = entries.find((e) => e.tli === switchedFrom!.tli);
+          if (!entry || entry.end !== switchedFrom.at) {
+            throw new ProtocolError(
+              `the server sent a history file ${name} that ${entry ? `ends timeline ${entry.tli} at ${formatLsn(entry.end)}` : `does not name timeline ${switchedFrom.tli}`}, but it ended timeline ${switchedFrom.tli} at ${formatLsn(switchedFrom.at)}`,
+            );
+          }
         }
         await sink.writeHistory(name, h.content);
         log.verbose(`wrote timeline history file ${name}`);
@@ -475,6 +489,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         );
       }
       log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
+      switchedFrom = { tli, at: end.nextStart };
       tli = end.nextTli;
       start = segmentStart(end.nextStart, info.segSize);
       continue;

@@ -112,6 +112,20 @@ describe('receive against a server that lies', () => {
     return { res, start, lieAt };
   };
 
+  it('control: through the proxy telling no lie, the receiver follows the timeline switch and writes the servers\' bytes', async () => {
+    const dir = newDir('truthful');
+    const from = segStart(switchPoint);
+    writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
+    const endpos = await flush(promoted);
+    const { proxy, conn } = await proxyTo(promoted, () => undefined);
+    const res = await runCli(['receive', '-D', dir, '-d', conn, '-E', formatLsn(endpos), '-n', '-v']);
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/switched to timeline 2/);
+    expect(proxy.tampered).toBe(0);
+    expect(readFileSync(join(dir, '00000002.history'))).toEqual(readFileSync(join(promoted.walDir, '00000002.history')));
+    await verify([{ tli: 1, from, to: switchPoint }, { tli: 2, from: segStart(switchPoint), to: endpos }], dir);
+  });
+
   it('XLogData that skips bytes (dataStart jumps ahead): exit 1, the directory holds the server\'s bytes up to the gap', async () => {
     const dir = newDir('skip');
     const { res, start, lieAt } = await lieWhileStreaming((at) => once(xlogFrom(at, (x) => ({ ...x, dataStart: x.dataStart + BigInt(2 * PAGE) }))), dir);
@@ -180,6 +194,19 @@ describe('receive against a server that lies', () => {
     oneLineError(res, /^walstream: error: server reported unexpected next timeline 1, following timeline 1; nothing after this point was published$/);
     expect(proxy.tampered).toBe(1);
     expect(readdirSync(dir).filter((f) => f.startsWith('00000002'))).toEqual([]);
+    await verify([{ tli: 1, from, to: switchPoint }], dir);
+  });
+
+  it('a history file that parses but puts the switch elsewhere than where the server ended the timeline: exit 1, no history file', async () => {
+    const dir = newDir('history-elsewhere');
+    const from = segStart(switchPoint);
+    writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
+    const elsewhere = formatLsn(switchPoint - 0x100n);
+    const { proxy, conn } = await proxyTo(promoted, rowOf('TIMELINE_HISTORY', (row) => [row[0]!, row[1]!.replace(/^1\t\S+/, `1\t${elsewhere}`)]));
+    const res = await runCli(['receive', '-D', dir, '-d', conn]);
+    oneLineError(res, new RegExp(`^walstream: error: the server sent a history file 00000002\\.history that ends timeline 1 at ${elsewhere}, but it ended timeline 1 at ${formatLsn(switchPoint)}; nothing after this point was published$`));
+    expect(proxy.tampered).toBe(1);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.history') || f.startsWith('00000002'))).toEqual([]);
     await verify([{ tli: 1, from, to: switchPoint }], dir);
   });
 
