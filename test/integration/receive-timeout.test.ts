@@ -12,6 +12,7 @@ import { TcpProxy } from '../harness/proxy.js';
 import { runCli, startCli } from '../support/cli.js';
 import { assertSegmentsMatch, completeSegments } from '../support/walfiles.js';
 import { startS3, type S3TestServer } from '../harness/s3.js';
+import { TamperProxy } from '../harness/tamper-proxy.js';
 
 describe('receive --receive-timeout', () => {
   let primary: PgCluster;
@@ -143,6 +144,36 @@ describe('receive --receive-timeout', () => {
       expect(Date.now() - started).toBeLessThan(15_000);
     } finally {
       proxy.resume();
+    }
+  });
+
+  it('a server that stops answering in the middle of the handshake: the command times out (first connection: exit 1; later: retried)', async () => {
+    // The answers to one command are swallowed; the connection otherwise stays open and silent.
+    const silentAfter = async (command: string): Promise<{ tp: TamperProxy; conn: string }> => {
+      const tp = await TamperProxy.start(primary.port);
+      tp.tamper((_msg, ctx) => (ctx.query.startsWith(command) ? [] : undefined));
+      return { tp, conn: `host=127.0.0.1 port=${tp.port} user=postgres sslmode=disable` };
+    };
+    const a = await silentAfter('SHOW server_version_num');
+    try {
+      const res = await runCli(['receive', '-D', newDir(), '-d', a.conn, '-n', '--receive-timeout', '2'], { timeoutMs: 60_000 });
+      expect(res.code, res.stderr).toBe(1);
+      expect(res.stderr.trim()).toMatch(/^walstream: error: could not connect to .*: no answer from the server to SHOW for 2 s: connection considered dead$/);
+    } finally {
+      await a.tp.stop();
+    }
+    const b = await silentAfter('IDENTIFY_SYSTEM');
+    try {
+      const proc = startCli(['receive', '-D', newDir(), '-d', b.conn, '--receive-timeout', '2', '-v'], { timeoutMs: 60_000 });
+      // Every connection gets stuck the same way: each attempt times out and is retried.
+      await proc.waitForOutput(/(no answer from the server to IDENTIFY_SYSTEM for 2 s: connection considered dead; retrying[\s\S]*){2}/, 30_000);
+      b.tp.tamper(undefined);
+      await proc.waitForOutput(/starting log streaming/, 60_000);
+      proc.kill('SIGTERM');
+      const res = await proc.done;
+      expect(res.code, res.stderr).toBe(0);
+    } finally {
+      await b.tp.stop();
     }
   });
 
