@@ -7,6 +7,7 @@
 // the stored/raw size, then S3 against the local-directory receive (target 0.8x) and against
 // the most the S3 server takes on this machine (raw SDK PUTs of 16 MB objects, 4 at a time).
 // Knobs: BENCH_WAL_MB, BENCH_RUNS, BENCH_UPLOAD_CONCURRENCY (default: walstream's own),
+// BENCH_S3_CONCURRENCY (e.g. "2,4,8": extra S3 cases with those upload concurrencies),
 // BENCH_CASES (a regular expression choosing cases by name), BENCH_CPU_PROF (a directory: run
 // walstream under node --cpu-prof, one profile per run there).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,6 +26,8 @@ const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = 16;
 const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'];
 const CASES = new RegExp(process.env['BENCH_CASES'] ?? '.');
+/** Extra S3 cases with these --upload-concurrency values (comma-separated), alternated with the others. */
+const SWEEP = (process.env['BENCH_S3_CONCURRENCY'] ?? '').split(',').filter((x) => x.trim() !== '').map(Number);
 const CPU_PROF = process.env['BENCH_CPU_PROF'];
 /** The issue's targets: S3 at least this share of the local-directory receive's throughput, and this peak RSS. */
 const TARGET_RATIO = 0.8;
@@ -96,6 +99,9 @@ async function main(): Promise<void> {
       { name: 'walstream -> S3', argv: () => walstream([], s3Url()) },
       { name: 'walstream -> S3 gzip', argv: () => walstream(['-Z', 'gzip:1'], s3Url()) },
     ];
+    for (const n of SWEEP) {
+      all.push({ name: `walstream -> S3, ${n} uploads`, argv: () => walstream(['--upload-concurrency', String(n)], s3Url()) });
+    }
     if (typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function') {
       all.push({ name: 'walstream -> S3 zstd', argv: () => walstream(['-Z', 'zstd:1'], s3Url()) });
     }
