@@ -42,19 +42,35 @@ export async function tlsProxy(targetPort: number): Promise<TlsProxy> {
       ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
       { stdio: 'ignore' },
     );
+    const open = new Set<{ destroy(): void }>();
     const server: Server = createTlsServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) }, (tls) => {
       const up = connect(targetPort, '127.0.0.1');
+      open.add(tls);
+      open.add(up);
       tls.pipe(up).pipe(tls);
+      // Either side gone ends both: a client's half-close would otherwise leave the upstream
+      // keep-alive socket (and close() waiting on it) open for good.
       const end = (): void => {
         tls.destroy();
         up.destroy();
+        open.delete(tls);
+        open.delete(up);
       };
       tls.on('error', end);
       up.on('error', end);
+      tls.on('close', end);
+      up.on('close', end);
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as { port: number }).port;
-    return { port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+    return {
+      port,
+      close: () =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          for (const s of open) s.destroy();
+        }),
+    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
