@@ -1,0 +1,173 @@
+// The archive identity's encryption field (archive/identity.ts): recorded by the first writer with
+// a key, refusing writers without one, recorded later only by --encryption-required, and readers
+// refusing plain objects in an encrypted archive through EncryptedArchiveGuard.
+import { describe, expect, it } from 'vitest';
+import { MemoryStore } from '../../src/storage/memory.js';
+import { Keyring } from '../../src/storage/encryption.js';
+import { IDENTITY_NAME, IntegrityError, StorageError, type ArchiveStore, type GetResult } from '../../src/storage/types.js';
+import {
+  ArchiveEncryptedError,
+  EncryptedArchiveGuard,
+  archiveEncrypted,
+  checkWriter,
+  claimArchive,
+  decodeIdentity,
+  encodeIdentity,
+  readIdentity,
+} from '../../src/archive/identity.js';
+
+const KEY = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 7) }], 'test');
+const OTHER = new Keyring([{ id: 'k2', key: Buffer.alloc(32, 9) }], 'test');
+const ours = { systemIdentifier: 7300000000000000001n, segmentSize: 16 * 1024 * 1024 };
+const SEG = '000000010000000000000003';
+
+/** Counts get requests by name. */
+class Counting extends MemoryStore {
+  gets: string[] = [];
+  override async get(name: string): Promise<GetResult> {
+    this.gets.push(name);
+    return super.get(name);
+  }
+}
+
+describe('identity record: encryption field', () => {
+  it('is written only by a writer with a key, and an older record without it still decodes', async () => {
+    expect(encodeIdentity(ours).toString()).toBe(`{"format":1,"systemIdentifier":"${ours.systemIdentifier}","segmentSize":16777216}\n`);
+    expect(JSON.parse(encodeIdentity({ ...ours, encryption: 'aes-256-gcm' }).toString())).toMatchObject({ encryption: 'aes-256-gcm' });
+    expect(decodeIdentity(encodeIdentity(ours), 'x')).toEqual(ours);
+    expect(() => decodeIdentity(Buffer.from('{"format":1,"systemIdentifier":"1","segmentSize":16777216,"encryption":"rot13"}'), 'x')).toThrow(/names encryption "rot13", which this walstream does not know/);
+
+    const plain = new MemoryStore();
+    await claimArchive(plain, ours, SEG);
+    expect(await readIdentity(plain)).toEqual(ours);
+    expect(await archiveEncrypted(plain)).toBe(false);
+
+    const enc = new MemoryStore('memory:', { keyring: KEY });
+    await claimArchive(enc, ours, SEG, { encrypts: true });
+    expect(await readIdentity(enc)).toEqual({ ...ours, encryption: 'aes-256-gcm' });
+    // Stored encrypted: without the key, or with another, the archive still counts as encrypted.
+    expect(await archiveEncrypted(enc.withKeyring(undefined))).toBe(true);
+    expect(await archiveEncrypted(enc.withKeyring(OTHER))).toBe(true);
+  });
+
+  it('a record stored encrypted counts as saying so, with or without the field', async () => {
+    const enc = new MemoryStore('memory:', { keyring: KEY });
+    await enc.put(IDENTITY_NAME, encodeIdentity(ours));
+    expect(await readIdentity(enc)).toEqual({ ...ours, encryption: 'aes-256-gcm' });
+    await expect(claimArchive(enc.withKeyring(undefined), ours, SEG)).rejects.toThrow(ArchiveEncryptedError);
+  });
+
+  it('a writer without a key is refused by an encrypted archive, before and after a race for the first record', async () => {
+    const enc = new MemoryStore('memory:a', { keyring: KEY });
+    await claimArchive(enc, ours, SEG, { encrypts: true });
+    const keyless = enc.withKeyring(undefined);
+    const refused = claimArchive(keyless, ours, SEG);
+    await expect(refused).rejects.toThrow(ArchiveEncryptedError);
+    await expect(refused).rejects.toThrow(
+      'the archive memory:a is encrypted (its identity record walstream.json says so) and no encryption key was given: writing to it needs its key (--encryption-key-file or WALSTREAM_ENCRYPTION_KEY); nothing was written',
+    );
+    await expect(checkWriter(keyless, { encrypts: false })).rejects.toThrow(ArchiveEncryptedError);
+    await checkWriter(enc, { encrypts: true });
+    // A plain record with the field (however it got there) refuses as well.
+    const marked = new MemoryStore();
+    await marked.put(IDENTITY_NAME, encodeIdentity({ ...ours, encryption: 'aes-256-gcm' }));
+    await expect(claimArchive(marked, ours, SEG)).rejects.toThrow(ArchiveEncryptedError);
+    // Another system is still reported as such first.
+    await expect(claimArchive(marked, { ...ours, systemIdentifier: 42n }, SEG)).rejects.toThrow(/holds WAL of system/);
+
+    // Racing for the first record: the keyless loser reads the winner's encrypted record.
+    const race = new MemoryStore('memory:race', { keyring: KEY });
+    const raceKeyless = race.withKeyring(undefined);
+    const results = await Promise.allSettled([claimArchive(race, ours, SEG, { encrypts: true }), claimArchive(raceKeyless, ours, SEG)]);
+    const winnerEncrypted = await archiveEncrypted(race);
+    if (winnerEncrypted) {
+      expect(results[0].status).toBe('fulfilled');
+      expect(results[1].status === 'rejected' && results[1].reason instanceof ArchiveEncryptedError).toBe(true);
+    } else {
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+    }
+    // No record at all: nothing to refuse.
+    await checkWriter(new MemoryStore(), { encrypts: false });
+  });
+
+  it('an existing record without the field gains it only from a writer with a key and --encryption-required', async () => {
+    const store = new MemoryStore();
+    await claimArchive(store, ours, SEG);
+    const keyed = store.withKeyring(KEY);
+    await claimArchive(keyed, ours, SEG, { encrypts: true });
+    expect(await archiveEncrypted(store)).toBe(false);
+    await claimArchive(store, ours, SEG); // a keyless writer is still welcome
+
+    const strict = store.withKeyring(KEY.withRequireEncrypted(true));
+    // The plain record is readable under --encryption-required (it is exempt), and is replaced.
+    await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
+    expect(await readIdentity(strict)).toEqual({ ...ours, encryption: 'aes-256-gcm' });
+    expect(await archiveEncrypted(store)).toBe(true);
+    await expect(claimArchive(store, ours, SEG)).rejects.toThrow(ArchiveEncryptedError);
+    // Idempotent, and nothing left in quarantine.
+    await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
+    expect((await store.list('quarantine/')).length).toBe(0);
+    // Never for another system.
+    const other = new MemoryStore();
+    await claimArchive(other, ours, SEG);
+    await expect(claimArchive(other.withKeyring(KEY), { ...ours, segmentSize: 1024 * 1024 }, SEG, { encrypts: true, requireEncrypted: true })).rejects.toThrow(/segments/);
+    expect(await archiveEncrypted(other)).toBe(false);
+  });
+});
+
+describe('EncryptedArchiveGuard', () => {
+  it('refuses plain objects in an encrypted archive, with or without a key, reading the record once', async () => {
+    const enc = new MemoryStore('memory:', { keyring: KEY });
+    await claimArchive(enc, ours, SEG, { encrypts: true });
+    await enc.put(SEG, Buffer.from('sealed'));
+    await enc.withKeyring(undefined).put('000000010000000000000004', Buffer.from('planted plain'));
+    for (const inner of [enc, enc.withKeyring(undefined)]) {
+      const counting = inner as ArchiveStore;
+      const guard = new EncryptedArchiveGuard(counting);
+      const refused = guard.get('000000010000000000000004');
+      await expect(refused).rejects.toThrow(IntegrityError);
+      await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive's identity record \(walstream.json\) says its objects are encrypted/);
+    }
+    expect((await new EncryptedArchiveGuard(enc).get(SEG)).data.toString()).toBe('sealed');
+  });
+
+  it('costs no request in an encrypted archive, one in all in an unencrypted one', async () => {
+    const plain = new Counting();
+    await claimArchive(plain, ours, SEG);
+    await plain.put(SEG, Buffer.from('a'));
+    await plain.put('000000010000000000000004', Buffer.from('b'));
+    plain.gets.length = 0;
+    const guard = new EncryptedArchiveGuard(plain);
+    expect((await guard.get(SEG)).data.toString()).toBe('a');
+    expect((await guard.get('000000010000000000000004')).data.toString()).toBe('b');
+    expect(plain.gets.filter((n) => n === IDENTITY_NAME).length).toBe(1);
+
+    const enc = new Counting('memory:', { keyring: KEY });
+    await claimArchive(enc, ours, SEG, { encrypts: true });
+    await enc.put(SEG, Buffer.from('a'));
+    enc.gets.length = 0;
+    await new EncryptedArchiveGuard(enc).get(SEG);
+    expect(enc.gets).toEqual([SEG]);
+
+    // No record at all: plain objects are served.
+    const none = new MemoryStore();
+    await none.put(SEG, Buffer.from('x'));
+    expect((await new EncryptedArchiveGuard(none).get(SEG)).data.toString()).toBe('x');
+  });
+
+  it('asks again after the record could not be read', async () => {
+    const store = new MemoryStore();
+    await store.put(SEG, Buffer.from('a'));
+    let fail = true;
+    const flaky: ArchiveStore = Object.assign(Object.create(store) as MemoryStore, {
+      get: async (name: string): Promise<GetResult> => {
+        if (name === IDENTITY_NAME && fail) throw new StorageError('unreachable', true);
+        return store.get(name);
+      },
+    });
+    const guard = new EncryptedArchiveGuard(flaky);
+    await expect(guard.get(SEG)).rejects.toThrow(/unreachable/);
+    fail = false;
+    expect((await guard.get(SEG)).data.toString()).toBe('a');
+  });
+});
