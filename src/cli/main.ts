@@ -318,6 +318,7 @@ export function buildProgram(): Command {
           noSync: opts.sync === false,
           parallel: opts.parallel,
           markers: resolve(opts.spool ?? '.walstream-push'),
+          encryption: { encrypts: encryptionConfigured(opts), requireEncrypted: opts.encryptionRequired === true },
           log: stderrLogger(opts.verbose === true),
         });
       } finally {
@@ -353,8 +354,12 @@ export function buildProgram(): Command {
       const openStore = async (): Promise<ArchiveStore> => {
         if (store) return store;
         try {
-          const { openArchive } = await import('../storage/open.js');
-          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
+          const [{ openArchive }, { EncryptedArchiveGuard }] = await Promise.all([import('../storage/open.js'), import('../archive/identity.js')]);
+          const keyring = await keyringFromOptions(opts);
+          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint, keyring });
+          // With a key, a plain object is refused when the archive's identity record says it is
+          // encrypted (read only when a plain object comes back: one request per file otherwise).
+          if (keyring) store = new EncryptedArchiveGuard(store);
           return store;
         } catch (err) {
           throw new FetchError((err as Error).message, failureExitCode());
@@ -379,8 +384,14 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'output verbose messages')
     .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given');
-      const [{ runPrefetchWorker }, { openArchive }] = await Promise.all([import('../archive/prefetch.js'), import('../storage/open.js')]);
-      const store = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) });
+      const [{ runPrefetchWorker }, { openArchive }, { EncryptedArchiveGuard }] = await Promise.all([
+        import('../archive/prefetch.js'),
+        import('../storage/open.js'),
+        import('../archive/identity.js'),
+      ]);
+      const keyring = await keyringFromOptions(opts);
+      const opened = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring });
+      const store = keyring ? new EncryptedArchiveGuard(opened) : opened;
       try {
         await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
       } finally {

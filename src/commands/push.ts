@@ -8,7 +8,7 @@ import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type Long
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { ArchiveStore, Compression } from '../storage/types.js';
 import { mapLimit } from '../storage/common.js';
-import { claimArchive, type ArchiveIdentity } from '../archive/identity.js';
+import { checkWriter, claimArchive, type ArchiveIdentity, type WriterEncryption } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
 
 export interface PushOptions {
@@ -27,6 +27,11 @@ export interface PushOptions {
    * the archive (and a shell can do the same: see the README).
    */
   markers?: string;
+  /**
+   * Whether the archive is written with a key (and --encryption-required): an archive whose
+   * identity record says it is encrypted refuses a push without one, before anything is written.
+   */
+  encryption?: WriterEncryption;
 }
 
 export class PushError extends Error {
@@ -138,18 +143,26 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     o.log.verbose(`${name}: already archived with identical contents`);
     return 'exists';
   }
+  const writer = o.encryption ?? { encrypts: false };
   let identity: ArchiveIdentity | undefined;
+  let checked = false;
   const pushOne = async (n: string, bytes: Buffer): Promise<'created' | 'exists'> => {
     const segment = SEGMENT_FILE_RE.test(n);
     if (segment) {
       const head = checkSegmentFile(n, bytes);
       const ours = { systemIdentifier: head.systemId, segmentSize: head.segSize };
       if (!identity) {
-        await claimArchive(store, ours, n);
+        await claimArchive(store, ours, n, writer);
         identity = ours;
+        checked = true;
       } else if (identity.systemIdentifier !== ours.systemIdentifier || identity.segmentSize !== ours.segmentSize) {
         throw new PushError(`${n}: from another database system than ${name}`);
       }
+    } else if (!checked) {
+      // History and backup files name no system to claim the archive with; an encrypted archive
+      // still refuses them from a push without a key.
+      await checkWriter(store, writer);
+      checked = true;
     }
     // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
     const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });

@@ -16,7 +16,7 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { historyFileName, isWalFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
 import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
-import { claimArchive, IdentityMismatchError } from '../archive/identity.js';
+import { ArchiveEncryptedError, claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import type { ArchiveStore } from '../storage/types.js';
 import type { Keyring } from '../storage/encryption.js';
 import { checkHistoryForTimeline, HistoryParseError, parseHistory } from '../wal/timeline.js';
@@ -227,10 +227,17 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     const queue = uploader;
     o.metrics?.uploadQueueFrom(() => queue.queueDepth);
     if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
-    await uploader.start();
   }
+  // Files left in the spool are uploaded once the archive has been claimed (streamOnce): an
+  // archive of another system, or an encrypted one without the key, gets nothing.
+  let uploadsStarted = false;
+  const startUploads = async (): Promise<void> => {
+    if (uploadsStarted || !uploader) return;
+    await uploader.start();
+    uploadsStarted = true;
+  };
   try {
-    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper });
+    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, startUploads });
     if (uploader && !stopped) {
       log.verbose('waiting for the archive to take the remaining files');
       await Promise.race([uploader.drained(), o.stop]);
@@ -325,6 +332,8 @@ interface ArchiveParts {
   uploader: SpoolUploader | undefined;
   store: ArchiveStore | undefined;
   shipper: PartialShipper | undefined;
+  /** Enqueue the files left in the spool (once; after the archive is claimed). */
+  startUploads: () => Promise<void>;
 }
 
 /** Everything one connection's streaming needs. */
@@ -340,7 +349,7 @@ interface StreamRound extends ArchiveParts {
 }
 
 async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
-  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper } = round;
+  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper, startUploads } = round;
   const log = o.log;
   const info = await identify(conn);
   if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
@@ -349,12 +358,17 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
   if (conn.serverVersionNum < 100000) throw new PermanentError('server version is too old: walstream needs PostgreSQL 10 or newer');
   if (store) {
     // One archive, one database system: record it on first use, refuse another system's WAL after.
+    // An encrypted archive (its identity record says so) refuses a receiver without the key.
     try {
-      await claimArchive(store, { systemIdentifier: info.systemId, segmentSize: info.segSize }, 'the server');
+      await claimArchive(store, { systemIdentifier: info.systemId, segmentSize: info.segSize }, 'the server', {
+        encrypts: o.keyring !== undefined,
+        requireEncrypted: o.keyring?.requireEncrypted === true,
+      });
     } catch (err) {
-      if (err instanceof IdentityMismatchError) throw new PermanentError(err.message);
+      if (err instanceof IdentityMismatchError || err instanceof ArchiveEncryptedError) throw new PermanentError(err.message);
       throw err;
     }
+    await startUploads();
   }
 
   // Where to start: the directory, then (with --archive) the archive, then the slot, then the
