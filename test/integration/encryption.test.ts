@@ -205,7 +205,8 @@ describe('an encrypted archive with real servers', () => {
     }
 
     // Plain WAL slipped in under an encrypted object's name (with a matching checksum record):
-    // read as a plain object unless --encryption-required, which refuses it.
+    // refused even without --encryption-required, since the archive's identity record (written
+    // by a push with a key) says its objects are encrypted; the flag refuses it in its own words.
     const planted = names[names.length - 2]!;
     expect((await fetch(planted, withKey)).code).toBe(0);
     const plainCopy = readFileSync(dest);
@@ -213,8 +214,11 @@ describe('an encrypted archive with real servers', () => {
     unlinkSync(storedFile(copy, planted));
     writeFileSync(join(copy, planted), plainCopy);
     writeFileSync(join(copy, META_DIR, `${planted}.sha256`), `${createHash('sha256').update(plainCopy).digest('hex')} none ${plainCopy.length}\n`);
-    expect((await fetch(planted, withKey)).code).toBe(0);
-    unlinkSync(dest);
+    const marked = await fetch(planted, withKey);
+    expect(marked.code).toBe(126);
+    expect(marked.stderr).toContain(planted);
+    expect(marked.stderr).toMatch(/not encrypted, and the archive's identity record \(walstream\.json\) says its objects are encrypted/);
+    expect(existsSync(dest)).toBe(false);
     const strict = await fetch(planted, [...withKey, '--encryption-required']);
     expect(strict.code).toBe(126);
     expect(strict.stderr).toContain(planted);
