@@ -115,6 +115,38 @@ describe('identity record: encryption field', () => {
   });
 });
 
+describe('recording the field in an existing record', () => {
+  /** A keyless writer recreates the record (without the field) right after it is deleted, `times` times. */
+  function racing(times: number): { store: MemoryStore; strict: ArchiveStore } {
+    const store = new MemoryStore();
+    const strict = store.withKeyring(KEY.withRequireEncrypted(true));
+    let left = times;
+    const del = strict.delete.bind(strict);
+    strict.delete = async (name: string): Promise<void> => {
+      await del(name);
+      if (name === IDENTITY_NAME && left-- > 0) await claimArchive(store, ours, SEG);
+    };
+    return { store, strict };
+  }
+
+  it('a writer recreating the record in between: read again and tried once more', async () => {
+    const { store, strict } = racing(1);
+    await claimArchive(store, ours, SEG);
+    await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
+    expect(await archiveEncrypted(store)).toBe(true);
+  });
+
+  it('recreated every time: a transient error after three attempts, the record still valid', async () => {
+    const { store, strict } = racing(10);
+    await claimArchive(store, ours, SEG);
+    const err = await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageError);
+    expect((err as StorageError).transient).toBe(true);
+    expect((err as Error).message).toMatch(/cannot record in memory:'s walstream.json that the archive is encrypted: other writers keep recreating it; try again/);
+    expect(await readIdentity(store)).toEqual(ours);
+  });
+});
+
 describe('EncryptedArchiveGuard', () => {
   it('refuses plain objects in an encrypted archive, with or without a key, reading the record once', async () => {
     const enc = new MemoryStore('memory:', { keyring: KEY });
@@ -122,8 +154,7 @@ describe('EncryptedArchiveGuard', () => {
     await enc.put(SEG, Buffer.from('sealed'));
     await enc.withKeyring(undefined).put('000000010000000000000004', Buffer.from('planted plain'));
     for (const inner of [enc, enc.withKeyring(undefined)]) {
-      const counting = inner as ArchiveStore;
-      const guard = new EncryptedArchiveGuard(counting);
+      const guard = new EncryptedArchiveGuard(inner);
       const refused = guard.get('000000010000000000000004');
       await expect(refused).rejects.toThrow(IntegrityError);
       await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive's identity record \(walstream.json\) says its objects are encrypted/);
