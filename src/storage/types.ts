@@ -138,7 +138,8 @@ export const QUARANTINE_PREFIX = 'quarantine/';
 
 /**
  * The archive's identity record (archive/identity.ts): which database system and segment size the
- * archive holds. A plain object under this reserved name; listings leave it out unless asked by name.
+ * archive holds, and whether its objects are encrypted. An object under this reserved name;
+ * listings leave it out unless asked by name.
  */
 export const IDENTITY_NAME = 'walstream.json';
 
