@@ -8,6 +8,7 @@
 // the most the S3 server takes on this machine (raw SDK PUTs of 16 MB objects, 4 at a time).
 // Knobs: BENCH_WAL_MB, BENCH_RUNS, BENCH_UPLOAD_CONCURRENCY (default: walstream's own),
 // BENCH_S3_CONCURRENCY (e.g. "2,4,8": extra S3 cases with those upload concurrencies),
+// BENCH_COMPARE_BIN (another build's bin/walstream: its archive cases, interleaved with these),
 // BENCH_CASES (a regular expression choosing cases by name), BENCH_CPU_PROF (a directory: run
 // walstream under node --cpu-prof, one profile per run there).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -26,6 +27,8 @@ const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = 16;
 const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'];
 const CASES = new RegExp(process.env['BENCH_CASES'] ?? '.');
+/** Another build's bin/walstream (e.g. a checkout of an older commit): its archive cases run alternated with this one's. */
+const COMPARE_BIN = process.env['BENCH_COMPARE_BIN'];
 /** Extra S3 cases with these --upload-concurrency values (comma-separated), alternated with the others. */
 const SWEEP = (process.env['BENCH_S3_CONCURRENCY'] ?? '').split(',').filter((x) => x.trim() !== '').map(Number);
 const CPU_PROF = process.env['BENCH_CPU_PROF'];
@@ -81,10 +84,10 @@ async function main(): Promise<void> {
     };
     let seq = 0;
     type Case = { name: string; argv: () => { argv: string[]; archive?: string } };
-    const node = (): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : []), BIN];
-    const walstream = (extra: string[], archive?: string): { argv: string[]; archive?: string } => ({
+    const node = (bin = BIN): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : []), bin];
+    const walstream = (extra: string[], archive?: string, bin?: string): { argv: string[]; archive?: string } => ({
       argv: [
-        ...node(), 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
+        ...node(bin), 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
         ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint, ...(UPLOADS ? ['--upload-concurrency', UPLOADS] : [])] : []),
         ...extra,
       ],
@@ -99,6 +102,11 @@ async function main(): Promise<void> {
       { name: 'walstream -> S3', argv: () => walstream([], s3Url()) },
       { name: 'walstream -> S3 gzip', argv: () => walstream(['-Z', 'gzip:1'], s3Url()) },
     ];
+    if (COMPARE_BIN) {
+      all.push({ name: 'other walstream -> local archive', argv: () => walstream([], tmp('archive'), COMPARE_BIN) });
+      all.push({ name: 'other walstream -> S3', argv: () => walstream([], s3Url(), COMPARE_BIN) });
+      all.push({ name: 'other walstream -> S3 gzip', argv: () => walstream(['-Z', 'gzip:1'], s3Url(), COMPARE_BIN) });
+    }
     for (const n of SWEEP) {
       all.push({ name: `walstream -> S3, ${n} uploads`, argv: () => walstream(['--upload-concurrency', String(n)], s3Url()) });
     }
@@ -183,6 +191,22 @@ async function main(): Promise<void> {
       const ceil = median(ceilings.map((x) => x.mbs));
       console.log(`S3 / raw PUT ceiling of this S3 server on this machine: ${(s3mbs / ceil).toFixed(3)}`);
       if (local !== undefined) console.log(`raw PUT ceiling / local-directory receive: ${(ceil / local).toFixed(3)} (the best ratio this S3 server allows here)`);
+    }
+    for (const [mine, theirs] of [['walstream -> local archive', 'other walstream -> local archive'], ['walstream -> S3', 'other walstream -> S3'], ['walstream -> S3 gzip', 'other walstream -> S3 gzip']] as const) {
+      const a = results.get(mine);
+      const b = results.get(theirs);
+      if (!a || !b) continue;
+      const cpu = (r: typeof a): number => median(r.m.map((x) => x.cpuS));
+      console.log(`${mine}: throughput ${(mbsOf(mine)! / mbsOf(theirs)!).toFixed(2)}x, CPU ${(cpu(a) / cpu(b)).toFixed(2)}x the other build's`);
+    }
+    const s3cpu = results.get('walstream -> S3')?.serverCpu ?? [];
+    if (s3cpu.length && s3.cpuSeconds) {
+      // s3rver serves every request on one thread: its CPU per GB bounds what it can take.
+      const perGb = median(s3cpu) / gb;
+      console.log(
+        `S3 server CPU in walstream -> S3: ${perGb.toFixed(2)} s/GB, so at most ${(1024 / perGb).toFixed(0)} MB/s with a core to itself` +
+          (local !== undefined ? ` (0.8x the local-directory receive would need ${(TARGET_RATIO * local).toFixed(0)} MB/s)` : ''),
+      );
     }
     const peak = Math.max(...[...results.entries()].filter(([n]) => n.startsWith('walstream')).flatMap(([, r]) => r.m.map((x) => x.maxRssMb)));
     if (Number.isFinite(peak)) console.log(`walstream peak RSS: ${peak.toFixed(0)} MB (target <= ${TARGET_RSS_MB}: ${peak <= TARGET_RSS_MB ? 'met' : 'NOT met'})`);
