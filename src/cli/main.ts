@@ -217,7 +217,7 @@ export function buildProgram(): Command {
     .addOption(encryptionKeyOption())
     .addOption(encryptionRequiredOption())
     .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
-    .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 2)
+    .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 3)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
     .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)', parseListen)
     .addHelpText(

@@ -212,7 +212,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       spoolDir: dir,
       store,
       compression: o.compression,
-      concurrency: o.uploadConcurrency ?? 2,
+      concurrency: o.uploadConcurrency ?? 3,
       spoolMaxBytes: o.spoolMaxBytes ?? 1024 * 1024 * 1024,
       log,
       noSync: o.noSync,
