@@ -27,9 +27,13 @@ function parseEndPos(v: string): bigint {
   }
 }
 
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 /** Whole seconds (0 allowed) to milliseconds. */
 function parseSeconds(v: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`invalid interval "${v}" (whole seconds, 0 disables)`);
+  // Node's timers hold at most 2^31-1 ms (about 24.8 days); a longer one would fire at once.
+  if (Number(v) > MAX_TIMER_SECONDS) throw new InvalidArgumentError(`interval "${v}" is too long (at most ${MAX_TIMER_SECONDS} seconds)`);
   return Number(v) * 1000;
 }
 

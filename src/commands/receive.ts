@@ -17,7 +17,7 @@ import { historyFileName, isWalFileName, parseWalFileName, segNoToLsn, segmentSt
 import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
 import { ArchiveEncryptedError, claimArchive, IdentityMismatchError } from '../archive/identity.js';
-import type { ArchiveStore } from '../storage/types.js';
+import { StorageError, type ArchiveStore } from '../storage/types.js';
 import type { Keyring } from '../storage/encryption.js';
 import { checkHistoryForTimeline, HistoryParseError, parseHistory } from '../wal/timeline.js';
 import { magicForServerVersion } from '../wal/page.js';
@@ -365,7 +365,10 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         requireEncrypted: o.keyring?.requireEncrypted === true,
       });
     } catch (err) {
+      // Another system's archive, a key that is missing or does not fit the identity record, an
+      // unknown record: retrying cannot help. Only a transient store failure is retried.
       if (err instanceof IdentityMismatchError || err instanceof ArchiveEncryptedError) throw new PermanentError(err.message);
+      if (err instanceof StorageError && !err.transient) throw new PermanentError(`archive: ${err.message}`);
       throw err;
     }
     await startUploads();
@@ -401,10 +404,11 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     continuing = false;
   }
   // Continuing on a timeline the server says it is not on yet (receivelog.c ReceiveXlogStream:
-  // "starting timeline is not present in the server"): a server that has not followed it, or
-  // one that lies; either way it cannot continue what we have.
+  // "starting timeline is not present in the server"): a server that has not followed it (during
+  // a failover, an address may point at a standby that is behind for a while), or one that lies.
+  // Nothing is written; like pg_receivewal, try again later (with --no-loop: exit 1).
   if (tli > info.timeline) {
-    throw new PermanentError(
+    throw new Error(
       `starting timeline ${tli} is not present in the server: it reports timeline ${info.timeline}, but ${continuing ? `"${dir}" (or the archive) already holds WAL of timeline ${tli}` : `the slot is on timeline ${tli}`}. ` +
         'Point walstream at a server that has followed this timeline, or move the directory aside and start afresh',
     );

@@ -4,7 +4,9 @@
 // end of one), a history file that does not parse. Each stops the receiver (the real CLI) with
 // exit status 1 and one clear line naming the problem, without retrying: retrying cannot make a
 // server that sends such things trustworthy (design rule 5), and a receiver quietly looping on
-// it would look alive while archiving nothing. Afterwards the directory (and the archive) holds
+// it would look alive while archiving nothing. The exception is IDENTIFY_SYSTEM reporting a
+// timeline below ours: a standby behind a moved address during a failover says that too, so it
+// is refused and retried (pg_receivewal does the same), writing nothing. Afterwards the directory (and the archive) holds
 // only bytes identical to the servers' pg_wal: every finished segment and history file equal to
 // the server's, every .partial a prefix of the server's segment followed by zeros, covering what
 // was received before the lie.
@@ -169,7 +171,7 @@ describe('receive against a server that lies', () => {
     await verify([{ tli: 1, from: start, to: segStart(lieAt) }], dir);
   });
 
-  it('IDENTIFY_SYSTEM with a timeline below the one the directory is on: exit 1, the directory untouched', async () => {
+  it('IDENTIFY_SYSTEM with a timeline below the one the directory is on: refused and retried (exit 1 with -n), the directory untouched', async () => {
     const dir = newDir('identify-tli');
     // First a true stream on timeline 2 (the promoted server), up to a position it has.
     const endpos = await flush(promoted);
@@ -177,10 +179,20 @@ describe('receive against a server that lies', () => {
     expect(first.code, first.stderr).toBe(0);
     const before = snapshot(dir);
     expect(Object.keys(before).some((f) => f.startsWith('00000002'))).toBe(true);
+    // A server behind on timelines may be a standby that has not followed the promotion yet
+    // (an address moved during a failover): like pg_receivewal, the daemon tries again later,
+    // writing nothing meanwhile; with -n it exits 1.
     const { proxy, conn } = await proxyTo(promoted, rowOf('IDENTIFY_SYSTEM', (row) => [row[0]!, '1', row[2]!, row[3] ?? null]));
-    const res = await runCli(['receive', '-D', dir, '-d', conn]);
+    const res = await runCli(['receive', '-D', dir, '-d', conn, '-n']);
     oneLineError(res, /^walstream: error: .*timeline 2.*not present in the server.*timeline 1/);
-    expect(proxy.tampered).toBe(1);
+    expect(snapshot(dir)).toEqual(before);
+    const looping = startCli(['receive', '-D', dir, '-d', conn], { timeoutMs: 60_000 });
+    await looping.waitForOutput(/not present in the server.*; retrying/);
+    await looping.waitForOutput(/not present in the server[^\n]*; retrying[\s\S]*not present in the server[^\n]*; retrying/, 30_000);
+    looping.kill('SIGTERM');
+    const stopped = await looping.done;
+    expect(stopped.code, stopped.stderr).toBe(0);
+    expect(proxy.tampered).toBeGreaterThanOrEqual(3);
     expect(snapshot(dir)).toEqual(before);
   });
 

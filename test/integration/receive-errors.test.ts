@@ -92,6 +92,12 @@ describe('receive rejects bad input', () => {
     expect(readdirSync(dir)).toEqual([]);
   });
 
+  it('an interval too long for a timer (it would fire at once)', async () => {
+    const dir = emptyDir();
+    oneLineError(await recv(dir, ['-d', pg.connectionString(), '--receive-timeout', '2147484']), /interval "2147484" is too long \(at most 2147483 seconds\)/);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
   it('a missing directory', async () => {
     const dir = join(emptyDir(), 'missing');
     oneLineError(await recv(dir, ['-d', pg.connectionString()]), /does not exist/);
