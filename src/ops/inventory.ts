@@ -206,6 +206,8 @@ export interface TimelineHistory {
    * valid history file, or encrypted with a key that was not given ('locked': not known to be bad).
    */
   state: 'ok' | 'missing' | 'corrupt' | 'invalid' | 'locked';
+  /** With state 'locked': the id of the key the file is encrypted with. */
+  keyId?: string;
 }
 
 export type HistoryMap = Map<number, TimelineHistory>;
@@ -229,7 +231,7 @@ export async function readHistories(store: ArchiveStore, inv: Inventory, tlis: r
     } catch (err) {
       if (err instanceof NotFoundError) out.set(tli, { tli, file, entries: undefined, problem: 'missing', state: 'missing' });
       else if (err instanceof IntegrityError) out.set(tli, { tli, file, entries: undefined, problem: err.message, state: 'corrupt' });
-      else if (err instanceof KeyUnavailableError) out.set(tli, { tli, file, entries: undefined, problem: err.message, state: 'locked' });
+      else if (err instanceof KeyUnavailableError) out.set(tli, { tli, file, entries: undefined, problem: err.message, state: 'locked', keyId: err.keyId });
       else throw err;
     }
   }

@@ -194,8 +194,7 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
       report.checked.historyFiles++;
     } else if (h.state === 'locked') {
       report.checked.encryptedWithoutKey++;
-      const m = /encrypted with key "([^"]+)"/.exec(h.problem ?? '');
-      if (m) lockedKeys.add(m[1]!);
+      if (h.keyId !== undefined) lockedKeys.add(h.keyId);
     }
   }
 
