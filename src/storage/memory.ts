@@ -27,24 +27,29 @@ interface Entry {
   modified: Date;
 }
 
+export interface MemoryStoreOptions {
+  keyring?: Keyring;
+  /** Hold the same objects as this store (a view with other keys: see withKeyring). */
+  sharedWith?: MemoryStore;
+}
+
 export class MemoryStore implements ArchiveStore {
   readonly description: string;
-  private objects = new Map<string, Entry>();
+  private readonly objects: Map<string, Entry>;
   private readonly failures: Error[] = [];
   private closed = false;
 
   private readonly keyring: Keyring | undefined;
 
-  constructor(description = 'memory:', opts: { keyring?: Keyring } = {}) {
+  constructor(description = 'memory:', opts: MemoryStoreOptions = {}) {
     this.description = description;
     this.keyring = opts.keyring;
+    this.objects = opts.sharedWith?.objects ?? new Map();
   }
 
   /** A view of the same objects read and written with other keys (or none): encryption tests. */
   withKeyring(keyring: Keyring | undefined): MemoryStore {
-    const other = new MemoryStore(this.description, keyring ? { keyring } : {});
-    (other as unknown as { objects: Map<string, Entry> }).objects = this.objects;
-    return other;
+    return new MemoryStore(this.description, { ...(keyring ? { keyring } : {}), sharedWith: this });
   }
 
   /** Test hook: exchange what two names hold, records and all (an archive rearranged behind walstream's back). */
