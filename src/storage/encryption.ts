@@ -32,7 +32,7 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { inspect } from 'node:util';
-import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, QUARANTINE_PREFIX, StorageError, type Compression } from './types.js';
+import { IntegrityError, KeyUnavailableError, QUARANTINE_PREFIX, StorageError, type Compression } from './types.js';
 
 export const SEALED_MAGIC = Buffer.from([0x89, 0x57, 0x53, 0x45, 0x4e, 0x43, 0x0d, 0x0a]);
 export const SEALED_VERSION = 1;
@@ -190,14 +190,19 @@ export function encodeStored(keyring: Keyring | undefined, name: string, compres
 }
 
 /**
- * What a backend decompresses for `stored`: unsealed when sealed, else the bytes as stored (or
- * IntegrityError when the keyring requires encryption). The archive's identity record is exempt:
- * one written before encryption was turned on stays plain until a writer records the change
- * (archive/identity.ts), and it holds no WAL.
+ * What a backend decompresses for `stored`: unsealed when sealed, else the bytes as stored, or
+ * IntegrityError when `refusePlain` (the caller decides which names must be encrypted: see
+ * common.ts plainRefused).
  */
-export function decodeStored(keyring: Keyring | undefined, name: string, compression: Compression, stored: Buffer): { payload: Buffer; keyId: string | undefined } {
+export function decodeStored(
+  keyring: Keyring | undefined,
+  name: string,
+  compression: Compression,
+  stored: Buffer,
+  refusePlain: boolean,
+): { payload: Buffer; keyId: string | undefined } {
   if (!isSealed(stored)) {
-    if (keyring?.requireEncrypted && name !== IDENTITY_NAME) throw new IntegrityError(name, 'it is not encrypted, and only encrypted objects are accepted (--encryption-required)');
+    if (refusePlain) throw new IntegrityError(name, 'it is not encrypted, and only encrypted objects are accepted (--encryption-required)');
     return { payload: stored, keyId: undefined };
   }
   return unseal(keyring, name, compression, stored);

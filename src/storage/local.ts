@@ -21,8 +21,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../sink/fsutil.js';
 import { compressionSuffix } from '../sink/segment-file.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
-import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, mapLimit, quarantineName } from './common.js';
-import { decodeStored, encodeStored, isSealed, sealedHeader, type Keyring } from './encryption.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, mapLimit, plainRefused, quarantineName, unauthenticatedError } from './common.js';
+import { decodeStored, encodeStored, type Keyring } from './encryption.js';
 import {
   ConflictError,
   IntegrityError,
@@ -81,9 +81,14 @@ interface Prepared {
   sha: string;
   compression: Compression;
   noSync: boolean;
+  /** The keys the object is written with (none for a put with `unencrypted`). */
+  keyring: Keyring | undefined;
+  /** An unencrypted copy under the name is damaged (common.ts judgeStored). */
+  plainIsDamaged: boolean;
 }
 
-type Outcome = PutResult | 'conflict';
+/** 'damaged': what is stored must be replaced (see common.ts judgeStored); 'unauthenticated': an error. */
+type Outcome = PutResult | 'conflict' | { damaged: Found } | { unauthenticated: string };
 
 type Claim = { kind: 'new' } | { kind: 'shared' } | { kind: 'decided'; outcome: Outcome };
 
@@ -185,6 +190,7 @@ export class LocalStore implements ArchiveStore {
   private readonly staleClaimMs: number;
   private readonly claimWaitMs: number;
   private readonly keyring: Keyring | undefined;
+  private archiveEncrypted = false;
 
   constructor(dir: string, opts: LocalStoreOptions = {}) {
     if (dir === '') throw new StorageError('the archive directory must not be empty', false);
@@ -195,19 +201,40 @@ export class LocalStore implements ArchiveStore {
     this.keyring = opts.keyring;
   }
 
+  setArchiveEncrypted(encrypted: boolean): void {
+    this.archiveEncrypted = encrypted;
+  }
+
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
     assertArchiveName(name);
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
     return this.guard(`cannot store "${name}"`, async () => {
-      const stored = encodeStored(this.keyring, name, compression, await compress(data, compression));
-      const obj: Prepared = { data, stored, sha: sha256Hex(data), compression, noSync: opts.noSync ?? false };
-      const outcome = await this.store(name, obj);
-      if (outcome !== 'conflict') return outcome;
+      const keyring = opts.unencrypted ? undefined : this.keyring;
+      const stored = encodeStored(keyring, name, compression, await compress(data, compression));
+      const obj: Prepared = {
+        data,
+        stored,
+        sha: sha256Hex(data),
+        compression,
+        noSync: opts.noSync ?? false,
+        keyring,
+        plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
+      };
+      let replacedDamaged: string | undefined;
+      let outcome = await this.store(name, obj);
+      for (let round = 0; typeof outcome === 'object' && 'damaged' in outcome; round++) {
+        if (round >= 3) throw new StorageError(`"${name}" keeps changing in the archive while its damaged copy is replaced; try again`, true);
+        replacedDamaged = (await this.quarantineDamaged(name, outcome.damaged, obj.noSync)) ?? replacedDamaged;
+        outcome = await this.store(name, obj);
+      }
+      if (typeof outcome === 'object' && 'unauthenticated' in outcome) throw unauthenticatedError(name, outcome.unauthenticated);
+      if (outcome !== 'conflict') return replacedDamaged !== undefined ? { ...outcome, status: 'created', replacedDamaged } : outcome;
       const when = new Date();
+      const quarantined: Prepared = { ...obj, plainIsDamaged: false };
       for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
         const q = quarantineName(name, when, attempt);
-        if ((await this.store(q, obj)) !== 'conflict') throw new ConflictError(name, q);
+        if ((await this.store(q, quarantined)) !== 'conflict') throw new ConflictError(name, q);
       }
       throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
     });
@@ -226,7 +253,7 @@ export class LocalStore implements ArchiveStore {
         throw err;
       }
       const rec = await this.readRecord(name);
-      const { payload, keyId } = decodeStored(this.keyring, name, found.compression, stored);
+      const { payload, keyId } = decodeStored(this.keyring, name, found.compression, stored, plainRefused(this.keyring?.requireEncrypted === true, name));
       const data = await this.decode(name, found, payload, rec);
       if (rec) {
         const actual = sha256Hex(data);
@@ -383,54 +410,80 @@ export class LocalStore implements ArchiveStore {
     }
   }
 
-  /** Whether the stored file holds exactly `data`. */
-  private async holds(name: string, found: Found, data: Buffer): Promise<boolean> {
+  /**
+   * How the stored file compares with `obj` (common.ts judgeStored). `withRecord` false: the
+   * checksum record is ours, not the file's (a file published without a record beat ours).
+   */
+  private async compare(name: string, found: Found, obj: Prepared, withRecord = true): Promise<Outcome> {
     let stored: Buffer;
     try {
       stored = await readFile(found.path);
     } catch (err) {
-      if (errno(err) === 'ENOENT') return false;
+      if (errno(err) === 'ENOENT') return 'conflict';
       throw err;
     }
-    if (isSealed(stored)) {
-      // Encrypted: compare the plaintext. Without its key, the recorded checksum of the plaintext.
-      let keyId: string;
-      try {
-        keyId = sealedHeader(name, stored).keyId;
-      } catch (err) {
-        if (err instanceof IntegrityError) return false; // a damaged header: not ours
-        throw err;
-      }
-      if (!this.keyring?.has(keyId)) {
-        const rec = await this.readRecord(name);
-        return rec !== undefined && rec.sha === sha256Hex(data) && (rec.size === undefined || rec.size === data.length);
-      }
-      try {
-        stored = decodeStored(this.keyring, name, found.compression, stored).payload;
-      } catch (err) {
-        if (err instanceof IntegrityError) return false; // fails authentication: not ours
-        throw err;
-      }
-    } else if (found.compression === 'none') {
-      return stored.equals(data);
-    }
-    if (found.compression === 'none') return stored.equals(data);
-    try {
-      return (await decompress(stored, found.compression, { allowTruncated: name.endsWith('.partial') })).equals(data);
-    } catch (err) {
-      if (err instanceof StorageError) throw err;
-      return false; // undecodable bytes are not ours
+    const rec = withRecord ? await this.readRecord(name) : undefined;
+    const verdict = await judgeStored(name, { stored, compression: found.compression, checksum: rec?.sha, size: rec?.size }, obj.data, {
+      keyring: obj.keyring,
+      plainIsDamaged: obj.plainIsDamaged,
+      allowTruncated: name.endsWith('.partial'),
+    });
+    switch (verdict.kind) {
+      case 'identical':
+        return { status: 'exists', info: await this.infoOf(name, found) };
+      case 'different':
+        return 'conflict';
+      case 'damaged':
+        return { damaged: found };
+      case 'unauthenticated':
+        return { unauthenticated: verdict.keyId };
     }
   }
 
-  private async compare(name: string, found: Found, data: Buffer): Promise<Outcome> {
-    return (await this.holds(name, found, data)) ? { status: 'exists', info: await this.infoOf(name, found) } : 'conflict';
+  /**
+   * Keep a damaged stored file (and its checksum record) under quarantine/ and remove it from its
+   * name, so that the verified copy can be stored there. Undefined when another writer moved or
+   * replaced it first (nothing was removed then).
+   */
+  private async quarantineDamaged(name: string, found: Found, noSync: boolean): Promise<string | undefined> {
+    const p = this.place(name);
+    const q = this.place(quarantineName(name, new Date()));
+    await ensureDir(q.dataDir, noSync);
+    await ensureDir(q.metaDir, noSync);
+    const when = new Date();
+    let kept: string | undefined;
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
+      const qName = quarantineName(name, when, attempt);
+      const qp = this.place(qName);
+      try {
+        await link(found.path, join(qp.dataDir, qp.base + compressionSuffix(found.compression)));
+      } catch (err) {
+        if (errno(err) === 'EEXIST') continue;
+        if (errno(err) === 'ENOENT') return undefined; // moved already
+        throw err;
+      }
+      kept = qName;
+      const rec = await readFile(p.record).catch(() => undefined);
+      if (rec) await writeNew(qp.record, rec, noSync).catch(() => undefined);
+    }
+    if (kept === undefined) throw new StorageError(`"${name}" is damaged in the archive and no free quarantine name was found`, false);
+    // Remove it from its name only if it is still the file that was judged.
+    const now = await statOrUndefined(found.path);
+    if (!now || now.ino !== found.stat.ino || now.dev !== found.stat.dev) return undefined;
+    await unlinkQuiet(found.path);
+    await unlinkQuiet(p.record);
+    if (!noSync) {
+      await fsyncDir(q.dataDir);
+      await fsyncDir(p.dataDir);
+      await fsyncDir(p.metaDir);
+    }
+    return kept;
   }
 
   /** Store `obj` as `name` unless the name is taken: created, exists (same bytes) or conflict. */
   private async store(name: string, obj: Prepared): Promise<Outcome> {
     const existing = await this.locate(name);
-    if (existing) return this.compare(name, existing, obj.data);
+    if (existing) return this.compare(name, existing, obj);
 
     const p = this.place(name);
     await ensureDir(p.dataDir, obj.noSync);
@@ -451,10 +504,10 @@ export class LocalStore implements ArchiveStore {
         }
         // Another writer published this very file first.
         const st = await stat(finalPath);
-        const outcome = await this.compare(name, { path: finalPath, file, compression: obj.compression, stat: st }, obj.data);
-        // Our record described our bytes; a different file that beat us (not written through a
+        // Our record describes our bytes; a different file that beat us (not written through a
         // record, e.g. by pg_receivewal) must not be checked against it.
-        if (outcome === 'conflict' && claim.kind === 'new') await unlinkQuiet(p.record);
+        const outcome = await this.compare(name, { path: finalPath, file, compression: obj.compression, stat: st }, obj, claim.kind !== 'new');
+        if (!(typeof outcome === 'object' && 'status' in outcome) && claim.kind === 'new') await unlinkQuiet(p.record);
         return outcome;
       }
       // A stale-claim takeover may have replaced the record while we were between the steps.
@@ -499,7 +552,7 @@ export class LocalStore implements ArchiveStore {
         }
         // Another writer's claim: its data file should follow at once.
         const found = await this.waitForData(name);
-        if (found) return { kind: 'decided', outcome: await this.compare(name, found, obj.data) };
+        if (found) return { kind: 'decided', outcome: await this.compare(name, found, obj) };
         if (Date.now() - heldStat.mtimeMs < this.staleClaimMs) {
           throw new StorageError(`another put of "${name}" is in progress (its checksum record has no data file yet); try again`, true);
         }

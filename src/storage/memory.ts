@@ -3,7 +3,7 @@
 // Every put decides and stores synchronously after its one await, so concurrent puts of one name
 // are serialised exactly as link(2) or If-None-Match serialise them elsewhere.
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
-import { QUARANTINE_ATTEMPTS, byName, listedUnder, quarantineName } from './common.js';
+import { QUARANTINE_ATTEMPTS, byName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import { decodeStored, encodeStored, type Keyring } from './encryption.js';
 import {
   ConflictError,
@@ -38,6 +38,7 @@ export class MemoryStore implements ArchiveStore {
   private readonly objects: Map<string, Entry>;
   private readonly failures: Error[] = [];
   private closed = false;
+  private archiveEncrypted = false;
 
   private readonly keyring: Keyring | undefined;
 
@@ -84,33 +85,69 @@ export class MemoryStore implements ArchiveStore {
     this.failures.push(err);
   }
 
+  setArchiveEncrypted(encrypted: boolean): void {
+    this.archiveEncrypted = encrypted;
+  }
+
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
     this.check(name);
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
+    const keyring = opts.unencrypted ? undefined : this.keyring;
     const entry: Entry = {
-      stored: Buffer.from(encodeStored(this.keyring, name, compression, await compress(data, compression))),
+      stored: Buffer.from(encodeStored(keyring, name, compression, await compress(data, compression))),
       compression,
       checksum: sha256Hex(data),
       size: data.length,
       modified: new Date(),
     };
-    // From here on, synchronous: the decision and the store are one step.
-    this.injected();
-    const existing = this.objects.get(name);
-    if (!existing) {
-      this.objects.set(name, entry);
-      return { status: 'created', info: info(name, entry) };
+    for (;;) {
+      const before = this.objects.get(name);
+      const verdict = before
+        ? await judgeStored(name, { stored: before.stored, compression: before.compression, checksum: before.checksum, size: before.size }, data, {
+            keyring,
+            plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
+          })
+        : undefined;
+      // From here on, synchronous: the decision and the store are one step (judged again if the
+      // object changed meanwhile).
+      this.injected();
+      const existing = this.objects.get(name);
+      if (existing !== before) continue;
+      if (!existing || !verdict) {
+        this.objects.set(name, entry);
+        return { status: 'created', info: info(name, entry) };
+      }
+      switch (verdict.kind) {
+        case 'identical':
+          return { status: 'exists', info: info(name, existing) };
+        case 'unauthenticated':
+          throw unauthenticatedError(name, verdict.keyId);
+        case 'damaged': {
+          const kept = this.freeQuarantineName(name, entry.modified);
+          this.objects.set(kept, existing);
+          this.objects.set(name, entry);
+          return { status: 'created', info: info(name, entry), replacedDamaged: kept };
+        }
+        case 'different':
+          for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+            const q = quarantineName(name, entry.modified, attempt);
+            const held = this.objects.get(q);
+            if (held && held.checksum !== entry.checksum) continue;
+            if (!held) this.objects.set(q, entry);
+            throw new ConflictError(name, q);
+          }
+          throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+      }
     }
-    if (existing.checksum === entry.checksum && existing.size === entry.size) return { status: 'exists', info: info(name, existing) };
+  }
+
+  private freeQuarantineName(name: string, when: Date): string {
     for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
-      const q = quarantineName(name, entry.modified, attempt);
-      const held = this.objects.get(q);
-      if (held && held.checksum !== entry.checksum) continue;
-      if (!held) this.objects.set(q, entry);
-      throw new ConflictError(name, q);
+      const q = quarantineName(name, when, attempt);
+      if (!this.objects.has(q)) return q;
     }
-    throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+    throw new StorageError(`"${name}" is damaged in the archive and no free quarantine name was found`, false);
   }
 
   async get(name: string): Promise<GetResult> {
@@ -118,7 +155,7 @@ export class MemoryStore implements ArchiveStore {
     this.injected();
     const e = this.objects.get(name);
     if (!e) throw new NotFoundError(name);
-    const { payload, keyId } = decodeStored(this.keyring, name, e.compression, e.stored);
+    const { payload, keyId } = decodeStored(this.keyring, name, e.compression, e.stored, plainRefused(this.keyring?.requireEncrypted === true, name));
     let data: Buffer;
     try {
       data = await decompress(payload, e.compression);

@@ -19,8 +19,8 @@ import { createHash } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
-import { QUARANTINE_ATTEMPTS, byName, isArchiveName, listedUnder, quarantineName } from './common.js';
-import { decodeStored, encodeStored, isSealed, sealedHeader, type Keyring } from './encryption.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
+import { decodeStored, encodeStored, type Keyring } from './encryption.js';
 import {
   ConflictError,
   IntegrityError,
@@ -84,10 +84,18 @@ interface Prepared {
   stored: Buffer;
   sha: string;
   compression: Compression;
+  /** The keys the object is written with (none for a put with `unencrypted`). */
+  keyring: Keyring | undefined;
+  /** An unencrypted copy under the name is damaged (common.ts judgeStored). */
+  plainIsDamaged: boolean;
 }
 
-/** 'damaged': what is stored fails its own recorded checksum (an interrupted or corrupted write). */
-type Outcome = PutResult | 'conflict' | { damaged: Buffer };
+/**
+ * 'damaged': what is stored must be replaced (it fails its own recorded checksum, or is an
+ * unencrypted copy where only encrypted ones are read; common.ts judgeStored); 'unauthenticated':
+ * an error, never replaced.
+ */
+type Outcome = PutResult | 'conflict' | { damaged: Buffer } | { unauthenticated: string };
 
 interface SdkErrorShape {
   name?: string;
@@ -214,6 +222,7 @@ export class S3Store implements ArchiveStore {
   private readonly timeoutMs: number;
   private readonly listPageSize: number;
   private readonly keyring: Keyring | undefined;
+  private archiveEncrypted = false;
 
   constructor(opts: S3StoreOptions) {
     if (!opts.bucket) throw new StorageError('an S3 archive needs a bucket', false);
@@ -261,18 +270,37 @@ export class S3Store implements ArchiveStore {
     );
   }
 
+  setArchiveEncrypted(encrypted: boolean): void {
+    this.archiveEncrypted = encrypted;
+  }
+
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
     assertArchiveName(name);
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
-    const obj: Prepared = { data, stored: encodeStored(this.keyring, name, compression, await compress(data, compression)), sha: sha256Hex(data), compression };
+    const keyring = opts.unencrypted ? undefined : this.keyring;
+    const obj: Prepared = {
+      data,
+      stored: encodeStored(keyring, name, compression, await compress(data, compression)),
+      sha: sha256Hex(data),
+      compression,
+      keyring,
+      plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
+    };
     const outcome = await this.store(name, obj);
-    if (outcome !== 'conflict' && !('damaged' in outcome)) return outcome;
-    if (outcome !== 'conflict') return this.replaceDamaged(name, obj, outcome.damaged);
-    const when = new Date();
-    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
-      const q = quarantineName(name, when, attempt);
-      if ((await this.store(q, obj)) !== 'conflict') throw new ConflictError(name, q);
+    if (outcome === 'conflict') {
+      const when = new Date();
+      const quarantined: Prepared = { ...obj, plainIsDamaged: false };
+      for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+        const q = quarantineName(name, when, attempt);
+        if ((await this.store(q, quarantined)) !== 'conflict') throw new ConflictError(name, q);
+      }
+    } else if ('unauthenticated' in outcome) {
+      throw unauthenticatedError(name, outcome.unauthenticated);
+    } else if ('damaged' in outcome) {
+      return this.replaceDamaged(name, obj, outcome.damaged);
+    } else {
+      return outcome;
     }
     throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
   }
@@ -283,7 +311,7 @@ export class S3Store implements ArchiveStore {
     if (!fetched) throw new NotFoundError(name);
     const { stored, info } = fetched;
     const compression = info.compression ?? 'none';
-    const { payload, keyId } = decodeStored(this.keyring, name, compression, stored);
+    const { payload, keyId } = decodeStored(this.keyring, name, compression, stored, plainRefused(this.keyring?.requireEncrypted === true, name));
     let data: Buffer;
     try {
       data = await decompress(payload, compression);
@@ -390,45 +418,25 @@ export class S3Store implements ArchiveStore {
     });
   }
 
-  /** Compare what `name` holds with `data`: exists, conflict, damaged, or gone (deleted since). */
-  private async compareWith(name: string, data: Buffer): Promise<Outcome | 'gone'> {
+  /** Compare what `name` holds with `obj` (common.ts judgeStored), or 'gone' (deleted since). */
+  private async compareWith(name: string, obj: Prepared): Promise<Outcome | 'gone'> {
     const fetched = await this.fetch(name);
     if (!fetched) return 'gone';
-    const compression = fetched.info.compression ?? 'none';
-    let payload: Buffer | undefined = fetched.stored;
-    if (isSealed(fetched.stored)) {
-      // Encrypted with a key not given: the checksum recorded of the plaintext decides.
-      const keyId = (() => {
-        try {
-          return sealedHeader(name, fetched.stored).keyId;
-        } catch {
-          return undefined;
-        }
-      })();
-      if (keyId !== undefined && !this.keyring?.has(keyId)) {
-        const same = fetched.info.checksum === sha256Hex(data) && fetched.info.size === data.length;
-        return same ? { status: 'exists', info: { ...fetched.info, size: data.length } } : 'conflict';
-      }
-      try {
-        payload = decodeStored(this.keyring, name, compression, fetched.stored).payload;
-      } catch (err) {
-        if (!(err instanceof IntegrityError)) throw err;
-        payload = undefined; // fails authentication: not ours
-      }
+    const { info, stored } = fetched;
+    const verdict = await judgeStored(name, { stored, compression: info.compression ?? 'none', checksum: info.checksum, size: info.size }, obj.data, {
+      keyring: obj.keyring,
+      plainIsDamaged: obj.plainIsDamaged,
+    });
+    switch (verdict.kind) {
+      case 'identical':
+        return { status: 'exists', info: { ...info, size: obj.data.length } };
+      case 'different':
+        return 'conflict';
+      case 'damaged':
+        return { damaged: stored };
+      case 'unauthenticated':
+        return { unauthenticated: verdict.keyId };
     }
-    let theirs: Buffer | undefined;
-    try {
-      theirs = payload === undefined ? undefined : await decompress(payload, compression);
-    } catch (err) {
-      if (err instanceof StorageError) throw err;
-      theirs = undefined; // undecodable bytes are not ours
-    }
-    if (theirs?.equals(data)) return { status: 'exists', info: { ...fetched.info, size: theirs.length } };
-    // An object that does not match the checksum recorded with it is not another valid copy: it
-    // is damage (a write cut short on a store without atomic PUTs, or corruption).
-    const recorded = fetched.info.checksum;
-    if (recorded !== undefined && (theirs === undefined || sha256Hex(theirs) !== recorded)) return { damaged: fetched.stored };
-    return 'conflict';
   }
 
   /**
@@ -440,7 +448,7 @@ export class S3Store implements ArchiveStore {
     let kept: string | undefined;
     for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
       const q = quarantineName(name, when, attempt);
-      const raw: Prepared = { data: damaged, stored: damaged, sha: sha256Hex(damaged), compression: 'none' };
+      const raw: Prepared = { data: damaged, stored: damaged, sha: sha256Hex(damaged), compression: 'none', keyring: undefined, plainIsDamaged: false };
       const r = await this.store(q, raw);
       if (r !== 'conflict') kept = q;
     }
@@ -461,7 +469,7 @@ export class S3Store implements ArchiveStore {
       if (!this.conditionalWrites) {
         const held = await this.head(name);
         if (held) {
-          const r = await this.compareWith(name, obj.data);
+          const r = await this.compareWith(name, obj);
           if (r !== 'gone') return r;
           continue;
         }
@@ -488,7 +496,7 @@ export class S3Store implements ArchiveStore {
         await sleep(50 * 2 ** attempt + Math.floor(Math.random() * 50));
         continue;
       }
-      const r = await this.compareWith(name, obj.data);
+      const r = await this.compareWith(name, obj);
       if (r !== 'gone') return r;
     }
     throw new StorageError(`S3 PUT ${this.where(key)}: the object keeps changing under concurrent writers; try again`, true);

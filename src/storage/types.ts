@@ -48,6 +48,12 @@ export interface PutOptions {
   compression?: Compression;
   /** Skip the directory fsync / extra durability steps (tests and --no-sync only). */
   noSync?: boolean;
+  /**
+   * Store the object as is even when the store has encryption keys: the archive's own records
+   * that must be readable without a key (the identity record of an archive not recorded as
+   * encrypted, the encryption marker; archive/identity.ts).
+   */
+  unencrypted?: boolean;
 }
 
 export interface PutResult {
@@ -73,6 +79,15 @@ export interface ArchiveStore {
   delete(name: string): Promise<void>;
   /** Release connections and timers. */
   close(): Promise<void>;
+  /**
+   * For writers with encryption keys, once the archive is known to be recorded as encrypted
+   * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
+   * object under a WAL file name treats it as damaged even when its contents are identical, since
+   * every reader of an encrypted archive refuses it; it is moved to quarantine/ and replaced by
+   * the encrypted copy (`replacedDamaged`). A store whose keyring has requireEncrypted does so
+   * from the start. Stores without keys ignore it.
+   */
+  setArchiveEncrypted?(encrypted: boolean): void;
 }
 
 export class StorageError extends Error {
@@ -144,6 +159,16 @@ export const QUARANTINE_PREFIX = 'quarantine/';
 export const IDENTITY_NAME = 'walstream.json';
 
 /**
+ * The archive's encryption marker (archive/identity.ts): its existence says the archive's objects
+ * are encrypted, for an archive whose identity record was written without saying so. Written once,
+ * never changed; listings leave it out unless asked by name.
+ */
+export const ENCRYPTED_MARKER_NAME = 'walstream.encrypted';
+
+/** The archive's own records (not WAL): reserved names, left out of listings. */
+export const RESERVED_NAMES: ReadonlySet<string> = new Set([IDENTITY_NAME, ENCRYPTED_MARKER_NAME]);
+
+/**
  * Names an archive accepts: WAL segments, history, backup history and partial files, pieces of a
  * segment still being received (`<segment>.partial.<offset as 8 hex digits>`: the bytes from that
  * offset, see archive/partial.ts), or quarantine copies.
@@ -151,10 +176,10 @@ export const IDENTITY_NAME = 'walstream.json';
 export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial(?:\.[0-9A-F]{8})?|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
 
 export function assertArchiveName(name: string): void {
-  if (name === IDENTITY_NAME) return;
+  if (RESERVED_NAMES.has(name)) return;
   if (name.startsWith(QUARANTINE_PREFIX)) {
     const original = name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, '');
-    if (ARCHIVE_NAME_RE.test(original) || original === IDENTITY_NAME) return;
+    if (ARCHIVE_NAME_RE.test(original) || RESERVED_NAMES.has(original)) return;
   }
   if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`"${name.slice(0, 80)}" is not a WAL file name`, false);
 }

@@ -17,6 +17,7 @@ import { openArchive } from '../../src/storage/open.js';
 import { S3Store, type S3StoreOptions } from '../../src/storage/s3.js';
 import {
   ConflictError,
+  IDENTITY_NAME,
   IntegrityError,
   KeyUnavailableError,
   NotFoundError,
@@ -483,6 +484,49 @@ function archiveContract(backend: () => Backend): void {
       await plain!.put(seg(62), payload(62));
       expect((await enc!.put(seg(62), payload(62))).status).toBe('exists');
       expect(isSealed(await backend().rawStored(enc!, seg(62)))).toBe(false);
+    });
+    it('a plain copy where only encrypted ones are read is replaced, even with identical bytes (kept in quarantine)', async () => {
+      const [plain, strict, enc] = await views(undefined, keyA.withRequireEncrypted(true), keyA);
+      // --encryption-required: the keyring says so.
+      await plain!.put(seg(65), payload(65), { compression: 'gzip' });
+      const r = await strict!.put(seg(65), payload(65), { compression: 'gzip' });
+      expect(r.status).toBe('created');
+      expect(r.replacedDamaged).toMatch(new RegExp(`^quarantine/${seg(65)}\\.`));
+      expect(isSealed(await backend().rawStored(strict!, seg(65)))).toBe(true);
+      expect((await strict!.get(seg(65))).data.equals(payload(65))).toBe(true);
+      expect(await plain!.head(r.replacedDamaged!)).toBeDefined();
+      expect((await strict!.put(seg(65), payload(65), { compression: 'gzip' })).status).toBe('exists');
+      // An archive recorded as encrypted: the writer says so once it knows.
+      await plain!.put(seg(66), payload(66));
+      expect((await enc!.put(seg(66), payload(66))).status).toBe('exists');
+      enc!.setArchiveEncrypted!(true);
+      const r2 = await enc!.put(seg(66), payload(66));
+      expect(r2.replacedDamaged).toMatch(new RegExp(`^quarantine/${seg(66)}\\.`));
+      expect(isSealed(await backend().rawStored(enc!, seg(66)))).toBe(true);
+      // Different bytes are still a conflict; the archive's own records are exempt.
+      expect(await rejection(strict!.put(seg(65), payload(67)))).toBeInstanceOf(ConflictError);
+      await plain!.put(IDENTITY_NAME, Buffer.from('{}'));
+      expect((await strict!.put(IDENTITY_NAME, Buffer.from('{}'))).status).toBe('exists');
+      expect(isSealed(await backend().rawStored(strict!, IDENTITY_NAME))).toBe(false);
+      expect((await plain!.list('quarantine/')).length).toBe(3);
+    });
+
+    it('a stored copy that does not authenticate with our key of that id is an error, never replaced', async () => {
+      const [enc, impostor] = await views(keyA, sameIdOtherBytes);
+      for (const c of ['none', 'gzip'] as const) {
+        const name = seg(c === 'none' ? 68 : 69);
+        await enc!.put(name, payload(68), { compression: c });
+        const before = await backend().rawStored(enc!, name);
+        for (const data of [payload(68), payload(70)]) {
+          const err = await rejection(impostor!.put(name, data, { compression: c }));
+          expect(err).toBeInstanceOf(IntegrityError);
+          expect((err as IntegrityError).objectName).toBe(name);
+          expect((err as Error).message).toMatch(/the stored copy does not authenticate with key "key-a".*likely two different keys under one id/);
+          expect((await backend().rawStored(enc!, name)).equals(before)).toBe(true);
+        }
+        expect((await enc!.get(name)).data.equals(payload(68))).toBe(true);
+      }
+      expect((await enc!.list('quarantine/')).length).toBe(0);
     });
   });
 

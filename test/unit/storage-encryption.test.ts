@@ -219,9 +219,9 @@ describe('requireEncrypted', () => {
     const strict = ring(['k1', KEY]).withRequireEncrypted(true);
     expect(strict.requireEncrypted).toBe(true);
     expect(strict.ids).toEqual(['k1']);
-    expect(rejectionOf(() => decodeStored(strict, NAME, 'none', Buffer.from('plain')))).toBeInstanceOf(IntegrityError);
-    expect(decodeStored(ring(['k1', KEY]), NAME, 'none', Buffer.from('plain')).payload.toString()).toBe('plain');
-    expect(decodeStored(strict, NAME, 'none', Buffer.from(GOLDEN, 'hex')).payload.toString()).toBe('hello wal');
+    expect(rejectionOf(() => decodeStored(strict, NAME, 'none', Buffer.from('plain'), true))).toBeInstanceOf(IntegrityError);
+    expect(decodeStored(ring(['k1', KEY]), NAME, 'none', Buffer.from('plain'), false).payload.toString()).toBe('plain');
+    expect(decodeStored(strict, NAME, 'none', Buffer.from(GOLDEN, 'hex'), true).payload.toString()).toBe('hello wal');
     expect((await loadKeyring({ keyVariable: KEY.toString('hex'), requireEncrypted: true }))!.requireEncrypted).toBe(true);
     await expect(loadKeyring({ requireEncrypted: true })).rejects.toThrow(/--encryption-required needs an encryption key/);
   });
