@@ -8,13 +8,18 @@
 // It also records whether the archive's objects are encrypted (storage/encryption.ts), so that a
 // writer without the key cannot add plain objects to an encrypted archive, and readers refuse
 // plain objects there as if given --encryption-required. The archive is encrypted when its record
-// says `"encryption": "aes-256-gcm"` or is itself stored encrypted (only a writer with a key writes
-// one, and a reader without the key cannot read the field). A record without the field, stored
-// plain, is an unencrypted archive, as every record was before the field existed. The first
-// writer with a key records the field; an existing record gains it only from a writer given
-// --encryption-required (recordEncryption below), since plain objects written before would then
-// be refused.
-import { ConflictError, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type GetResult, type ObjectInfo, type PutOptions, type PutResult } from '../storage/types.js';
+// says `"encryption": "aes-256-gcm"` or is itself stored encrypted (written so only together with
+// the field; a reader without the key cannot read the field), or when the separate marker object
+// walstream.encrypted exists. Neither is ever changed or deleted by walstream: the record is
+// written once, the marker once.
+// - A first writer with a key records the field only when the archive holds no WAL yet (one list
+//   at the first claim), or when given --encryption-required: otherwise readers would refuse the
+//   plain WAL already there (a pg_receivewal directory, an archive whose record was removed). It
+//   then writes the record plain, without the field.
+// - An existing record without the field: a writer with a key and --encryption-required creates
+//   the marker (put if absent), once every object is encrypted. Turning encryption off again is
+//   the operator's removing the marker by hand.
+import { ConflictError, ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, RESERVED_NAMES, StorageError, type ArchiveStore, type GetResult, type ObjectInfo, type PutOptions, type PutResult } from '../storage/types.js';
 
 /** The one encryption an archive can record: storage/encryption.ts's AES-256-GCM sealed objects. */
 export const ARCHIVE_ENCRYPTION = 'aes-256-gcm';
@@ -80,17 +85,24 @@ export async function readIdentity(store: ArchiveStore): Promise<ArchiveIdentity
   return got.info.keyId !== undefined ? { ...id, encryption: ARCHIVE_ENCRYPTION } : id;
 }
 
+/** Whether the marker object says the archive is encrypted (one HEAD). */
+async function markerPresent(store: ArchiveStore): Promise<boolean> {
+  return (await store.head(ENCRYPTED_MARKER_NAME)) !== undefined;
+}
+
 /**
- * Whether the archive's identity record says its objects are encrypted. A record encrypted with
- * a key not given says so too (it was written by a writer with a key); no record: false.
+ * Whether the archive is recorded as encrypted: its identity record says so (a record encrypted
+ * with a key not given says so too: only a writer recording the field writes one), or the marker
+ * exists. No record and no marker: false.
  */
 export async function archiveEncrypted(store: ArchiveStore): Promise<boolean> {
   try {
-    return (await readIdentity(store))?.encryption !== undefined;
+    if ((await readIdentity(store))?.encryption !== undefined) return true;
   } catch (err) {
     if (err instanceof KeyUnavailableError) return true;
     throw err;
   }
+  return markerPresent(store);
 }
 
 function compare(found: ArchiveIdentity, ours: ArchiveIdentity, store: ArchiveStore, what: string): void {
@@ -109,96 +121,119 @@ function compare(found: ArchiveIdentity, ours: ArchiveIdentity, store: ArchiveSt
 /** What a writer brings: whether it encrypts (has a key), and whether it was given --encryption-required. */
 export interface WriterEncryption {
   encrypts: boolean;
-  /** With a key: record in an existing identity without the field that the archive is encrypted. */
+  /** With a key: record that the archive is encrypted (the field in a new record, else the marker). */
   requireEncrypted?: boolean;
 }
 
-function refusal(store: ArchiveStore): ArchiveEncryptedError {
+/** What a writer learns from the archive. */
+export interface WriterCheck {
+  /** The archive is recorded as encrypted (by now). */
+  encrypted: boolean;
+}
+
+function refusal(store: ArchiveStore, by: string): ArchiveEncryptedError {
   return new ArchiveEncryptedError(
-    `the archive ${store.description} is encrypted (its identity record ${IDENTITY_NAME} says so) and no encryption key was given: ` +
+    `the archive ${store.description} is encrypted (${by} says so) and no encryption key was given: ` +
       'writing to it needs its key (--encryption-key-file or WALSTREAM_ENCRYPTION_KEY); nothing was written',
   );
 }
+
+const BY_RECORD = `its identity record ${IDENTITY_NAME}`;
+const BY_MARKER = `its marker ${ENCRYPTED_MARKER_NAME}`;
 
 /** readIdentity for a writer: a record it cannot read for want of a key means an encrypted archive. */
 async function readForWriter(store: ArchiveStore, writer: WriterEncryption): Promise<ArchiveIdentity | undefined> {
   try {
     return await readIdentity(store);
   } catch (err) {
-    if (err instanceof KeyUnavailableError && !writer.encrypts) throw refusal(store);
+    if (err instanceof KeyUnavailableError && !writer.encrypts) throw refusal(store, BY_RECORD);
     throw err;
   }
 }
 
 /**
+ * Whether the archive is encrypted, given its record (read already): the field, else the marker.
+ * A writer without a key is refused when it is; a writer with one is told, and tells the store
+ * (ArchiveStore.setArchiveEncrypted: a plain copy under a name it puts is then replaced).
+ */
+async function settle(store: ArchiveStore, found: ArchiveIdentity | undefined, writer: WriterEncryption): Promise<WriterCheck> {
+  let by: string | undefined;
+  if (found?.encryption) by = BY_RECORD;
+  else if (await markerPresent(store)) by = BY_MARKER;
+  if (by !== undefined && !writer.encrypts) throw refusal(store, by);
+  if (by !== undefined) store.setArchiveEncrypted?.(true);
+  return { encrypted: by !== undefined };
+}
+
+/**
  * Refuse a writer without a key when the archive is encrypted (for files that carry no system
- * identifier to claim the archive with: history and backup files). No record: nothing to refuse.
+ * identifier to claim the archive with: history and backup files). No record: only the marker
+ * can refuse.
  */
-export async function checkWriter(store: ArchiveStore, writer: WriterEncryption): Promise<void> {
-  const found = await readForWriter(store, writer);
-  if (found?.encryption && !writer.encrypts) throw refusal(store);
+export async function checkWriter(store: ArchiveStore, writer: WriterEncryption): Promise<WriterCheck> {
+  return settle(store, await readForWriter(store, writer), writer);
 }
 
 /**
- * Record in an existing identity without the field that the archive is encrypted. Objects never
- * change in place (storage/types.ts), and the record has no update path of its own: the old
- * record is deleted and the new one put, encrypted. A writer recreating the record in between
- * (with the same identity) makes this one read it again and try once more; a crash in between
- * leaves no record, and the next writer writes it afresh (with the field when it has a key).
+ * Record that the archive is encrypted, in an archive whose identity record says nothing of it:
+ * the marker object, put if absent (never the record itself rewritten: an archive without its
+ * record, even for a moment, could be claimed by another system's writer). Written plain: it holds
+ * no secret, and its existence is what counts (another copy already there counts as well).
  */
-async function recordEncryption(store: ArchiveStore, found: ArchiveIdentity, ours: ArchiveIdentity, what: string): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    await store.delete(IDENTITY_NAME);
-    try {
-      await store.put(IDENTITY_NAME, encodeIdentity({ ...found, encryption: ARCHIVE_ENCRYPTION }));
-      return;
-    } catch (err) {
-      if (!(err instanceof ConflictError)) throw err;
-    }
-    const now = await readIdentity(store);
-    if (now) {
-      compare(now, ours, store, what);
-      if (now.encryption) return;
-    }
-    if (attempt >= 3) {
-      throw new StorageError(`cannot record in ${store.description}'s ${IDENTITY_NAME} that the archive is encrypted: other writers keep recreating it; try again`, true);
-    }
+async function putMarker(store: ArchiveStore): Promise<void> {
+  try {
+    await store.put(ENCRYPTED_MARKER_NAME, Buffer.from(`${JSON.stringify({ format: 1, encryption: ARCHIVE_ENCRYPTION })}\n`), { unencrypted: true });
+  } catch (err) {
+    if (!(err instanceof ConflictError)) throw err;
   }
+  store.setArchiveEncrypted?.(true);
 }
 
 /**
- * Check that `ours` may write into the archive; record it when the archive has no identity yet
- * (saying the archive is encrypted when the writer has a key). Two first writers racing: the
- * loser finds the winner's record and compares against it. A writer without a key is refused
- * (ArchiveEncryptedError) when the archive is encrypted; a writer with a key and
- * --encryption-required records that it is, in a record without the field.
+ * Check that `ours` may write into the archive; record it when the archive has no identity yet.
+ * Two first writers racing: the loser finds the winner's record and compares against it. A writer
+ * without a key is refused (ArchiveEncryptedError) when the archive is encrypted. A first writer
+ * with a key records the archive as encrypted when it holds no WAL yet or with
+ * --encryption-required; a writer with a key and --encryption-required records it in an archive
+ * with a record without the field by putting the marker.
  */
-export async function claimArchive(store: ArchiveStore, ours: ArchiveIdentity, what: string, writer: WriterEncryption = { encrypts: false }): Promise<void> {
+export async function claimArchive(store: ArchiveStore, ours: ArchiveIdentity, what: string, writer: WriterEncryption = { encrypts: false }): Promise<WriterCheck> {
   const found = await readForWriter(store, writer);
   if (found) {
     compare(found, ours, store, what);
-    if (found.encryption && !writer.encrypts) throw refusal(store);
-    if (!found.encryption && writer.encrypts && writer.requireEncrypted) await recordEncryption(store, found, ours, what);
-    return;
+    const check = await settle(store, found, writer);
+    if (!check.encrypted && writer.encrypts && writer.requireEncrypted) {
+      await putMarker(store);
+      return { encrypted: true };
+    }
+    return check;
   }
-  const record: ArchiveIdentity = { systemIdentifier: ours.systemIdentifier, segmentSize: ours.segmentSize, ...(writer.encrypts ? { encryption: ARCHIVE_ENCRYPTION } : {}) };
+  // No record yet (a new archive, one written by other tools, or one whose record was removed).
+  const marked = await settle(store, undefined, writer);
+  // Record encryption only where no reader can be holding plain WAL from before.
+  const encrypt = writer.encrypts && !marked.encrypted && (writer.requireEncrypted === true || (await store.list()).length === 0);
+  const record: ArchiveIdentity = { systemIdentifier: ours.systemIdentifier, segmentSize: ours.segmentSize, ...(encrypt ? { encryption: ARCHIVE_ENCRYPTION } : {}) };
   try {
-    await store.put(IDENTITY_NAME, encodeIdentity(record));
+    // Sealed only when it records the field: a record stored encrypted says the archive is.
+    await store.put(IDENTITY_NAME, encodeIdentity(record), { unencrypted: !encrypt });
   } catch (err) {
     if (!(err instanceof ConflictError)) throw err;
     const winner = await readForWriter(store, writer);
     if (!winner) throw err;
     compare(winner, ours, store, what);
-    if (winner.encryption && !writer.encrypts) throw refusal(store);
+    return settle(store, winner, writer);
   }
+  if (encrypt) store.setArchiveEncrypted?.(true);
+  return { encrypted: encrypt || marked.encrypted };
 }
 
 /**
  * A store for readers that refuses plain objects in an encrypted archive, as if the key were
  * given with --encryption-required: get of an object stored unencrypted is IntegrityError when
- * the identity record says the archive is encrypted. The record is read only when a plain object
- * comes back (once per store, its answer kept), so reading an encrypted archive costs no extra
- * request and reading an unencrypted one one request in all.
+ * the archive is recorded as encrypted (archiveEncrypted). The record (one GET) and, when it does
+ * not say so, the marker (one HEAD) are read only when a plain object comes back, once per store
+ * (its answer kept): reading encrypted objects costs no extra request, reading plain ones two in
+ * all per store in an unencrypted archive (one when the record says it is encrypted).
  */
 export class EncryptedArchiveGuard implements ArchiveStore {
   #encrypted: Promise<boolean> | undefined;
@@ -209,7 +244,7 @@ export class EncryptedArchiveGuard implements ArchiveStore {
     return this.inner.description;
   }
 
-  /** Whether the archive is encrypted (reads the identity record the first time). */
+  /** Whether the archive is encrypted (reads the identity record and the marker the first time). */
   encrypted(): Promise<boolean> {
     if (!this.#encrypted) {
       const p = archiveEncrypted(this.inner);
@@ -224,9 +259,9 @@ export class EncryptedArchiveGuard implements ArchiveStore {
 
   async get(name: string): Promise<GetResult> {
     const got = await this.inner.get(name);
-    if (got.info.keyId !== undefined || name === IDENTITY_NAME) return got;
+    if (got.info.keyId !== undefined || RESERVED_NAMES.has(name)) return got;
     if (await this.encrypted()) {
-      throw new IntegrityError(name, `it is not encrypted, and the archive's identity record (${IDENTITY_NAME}) says its objects are encrypted`);
+      throw new IntegrityError(name, `it is not encrypted, and the archive is recorded as encrypted (${IDENTITY_NAME} or ${ENCRYPTED_MARKER_NAME} says so)`);
     }
     return got;
   }
@@ -249,5 +284,9 @@ export class EncryptedArchiveGuard implements ArchiveStore {
 
   close(): Promise<void> {
     return this.inner.close();
+  }
+
+  setArchiveEncrypted(encrypted: boolean): void {
+    this.inner.setArchiveEncrypted?.(encrypted);
   }
 }

@@ -139,11 +139,13 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   const data = await readWalFile(o.path);
   // With --parallel an earlier call may have pushed this file already: the archive says so.
   const store = await o.openStore();
-  if (parallel > 1 && (await alreadyArchived(store, name, data))) {
+  const writer = o.encryption ?? { encrypts: false };
+  // Not with a key: the checksum does not tell an encrypted copy from a plain one, which an
+  // encrypted archive must not keep (the put below replaces it).
+  if (parallel > 1 && !writer.encrypts && (await alreadyArchived(store, name, data))) {
     o.log.verbose(`${name}: already archived with identical contents`);
     return 'exists';
   }
-  const writer = o.encryption ?? { encrypts: false };
   let identity: ArchiveIdentity | undefined;
   let checked = false;
   const pushOne = async (n: string, bytes: Buffer): Promise<'created' | 'exists'> => {
@@ -166,7 +168,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     }
     // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
     const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });
-    if (res.replacedDamaged) o.log.warn(`the archive held a damaged copy of ${n}: kept as ${res.replacedDamaged} and replaced`);
+    if (res.replacedDamaged) o.log.warn(`the archive held a copy of ${n} it cannot keep (damaged, or not encrypted in an encrypted archive): kept as ${res.replacedDamaged} and replaced`);
     o.log.verbose(`${n}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
     return res.status;
   };

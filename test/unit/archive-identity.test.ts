@@ -1,10 +1,11 @@
-// The archive identity's encryption field (archive/identity.ts): recorded by the first writer with
-// a key, refusing writers without one, recorded later only by --encryption-required, and readers
-// refusing plain objects in an encrypted archive through EncryptedArchiveGuard.
+// The archive identity's encryption field and marker (archive/identity.ts): recorded by the first
+// writer with a key in an archive without WAL, refusing writers without one, recorded later only
+// by --encryption-required (the marker), and readers refusing plain objects in an encrypted
+// archive through EncryptedArchiveGuard.
 import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { Keyring } from '../../src/storage/encryption.js';
-import { IDENTITY_NAME, IntegrityError, StorageError, type ArchiveStore, type GetResult } from '../../src/storage/types.js';
+import { ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, StorageError, type ArchiveStore, type GetResult } from '../../src/storage/types.js';
 import {
   ArchiveEncryptedError,
   EncryptedArchiveGuard,
@@ -90,60 +91,80 @@ describe('identity record: encryption field', () => {
     await checkWriter(new MemoryStore(), { encrypts: false });
   });
 
-  it('an existing record without the field gains it only from a writer with a key and --encryption-required', async () => {
+  it('an existing record without the field: only a writer with a key and --encryption-required records it, with the marker, never rewriting the record', async () => {
     const store = new MemoryStore();
     await claimArchive(store, ours, SEG);
+    const record = await store.get(IDENTITY_NAME);
     const keyed = store.withKeyring(KEY);
-    await claimArchive(keyed, ours, SEG, { encrypts: true });
+    expect(await claimArchive(keyed, ours, SEG, { encrypts: true })).toEqual({ encrypted: false });
     expect(await archiveEncrypted(store)).toBe(false);
     await claimArchive(store, ours, SEG); // a keyless writer is still welcome
 
     const strict = store.withKeyring(KEY.withRequireEncrypted(true));
-    // The plain record is readable under --encryption-required (it is exempt), and is replaced.
-    await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
-    expect(await readIdentity(strict)).toEqual({ ...ours, encryption: 'aes-256-gcm' });
+    let deletes = 0;
+    const del = strict.delete.bind(strict);
+    strict.delete = async (name: string): Promise<void> => {
+      deletes++;
+      await del(name);
+    };
+    expect(await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true })).toEqual({ encrypted: true });
+    expect(deletes).toBe(0);
+    // The record is the very same object; the marker says the archive is encrypted.
+    const after = await store.get(IDENTITY_NAME);
+    expect(after.data.equals(record.data)).toBe(true);
+    expect(after.info.modified).toEqual(record.info.modified);
+    expect(await store.head(ENCRYPTED_MARKER_NAME)).toBeDefined();
+    expect(await readIdentity(store)).toEqual(ours);
     expect(await archiveEncrypted(store)).toBe(true);
-    await expect(claimArchive(store, ours, SEG)).rejects.toThrow(ArchiveEncryptedError);
+    expect((await store.list()).map((o) => o.name)).toEqual([]);
+    await expect(claimArchive(store, ours, SEG)).rejects.toThrow(/is encrypted \(its marker walstream.encrypted says so\)/);
+    await expect(checkWriter(store, { encrypts: false })).rejects.toThrow(ArchiveEncryptedError);
     // Idempotent, and nothing left in quarantine.
     await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
     expect((await store.list('quarantine/')).length).toBe(0);
+    // Turned off by removing the marker by hand.
+    await store.delete(ENCRYPTED_MARKER_NAME);
+    await claimArchive(store, ours, SEG);
     // Never for another system.
     const other = new MemoryStore();
     await claimArchive(other, ours, SEG);
     await expect(claimArchive(other.withKeyring(KEY), { ...ours, segmentSize: 1024 * 1024 }, SEG, { encrypts: true, requireEncrypted: true })).rejects.toThrow(/segments/);
     expect(await archiveEncrypted(other)).toBe(false);
   });
-});
 
-describe('recording the field in an existing record', () => {
-  /** A keyless writer recreates the record (without the field) right after it is deleted, `times` times. */
-  function racing(times: number): { store: MemoryStore; strict: ArchiveStore } {
-    const store = new MemoryStore();
-    const strict = store.withKeyring(KEY.withRequireEncrypted(true));
-    let left = times;
-    const del = strict.delete.bind(strict);
-    strict.delete = async (name: string): Promise<void> => {
-      await del(name);
-      if (name === IDENTITY_NAME && left-- > 0) await claimArchive(store, ours, SEG);
-    };
-    return { store, strict };
-  }
+  it('a first writer with a key records encryption only in an archive without WAL yet, or with --encryption-required', async () => {
+    // WAL already there (a pg_receivewal directory, an archive whose record was removed).
+    const old = new MemoryStore();
+    await old.put('000000010000000000000002', Buffer.from('plain wal'));
+    expect(await claimArchive(old.withKeyring(KEY), ours, SEG, { encrypts: true })).toEqual({ encrypted: false });
+    expect(await archiveEncrypted(old)).toBe(false);
+    // Stored plain, without the field: readers and writers without the key carry on.
+    expect(await readIdentity(old)).toEqual(ours);
+    await claimArchive(old, ours, SEG);
+    expect((await new EncryptedArchiveGuard(old.withKeyring(KEY)).get('000000010000000000000002')).data.toString()).toBe('plain wal');
 
-  it('a writer recreating the record in between: read again and tried once more', async () => {
-    const { store, strict } = racing(1);
-    await claimArchive(store, ours, SEG);
-    await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true });
-    expect(await archiveEncrypted(store)).toBe(true);
+    const forced = new MemoryStore();
+    await forced.put('000000010000000000000002', Buffer.from('plain wal'));
+    expect(await claimArchive(forced.withKeyring(KEY.withRequireEncrypted(true)), ours, SEG, { encrypts: true, requireEncrypted: true })).toEqual({ encrypted: true });
+    expect(await archiveEncrypted(forced)).toBe(true);
+
+    // A marker left without a record still refuses a keyless first writer.
+    const marked = new MemoryStore();
+    await marked.put(ENCRYPTED_MARKER_NAME, Buffer.from('{}'));
+    await expect(claimArchive(marked, ours, SEG)).rejects.toThrow(ArchiveEncryptedError);
+    expect(await readIdentity(marked)).toBeUndefined();
   });
 
-  it('recreated every time: a transient error after three attempts, the record still valid', async () => {
-    const { store, strict } = racing(10);
+  it('tells the store, which then replaces a plain copy of what it puts', async () => {
+    const store = new MemoryStore();
+    await store.put(SEG, Buffer.from('plain wal'));
     await claimArchive(store, ours, SEG);
-    const err = await claimArchive(strict, ours, SEG, { encrypts: true, requireEncrypted: true }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(StorageError);
-    expect((err as StorageError).transient).toBe(true);
-    expect((err as Error).message).toMatch(/cannot record in memory:'s walstream.json that the archive is encrypted: other writers keep recreating it; try again/);
-    expect(await readIdentity(store)).toEqual(ours);
+    await store.put(ENCRYPTED_MARKER_NAME, Buffer.from('{}'));
+    const keyed = store.withKeyring(KEY);
+    expect(await claimArchive(keyed, ours, SEG, { encrypts: true })).toEqual({ encrypted: true });
+    const r = await keyed.put(SEG, Buffer.from('plain wal'));
+    expect(r.replacedDamaged).toMatch(/^quarantine\//);
+    expect((await new EncryptedArchiveGuard(keyed).get(SEG)).info.keyId).toBe('k1');
   });
 });
 
@@ -157,7 +178,7 @@ describe('EncryptedArchiveGuard', () => {
       const guard = new EncryptedArchiveGuard(inner);
       const refused = guard.get('000000010000000000000004');
       await expect(refused).rejects.toThrow(IntegrityError);
-      await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive's identity record \(walstream.json\) says its objects are encrypted/);
+      await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive is recorded as encrypted \(walstream.json or walstream.encrypted says so\)/);
     }
     expect((await new EncryptedArchiveGuard(enc).get(SEG)).data.toString()).toBe('sealed');
   });
