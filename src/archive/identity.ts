@@ -91,18 +91,23 @@ async function markerPresent(store: ArchiveStore): Promise<boolean> {
 }
 
 /**
- * Whether the archive is recorded as encrypted: its identity record says so (a record encrypted
- * with a key not given says so too: only a writer recording the field writes one), or the marker
- * exists. No record and no marker: false.
+ * What records the archive as encrypted: its identity record (the field; a record encrypted with
+ * a key not given says so too: only a writer recording the field writes one), else the marker;
+ * undefined when neither (no record and no marker: unencrypted).
  */
-export async function archiveEncrypted(store: ArchiveStore): Promise<boolean> {
+export async function encryptionRecordedBy(store: ArchiveStore): Promise<'record' | 'marker' | undefined> {
   try {
-    if ((await readIdentity(store))?.encryption !== undefined) return true;
+    if ((await readIdentity(store))?.encryption !== undefined) return 'record';
   } catch (err) {
-    if (err instanceof KeyUnavailableError) return true;
+    if (err instanceof KeyUnavailableError) return 'record';
     throw err;
   }
-  return markerPresent(store);
+  return (await markerPresent(store)) ? 'marker' : undefined;
+}
+
+/** Whether the archive is recorded as encrypted (encryptionRecordedBy). */
+export async function archiveEncrypted(store: ArchiveStore): Promise<boolean> {
+  return (await encryptionRecordedBy(store)) !== undefined;
 }
 
 function compare(found: ArchiveIdentity, ours: ArchiveIdentity, store: ArchiveStore, what: string): void {
@@ -236,7 +241,7 @@ export async function claimArchive(store: ArchiveStore, ours: ArchiveIdentity, w
  * all per store in an unencrypted archive (one when the record says it is encrypted).
  */
 export class EncryptedArchiveGuard implements ArchiveStore {
-  #encrypted: Promise<boolean> | undefined;
+  #encrypted: Promise<'record' | 'marker' | undefined> | undefined;
 
   constructor(private readonly inner: ArchiveStore) {}
 
@@ -245,9 +250,13 @@ export class EncryptedArchiveGuard implements ArchiveStore {
   }
 
   /** Whether the archive is encrypted (reads the identity record and the marker the first time). */
-  encrypted(): Promise<boolean> {
+  async encrypted(): Promise<boolean> {
+    return (await this.recordedBy()) !== undefined;
+  }
+
+  private recordedBy(): Promise<'record' | 'marker' | undefined> {
     if (!this.#encrypted) {
-      const p = archiveEncrypted(this.inner);
+      const p = encryptionRecordedBy(this.inner);
       this.#encrypted = p;
       // A failed read (the archive unreachable) is asked again next time.
       p.catch(() => {
@@ -260,8 +269,10 @@ export class EncryptedArchiveGuard implements ArchiveStore {
   async get(name: string): Promise<GetResult> {
     const got = await this.inner.get(name);
     if (got.info.keyId !== undefined || RESERVED_NAMES.has(name)) return got;
-    if (await this.encrypted()) {
-      throw new IntegrityError(name, `it is not encrypted, and the archive is recorded as encrypted (${IDENTITY_NAME} or ${ENCRYPTED_MARKER_NAME} says so)`);
+    const by = await this.recordedBy();
+    if (by !== undefined) {
+      const what = by === 'record' ? `the archive's identity record (${IDENTITY_NAME})` : `the archive's marker ${ENCRYPTED_MARKER_NAME}`;
+      throw new IntegrityError(name, `it is not encrypted, and ${what} says its objects are encrypted`);
     }
     return got;
   }

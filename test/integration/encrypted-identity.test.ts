@@ -3,7 +3,8 @@
 // without the key are refused before writing anything; fetch (also its prefetch worker) and
 // verify with a key refuse a plain object planted there without --encryption-required; an
 // identity record without the field keeps an archive unencrypted until a writer with the key and
-// --encryption-required records it.
+// --encryption-required records it (with the marker walstream.encrypted); a first writer with a key
+// in an archive already holding plain WAL does not record it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -16,7 +17,7 @@ import { SEG_RE } from '../support/walfiles.js';
 import { Keyring } from '../../src/storage/encryption.js';
 import { LocalStore } from '../../src/storage/local.js';
 import { S3Store } from '../../src/storage/s3.js';
-import { IDENTITY_NAME, KeyUnavailableError, type ArchiveStore } from '../../src/storage/types.js';
+import { ENCRYPTED_MARKER_NAME, IDENTITY_NAME, KeyUnavailableError, type ArchiveStore } from '../../src/storage/types.js';
 import { readIdentity } from '../../src/archive/identity.js';
 
 const KEY = randomBytes(32);
@@ -234,23 +235,57 @@ describe.each(backends)('an encrypted archive on $name', (b) => {
     const status = await runCli(['status', '--archive', b.url(tag), ...b.args, ...withKey], { env: keyless() });
     expect(status.code, status.stderr).toBe(0);
 
-    // A writer with the key and --encryption-required records it (the record replaced, encrypted).
+    // A writer with the key and --encryption-required records it: with the marker walstream.encrypted;
+    // the record itself is never rewritten (an archive without its record could be claimed by another system).
+    const recordBefore = (await plain.get(IDENTITY_NAME)).data;
     const strict = await push(tag, segs[3]!, [...withKey, '--encryption-required']);
     expect(strict.code, strict.stderr).toBe(0);
-    expect(await readIdentity(b.store(tag, KEYRING))).toEqual({ systemIdentifier: sysid, segmentSize: primary.walSegmentSizeMB * 1024 * 1024, encryption: 'aes-256-gcm' });
-    await expect(plain.get(IDENTITY_NAME)).rejects.toThrow(KeyUnavailableError);
+    expect((await plain.get(IDENTITY_NAME)).data.equals(recordBefore)).toBe(true);
+    expect(await plain.head(ENCRYPTED_MARKER_NAME)).toBeDefined();
     expect(await plain.list('quarantine/')).toEqual([]);
     // From then on: writers without the key are refused...
     for (const file of [segs[4]!, HISTORY]) {
       const refused = await push(tag, file);
       expect(refused.code).toBe(1);
-      expect(oneLine(refused)).toMatch(REFUSAL);
+      expect(oneLine(refused)).toMatch(/the archive \S+ is encrypted \(its marker walstream\.encrypted says so\) and no encryption key was given/);
     }
     expect(await plain.head(segs[4]!)).toBeUndefined();
     // ...and readers with the key refuse the plain objects written before (hence: only once `verify --encryption-required` passes).
     const old = await fetch(tag, segs[1]!, cwd, withKey);
     expect(old.code).toBe(126);
-    expect(old.stderr).toMatch(PLANTED);
+    expect(old.stderr).toMatch(/is corrupt: it is not encrypted, and the archive's marker walstream\.encrypted says its objects are encrypted/);
     expect((await fetch(tag, segs[3]!, cwd, withKey)).code).toBe(0);
+    // A writer with the key re-pushing one of them replaces the plain copy (kept in quarantine):
+    // exit 0 only once the archive holds a copy readers accept.
+    const again = await push(tag, segs[1]!, withKey);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/kept as quarantine\/.* and replaced/);
+    expect((await fetch(tag, segs[1]!, cwd, withKey)).code).toBe(0);
+    // Turned off again by removing the marker by hand.
+    await plain.delete(ENCRYPTED_MARKER_NAME);
+    expect((await push(tag, segs[4]!)).code).toBe(0);
+  });
+
+  it('a first writer with a key in an archive that already holds plain WAL does not record it as encrypted', async () => {
+    const tag = `existing-${b.name === 'S3' ? 's3' : 'local'}`;
+    // WAL from before walstream (pg_receivewal, or an archive whose walstream.json was removed).
+    const plain = b.store(tag);
+    for (const s of [segs[0]!, segs[1]!]) expect((await plain.put(s, readFileSync(join(walDir, s)))).status).toBe('created');
+    const first = await push(tag, segs[2]!, withKey);
+    expect(first.code, first.stderr).toBe(0);
+    // Recorded plain, without the field: a recovery with the key still reads the old WAL.
+    expect(await readIdentity(plain)).toEqual({ systemIdentifier: expect.any(BigInt), segmentSize: primary.walSegmentSizeMB * 1024 * 1024 });
+    const cwd = mkdtempSync(join(root, 'datadir-'));
+    for (const name of [segs[0]!, segs[2]!]) {
+      const got = await fetch(tag, name, cwd, withKey);
+      expect(got.code, got.stderr).toBe(0);
+      rmSync(join(cwd, 'RECOVERYXLOG'));
+    }
+    // Unless asked for: --encryption-required records it (readers then refuse the plain WAL).
+    const forced = `forced-${b.name === 'S3' ? 's3' : 'local'}`;
+    expect((await b.store(forced).put(segs[0]!, readFileSync(join(walDir, segs[0]!)))).status).toBe('created');
+    expect((await push(forced, segs[2]!, [...withKey, '--encryption-required'])).code).toBe(0);
+    expect(await readIdentity(b.store(forced, KEYRING))).toMatchObject({ encryption: 'aes-256-gcm' });
+    expect((await fetch(forced, segs[0]!, cwd, withKey)).code).toBe(126);
   });
 });

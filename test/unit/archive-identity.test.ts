@@ -178,7 +178,7 @@ describe('EncryptedArchiveGuard', () => {
       const guard = new EncryptedArchiveGuard(inner);
       const refused = guard.get('000000010000000000000004');
       await expect(refused).rejects.toThrow(IntegrityError);
-      await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive is recorded as encrypted \(walstream.json or walstream.encrypted says so\)/);
+      await expect(refused).rejects.toThrow(/"000000010000000000000004" is corrupt: it is not encrypted, and the archive's identity record \(walstream.json\) says its objects are encrypted/);
     }
     expect((await new EncryptedArchiveGuard(enc).get(SEG)).data.toString()).toBe('sealed');
   });
