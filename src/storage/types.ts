@@ -9,9 +9,13 @@
 // - put never overwrites: identical content already stored → { status: 'exists' }; different
 //   content → the new copy is kept under quarantine/<name>.<UTC timestamp> and ConflictError is
 //   thrown naming both. Two concurrent puts of the same name: at most one 'created'. The one
-//   exception: an object that fails its own recorded checksum (a write cut short on a store
-//   without atomic PUTs, or corruption) is moved to quarantine/ and replaced by the verified
-//   copy; the result names the quarantine copy in `replacedDamaged`.
+//   exception: a damaged object, one that fails its own recorded checksum (a write cut short on a
+//   store without atomic PUTs, or corruption) or an unencrypted one where only encrypted ones
+//   are read (setArchiveEncrypted, or a keyring with requireEncrypted), is moved to quarantine/
+//   and replaced by the verified copy; the result names the quarantine copy in
+//   `replacedDamaged`. An encrypted object that does not authenticate with the key of its id is
+//   IntegrityError, never replaced (two keys under one id cannot be told from damage).
+//   common.ts judgeStored makes this decision for every backend.
 // - every object records the SHA-256 of its uncompressed bytes and its compression; get and
 //   head report them, get verifies the checksum and decompresses (IntegrityError on mismatch,
 //   naming the object). Objects without a recorded checksum (written by other tools, e.g.
