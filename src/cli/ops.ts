@@ -16,8 +16,8 @@ function archiveOptions(cmd: Command): Command {
 async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & EncryptionCliOptions, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
   if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
   const [{ openArchive }, { EncryptedArchiveGuard }] = await Promise.all([import('../storage/open.js'), import('../archive/identity.js')]);
-  // Plain objects in an archive whose identity record says it is encrypted are refused, with or
-  // without a key (the record is read once, when a plain object comes back).
+  // Plain objects in an archive recorded as encrypted (its identity record or its marker) are
+  // refused, with or without a key (both are read once, when a plain object comes back).
   const store = new EncryptedArchiveGuard(await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) }));
   try {
     return await fn(store);
