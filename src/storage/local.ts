@@ -447,10 +447,10 @@ export class LocalStore implements ArchiveStore {
    */
   private async quarantineDamaged(name: string, found: Found, noSync: boolean): Promise<string | undefined> {
     const p = this.place(name);
-    const q = this.place(quarantineName(name, new Date()));
+    const when = new Date();
+    const q = this.place(quarantineName(name, when)); // the quarantine directories
     await ensureDir(q.dataDir, noSync);
     await ensureDir(q.metaDir, noSync);
-    const when = new Date();
     let kept: string | undefined;
     for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
       const qName = quarantineName(name, when, attempt);
@@ -474,6 +474,7 @@ export class LocalStore implements ArchiveStore {
     await unlinkQuiet(p.record);
     if (!noSync) {
       await fsyncDir(q.dataDir);
+      await fsyncDir(q.metaDir);
       await fsyncDir(p.dataDir);
       await fsyncDir(p.metaDir);
     }
