@@ -184,7 +184,7 @@ export class SpoolUploader {
         this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync }),
       );
       if (res.replacedDamaged) {
-        this.o.log.warn(`archive held a damaged copy of ${name} (failing its own checksum): kept as ${res.replacedDamaged} and replaced`);
+        this.o.log.warn(`archive held a copy of ${name} it cannot keep (damaged, or not encrypted in an encrypted archive): kept as ${res.replacedDamaged} and replaced`);
       }
       this.o.log.verbose(`archived ${name}${res.status === 'exists' ? ' (already there, identical)' : ''}`);
       this.uploadedCount++;
