@@ -133,7 +133,10 @@ const NETWORK_CODES = new Set([
   'ENETDOWN',
 ]);
 
-const NETWORK_NAMES = new Set(['TimeoutError', 'AbortError', 'RequestAbortedError', 'NetworkingError']);
+// A credential source that did not answer (instance metadata, SSO, web identity) is retried like
+// the network: those fail for a moment far more often than they are missing for good, and every
+// retry is logged with the reason.
+const NETWORK_NAMES = new Set(['TimeoutError', 'AbortError', 'RequestAbortedError', 'NetworkingError', 'CredentialsProviderError']);
 
 function shape(err: unknown): SdkErrorShape {
   return typeof err === 'object' && err !== null ? (err as SdkErrorShape) : { message: String(err) };

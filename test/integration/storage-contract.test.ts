@@ -1017,6 +1017,29 @@ describe('S3Store', () => {
       expect(st.description).not.toContain(secret);
     });
 
+    it('no credentials from any source: transient (an instance role may answer next time), one line', async () => {
+      const saved = { ...process.env };
+      for (const k of Object.keys(process.env)) if (k.startsWith('AWS_')) delete process.env[k];
+      Object.assign(process.env, {
+        AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_CONFIG_FILE: '/nonexistent/walstream-test-config',
+        AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/walstream-test-credentials',
+      });
+      try {
+        const st = new S3Store({ bucket: 'b', prefix: 'p', endpoint: `http://127.0.0.1:${await unusedPort()}`, maxAttempts: 1, timeoutMs: 5000 });
+        stores.push(st);
+        const err = await rejection(st.get(seg(1)));
+        expect(err).toBeInstanceOf(StorageError);
+        expect(err).not.toBeInstanceOf(NotFoundError);
+        expect((err as StorageError).transient).toBe(true);
+        expect((err as Error).message).toMatch(/credential/i);
+        expect((err as Error).message).not.toMatch(/\n/);
+      } finally {
+        for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+        Object.assign(process.env, saved);
+      }
+    });
+
     it('5xx after the retries is transient; 403 is permanent; neither leaks the secret', async () => {
       const st = open({ maxAttempts: 2 });
       await st.put(seg(1), payload(35));
