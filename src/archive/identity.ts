@@ -17,9 +17,11 @@
 //   plain WAL already there (a pg_receivewal directory, an archive whose record was removed). It
 //   then writes the record plain, without the field.
 // - An existing record without the field: a writer with a key and --encryption-required creates
-//   the marker (put if absent), once every object is encrypted. Turning encryption off again is
-//   the operator's removing the marker by hand.
-import { ConflictError, ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, RESERVED_NAMES, StorageError, type ArchiveStore, type GetResult, type ObjectInfo, type PutOptions, type PutResult } from '../storage/types.js';
+//   the marker (put if absent). It does not check the objects already there: readers then refuse
+//   any plain WAL, so making sure every object is encrypted first (verify --encryption-required)
+//   is the operator's step (README). Turning encryption off again is the operator's removing the
+//   marker by hand.
+import { ConflictError, ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, RESERVED_NAMES, StorageError, type ArchiveStore, type GetResult, type ListOptions, type ObjectInfo, type PutOptions, type PutResult } from '../storage/types.js';
 
 /** The one encryption an archive can record: storage/encryption.ts's AES-256-GCM sealed objects. */
 export const ARCHIVE_ENCRYPTION = 'aes-256-gcm';
@@ -159,7 +161,8 @@ async function readForWriter(store: ArchiveStore, writer: WriterEncryption): Pro
 /**
  * Whether the archive is encrypted, given its record (read already): the field, else the marker.
  * A writer without a key is refused when it is; a writer with one is told, and tells the store
- * (ArchiveStore.setArchiveEncrypted: a plain copy under a name it puts is then replaced).
+ * (ArchiveStore.setArchiveEncrypted: a plain copy under a name it puts is then replaced on S3,
+ * refused by the local store).
  */
 async function settle(store: ArchiveStore, found: ArchiveIdentity | undefined, writer: WriterEncryption): Promise<WriterCheck> {
   let by: string | undefined;
@@ -216,7 +219,8 @@ export async function claimArchive(store: ArchiveStore, ours: ArchiveIdentity, w
   // No record yet (a new archive, one written by other tools, or one whose record was removed).
   const marked = await settle(store, undefined, writer);
   // Record encryption only where no reader can be holding plain WAL from before.
-  const encrypt = writer.encrypts && !marked.encrypted && (writer.requireEncrypted === true || (await store.list()).length === 0);
+  // (The first WAL object found answers: a large archive is not listed whole.)
+  const encrypt = writer.encrypts && !marked.encrypted && (writer.requireEncrypted === true || (await store.list('', { limit: 1 })).length === 0);
   const record: ArchiveIdentity = { systemIdentifier: ours.systemIdentifier, segmentSize: ours.segmentSize, ...(encrypt ? { encryption: ARCHIVE_ENCRYPTION } : {}) };
   try {
     // Sealed only when it records the field: a record stored encrypted says the archive is.
@@ -285,8 +289,8 @@ export class EncryptedArchiveGuard implements ArchiveStore {
     return this.inner.head(name);
   }
 
-  list(prefix?: string): Promise<ObjectInfo[]> {
-    return this.inner.list(prefix);
+  list(prefix?: string, opts?: ListOptions): Promise<ObjectInfo[]> {
+    return this.inner.list(prefix, opts);
   }
 
   delete(name: string): Promise<void> {

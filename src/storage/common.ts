@@ -2,7 +2,7 @@
 // stored copy compares with the bytes a put brings, and a bounded parallel map. Pure except for
 // the clock a caller passes in.
 import { decompress, sha256Hex } from './codec.js';
-import { isSealed, sealedHeader, unseal, type Keyring } from './encryption.js';
+import { ALG_AES_256_GCM, SEALED_VERSION, isSealed, sealedHeader, unseal, type Keyring } from './encryption.js';
 import { ARCHIVE_NAME_RE, IntegrityError, QUARANTINE_PREFIX, RESERVED_NAMES, StorageError, assertArchiveName, type Compression } from './types.js';
 
 export function isArchiveName(name: string): boolean {
@@ -84,8 +84,13 @@ export interface StoredCopy {
  * - identical: the same uncompressed bytes (an encrypted copy whose key is not given: its
  *   recorded checksum and size match);
  * - different: another valid object: a conflict, never overwritten;
- * - damaged: it fails its own recorded checksum (a write cut short, corruption), or it is an
- *   unencrypted copy where only encrypted ones are read (`plainIsDamaged`): quarantined and replaced;
+ * - damaged: the archive was meant to hold exactly these bytes (the checksum recorded with the
+ *   copy is the SHA-256 of `data`), but the copy fails that checksum or cannot be decoded (a write
+ *   cut short, corruption); or it holds these very bytes unencrypted where only encrypted ones are
+ *   read (`plainIsDamaged`). S3 and memory quarantine and replace it; the local store refuses (a
+ *   damaged local file is bit rot or tampering: the operator decides). A copy failing a checksum
+ *   recorded for other bytes, or without one, is 'different': replacing it could lose the only
+ *   copy of WAL that was never ours;
  * - unauthenticated: encrypted with a key id we have, but it does not authenticate with our key:
  *   two different keys under one id (or damage we cannot tell from that): an error, never replaced.
  */
@@ -101,10 +106,13 @@ export interface JudgeOptions {
 
 export async function judgeStored(name: string, copy: StoredCopy, data: Buffer, opts: JudgeOptions): Promise<Verdict> {
   const sha = sha256Hex(data);
-  const fromRecord = (why: string): Verdict => (copy.checksum !== undefined ? { kind: 'damaged', why } : { kind: 'different' });
+  // Replaceable only where the archive was meant to hold exactly `data`.
+  const fromRecord = (why: string): Verdict => (copy.checksum === sha ? { kind: 'damaged', why } : { kind: 'different' });
   const sealed = isSealed(copy.stored);
   let payload = copy.stored;
   if (sealed) {
+    // A format version or algorithm this walstream does not know (a newer writer): not damage.
+    if (copy.stored.length >= 10 && (copy.stored[8] !== SEALED_VERSION || copy.stored[9] !== ALG_AES_256_GCM)) return { kind: 'different' };
     let keyId: string;
     try {
       keyId = sealedHeader(name, copy.stored).keyId;
@@ -134,8 +142,8 @@ export async function judgeStored(name: string, copy: StoredCopy, data: Buffer, 
     return !sealed && opts.plainIsDamaged ? { kind: 'damaged', why: 'it is not encrypted, and the archive is encrypted' } : { kind: 'identical' };
   }
   if (theirs === undefined) return fromRecord('it cannot be decompressed');
-  if (copy.checksum !== undefined && sha256Hex(theirs) !== copy.checksum) return { kind: 'damaged', why: 'it fails its recorded checksum' };
-  return { kind: 'different' };
+  // Other bytes than `data`: damaged only when they fail a checksum recorded of `data`.
+  return fromRecord('it fails its recorded checksum');
 }
 
 /** The error for an 'unauthenticated' verdict: never replaced, never taken for a conflict of contents. */

@@ -13,6 +13,9 @@
 //     temp name is removed and the directory fsynced.
 // A crash leaves at worst a dot-named temp file (never listed) or a record without data, which
 // a later put of the same bytes reuses and one of different bytes takes over once it is stale.
+// A stored file is never replaced, not even one that fails its checksum or a plain copy in an
+// encrypted archive: writes here are atomic, so that is bit rot or tampering, and the put fails
+// with ConflictError telling the operator what to move aside (types.ts).
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
 import type { Dirent, Stats } from 'node:fs';
@@ -33,6 +36,7 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type ListOptions,
   type ObjectInfo,
   type PutOptions,
   type PutResult,
@@ -87,8 +91,11 @@ interface Prepared {
   plainIsDamaged: boolean;
 }
 
-/** 'damaged': what is stored must be replaced (see common.ts judgeStored); 'unauthenticated': an error. */
-type Outcome = PutResult | 'conflict' | { damaged: Found } | { unauthenticated: string };
+/**
+ * 'damaged': what is stored cannot be kept (common.ts judgeStored), but a local archive never
+ * replaces a stored file: an error for the operator; 'unauthenticated': an error.
+ */
+type Outcome = PutResult | 'conflict' | { damaged: Found; why: string } | { unauthenticated: string };
 
 type Claim = { kind: 'new' } | { kind: 'shared' } | { kind: 'decided'; outcome: Outcome };
 
@@ -221,20 +228,27 @@ export class LocalStore implements ArchiveStore {
         keyring,
         plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
       };
-      let replacedDamaged: string | undefined;
-      let outcome = await this.store(name, obj);
-      for (let round = 0; typeof outcome === 'object' && 'damaged' in outcome; round++) {
-        if (round >= 3) throw new StorageError(`"${name}" keeps changing in the archive while its damaged copy is replaced; try again`, true);
-        replacedDamaged = (await this.quarantineDamaged(name, outcome.damaged, obj.noSync)) ?? replacedDamaged;
-        outcome = await this.store(name, obj);
-      }
+      const outcome = await this.store(name, obj);
       if (typeof outcome === 'object' && 'unauthenticated' in outcome) throw unauthenticatedError(name, outcome.unauthenticated);
-      if (outcome !== 'conflict') return replacedDamaged !== undefined ? { ...outcome, status: 'created', replacedDamaged } : outcome;
+      if (outcome !== 'conflict' && !('damaged' in outcome)) return outcome;
+      // A conflict, or a stored file that cannot be kept: never replaced here (local writes are
+      // atomic, so a damaged file is bit rot or tampering: the operator decides); the new copy is
+      // kept in quarantine/.
       const when = new Date();
       const quarantined: Prepared = { ...obj, plainIsDamaged: false };
       for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
         const q = quarantineName(name, when, attempt);
-        if ((await this.store(q, quarantined)) !== 'conflict') throw new ConflictError(name, q);
+        const r = await this.store(q, quarantined);
+        if (!(typeof r === 'object' && 'status' in r)) continue;
+        if (outcome === 'conflict') throw new ConflictError(name, q);
+        const found = outcome.damaged;
+        throw new ConflictError(
+          name,
+          q,
+          `"${name}" is already in the archive, but the stored file ${found.path} cannot be kept: ${outcome.why}; ` +
+            `a local archive never replaces a stored file, so it was not overwritten (the new copy is kept as "${q}"). ` +
+            `Check the disk; then move that file and its checksum record ${this.place(name).record} (if any) aside by hand (e.g. into ${join(this.dir, QUARANTINE_DIR)}/), and archive the file again`,
+        );
       }
       throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
     });
@@ -282,7 +296,7 @@ export class LocalStore implements ArchiveStore {
     });
   }
 
-  async list(prefix = ''): Promise<ObjectInfo[]> {
+  async list(prefix = '', opts: ListOptions = {}): Promise<ObjectInfo[]> {
     return this.guard(`cannot list ${this.description}`, async () => {
       let dir = this.dir;
       let namePrefix = '';
@@ -310,7 +324,7 @@ export class LocalStore implements ArchiveStore {
         const held = best.get(name);
         if (!held || parsed.rank < held.rank) best.set(name, { file: e.name, compression: parsed.compression, rank: parsed.rank });
       }
-      const infos = await mapLimit([...best], 32, async ([name, b]) => {
+      const one = async ([name, b]: [string, { file: string; compression: Compression }]): Promise<ObjectInfo | undefined> => {
         const st = await statOrUndefined(join(dir, b.file));
         if (!st || !st.isFile()) return undefined; // deleted since, or not a file
         const found: Found = { path: join(dir, b.file), file: b.file, compression: b.compression, stat: st };
@@ -319,8 +333,16 @@ export class LocalStore implements ArchiveStore {
           if (err instanceof IntegrityError) return { ...this.infoFrom(name, found, undefined), checksum: undefined };
           throw err;
         });
-      });
-      return infos.filter((i): i is ObjectInfo => i !== undefined).sort(byName);
+      };
+      const names = [...best].sort(([x], [y]) => byName({ name: x }, { name: y }));
+      const out: ObjectInfo[] = [];
+      // With a limit, look at the names in order, a few at a time, until enough are found.
+      const step = opts.limit !== undefined ? Math.min(32, opts.limit) : names.length;
+      for (let i = 0; i < names.length && (opts.limit === undefined || out.length < opts.limit); i += step) {
+        const infos = await mapLimit(names.slice(i, i + step), 32, one);
+        out.push(...infos.filter((x): x is ObjectInfo => x !== undefined));
+      }
+      return opts.limit !== undefined ? out.slice(0, opts.limit) : out;
     });
   }
 
@@ -434,51 +456,10 @@ export class LocalStore implements ArchiveStore {
       case 'different':
         return 'conflict';
       case 'damaged':
-        return { damaged: found };
+        return { damaged: found, why: verdict.why };
       case 'unauthenticated':
         return { unauthenticated: verdict.keyId };
     }
-  }
-
-  /**
-   * Keep a damaged stored file (and its checksum record) under quarantine/ and remove it from its
-   * name, so that the verified copy can be stored there. Undefined when another writer moved or
-   * replaced it first (nothing was removed then).
-   */
-  private async quarantineDamaged(name: string, found: Found, noSync: boolean): Promise<string | undefined> {
-    const p = this.place(name);
-    const when = new Date();
-    const q = this.place(quarantineName(name, when)); // the quarantine directories
-    await ensureDir(q.dataDir, noSync);
-    await ensureDir(q.metaDir, noSync);
-    let kept: string | undefined;
-    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
-      const qName = quarantineName(name, when, attempt);
-      const qp = this.place(qName);
-      try {
-        await link(found.path, join(qp.dataDir, qp.base + compressionSuffix(found.compression)));
-      } catch (err) {
-        if (errno(err) === 'EEXIST') continue;
-        if (errno(err) === 'ENOENT') return undefined; // moved already
-        throw err;
-      }
-      kept = qName;
-      const rec = await readFile(p.record).catch(() => undefined);
-      if (rec) await writeNew(qp.record, rec, noSync).catch(() => undefined);
-    }
-    if (kept === undefined) throw new StorageError(`"${name}" is damaged in the archive and no free quarantine name was found`, false);
-    // Remove it from its name only if it is still the file that was judged.
-    const now = await statOrUndefined(found.path);
-    if (!now || now.ino !== found.stat.ino || now.dev !== found.stat.dev) return undefined;
-    await unlinkQuiet(found.path);
-    await unlinkQuiet(p.record);
-    if (!noSync) {
-      await fsyncDir(q.dataDir);
-      await fsyncDir(q.metaDir);
-      await fsyncDir(p.dataDir);
-      await fsyncDir(p.metaDir);
-    }
-    return kept;
   }
 
   /** Store `obj` as `name` unless the name is taken: created, exists (same bytes) or conflict. */

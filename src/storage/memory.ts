@@ -14,6 +14,7 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type ListOptions,
   type ObjectInfo,
   type PutOptions,
   type PutResult,
@@ -174,12 +175,13 @@ export class MemoryStore implements ArchiveStore {
     return e ? info(name, e) : undefined;
   }
 
-  async list(prefix = ''): Promise<ObjectInfo[]> {
+  async list(prefix = '', opts: ListOptions = {}): Promise<ObjectInfo[]> {
     this.open();
     this.injected();
     const out: ObjectInfo[] = [];
     for (const [name, e] of this.objects) if (listedUnder(name, prefix)) out.push(info(name, e));
-    return out.sort(byName);
+    out.sort(byName);
+    return opts.limit !== undefined ? out.slice(0, opts.limit) : out;
   }
 
   async delete(name: string): Promise<void> {

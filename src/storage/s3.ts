@@ -31,6 +31,7 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type ListOptions,
   type ObjectInfo,
   type PutOptions,
   type PutResult,
@@ -91,9 +92,9 @@ interface Prepared {
 }
 
 /**
- * 'damaged': what is stored must be replaced (it fails its own recorded checksum, or is an
- * unencrypted copy where only encrypted ones are read; common.ts judgeStored); 'unauthenticated':
- * an error, never replaced.
+ * 'damaged': what is stored must be replaced (it fails the checksum recorded of the very bytes
+ * being put, or is an unencrypted copy of them where only encrypted ones are read; common.ts
+ * judgeStored); 'unauthenticated': an error, never replaced.
  */
 type Outcome = PutResult | 'conflict' | { damaged: Buffer } | { unauthenticated: string };
 
@@ -343,7 +344,7 @@ export class S3Store implements ArchiveStore {
     });
   }
 
-  async list(prefix = ''): Promise<ObjectInfo[]> {
+  async list(prefix = '', opts: ListOptions = {}): Promise<ObjectInfo[]> {
     const quarantine = prefix.startsWith(QUARANTINE_PREFIX);
     if (!quarantine && prefix.includes('/')) return [];
     const out: ObjectInfo[] = [];
@@ -371,8 +372,10 @@ export class S3Store implements ArchiveStore {
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
       if (page.IsTruncated && token === undefined) throw new StorageError(`S3 LIST ${this.where(this.prefix + prefix)}: truncated listing without a continuation token`, true);
-    } while (token !== undefined);
-    return out.sort(byName);
+      // Pages come in key order: once enough are found, the rest come after them.
+    } while (token !== undefined && (opts.limit === undefined || out.length < opts.limit));
+    out.sort(byName);
+    return opts.limit !== undefined ? out.slice(0, opts.limit) : out;
   }
 
   async delete(name: string): Promise<void> {

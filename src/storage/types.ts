@@ -8,14 +8,21 @@
 //   transfer checksum, If-None-Match: * where the store supports it).
 // - put never overwrites: identical content already stored → { status: 'exists' }; different
 //   content → the new copy is kept under quarantine/<name>.<UTC timestamp> and ConflictError is
-//   thrown naming both. Two concurrent puts of the same name: at most one 'created'. The one
-//   exception: a damaged object, one that fails its own recorded checksum (a write cut short on a
-//   store without atomic PUTs, or corruption) or an unencrypted one where only encrypted ones
-//   are read (setArchiveEncrypted, or a keyring with requireEncrypted), is moved to quarantine/
-//   and replaced by the verified copy; the result names the quarantine copy in
-//   `replacedDamaged`. An encrypted object that does not authenticate with the key of its id is
-//   IntegrityError, never replaced (two keys under one id cannot be told from damage).
-//   common.ts judgeStored makes this decision for every backend.
+//   thrown naming both. Two concurrent puts of the same name: at most one 'created'.
+//   A stored copy that cannot be kept (common.ts judgeStored decides for every backend): one
+//   whose recorded checksum is the SHA-256 of the very bytes being put but that fails it or
+//   cannot be decoded (a write cut short on a store without atomic PUTs, or corruption), or an
+//   unencrypted copy of those very bytes where only encrypted ones are read (setArchiveEncrypted,
+//   or a keyring with requireEncrypted):
+//   - S3 and memory keep it under quarantine/ and replace it with the verified copy; the result
+//     names the quarantine copy in `replacedDamaged`;
+//   - the local store never replaces it: local writes are atomic, so a damaged file is bit rot or
+//     tampering, for the operator to look at. ConflictError naming the object, what is wrong and
+//     what to do (move the file aside by hand, then archive again); the new copy is quarantined.
+//   A copy failing a checksum recorded of other bytes (or with none recorded), or whose
+//   encryption header has a format version or algorithm this walstream does not know, is a
+//   conflict, never replaced. An encrypted object that does not authenticate with the key of its
+//   id is IntegrityError, never replaced (two keys under one id cannot be told from damage).
 // - every object records the SHA-256 of its uncompressed bytes and its compression; get and
 //   head report them, get verifies the checksum and decompresses (IntegrityError on mismatch,
 //   naming the object). Objects without a recorded checksum (written by other tools, e.g.
@@ -25,6 +32,7 @@
 //   may help). A missing prefix lists as empty.
 // - list(prefix) returns the objects whose names start with prefix, in name order, complete
 //   (paginating as needed); it never includes temp files or quarantine/ unless asked by prefix.
+//   With `limit`, only the first `limit` of them (in name order), reading no more than needed.
 // - get of one object costs one request on S3 (no LIST).
 // - put keeps no reference to `data` once it settles: the caller may reuse that buffer.
 import type { Compression } from '../sink/segment-file.js';
@@ -60,10 +68,15 @@ export interface PutOptions {
   unencrypted?: boolean;
 }
 
+export interface ListOptions {
+  /** At most this many objects: the first in name order (a positive integer). */
+  limit?: number;
+}
+
 export interface PutResult {
   status: 'created' | 'exists';
   info: ObjectInfo;
-  /** Set when the name held a damaged object (failing its own checksum): where it was kept before being replaced. */
+  /** S3 and memory: set when the name held a copy that could not be kept (see above): where it was kept before being replaced. */
   replacedDamaged?: string;
 }
 
@@ -79,7 +92,7 @@ export interface ArchiveStore {
   put(name: string, data: Buffer, opts?: PutOptions): Promise<PutResult>;
   get(name: string): Promise<GetResult>;
   head(name: string): Promise<ObjectInfo | undefined>;
-  list(prefix?: string): Promise<ObjectInfo[]>;
+  list(prefix?: string, opts?: ListOptions): Promise<ObjectInfo[]>;
   delete(name: string): Promise<void>;
   /** Release connections and timers. */
   close(): Promise<void>;
@@ -87,9 +100,10 @@ export interface ArchiveStore {
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
    * object under a WAL file name treats it as damaged even when its contents are identical, since
-   * every reader of an encrypted archive refuses it; it is moved to quarantine/ and replaced by
-   * the encrypted copy (`replacedDamaged`). A store whose keyring has requireEncrypted does so
-   * from the start. Stores without keys ignore it.
+   * every reader of an encrypted archive refuses it: S3 and memory move it to quarantine/ and
+   * replace it with the encrypted copy (`replacedDamaged`), the local store refuses with
+   * ConflictError (the operator moves it aside). A store whose keyring has requireEncrypted does
+   * so from the start. Stores without keys ignore it.
    */
   setArchiveEncrypted?(encrypted: boolean): void;
 }
@@ -116,8 +130,10 @@ export class ConflictError extends StorageError {
   constructor(
     readonly objectName: string,
     readonly quarantinedAs: string,
+    /** The message, when there is more to say than "different contents" (a stored copy that cannot be kept). */
+    message?: string,
   ) {
-    super(`"${objectName}" is already in the archive with different contents; not overwritten (the new copy is kept as "${quarantinedAs}")`, false);
+    super(message ?? `"${objectName}" is already in the archive with different contents; not overwritten (the new copy is kept as "${quarantinedAs}")`, false);
     this.name = 'ConflictError';
   }
 }

@@ -6,7 +6,7 @@
 // --encryption-required records it (with the marker walstream.encrypted); a first writer with a key
 // in an archive already holding plain WAL does not record it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -255,12 +255,26 @@ describe.each(backends)('an encrypted archive on $name', (b) => {
     expect(old.code).toBe(126);
     expect(old.stderr).toMatch(/is corrupt: it is not encrypted, and the archive's marker walstream\.encrypted says its objects are encrypted/);
     expect((await fetch(tag, segs[3]!, cwd, withKey)).code).toBe(0);
-    // A writer with the key re-pushing one of them replaces the plain copy (kept in quarantine):
+    // A writer with the key re-pushing one of them replaces the plain copy on S3 (kept in quarantine):
     // exit 0 only once the archive holds a copy readers accept (also with --parallel, whose
     // shortcut for a file already archived cannot tell a plain copy by its checksum).
-    const again = await push(tag, segs[1]!, [...withKey, '--parallel', '2', '--spool', join(root, `markers-${tag}`)]);
+    const parallel = [...withKey, '--parallel', '2', '--spool', join(root, `markers-${tag}`)];
+    if (b.name !== 'S3') {
+      // An archive directory never replaces a stored file: an error naming it and what to do; the
+      // new copy goes to quarantine/, the plain file stays until the operator moves it aside.
+      const refused = await push(tag, segs[1]!, parallel);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/cannot be kept: it is not encrypted, and the archive is encrypted; a local archive never replaces a stored file/);
+      expect((await fetch(tag, segs[1]!, cwd, withKey)).code).toBe(126);
+      expect(await plain.list('quarantine/')).toHaveLength(1);
+      const dir = b.url(tag);
+      const file = readdirSync(dir).find((f) => f.startsWith(segs[1]!))!;
+      renameSync(join(dir, file), join(dir, 'quarantine', `${file}.moved-by-hand`));
+      rmSync(join(dir, '.walstream-meta', `${segs[1]!}.sha256`));
+    }
+    const again = await push(tag, segs[1]!, parallel);
     expect(again.code, again.stderr).toBe(0);
-    expect(again.stderr).toMatch(/kept as quarantine\/.* and replaced/);
+    if (b.name === 'S3') expect(again.stderr).toMatch(/kept as quarantine\/.* and replaced/);
     expect((await fetch(tag, segs[1]!, cwd, withKey)).code).toBe(0);
     // Turned off again by removing the marker by hand.
     await plain.delete(ENCRYPTED_MARKER_NAME);

@@ -86,6 +86,13 @@ interface Backend {
   swap(store: ArchiveStore, a: string, b: string): Promise<void>;
   /** The bytes stored for `name`, as the backend keeps them. */
   rawStored(store: ArchiveStore, name: string): Promise<Buffer>;
+  /** Change the stored bytes of `name` behind the store's back, keeping its recorded checksum and compression. */
+  mutate(store: ArchiveStore, name: string, fn: (stored: Buffer) => Buffer): Promise<void>;
+  /**
+   * Whether a put replaces a stored copy that cannot be kept (S3, memory); the local store never
+   * does: ConflictError instead, the stored file untouched.
+   */
+  replaces: boolean;
 }
 
 // --- the contract ---
@@ -351,6 +358,63 @@ function archiveContract(backend: () => Backend): void {
     }
   });
 
+  describe('a stored copy that fails its own checksum', () => {
+    for (const c of ['none', 'gzip'] as const) {
+      it(`(${c}) with the checksum of the bytes put: replaced on S3 and memory, an error naming it in a directory`, async () => {
+        const s = await fresh();
+        const name = seg(18);
+        await s.put(name, payload(18), { compression: c });
+        await backend().corrupt(s, name);
+        const before = await backend().rawStored(s, name);
+        if (backend().replaces) {
+          const r = await s.put(name, payload(18), { compression: c });
+          expect(r.status).toBe('created');
+          expect(r.replacedDamaged).toMatch(new RegExp(`^quarantine/${name}\\.`));
+          expect((await s.get(name)).data.equals(payload(18))).toBe(true);
+        } else {
+          const err = await rejection(s.put(name, payload(18), { compression: c }));
+          expect(err).toBeInstanceOf(ConflictError);
+          expect((err as ConflictError).objectName).toBe(name);
+          expect((err as Error).message).toMatch(new RegExp(`^"${name}" is already in the archive, but the stored file .* cannot be kept: it (fails its recorded checksum|cannot be decompressed); a local archive never replaces a stored file`));
+          expect((await backend().rawStored(s, name)).equals(before)).toBe(true);
+          expect(await rejection(s.get(name))).toBeInstanceOf(IntegrityError);
+          expect((await s.get((err as ConflictError).quarantinedAs)).data.equals(payload(18))).toBe(true);
+        }
+      });
+
+      it(`(${c}) with the checksum of other bytes: a conflict, never replaced`, async () => {
+        const s = await fresh();
+        const name = seg(19);
+        await s.put(name, payload(19), { compression: c });
+        await backend().corrupt(s, name);
+        const before = await backend().rawStored(s, name);
+        const err = await rejection(s.put(name, payload(20), { compression: c }));
+        expect(err).toBeInstanceOf(ConflictError);
+        expect((err as Error).message).toMatch(/with different contents; not overwritten/);
+        expect((await backend().rawStored(s, name)).equals(before)).toBe(true);
+        expect((await s.get((err as ConflictError).quarantinedAs)).data.equals(payload(20))).toBe(true);
+        expect((await s.list('quarantine/')).length).toBe(1);
+      });
+    }
+  });
+
+  describe('list with a limit', () => {
+    it('returns the first objects in name order, no more', async () => {
+      const s = await fresh();
+      const names = [seg(5), seg(3), '00000002.history', `${seg(4)}.partial`, seg(1)];
+      for (const n of names) await s.put(n, payload(1, 100));
+      await s.put(IDENTITY_NAME, Buffer.from('{}'));
+      await rejection(s.put(seg(1), payload(2, 100))); // a quarantine copy
+      const sorted = [...names].sort();
+      expect((await s.list('', { limit: 1 })).map((o) => o.name)).toEqual(sorted.slice(0, 1));
+      expect((await s.list('', { limit: 3 })).map((o) => o.name)).toEqual(sorted.slice(0, 3));
+      expect((await s.list('', { limit: 50 })).map((o) => o.name)).toEqual(sorted);
+      expect((await s.list('0000000100', { limit: 2 })).map((o) => o.name)).toEqual(sorted.filter((n) => n.startsWith('0000000100')).slice(0, 2));
+      expect((await s.list('quarantine/', { limit: 5 })).length).toBe(1);
+      expect(await (await fresh()).list('', { limit: 1 })).toEqual([]);
+    });
+  });
+
   describe('client-side encryption', () => {
     const keyA = new Keyring([{ id: 'key-a', key: Buffer.alloc(32, 0xa1) }], 'test');
     const keyB = new Keyring([{ id: 'key-b', key: Buffer.alloc(32, 0xb2) }], 'test');
@@ -485,30 +549,61 @@ function archiveContract(backend: () => Backend): void {
       expect((await enc!.put(seg(62), payload(62))).status).toBe('exists');
       expect(isSealed(await backend().rawStored(enc!, seg(62)))).toBe(false);
     });
-    it('a plain copy where only encrypted ones are read is replaced, even with identical bytes (kept in quarantine)', async () => {
+    it('a plain copy of the same bytes where only encrypted ones are read: replaced (kept in quarantine) on S3 and memory, an error in a directory', async () => {
       const [plain, strict, enc] = await views(undefined, keyA.withRequireEncrypted(true), keyA);
+      /** Put over a plain copy of the same bytes: replaced, or (local) refused with the stored file untouched. */
+      const overPlain = async (st: ArchiveStore, name: string, data: Buffer, opts: { compression?: Compression } = {}): Promise<void> => {
+        const before = await backend().rawStored(st, name);
+        if (backend().replaces) {
+          const r = await st.put(name, data, opts);
+          expect(r.status).toBe('created');
+          expect(r.replacedDamaged).toMatch(new RegExp(`^quarantine/${name}\\.`));
+          expect(isSealed(await backend().rawStored(st, name))).toBe(true);
+          expect((await st.get(name)).data.equals(data)).toBe(true);
+          expect(await plain!.head(r.replacedDamaged!)).toBeDefined();
+          expect((await st.put(name, data, opts)).status).toBe('exists');
+        } else {
+          const err = await rejection(st.put(name, data, opts));
+          expect(err).toBeInstanceOf(ConflictError);
+          expect((err as ConflictError).objectName).toBe(name);
+          expect((err as Error).message).toMatch(/cannot be kept: it is not encrypted, and the archive is encrypted; a local archive never replaces a stored file/);
+          expect((err as Error).message).toMatch(/move that file and its checksum record .* aside by hand/);
+          expect((await backend().rawStored(st, name)).equals(before)).toBe(true);
+          expect((await plain!.head((err as ConflictError).quarantinedAs))!.checksum).toBe(sha256Hex(data));
+        }
+      };
       // --encryption-required: the keyring says so.
       await plain!.put(seg(65), payload(65), { compression: 'gzip' });
-      const r = await strict!.put(seg(65), payload(65), { compression: 'gzip' });
-      expect(r.status).toBe('created');
-      expect(r.replacedDamaged).toMatch(new RegExp(`^quarantine/${seg(65)}\\.`));
-      expect(isSealed(await backend().rawStored(strict!, seg(65)))).toBe(true);
-      expect((await strict!.get(seg(65))).data.equals(payload(65))).toBe(true);
-      expect(await plain!.head(r.replacedDamaged!)).toBeDefined();
-      expect((await strict!.put(seg(65), payload(65), { compression: 'gzip' })).status).toBe('exists');
+      await overPlain(strict!, seg(65), payload(65), { compression: 'gzip' });
       // An archive recorded as encrypted: the writer says so once it knows.
       await plain!.put(seg(66), payload(66));
       expect((await enc!.put(seg(66), payload(66))).status).toBe('exists');
       enc!.setArchiveEncrypted!(true);
-      const r2 = await enc!.put(seg(66), payload(66));
-      expect(r2.replacedDamaged).toMatch(new RegExp(`^quarantine/${seg(66)}\\.`));
-      expect(isSealed(await backend().rawStored(enc!, seg(66)))).toBe(true);
+      await overPlain(enc!, seg(66), payload(66));
       // Different bytes are still a conflict; the archive's own records are exempt.
       expect(await rejection(strict!.put(seg(65), payload(67)))).toBeInstanceOf(ConflictError);
       await plain!.put(IDENTITY_NAME, Buffer.from('{}'));
       expect((await strict!.put(IDENTITY_NAME, Buffer.from('{}'))).status).toBe('exists');
       expect(isSealed(await backend().rawStored(strict!, IDENTITY_NAME))).toBe(false);
       expect((await plain!.list('quarantine/')).length).toBe(3);
+    });
+
+    it('an encryption header of an unknown format version or algorithm (a newer writer) is a conflict, never replaced', async () => {
+      const [enc] = await views(keyA);
+      for (const [i, offset] of [[71, 8], [72, 9]] as const) {
+        const name = seg(i);
+        await enc!.put(name, payload(i));
+        await backend().mutate(enc!, name, (b) => {
+          b[offset] = 2;
+          return b;
+        });
+        const before = await backend().rawStored(enc!, name);
+        // The recorded checksum is the one of the bytes put: still not taken for damage.
+        expect((await enc!.head(name))!.checksum).toBe(sha256Hex(payload(i)));
+        const err = await rejection(enc!.put(name, payload(i)));
+        expect(err).toBeInstanceOf(ConflictError);
+        expect((await backend().rawStored(enc!, name)).equals(before)).toBe(true);
+      }
     });
 
     it('a stored copy that does not authenticate with our key of that id is an error, never replaced', async () => {
@@ -548,6 +643,12 @@ describe('MemoryStore', () => {
     withKeyring: (store, keyring) => (store as MemoryStore).withKeyring(keyring),
     swap: async (store, a, b) => (store as MemoryStore).swap(a, b),
     rawStored: async (store, name) => (store as unknown as { objects: Map<string, { stored: Buffer }> }).objects.get(name)!.stored,
+    mutate: async (store, name, fn) => {
+      const objects = (store as unknown as { objects: Map<string, { stored: Buffer }> }).objects;
+      const e = objects.get(name)!;
+      objects.set(name, { ...e, stored: fn(Buffer.from(e.stored)) });
+    },
+    replaces: true,
     failingGet: async () => {
       const store = new MemoryStore();
       store.failNext(new StorageError('injected failure', true));
@@ -615,6 +716,12 @@ describe('LocalStore', () => {
       const file = (await readdir(dir)).find((f) => f.startsWith(name) && !f.startsWith('.'))!;
       return readFile(join(dir, file));
     },
+    mutate: async (store, name, fn) => {
+      const dir = dirs.get(store)!;
+      const file = (await readdir(dir)).find((f) => f.startsWith(name) && !f.startsWith('.'))!;
+      await writeFile(join(dir, file), fn(await readFile(join(dir, file))));
+    },
+    replaces: false,
     failingGet: async () => {
       // Something that is not a file where the object would be.
       const dir = newDir();
@@ -868,6 +975,19 @@ describe('S3Store', () => {
         c.destroy();
       }
     },
+    mutate: async (store, name, fn) => {
+      const st = store as S3Store;
+      const c = s3.client();
+      try {
+        const key = st.prefix + name;
+        const got = await c.send(new GetObjectCommand({ Bucket: st.bucket, Key: key }));
+        const bytes = fn(Buffer.from(await got.Body!.transformToByteArray()));
+        await c.send(new PutObjectCommand({ Bucket: st.bucket, Key: key, Body: bytes, Metadata: got.Metadata }));
+      } finally {
+        c.destroy();
+      }
+    },
+    replaces: true,
   }));
 
   it('a put over an object cut short by an interrupted upload keeps the damaged bytes in quarantine and stores the verified copy', async () => {

@@ -148,6 +148,18 @@ describe('identity record: encryption field', () => {
     expect(await claimArchive(forced.withKeyring(KEY.withRequireEncrypted(true)), ours, SEG, { encrypts: true, requireEncrypted: true })).toEqual({ encrypted: true });
     expect(await archiveEncrypted(forced)).toBe(true);
 
+    // One page is enough to tell: the first WAL object answers (a large archive is not listed whole).
+    const lists: unknown[] = [];
+    const big = new MemoryStore('memory:', { keyring: KEY });
+    for (let i = 0; i < 5; i++) await big.withKeyring(undefined).put(`00000001000000000000000${i}`, Buffer.from('plain wal'));
+    const list = big.list.bind(big);
+    big.list = async (prefix, opts) => {
+      lists.push(opts);
+      return list(prefix, opts);
+    };
+    expect(await claimArchive(big, ours, SEG, { encrypts: true })).toEqual({ encrypted: false });
+    expect(lists).toEqual([{ limit: 1 }]);
+
     // A marker left without a record still refuses a keyless first writer.
     const marked = new MemoryStore();
     await marked.put(ENCRYPTED_MARKER_NAME, Buffer.from('{}'));
@@ -155,7 +167,7 @@ describe('identity record: encryption field', () => {
     expect(await readIdentity(marked)).toBeUndefined();
   });
 
-  it('tells the store, which then replaces a plain copy of what it puts', async () => {
+  it('tells the store, which then replaces a plain copy of what it puts (S3, memory)', async () => {
     const store = new MemoryStore();
     await store.put(SEG, Buffer.from('plain wal'));
     await claimArchive(store, ours, SEG);
