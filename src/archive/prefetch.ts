@@ -18,7 +18,6 @@ import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unli
 import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotFoundError, type ArchiveStore } from '../storage/types.js';
-import { mapLimit } from '../storage/common.js';
 import { isValidSegSize, parseWalFileName, walFileName, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
@@ -241,7 +240,7 @@ export interface PrefetchWorkerOptions {
   log: Logger;
   /** Exit after this long without a new request or a file taken from the spool (default 20 s; 0: one pass). */
   idleMs?: number;
-  /** How often to look at the spool (default 100 ms). */
+  /** How often to look at the spool (default 20 ms). */
   pollMs?: number;
 }
 
@@ -260,9 +259,13 @@ function sameTimeline(a: string, b: string): boolean {
  */
 export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void> {
   const idleMs = o.idleMs ?? 20_000;
-  const pollMs = o.pollMs ?? 100;
+  const pollMs = o.pollMs ?? 20;
   let seen = '';
   while (tryLock(o.dir)) {
+    // Downloads run as a pipeline: up to the window's count at once, a new one as soon as one
+    // ends or recovery takes a file, so a slow download never holds up the others.
+    const inflight = new Map<string, Promise<void>>();
+    let wake: (() => void) | undefined;
     try {
       let want = readWant(o.dir);
       if (!want) return;
@@ -285,33 +288,53 @@ export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void>
           if (sameTimeline(n, want.name) && n > want.name) want = { ...want, name: n };
           lastActivity = Date.now();
         }
+        // Temporary files are only removed on the first pass, before any download of ours runs.
         await cleanup(o.dir, want, first);
         first = false;
         const now = Date.now();
-        const names = windowNames(want).filter((n) => !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
-        await mapLimit(names, want.count, async (n) => {
-          try {
-            if ((await download(o.store, o.dir, n)) === 'missing') {
-              missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
-            } else {
-              stored.add(n);
-              o.log.verbose(`prefetched ${n}`);
-            }
-          } catch (err) {
-            missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
-            o.log.warn(`could not prefetch ${n}: ${(err as Error).message}`);
-          }
-        });
-        if (Date.now() - lastActivity >= idleMs) break;
+        const names = windowNames(want).filter((n) => !inflight.has(n) && !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
+        for (const n of names) {
+          if (inflight.size >= want.count) break;
+          const job = download(o.store, o.dir, n)
+            .then(
+              (r) => {
+                if (r === 'missing') {
+                  missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
+                } else {
+                  stored.add(n);
+                  o.log.verbose(`prefetched ${n}`);
+                }
+              },
+              (err: unknown) => {
+                missingUntil.set(n, Date.now() + MISSING_RETRY_MS);
+                o.log.warn(`could not prefetch ${n}: ${(err as Error).message}`);
+              },
+            )
+            .finally(() => {
+              inflight.delete(n);
+              wake?.();
+            });
+          inflight.set(n, job);
+        }
+        if (inflight.size === 0 && Date.now() - lastActivity >= idleMs) break;
         if (Date.now() - lastTouch > 10_000) {
           // A live worker's lock stays fresh (an old lock is taken over).
           const t = new Date();
           await utimes(join(o.dir, LOCK), t, t).catch(() => undefined);
           lastTouch = Date.now();
         }
-        await new Promise((r) => setTimeout(r, pollMs));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, pollMs);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
       }
     } finally {
+      // Nothing of this worker's may still be writing into the spool once the lock is released.
+      await Promise.allSettled([...inflight.values()]);
       unlock(o.dir);
     }
     // A fetch may have written a newer request while it saw the lock still held.
