@@ -9,7 +9,7 @@
 import { existsSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
+import { NotFoundError, StorageError, shownName, type ArchiveStore } from '../storage/types.js';
 import { isValidSegSize, POSTGRES_WAL_FILE_RE, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import { prepareSpool, requestPrefetch, takeFromSpool } from '../archive/prefetch.js';
@@ -91,13 +91,17 @@ async function writeDest(dest: string, data: Buffer): Promise<void> {
     await rename(tmp, dest);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
-    throw new FetchError(`cannot write ${dest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, failureExitCode());
+    // Not "not in the archive": the file is there but cannot be handed over (a wrong %p, a full
+    // disk), so a recovery that is not a standby stops rather than ends here.
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'ENOTDIR' ? 'a part of its path is not a directory' : (code ?? (err as Error).message);
+    throw new FetchError(`cannot write ${JSON.stringify(dest)}: ${why}`, failureExitCode());
   }
 }
 
 export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'partial'> {
   if (!POSTGRES_WAL_FILE_RE.test(o.name)) {
-    throw new FetchError(`"${o.name.slice(0, 80)}" is not a WAL file name`, EXIT_NOT_AVAILABLE);
+    throw new FetchError(`${shownName(o.name)} is not a WAL file name`, EXIT_NOT_AVAILABLE);
   }
   const segment = WAL_NAME_RE.test(o.name);
   const pf = segment ? o.prefetch : undefined;

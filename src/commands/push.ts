@@ -6,7 +6,7 @@ import { mkdir, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promi
 import { basename, dirname, join } from 'node:path';
 import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
-import type { ArchiveStore, Compression } from '../storage/types.js';
+import { shownName, type ArchiveStore, type Compression } from '../storage/types.js';
 import { mapLimit } from '../storage/common.js';
 import { checkWriter, claimArchive, type ArchiveIdentity, type WriterEncryption } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
@@ -125,7 +125,7 @@ async function alreadyArchived(store: ArchiveStore, name: string, data: Buffer):
 export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   const name = basename(o.path);
   if (!POSTGRES_WAL_FILE_RE.test(name)) {
-    throw new PushError(`"${name.slice(0, 80)}" is not a WAL file name PostgreSQL archives`);
+    throw new PushError(`${shownName(name)} is not a WAL file name PostgreSQL archives`);
   }
   const parallel = o.parallel ?? 1;
   const markers = parallel > 1 ? o.markers : undefined;

@@ -17,8 +17,8 @@
 // encrypted archive: writes here are atomic, so that is bit rot or tampering, and the put fails
 // with ConflictError telling the operator what to move aside (types.ts).
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
-import type { Dirent, Stats } from 'node:fs';
+import { link, lstat, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { constants as fsConstants, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../sink/fsutil.js';
@@ -151,6 +151,11 @@ function tempName(base: string): string {
   return `.${base}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
 }
 
+/** Read a stored file, never through a symbolic link (one swapped in after locate fails with ELOOP). */
+async function readStored(path: string): Promise<Buffer> {
+  return readFile(path, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW });
+}
+
 /** Create `path` (must not exist), write `data`, fsync unless noSync. Mode 0600. */
 async function writeNew(path: string, data: Buffer, noSync: boolean): Promise<void> {
   const fh = await open(path, 'wx', 0o600);
@@ -182,9 +187,9 @@ async function unlinkQuiet(path: string): Promise<boolean> {
   }
 }
 
-async function statOrUndefined(path: string): Promise<Stats | undefined> {
+async function statOrUndefined(path: string, follow = true): Promise<Stats | undefined> {
   try {
-    return await stat(path);
+    return await (follow ? stat(path) : lstat(path));
   } catch (err) {
     if (errno(err) === 'ENOENT') return undefined;
     throw err;
@@ -261,9 +266,10 @@ export class LocalStore implements ArchiveStore {
       if (!found) throw new NotFoundError(name);
       let stored: Buffer;
       try {
-        stored = await readFile(found.path);
+        stored = await readStored(found.path);
       } catch (err) {
         if (errno(err) === 'ENOENT') throw new NotFoundError(name); // deleted since
+        if (errno(err) === 'ELOOP') throw new IntegrityError(name, `${found.path} is a symbolic link, not a file walstream stored; move it aside`);
         throw err;
       }
       const rec = await this.readRecord(name);
@@ -385,12 +391,15 @@ export class LocalStore implements ArchiveStore {
       const path = join(p.dataDir, c.file);
       let st: Stats | undefined;
       try {
-        st = await statOrUndefined(path);
+        st = await statOrUndefined(path, false);
       } catch (err) {
         if (errno(err) === 'ENOTDIR' && p.dataDir !== this.dir) return undefined; // "quarantine" is a file
         throw err;
       }
       if (!st) continue;
+      // A symbolic link is never a stored object: walstream publishes regular files only, and a
+      // link could serve another segment's bytes (or any file) under this name.
+      if (st.isSymbolicLink()) throw new IntegrityError(name, `${path} is a symbolic link, not a file walstream stored; move it aside`);
       if (!st.isFile()) throw new StorageError(`${path} is not a regular file`, false);
       return { path, file: c.file, compression: c.compression, stat: st };
     }

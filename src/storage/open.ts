@@ -21,7 +21,12 @@ export interface OpenArchiveOptions {
 
 export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string };
 
-const BUCKET_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,253}$/;
+/**
+ * S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
+ * ending with a letter or digit, no "..". Uppercase and "_" (old us-east-1 names) are refused: the
+ * SDK would reach some other bucket or fail far from the cause.
+ */
+const BUCKET_RE = /^(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
 function bad(shown: string, why: string): StorageError {
   return new StorageError(`invalid archive location ${shown}: ${why}`, false);
@@ -42,13 +47,16 @@ export function parseArchiveUrl(url: string): ArchiveLocation {
     if (host.includes('@')) throw new StorageError('invalid archive location: credentials in an s3:// URL are not supported (use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)', false);
     if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported');
     if (host === '') throw bad(shown, 'no bucket name');
-    if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name`);
+    if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name (3-63 lowercase letters, digits, "." and "-")`);
     const segments = (m[2] ?? '').split('/').filter((s, i, all) => !(s === '' && (i === 0 || i === all.length - 1)));
     if (segments.some((s) => s === '' || s === '.' || s === '..')) throw bad(shown, 'the prefix has an empty, "." or ".." part');
     return { kind: 's3', bucket: host, prefix: segments.length ? `${segments.join('/')}/` : '' };
   }
 
   if (scheme === 'file') {
+    // fileURLToPath drops "?..." and "#...": file:///srv/wal#1 would be /srv/wal. A "?" or "#" in
+    // the directory's name is written %3F / %23 (or give the path itself).
+    if (/[?#]/.test(url)) throw bad(shown, 'a file: URL must not have "?" or "#" (write them %3F and %23, or give the directory path itself)');
     let path: string;
     try {
       path = fileURLToPath(url);

@@ -195,11 +195,19 @@ export const RESERVED_NAMES: ReadonlySet<string> = new Set([IDENTITY_NAME, ENCRY
  */
 export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial(?:\.[0-9A-F]{8})?|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
 
+/**
+ * A name from the command line or an archive, fit for a one-line message: at most 80 characters
+ * (longer ones are cut, with "..."), quoted, control characters and newlines escaped.
+ */
+export function shownName(name: string): string {
+  return JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}...` : name);
+}
+
 export function assertArchiveName(name: string): void {
   if (RESERVED_NAMES.has(name)) return;
   if (name.startsWith(QUARANTINE_PREFIX)) {
     const original = name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, '');
     if (ARCHIVE_NAME_RE.test(original) || RESERVED_NAMES.has(original)) return;
   }
-  if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`"${name.slice(0, 80)}" is not a WAL file name`, false);
+  if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`${shownName(name)} is not a WAL file name`, false);
 }

@@ -27,6 +27,8 @@ describe('parseArchiveUrl', () => {
     ['file:///var/lib/wal', { kind: 'local', path: '/var/lib/wal' }],
     ['file:///var/my%20wal/', { kind: 'local', path: '/var/my wal/' }],
     ['file://localhost/srv/wal', { kind: 'local', path: '/srv/wal' }],
+    ['file:///srv/a%23b%3Fc%25d', { kind: 'local', path: '/srv/a#b?c%d' }],
+    ['/srv/a b#c?d%20e', { kind: 'local', path: '/srv/a b#c?d%20e' }],
     ['s3://bucket', { kind: 's3', bucket: 'bucket', prefix: '' }],
     ['s3://bucket/', { kind: 's3', bucket: 'bucket', prefix: '' }],
     ['s3://my.bucket-1/wal', { kind: 's3', bucket: 'my.bucket-1', prefix: 'wal/' }],
@@ -51,6 +53,14 @@ describe('parseArchiveUrl', () => {
     ['https://example.com/wal', /unsupported scheme "https:"/],
     ['file://otherhost/x', /invalid archive location/],
     ['/tmp/a\nb', /control characters/],
+    ['s3://Bucket/x', /not a valid bucket name/],
+    ['s3://my_bucket/x', /not a valid bucket name/],
+    ['s3://b/x', /not a valid bucket name/],
+    ['s3://a..b/x', /not a valid bucket name/],
+    ['s3://-bucket/x', /not a valid bucket name/],
+    ['file:///srv/wal#1', /must not have "\?" or "#"/],
+    ['file:///srv/wal?x=1', /must not have "\?" or "#"/],
+    ['file:///srv/a%2Fb', /invalid archive location/],
   ])('refuses %j', (url, message) => {
     let err: unknown;
     try {
