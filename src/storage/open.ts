@@ -22,11 +22,12 @@ export interface OpenArchiveOptions {
 export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string };
 
 /**
- * S3's bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
- * ending with a letter or digit, no "..". Uppercase and "_" (old us-east-1 names) are refused: the
- * SDK would reach some other bucket or fail far from the cause.
+ * Bucket names: letters, digits, ".", "-" and "_", 3 to 255 of them, starting and ending with a
+ * letter or digit, no "..". That is S3's rule for new buckets (3-63, lowercase, no "_") widened to
+ * what older us-east-1 buckets and some S3-compatible stores (Ceph with relaxed names) accept;
+ * anything else (a slash, a space, "..", an empty name) cannot name a bucket anywhere.
  */
-const BUCKET_RE = /^(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const BUCKET_RE = /^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$/;
 
 function bad(shown: string, why: string): StorageError {
   return new StorageError(`invalid archive location ${shown}: ${why}`, false);
@@ -47,7 +48,7 @@ export function parseArchiveUrl(url: string): ArchiveLocation {
     if (host.includes('@')) throw new StorageError('invalid archive location: credentials in an s3:// URL are not supported (use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)', false);
     if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported');
     if (host === '') throw bad(shown, 'no bucket name');
-    if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name (3-63 lowercase letters, digits, "." and "-")`);
+    if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name (3-255 letters, digits, ".", "-" and "_", starting and ending with a letter or digit, no "..")`);
     const segments = (m[2] ?? '').split('/').filter((s, i, all) => !(s === '' && (i === 0 || i === all.length - 1)));
     if (segments.some((s) => s === '' || s === '.' || s === '..')) throw bad(shown, 'the prefix has an empty, "." or ".." part');
     return { kind: 's3', bucket: host, prefix: segments.length ? `${segments.join('/')}/` : '' };
