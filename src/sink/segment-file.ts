@@ -182,6 +182,8 @@ export class CompressedSegmentFile implements SegmentFile {
   private closed = false;
   /** Uncompressed bytes handed to the compressor. */
   private fed = 0;
+  /** The rename of the new stream over the old copy, once started. */
+  private replacement: Promise<void> | undefined;
 
   private constructor(
     private readonly fd: number,
@@ -219,13 +221,22 @@ export class CompressedSegmentFile implements SegmentFile {
     return new CompressedSegmentFile(fd, zz.createZstdCompress({ params }), zz.constants['ZSTD_e_flush']!, path, replacing);
   }
 
-  /** The new stream is durable up to `upto` bytes: replace the old copy once that is all it held. */
-  private async replaceIfCaughtUp(upto: number, noSync: boolean): Promise<void> {
+  /**
+   * The new stream is durable up to `upto` bytes: replace the old copy once that is all it held.
+   * Overlapping calls (a sync per batch, one for a keepalive's reply, the segment's end) share one
+   * replacement, and each returns only once the rename is durable: what a caller then reports
+   * flushed may be past what the old copy held.
+   */
+  private replaceIfCaughtUp(upto: number, noSync: boolean): Promise<void> {
+    if (this.replacement) return this.replacement;
     const r = this.replacing;
-    if (!r || upto < r.held) return;
-    await rename(r.temp, this.path);
-    if (!noSync) await fsyncPath(dirname(this.path));
-    this.replacing = undefined;
+    if (!r || upto < r.held) return Promise.resolve();
+    this.replacement = (async () => {
+      await rename(r.temp, this.path);
+      if (!noSync) await fsyncPath(dirname(this.path));
+      this.replacing = undefined;
+    })();
+    return this.replacement;
   }
 
   get pendingBytes(): number {

@@ -82,4 +82,22 @@ describe('a resumed gzip segment', () => {
     expect((await readdir(dir)).sort()).toEqual([`${FIXTURE_NAME}.gz`]);
     expect(gunzipSync(await readFile(join(dir, `${FIXTURE_NAME}.gz`))).equals(seg)).toBe(true);
   });
+
+  it('overlapping syncs after catching up share one replacement, and each returns once it is durable', async () => {
+    const first = sink();
+    feed(first, 0, 300_000);
+    await first.sync();
+    await first.endStream();
+
+    // In --synchronous mode a sync per batch and one for a keepalive's reply can overlap.
+    const again = sink();
+    feed(again, 0, 400_000);
+    await Promise.all([again.sync(), again.sync(), again.sync()]);
+    expect(again.durableLsn).toBe(FIXTURE_START + 400_000n);
+    expect((await held()).equals(seg.subarray(0, 400_000))).toBe(true);
+    expect((await readdir(dir)).sort()).toEqual([PARTIAL]);
+    feed(again, 400_000, FIXTURE_SEG_SIZE);
+    await again.endStream();
+    expect((await readdir(dir)).sort()).toEqual([`${FIXTURE_NAME}.gz`]);
+  });
 });
