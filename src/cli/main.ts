@@ -13,7 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
-import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions } from './keys.js';
+import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, openReadArchive } from './keys.js';
 
 const VERSION = '0.1.0';
 /** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
@@ -358,13 +358,9 @@ export function buildProgram(): Command {
       const openStore = async (): Promise<ArchiveStore> => {
         if (store) return store;
         try {
-          const [{ openArchive }, { EncryptedArchiveGuard }] = await Promise.all([import('../storage/open.js'), import('../archive/identity.js')]);
-          const keyring = await keyringFromOptions(opts);
-          store = await openArchive(archive, { s3Endpoint: opts.s3Endpoint, keyring });
-          // With a key, a plain object is refused when the archive's identity record says it is
-          // encrypted (read only when a plain object comes back: one request per file otherwise).
-          if (keyring) store = new EncryptedArchiveGuard(store);
-          return store;
+          const opened = await openReadArchive(archive, opts, 'with-key');
+          store = opened;
+          return opened;
         } catch (err) {
           throw new FetchError((err as Error).message, failureExitCode());
         }
@@ -388,14 +384,8 @@ export function buildProgram(): Command {
     .option('-v, --verbose', 'output verbose messages')
     .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given');
-      const [{ runPrefetchWorker }, { openArchive }, { EncryptedArchiveGuard }] = await Promise.all([
-        import('../archive/prefetch.js'),
-        import('../storage/open.js'),
-        import('../archive/identity.js'),
-      ]);
-      const keyring = await keyringFromOptions(opts);
-      const opened = await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring });
-      const store = keyring ? new EncryptedArchiveGuard(opened) : opened;
+      const { runPrefetchWorker } = await import('../archive/prefetch.js');
+      const store = await openReadArchive(opts.archive, opts, 'with-key');
       try {
         await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
       } finally {

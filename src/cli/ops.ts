@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
-import { encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, type EncryptionCliOptions } from './keys.js';
+import { encryptionKeyOption, encryptionRequiredOption, openReadArchive, type EncryptionCliOptions } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
   return cmd
@@ -15,10 +15,8 @@ function archiveOptions(cmd: Command): Command {
 
 async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & EncryptionCliOptions, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
   if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
-  const [{ openArchive }, { EncryptedArchiveGuard }] = await Promise.all([import('../storage/open.js'), import('../archive/identity.js')]);
-  // Plain objects in an archive recorded as encrypted (its identity record or its marker) are
-  // refused, with or without a key (both are read once, when a plain object comes back).
-  const store = new EncryptedArchiveGuard(await openArchive(opts.archive, { s3Endpoint: opts.s3Endpoint, keyring: await keyringFromOptions(opts) }));
+  // Plain objects in an archive recorded as encrypted are refused, with or without a key.
+  const store = await openReadArchive(opts.archive, opts, 'always');
   try {
     return await fn(store);
   } finally {
