@@ -169,3 +169,16 @@ export async function rawPutCeiling(
     client.destroy();
   }
 }
+
+/**
+ * BENCH_CASES (a regular expression) keeps only the cases whose name it matches, plus the
+ * baseline the table is relative to; unset, every case runs.
+ */
+export function selectCases<T extends { name: string }>(cases: T[], baseline: string): T[] {
+  const pattern = process.env['BENCH_CASES'];
+  if (!pattern) return cases;
+  const re = new RegExp(pattern);
+  const kept = cases.filter((c) => c.name === baseline || re.test(c.name));
+  console.log(`BENCH_CASES=${pattern}: ${kept.map((c) => c.name).join(', ')}`);
+  return kept;
+}

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { PgCluster } from '../test/harness/pg.js';
 import { startS3 } from '../test/harness/s3.js';
 import { walstreamCommand } from '../test/support/pgcommand.js';
-import { median } from './common.js';
+import { median, selectCases } from './common.js';
 import { havePgBackRest, pgBackRestRepo, pgDir, tlsProxy, type PgBackRestRepo, type TlsProxy } from './peers.js';
 
 const SEGMENTS = Number(process.env['BENCH_SEGMENTS'] ?? 64);
@@ -44,7 +44,7 @@ async function main(): Promise<void> {
     const env = `env ${Object.entries({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region }).map(([k, v]) => `${k}=${v}`).join(' ')}`;
     let seq = 0;
     const s3Url = (): string => `s3://${s3.bucket}/${s3.prefix}push${seq++}/`;
-    const cases: Case[] = [
+    let cases: Case[] = [
       { name: 'cp + fsync', command: async () => { const d = fresh('cp'); return `cp %p ${d}/%f.tmp && sync ${d}/%f.tmp && mv ${d}/%f.tmp ${d}/%f && sync ${d}`; } },
       { name: 'walstream push', command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws')]) },
       { name: `walstream push --parallel ${PARALLEL}`, command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL]) },
@@ -80,6 +80,7 @@ async function main(): Promise<void> {
       console.log('pgBackRest is not installed (apt-get install pgbackrest): its cases are left out');
     }
 
+    cases = selectCases(cases, 'cp + fsync');
     process.stdout.write(`generating ${SEGMENTS} segments of WAL... `);
     await primary.generateWal(SEGMENTS * SEG_MB * 1024 * 1024);
     await primary.switchWal();

@@ -11,7 +11,7 @@ import { PgCluster } from '../test/harness/pg.js';
 import { runAsPg } from '../test/harness/exec.js';
 import { startS3 } from '../test/harness/s3.js';
 import { walstreamCommand } from '../test/support/pgcommand.js';
-import { median } from './common.js';
+import { median, selectCases } from './common.js';
 import { havePgBackRest, pgBackRestRepo, pgDir, tlsProxy, type PgBackRestRepo, type TlsProxy } from './peers.js';
 
 const SEGMENTS = Number(process.env['BENCH_SEGMENTS'] ?? 64);
@@ -46,7 +46,7 @@ async function main(): Promise<void> {
     const envPrefix = `env ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`;
     const s3Url = `s3://${s3.bucket}/${s3.prefix}restore/`;
 
-    const cases: Case[] = [
+    let cases: Case[] = [
       { name: 'cp', command: () => `cp ${raw}/%f %p` },
       { name: 'walstream fetch', command: () => walstreamCommand(['fetch', '%f', '%p', '--archive', local]) },
       { name: `walstream fetch --prefetch ${PREFETCH}`, command: (_d, spool) => walstreamCommand(['fetch', '%f', '%p', '--archive', local, '--prefetch', PREFETCH, '--spool', spool]) },
@@ -84,6 +84,7 @@ async function main(): Promise<void> {
       console.log('pgBackRest is not installed (apt-get install pgbackrest): its cases are left out');
     }
 
+    cases = selectCases(cases, 'cp');
     // One base backup per run and case, all before the WAL they will replay.
     console.log(`taking ${cases.length * RUNS} base backups...`);
     const bases = new Map<string, PgCluster[]>();
