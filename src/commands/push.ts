@@ -1,8 +1,8 @@
 // walstream push %p — archive_command (pgarch.c pgarch_archiveXlog; replication-protocol.md §6).
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
-import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { mkdir, readdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
@@ -10,6 +10,7 @@ import { shownName, type ArchiveStore, type Compression } from '../storage/types
 import { mapLimit } from '../storage/common.js';
 import { checkWriter, claimArchive, type ArchiveIdentity, type WriterEncryption } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
+import { readWhole, sha256Owned, useHashThreads, type Hashed } from '../util/bulk.js';
 
 export interface PushOptions {
   /** The file PostgreSQL asks to archive (%p: pg_wal/<name>, relative to the data directory). */
@@ -57,9 +58,9 @@ export function checkSegmentFile(name: string, data: Buffer): LongPageHeader {
 }
 
 /** Read a file PostgreSQL hands over; a one-line error when it cannot. */
-async function readWalFile(path: string): Promise<Buffer> {
+async function readWalFile(path: string, into?: Buffer): Promise<Buffer> {
   try {
-    return await readFile(path);
+    return await readWhole(path, { into });
   } catch (err) {
     throw new PushError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
@@ -117,9 +118,9 @@ async function takeMarker(dir: string, name: string): Promise<boolean> {
 }
 
 /** True when the archive already holds exactly these bytes under `name` (one HEAD, no upload). */
-async function alreadyArchived(store: ArchiveStore, name: string, data: Buffer): Promise<boolean> {
+async function alreadyArchived(store: ArchiveStore, name: string, file: Hashed): Promise<boolean> {
   const info = await store.head(name);
-  return info?.checksum !== undefined && info.checksum === createHash('sha256').update(data).digest('hex');
+  return info?.checksum !== undefined && info.checksum === file.hex;
 }
 
 export async function push(o: PushOptions): Promise<'created' | 'exists'> {
@@ -129,6 +130,8 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   }
   const parallel = o.parallel ?? 1;
   const markers = parallel > 1 ? o.markers : undefined;
+  // Several segments at once: hash them on other cores than the one issuing the I/O.
+  if (parallel > 1) useHashThreads(Math.min(parallel, availableParallelism()));
   if (markers !== undefined) {
     await prepareMarkers(markers, name);
     if (await takeMarker(markers, name)) {
@@ -136,19 +139,20 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
       return 'exists';
     }
   }
-  const data = await readWalFile(o.path);
+  // This call read the file: its memory may go to a hashing thread and back.
+  const file = await sha256Owned(await readWalFile(o.path));
   // With --parallel an earlier call may have pushed this file already: the archive says so.
   const store = await o.openStore();
   const writer = o.encryption ?? { encrypts: false };
   // Not with a key: the checksum does not tell an encrypted copy from a plain one, which an
   // encrypted archive must not keep (the put below replaces it).
-  if (parallel > 1 && !writer.encrypts && (await alreadyArchived(store, name, data))) {
+  if (parallel > 1 && !writer.encrypts && (await alreadyArchived(store, name, file))) {
     o.log.verbose(`${name}: already archived with identical contents`);
     return 'exists';
   }
   let identity: ArchiveIdentity | undefined;
   let checked = false;
-  const pushOne = async (n: string, bytes: Buffer): Promise<'created' | 'exists'> => {
+  const pushOne = async (n: string, { data: bytes, hex }: Hashed): Promise<'created' | 'exists'> => {
     const segment = SEGMENT_FILE_RE.test(n);
     if (segment) {
       const head = checkSegmentFile(n, bytes);
@@ -167,12 +171,12 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
       checked = true;
     }
     // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
-    const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync });
+    const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync, sha256: hex });
     if (res.replacedDamaged) o.log.warn(`the archive held a copy of ${n} it cannot keep (damaged, or not encrypted in an encrypted archive): kept as ${res.replacedDamaged} and replaced`);
     o.log.verbose(`${n}: ${res.status === 'exists' ? 'already archived with identical contents' : 'archived'}`);
     return res.status;
   };
-  if (parallel <= 1) return pushOne(name, data);
+  if (parallel <= 1) return pushOne(name, file);
   // Look ahead: with the file asked for, push the next ready files, `parallel` at a time, so that
   // PostgreSQL's later calls for them find them archived and return at once. A look-ahead failure
   // is only logged: the call for that file pushes it again and reports the error to PostgreSQL.
@@ -180,20 +184,30 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   const ahead = await readyFiles(walDir, name, parallel * LOOKAHEAD_PER_WORKER);
   let status: 'created' | 'exists' | undefined;
   let failure: unknown;
+  // Read buffers for the look-ahead, reused once a push is done with one (a fresh 16 MB buffer per
+  // file costs page faults and garbage collection).
+  const spare: Buffer[] = [];
   await mapLimit([name, ...ahead], parallel, async (n) => {
     if (n === name) {
       try {
-        status = await pushOne(name, data);
+        status = await pushOne(name, file);
       } catch (err) {
         failure = err;
       }
       return;
     }
+    let read: Hashed | undefined;
     try {
-      await pushOne(n, await readWalFile(join(walDir, n)));
+      read = await sha256Owned(await readWalFile(join(walDir, n), spare.pop()));
+      await pushOne(n, read);
       if (markers !== undefined) await writeFile(join(markers, `${n}${MARKER_SUFFIX}`), '', { mode: 0o600 });
     } catch (err) {
       o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
+    } finally {
+      // Nothing holds on to the bytes once pushOne has settled (stores copy what they keep). Only
+      // a segment-sized buffer of its own is kept: a small one may be a slice of Node's pool.
+      const mem = read?.data.buffer;
+      if (mem instanceof ArrayBuffer && mem.byteLength >= 1024 * 1024) spare.push(Buffer.from(mem));
     }
   });
   if (status === undefined) throw failure;

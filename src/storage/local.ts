@@ -22,6 +22,7 @@ import { constants as fsConstants, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../sink/fsutil.js';
+import { readWhole, sha256Owned } from '../util/bulk.js';
 import { compressionSuffix } from '../sink/segment-file.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, mapLimit, plainRefused, quarantineName, unauthenticatedError } from './common.js';
@@ -153,7 +154,7 @@ function tempName(base: string): string {
 
 /** Read a stored file, never through a symbolic link (one swapped in after locate fails with ELOOP). */
 async function readStored(path: string): Promise<Buffer> {
-  return readFile(path, { flag: fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW });
+  return readWhole(path, { noFollow: true });
 }
 
 /** Create `path` (must not exist), write `data`, fsync unless noSync. Mode 0600. */
@@ -227,7 +228,7 @@ export class LocalStore implements ArchiveStore {
       const obj: Prepared = {
         data,
         stored,
-        sha: sha256Hex(data),
+        sha: opts.sha256 ?? sha256Hex(data),
         compression,
         noSync: opts.noSync ?? false,
         keyring,
@@ -274,17 +275,20 @@ export class LocalStore implements ArchiveStore {
       }
       const rec = await this.readRecord(name);
       const { payload, keyId } = decodeStored(this.keyring, name, found.compression, stored, plainRefused(this.keyring?.requireEncrypted === true, name));
-      const data = await this.decode(name, found, payload, rec);
+      const storedSize = stored.length;
+      let data = await this.decode(name, found, payload, rec);
       if (rec) {
-        const actual = sha256Hex(data);
-        if (actual !== rec.sha) throw new IntegrityError(name, `SHA-256 of ${found.file} is ${actual}, the recorded one ${rec.sha}`);
+        // Every buffer here was read or decoded by this call: its memory may be handed over.
+        const hashed = await sha256Owned(data);
+        data = hashed.data;
+        if (hashed.hex !== rec.sha) throw new IntegrityError(name, `SHA-256 of ${found.file} is ${hashed.hex}, the recorded one ${rec.sha}`);
       }
       return {
         data,
         info: {
           name,
           size: data.length,
-          storedSize: stored.length,
+          storedSize,
           checksum: rec?.sha,
           compression: found.compression,
           modified: found.stat.mtime,

@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
+import { sha256Owned } from '../util/bulk.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import { decodeStored, encodeStored, type Keyring } from './encryption.js';
 import {
@@ -286,7 +287,7 @@ export class S3Store implements ArchiveStore {
     const obj: Prepared = {
       data,
       stored: encodeStored(keyring, name, compression, await compress(data, compression)),
-      sha: sha256Hex(data),
+      sha: opts.sha256 ?? sha256Hex(data),
       compression,
       keyring,
       plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
@@ -324,8 +325,10 @@ export class S3Store implements ArchiveStore {
       throw new IntegrityError(name, `cannot decompress (${compression}): ${(err as Error).message}`);
     }
     if (info.checksum !== undefined) {
-      const actual = sha256Hex(data);
-      if (actual !== info.checksum) throw new IntegrityError(name, `SHA-256 ${actual} does not match the recorded ${info.checksum}`);
+      // The body was collected into memory of its own for this call: it may be handed over.
+      const hashed = await sha256Owned(data);
+      data = hashed.data;
+      if (hashed.hex !== info.checksum) throw new IntegrityError(name, `SHA-256 ${hashed.hex} does not match the recorded ${info.checksum}`);
     }
     return { data, info: { ...info, size: data.length, ...(keyId !== undefined ? { keyId } : {}) } };
   }

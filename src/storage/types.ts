@@ -66,6 +66,8 @@ export interface PutOptions {
    * encrypted, the encryption marker; archive/identity.ts).
    */
   unencrypted?: boolean;
+  /** The hex SHA-256 of the bytes, when the caller has computed it already (util/bulk.ts sha256Owned). */
+  sha256?: string;
 }
 
 export interface ListOptions {
