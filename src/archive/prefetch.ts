@@ -16,11 +16,13 @@
 //   prefetch.log       the last worker's messages
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { NotFoundError, type ArchiveStore } from '../storage/types.js';
 import { isValidSegSize, parseWalFileName, walFileName, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
+import { useHashThreads } from '../util/bulk.js';
 
 export interface PrefetchWant {
   /** The newest segment fetch has served. */
@@ -160,7 +162,9 @@ function tryLock(dir: string): boolean {
       return true;
     } catch (err) {
       if (errno(err) !== 'EEXIST') throw err;
-      if (lockHolder(dir) !== undefined) return false;
+      const holder = lockHolder(dir);
+      if (holder === process.pid) return true; // taken for this worker by the fetch that started it
+      if (holder !== undefined) return false;
       try {
         unlinkSync(path); // a dead worker's lock
       } catch {
@@ -169,6 +173,24 @@ function tryLock(dir: string): boolean {
     }
   }
   return false;
+}
+
+/**
+ * Take the lock for a worker just started (its process id): the fetches that follow while it is
+ * still starting up then see a worker and do not start more. If the lock is there already, the
+ * worker itself or another one has it.
+ */
+function lockFor(dir: string, pid: number): void {
+  try {
+    const fd = openSync(join(dir, LOCK), 'wx', 0o600);
+    try {
+      writeFileSync(fd, `${pid}\n`);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // held already, or the spool went away: the worker sorts it out
+  }
 }
 
 function unlock(dir: string): void {
@@ -188,11 +210,13 @@ function unlock(dir: string): void {
  * matters: the want is written before the lock is looked at, and a worker looks at the want again
  * after releasing the lock, so one of the two always sees the newest want.
  */
-export async function requestPrefetch(dir: string, want: PrefetchWant, startWorker: () => void): Promise<void> {
+export async function requestPrefetch(dir: string, want: PrefetchWant, startWorker: () => number | undefined): Promise<void> {
   const tmp = join(dir, `${WANT}.${process.pid}.tmp`);
   await writeFile(tmp, JSON.stringify(want), { mode: 0o600 });
   await rename(tmp, join(dir, WANT));
-  if (lockHolder(dir) === undefined) startWorker();
+  if (lockHolder(dir) !== undefined) return;
+  const pid = startWorker();
+  if (pid !== undefined) lockFor(dir, pid);
 }
 
 /** Remove what recovery has passed: every segment at or before the wanted one, on any timeline. */
@@ -222,7 +246,8 @@ async function download(store: ArchiveStore, dir: string, name: string): Promise
     if (err instanceof NotFoundError) return 'missing';
     throw err;
   }
-  const tmp = join(dir, `.${name}.tmp`);
+  // Named for this process: a fetch filling the spool (prefetchFirst) never shares a file with a worker.
+  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
   const fh = await open(tmp, 'w', 0o600);
   try {
     await fh.writeFile(data);
@@ -232,6 +257,30 @@ async function download(store: ArchiveStore, dir: string, name: string): Promise
   }
   await rename(tmp, join(dir, name));
   return 'stored';
+}
+
+/** Whether a live worker holds the spool (or was started for it and is still starting up). */
+export function workerRunning(dir: string): boolean {
+  return lockHolder(dir) !== undefined;
+}
+
+/**
+ * What a fetch does before it starts a worker: download the first few segments after `want.name`
+ * into the spool itself, at once. A worker needs a process start before its first download lands,
+ * and recovery asks for the next segments meanwhile: each it missed would cost a full fetch.
+ * Failures only mean those segments are fetched the usual way.
+ */
+export async function prefetchFirst(store: ArchiveStore, dir: string, want: PrefetchWant, log: Logger): Promise<void> {
+  await Promise.all(
+    windowNames(want).map(async (n) => {
+      if (existsSync(join(dir, n))) return;
+      try {
+        if ((await download(store, dir, n)) === 'stored') log.verbose(`prefetched ${n}`);
+      } catch (err) {
+        log.verbose(`could not prefetch ${n}: ${(err as Error).message}`);
+      }
+    }),
+  );
 }
 
 export interface PrefetchWorkerOptions {
@@ -260,6 +309,8 @@ function sameTimeline(a: string, b: string): boolean {
 export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void> {
   const idleMs = o.idleMs ?? 20_000;
   const pollMs = o.pollMs ?? 20;
+  // Several downloads verify their checksums at once: on other cores than the one doing the I/O.
+  useHashThreads(availableParallelism());
   let seen = '';
   while (tryLock(o.dir)) {
     // Downloads run as a pipeline: up to the window's count at once, a new one as soon as one

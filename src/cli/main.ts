@@ -440,9 +440,9 @@ interface FetchCliOptions {
  * fetch --prefetch: the spool, and how to start the background worker: this program again,
  * detached, with its messages in the spool's prefetch.log.
  */
-function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { count: number; spool: string; startWorker: () => void } {
+function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { count: number; spool: string; startWorker: () => number | undefined } {
   const spool = resolve(opts.spool ?? '.walstream-prefetch');
-  const startWorker = (): void => {
+  const startWorker = (): number | undefined => {
     const args = [...process.execArgv, process.argv[1]!, 'fetch-prefetch', '--spool', spool, '--archive', opts.archive!, '--verbose'];
     if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
     // The key file's path only; a key in WALSTREAM_ENCRYPTION_KEY reaches the worker through its environment.
@@ -459,9 +459,12 @@ function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { 
         // not there yet
       }
       logFd = openSync(logPath, size > 1024 * 1024 ? 'w' : 'a', 0o600);
-      spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', logFd] }).unref();
+      const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', logFd] });
+      child.unref();
+      return child.pid;
     } catch (err) {
       log.warn(`cannot start the prefetch worker: ${(err as Error).message}`);
+      return undefined;
     } finally {
       if (logFd !== undefined) closeSync(logFd);
     }

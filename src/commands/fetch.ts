@@ -12,7 +12,7 @@ import { basename, dirname, join } from 'node:path';
 import { NotFoundError, StorageError, shownName, type ArchiveStore } from '../storage/types.js';
 import { isValidSegSize, POSTGRES_WAL_FILE_RE, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
-import { prepareSpool, requestPrefetch, takeFromSpool } from '../archive/prefetch.js';
+import { prefetchFirst, prepareSpool, requestPrefetch, takeFromSpool, workerRunning } from '../archive/prefetch.js';
 import { readPartialSegment } from '../archive/partial.js';
 import type { Logger } from '../util/log.js';
 
@@ -33,8 +33,11 @@ export interface FetchOptions {
   /** Serve the newest partial copy of a segment the archive lacks (point-in-time recovery to the last byte received). */
   partial?: boolean;
   /** Keep the next segments ready in a spool directory (see archive/prefetch.ts). */
-  prefetch?: { count: number; spool: string; startWorker: () => void };
+  prefetch?: { count: number; spool: string; startWorker: () => number | undefined };
 }
+
+/** How many segments the fetch that starts a prefetch worker downloads into the spool itself. */
+const FIRST_PREFETCH = 2;
 
 /** Exit status meaning "not available" to PostgreSQL. */
 export const EXIT_NOT_AVAILABLE = 1;
@@ -107,6 +110,7 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
   const pf = segment ? o.prefetch : undefined;
   let source: 'archive' | 'spool' | 'partial' = 'archive';
   let segSize: number | undefined;
+  let store: ArchiveStore | undefined;
   if (pf) {
     try {
       await prepareSpool(pf.spool, o.archiveKey);
@@ -118,10 +122,11 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
     if (segSize !== undefined) source = 'spool';
   }
   if (source === 'archive') {
-    const store = await o.openStore();
-    let data = await getWithRetries(o, o.name, async () => (await store.get(o.name)).data);
+    store = await o.openStore();
+    const archive = store;
+    let data = await getWithRetries(o, o.name, async () => (await archive.get(o.name)).data);
     if (data === undefined && o.partial && segment) {
-      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(store, o.name));
+      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(archive, o.name));
       if (data !== undefined) source = 'partial';
     }
     if (data === undefined) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);
@@ -131,7 +136,10 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
   o.log.verbose(`restored ${o.name}${source === 'spool' ? ' from the prefetch spool' : source === 'partial' ? ' from its partial copy (the newest WAL the archive has of it)' : ''}`);
   if (pf && source !== 'partial' && segSize !== undefined && isValidSegSize(segSize)) {
     try {
-      await requestPrefetch(pf.spool, { name: o.name, segSize, count: pf.count }, pf.startWorker);
+      const want = { name: o.name, segSize, count: pf.count };
+      // No worker yet (the first call of a recovery, or after a pause): the next two come with this call.
+      if (store && !workerRunning(pf.spool)) await prefetchFirst(store, pf.spool, { ...want, count: Math.min(FIRST_PREFETCH, pf.count) }, o.log);
+      await requestPrefetch(pf.spool, want, pf.startWorker);
     } catch (err) {
       o.log.warn(`cannot start prefetching after ${o.name}: ${(err as Error).message}`);
     }

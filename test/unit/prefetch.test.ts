@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { IDENTITY_NAME } from '../../src/storage/types.js';
-import { prepareSpool, requestPrefetch, runPrefetchWorker, takeFromSpool, windowNames } from '../../src/archive/prefetch.js';
+import { prefetchFirst, prepareSpool, requestPrefetch, runPrefetchWorker, takeFromSpool, windowNames, workerRunning } from '../../src/archive/prefetch.js';
 import { pieceName, readPartialSegment } from '../../src/archive/partial.js';
 import { claimArchive, IdentityMismatchError, readIdentity } from '../../src/archive/identity.js';
 import { readyFiles } from '../../src/commands/push.js';
@@ -83,7 +83,7 @@ describe('prefetch spool', () => {
     await prepareSpool(spool, store.description);
     writeFileSync(join(spool, '000000010000000000000006'), fakeSegment()); // passed already
     let started = 0;
-    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 6 }, () => started++);
+    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 6 }, () => void started++);
     expect(started).toBe(1);
     await runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 0 });
     const segs = readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n));
@@ -93,7 +93,7 @@ describe('prefetch spool', () => {
     // A corrupt archived object is never put in the spool.
     store.corrupt('00000001000000000000000B');
     rmSync(join(spool, '00000001000000000000000B'));
-    await requestPrefetch(spool, { name: '000000010000000000000009', segSize: FIXTURE_SEG_SIZE, count: 4 }, () => started++);
+    await requestPrefetch(spool, { name: '000000010000000000000009', segSize: FIXTURE_SEG_SIZE, count: 4 }, () => void started++);
     await runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 0 });
     expect(readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n))).toEqual(['00000001000000000000000A']);
   });
@@ -128,12 +128,45 @@ describe('prefetch spool', () => {
     await prepareSpool(spool, 'a');
     writeFileSync(join(spool, '.lock'), `${process.pid}\n`);
     let started = 0;
-    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 2 }, () => started++);
+    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 2 }, () => void started++);
     expect(started).toBe(0);
     // A lock left by a process that is gone is taken over.
     writeFileSync(join(spool, '.lock'), '999999999\n');
-    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 2 }, () => started++);
+    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 2 }, () => void started++);
     expect(started).toBe(1);
+  });
+
+  it('takes the lock for the worker it starts, so fetches during its start-up start no other; the worker adopts it', async () => {
+    const spool = tmp();
+    const store = new MemoryStore();
+    await store.put('000000010000000000000008', fakeSegment(8));
+    await prepareSpool(spool, store.description);
+    let started = 0;
+    // This process stands in for the worker just started.
+    const start = (): number => {
+      started++;
+      return process.pid;
+    };
+    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 1 }, start);
+    expect(readFileSync(join(spool, '.lock'), 'utf8').trim()).toBe(String(process.pid));
+    expect(workerRunning(spool)).toBe(true);
+    await requestPrefetch(spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 1 }, start);
+    expect(started).toBe(1);
+    await runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 0 });
+    expect(readFileSync(join(spool, '000000010000000000000008')).equals(fakeSegment(8))).toBe(true);
+    expect(existsSync(join(spool, '.lock'))).toBe(false);
+  });
+
+  it('a fetch that starts a worker downloads the first segments itself, verified, and skips what is missing or corrupt', async () => {
+    const spool = tmp();
+    const store = new MemoryStore();
+    await store.put('000000010000000000000008', fakeSegment(8));
+    await store.put('000000010000000000000009', fakeSegment(9));
+    store.corrupt('000000010000000000000009');
+    await prepareSpool(spool, store.description);
+    await prefetchFirst(store, spool, { name: '000000010000000000000007', segSize: FIXTURE_SEG_SIZE, count: 3 }, silentLogger);
+    expect(readdirSync(spool).filter((n) => !n.startsWith('.'))).toEqual(['000000010000000000000008']);
+    expect(readFileSync(join(spool, '000000010000000000000008')).equals(fakeSegment(8))).toBe(true);
   });
 });
 
