@@ -5,7 +5,7 @@
 // The segments stay in pg_wal (wal_keep_size); before each case the server is stopped, every
 // .done is turned back into .ready and the case's archive_command is set, with a fresh
 // destination. Timed from server start until no .ready is left. Medians of BENCH_RUNS runs.
-import { readdirSync, renameSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { PgCluster } from '../test/harness/pg.js';
 import { startS3 } from '../test/harness/s3.js';
@@ -98,6 +98,7 @@ async function main(): Promise<void> {
         for (const f of readdirSync(status)) if (f.endsWith('.done') && SEG_RE.test(f.slice(0, -5))) renameSync(join(status, f), join(status, `${f.slice(0, -5)}.ready`));
         const n = ready().length;
         primary.configure({ archive_command: command });
+        const logFrom = statSync(primary.logFile).size;
         const t0 = performance.now();
         await primary.start();
         await primary.waitFor(async () => ready().length === 0, 600_000, `${c.name} to archive ${n} files`);
@@ -105,6 +106,9 @@ async function main(): Promise<void> {
         const [st] = await primary.query<{ failed: string }>('select failed_count::text as failed from pg_stat_archiver');
         times.set(c.name, [...(times.get(c.name) ?? []), s]);
         console.log(`run ${i + 1} ${c.name}: ${n} files in ${s.toFixed(2)} s (archiver failures so far: ${st!.failed})`);
+        // Why the archiver failed during the case, if it did: a failure costs a retry delay.
+        const failures = readFileSync(primary.logFile).subarray(logFrom).toString().split('\n').filter((l) => /archive command failed|walstream: error|pgbackrest.*ERROR/i.test(l));
+        for (const l of failures.slice(0, 4)) console.log(`  server log: ${l.trim()}`);
         primary.configure({ archive_command: '/bin/false' });
         for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
         for (const r of repos.splice(0)) r.cleanup();

@@ -88,7 +88,7 @@ export async function readyFiles(walDir: string, asked: string, count: number): 
 
 const MARKER_SUFFIX = '.pushed';
 /** How many ready files one --parallel call looks ahead at, per file pushed at a time. */
-const LOOKAHEAD_PER_WORKER = 8;
+const LOOKAHEAD_PER_WORKER = 16;
 
 /**
  * Create the marker directory (0700), refusing one other users can write to (a planted marker
@@ -150,25 +150,30 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     o.log.verbose(`${name}: already archived with identical contents`);
     return 'exists';
   }
-  let identity: ArchiveIdentity | undefined;
-  let checked = false;
+  // The first segment claims the archive (or checks its identity); the others wait for that and
+  // compare with it rather than each reading the identity record again.
+  let claimed: { identity: ArchiveIdentity; done: Promise<unknown> } | undefined;
+  let writerChecked: Promise<unknown> | undefined;
   const pushOne = async (n: string, { data: bytes, hex }: Hashed): Promise<'created' | 'exists'> => {
     const segment = SEGMENT_FILE_RE.test(n);
     if (segment) {
       const head = checkSegmentFile(n, bytes);
       const ours = { systemIdentifier: head.systemId, segmentSize: head.segSize };
-      if (!identity) {
-        await claimArchive(store, ours, n, writer);
-        identity = ours;
-        checked = true;
-      } else if (identity.systemIdentifier !== ours.systemIdentifier || identity.segmentSize !== ours.segmentSize) {
+      if (!claimed) {
+        claimed = { identity: ours, done: claimArchive(store, ours, n, writer) };
+        claimed.done.catch(() => undefined); // each waiter reports it
+      } else if (claimed.identity.systemIdentifier !== ours.systemIdentifier || claimed.identity.segmentSize !== ours.segmentSize) {
         throw new PushError(`${n}: from another database system than ${name}`);
       }
-    } else if (!checked) {
+      await claimed.done;
+    } else {
       // History and backup files name no system to claim the archive with; an encrypted archive
-      // still refuses them from a push without a key.
-      await checkWriter(store, writer);
-      checked = true;
+      // still refuses them from a push without a key (a claim checks that too).
+      if (!writerChecked) {
+        writerChecked = claimed?.done ?? checkWriter(store, writer);
+        writerChecked.catch(() => undefined); // each waiter reports it
+      }
+      await writerChecked;
     }
     // History and backup files are small: keep them uncompressed, as PostgreSQL itself reads them.
     const res = await store.put(n, bytes, { compression: segment ? o.compression : 'none', noSync: o.noSync, sha256: hex });
@@ -187,8 +192,23 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   // Read buffers for the look-ahead, reused once a push is done with one (a fresh 16 MB buffer per
   // file costs page faults and garbage collection).
   const spare: Buffer[] = [];
-  await mapLimit([name, ...ahead], parallel, async (n) => {
-    if (n === name) {
+  // Reading and hashing run ahead of the pushes: while `parallel` files are being written and
+  // fsynced, the next `parallel` are read, so the disk and the cores are both kept busy.
+  const files = [name, ...ahead];
+  const reads = new Map<number, Promise<Hashed>>();
+  const readAhead = (i: number): Promise<Hashed> | undefined => {
+    if (i < 1 || i >= files.length) return undefined;
+    let r = reads.get(i);
+    if (!r) {
+      r = readWalFile(join(walDir, files[i]!), spare.pop()).then((b) => sha256Owned(b));
+      r.catch(() => undefined); // reported when awaited
+      reads.set(i, r);
+    }
+    return r;
+  };
+  await mapLimit(files.map((n, i) => ({ n, i })), parallel, async ({ n, i }) => {
+    readAhead(i + parallel);
+    if (i === 0) {
       try {
         status = await pushOne(name, file);
       } catch (err) {
@@ -198,7 +218,8 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     }
     let read: Hashed | undefined;
     try {
-      read = await sha256Owned(await readWalFile(join(walDir, n), spare.pop()));
+      read = await readAhead(i)!;
+      reads.delete(i);
       await pushOne(n, read);
       if (markers !== undefined) await writeFile(join(markers, `${n}${MARKER_SUFFIX}`), '', { mode: 0o600 });
     } catch (err) {

@@ -204,6 +204,7 @@ export class LocalStore implements ArchiveStore {
   private readonly claimWaitMs: number;
   private readonly keyring: Keyring | undefined;
   private archiveEncrypted = false;
+  private readonly ensured = new Set<string>();
 
   constructor(dir: string, opts: LocalStoreOptions = {}) {
     if (dir === '') throw new StorageError('the archive directory must not be empty', false);
@@ -391,15 +392,19 @@ export class LocalStore implements ArchiveStore {
   /** The stored file for `name`, in read-preference order, or undefined. */
   private async locate(name: string): Promise<Found | undefined> {
     const p = this.place(name);
-    for (const c of candidates(p.base)) {
-      const path = join(p.dataDir, c.file);
-      let st: Stats | undefined;
-      try {
-        st = await statOrUndefined(path, false);
-      } catch (err) {
-        if (errno(err) === 'ENOTDIR' && p.dataDir !== this.dir) return undefined; // "quarantine" is a file
-        throw err;
-      }
+    // Every candidate is looked at at once; the first found in candidate order counts.
+    const seen = await Promise.all(
+      candidates(p.base).map(async (c) => {
+        const path = join(p.dataDir, c.file);
+        try {
+          return { c, path, st: await statOrUndefined(path, false) };
+        } catch (err) {
+          if (errno(err) === 'ENOTDIR' && p.dataDir !== this.dir) return { c, path, st: undefined }; // "quarantine" is a file
+          throw err;
+        }
+      }),
+    );
+    for (const { c, path, st } of seen) {
       if (!st) continue;
       // A symbolic link is never a stored object: walstream publishes regular files only, and a
       // link could serve another segment's bytes (or any file) under this name.
@@ -481,8 +486,8 @@ export class LocalStore implements ArchiveStore {
     if (existing) return this.compare(name, existing, obj);
 
     const p = this.place(name);
-    await ensureDir(p.dataDir, obj.noSync);
-    await ensureDir(p.metaDir, obj.noSync);
+    await this.ensureDir(p.dataDir, obj.noSync);
+    await this.ensureDir(p.metaDir, obj.noSync);
     const file = p.base + compressionSuffix(obj.compression);
     const finalPath = join(p.dataDir, file);
     const tmp = join(p.dataDir, tempName(p.base));
@@ -569,6 +574,13 @@ export class LocalStore implements ArchiveStore {
       if (found || Date.now() >= deadline) return found;
       await sleep(10);
     }
+  }
+
+  /** ensureDir once per directory and store (a directory removed meanwhile fails the put: the caller retries). */
+  private async ensureDir(path: string, noSync: boolean): Promise<void> {
+    if (this.ensured.has(path)) return;
+    await ensureDir(path, noSync);
+    if (!noSync) this.ensured.add(path);
   }
 
   private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {

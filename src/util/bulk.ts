@@ -174,3 +174,4 @@ export async function readWhole(path: string, opts: ReadWholeOptions = {}): Prom
     await fh.close();
   }
 }
+
