@@ -193,7 +193,8 @@ function lockFor(dir: string, pid: number): void {
   }
 }
 
-function unlock(dir: string): void {
+/** Remove the spool's lock if this process holds it (a worker that could not start gives it back). */
+export function unlock(dir: string): void {
   try {
     const fd = openSync(join(dir, LOCK), 'r');
     const buf = Buffer.alloc(32);

@@ -383,13 +383,18 @@ export function buildProgram(): Command {
     .addOption(encryptionRequiredOption())
     .option('-v, --verbose', 'output verbose messages')
     .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; verbose?: boolean }) => {
-      if (!opts.archive) throw new Error('no archive given');
-      const { runPrefetchWorker } = await import('../archive/prefetch.js');
-      const store = await openReadArchive(opts.archive, opts, 'with-key');
+      const { runPrefetchWorker, unlock } = await import('../archive/prefetch.js');
       try {
-        await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
+        if (!opts.archive) throw new Error('no archive given');
+        const store = await openReadArchive(opts.archive, opts, 'with-key');
+        try {
+          await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
+        } finally {
+          await store.close();
+        }
       } finally {
-        await store.close();
+        // The fetch that started this worker took the spool's lock for it: never leave it behind.
+        unlock(opts.spool);
       }
     });
   registerOpsCommands(program);

@@ -17,6 +17,7 @@ import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 
+const MAX_THREADS = 4;
 /** Below this a thread round trip costs more than the hash. */
 const OFFLOAD_MIN_BYTES = 1 << 20;
 
@@ -122,11 +123,12 @@ class HashThreads {
 let threads: HashThreads | undefined;
 
 /**
- * Hash buffers of 1 MB and more on up to `count` worker threads from now on (started when first
+ * Hash buffers of 1 MB and more on up to `count` (at most 4) worker threads from now on (started when first
  * needed; they never keep the process alive on their own). 0 or 1: on the calling thread.
  */
 export function useHashThreads(count: number): void {
-  const size = Math.floor(count);
+  // Four hash faster than any disk or network here writes.
+  const size = Math.min(MAX_THREADS, Math.floor(count));
   if (threads?.size === size) return;
   threads = size > 1 ? new HashThreads(size) : undefined;
 }

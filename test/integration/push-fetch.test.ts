@@ -315,3 +315,24 @@ describe('a standby catching up from what walstream receive archived', () => {
     expect(await standby.query(q)).toEqual(await primary.query(q));
   });
 });
+
+describe('the prefetch worker', () => {
+  it('gives back the spool lock its fetch took for it when it cannot open the archive', async () => {
+    const { spawn } = await import('node:child_process');
+    const { BIN } = await import('../support/cli.js');
+    const spool = mkdtempSync(join(tmpdir(), 'walstream-spool-'));
+    try {
+      const child = spawn(process.execPath, [BIN, 'fetch-prefetch', '--spool', spool, '--archive', 's3://x'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      // As fetch does right after starting it: the lock names the worker's process id.
+      writeFileSync(join(spool, '.lock'), `${child.pid}\n`, { flag: 'wx', mode: 0o600 });
+      let stderr = '';
+      child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/bucket/i);
+      expect(existsSync(join(spool, '.lock'))).toBe(false);
+    } finally {
+      rmSync(spool, { recursive: true, force: true });
+    }
+  });
+});
