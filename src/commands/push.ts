@@ -193,7 +193,8 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   // file costs page faults and garbage collection).
   const spare: Buffer[] = [];
   // Reading and hashing run ahead of the pushes: while `parallel` files are being written and
-  // fsynced, the next `parallel` are read, so the disk and the cores are both kept busy.
+  // fsynced, the next ones (up to four) are read, so the disk and the cores are both kept busy.
+  const readDepth = Math.min(parallel, 4);
   const files = [name, ...ahead];
   const reads = new Map<number, Promise<Hashed>>();
   const readAhead = (i: number): Promise<Hashed> | undefined => {
@@ -207,7 +208,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     return r;
   };
   await mapLimit(files.map((n, i) => ({ n, i })), parallel, async ({ n, i }) => {
-    readAhead(i + parallel);
+    readAhead(i + readDepth);
     if (i === 0) {
       try {
         status = await pushOne(name, file);
