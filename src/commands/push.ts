@@ -88,7 +88,7 @@ export async function readyFiles(walDir: string, asked: string, count: number): 
 
 const MARKER_SUFFIX = '.pushed';
 /** How many ready files one --parallel call looks ahead at, per file pushed at a time. */
-const LOOKAHEAD_PER_WORKER = 16;
+const LOOKAHEAD_PER_WORKER = 32;
 
 /**
  * Create the marker directory (0700), refusing one other users can write to (a planted marker
