@@ -300,7 +300,7 @@ export function buildProgram(): Command {
     .addOption(encryptionRequiredOption())
     .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
     .option('--no-sync', 'do not fsync a local archive (testing only)')
-    .option('--parallel <n>', 'push n files at a time: this one and up to 32n of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
+    .option('--parallel <n>', 'push n files at a time: this one and up to 32n (at most 256) of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')

@@ -89,6 +89,11 @@ export async function readyFiles(walDir: string, asked: string, count: number): 
 const MARKER_SUFFIX = '.pushed';
 /** How many ready files one --parallel call looks ahead at, per file pushed at a time. */
 const LOOKAHEAD_PER_WORKER = 32;
+/**
+ * And at most: PostgreSQL marks nothing done (and so recycles nothing in pg_wal) until the call
+ * returns, so a large backlog is taken a bounded batch at a time.
+ */
+const LOOKAHEAD_MAX = 256;
 
 /**
  * Create the marker directory (0700), refusing one other users can write to (a planted marker
@@ -186,7 +191,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   // PostgreSQL's later calls for them find them archived and return at once. A look-ahead failure
   // is only logged: the call for that file pushes it again and reports the error to PostgreSQL.
   const walDir = dirname(o.path);
-  const ahead = await readyFiles(walDir, name, parallel * LOOKAHEAD_PER_WORKER);
+  const ahead = await readyFiles(walDir, name, Math.min(parallel * LOOKAHEAD_PER_WORKER, LOOKAHEAD_MAX));
   let status: 'created' | 'exists' | undefined;
   let failure: unknown;
   // Read buffers for the look-ahead, reused once a push is done with one (a fresh 16 MB buffer per
