@@ -9,9 +9,9 @@
 // sha256Owned hands a large buffer's memory to one of n worker threads and gets it back with the
 // digest, without copying: the caller gives up the buffer it passed (it is left empty) and goes
 // on with the one returned. (Memory shared with the threads instead would need no hand-over, but
-// Linux reads and writes into a SharedArrayBuffer are several times slower.) A thread that fails
-// hands its jobs back to the calling thread and no more are started: the result is always the
-// SHA-256 of the bytes.
+// Linux reads and writes into a SharedArrayBuffer are several times slower.) If a thread fails,
+// the jobs it held fail with it (their memory went with it) and from then on every buffer is
+// hashed on the calling thread.
 import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -123,11 +123,11 @@ class HashThreads {
 let threads: HashThreads | undefined;
 
 /**
- * Hash buffers of 1 MB and more on up to `count` (at most 4) worker threads from now on (started when first
- * needed; they never keep the process alive on their own). 0 or 1: on the calling thread.
+ * Hash buffers of 1 MB and more on up to `count` worker threads from now on, at most four (they
+ * hash faster than a disk or network here writes): started when first needed, they never keep
+ * the process alive on their own. 0 or 1: on the calling thread.
  */
 export function useHashThreads(count: number): void {
-  // Four hash faster than any disk or network here writes.
   const size = Math.min(MAX_THREADS, Math.floor(count));
   if (threads?.size === size) return;
   threads = size > 1 ? new HashThreads(size) : undefined;
