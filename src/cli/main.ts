@@ -13,6 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
+import { registerServeCommand } from './serve.js';
 import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, openReadArchive } from './keys.js';
 
 const VERSION = '0.1.0';
@@ -397,6 +398,7 @@ export function buildProgram(): Command {
         unlock(opts.spool);
       }
     });
+  registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals, keyOptions: [encryptionKeyOption(), encryptionRequiredOption()] });
   registerOpsCommands(program);
   optionsFromEnvironment(program);
   return program;

@@ -86,6 +86,7 @@ export class Counter extends Metric {
 
 export class Gauge extends Metric {
   private collector: (() => MetricValue) | undefined;
+  private seriesCollector: (() => { labels: Labels; value: MetricValue }[]) | undefined;
   constructor(name: string, help: string) {
     super(name, help, 'gauge');
   }
@@ -96,12 +97,18 @@ export class Gauge extends Metric {
   setCollector(fn: (() => MetricValue) | undefined): void {
     this.collector = fn;
   }
+  /** Read every labelled series at scrape time (series that come and go, e.g. one per client). */
+  setSeriesCollector(fn: (() => { labels: Labels; value: MetricValue }[]) | undefined): void {
+    this.seriesCollector = fn;
+  }
   override get(labels: Labels = {}): MetricValue {
     if (this.collector && Object.keys(labels).length === 0) return this.collector();
+    if (this.seriesCollector) return this.seriesCollector().find((s) => labelKey(s.labels) === labelKey(labels))?.value ?? 0;
     return super.get(labels);
   }
   protected override collect(): { labels: Labels; value: MetricValue }[] {
     if (this.collector) return [{ labels: {}, value: this.collector() }];
+    if (this.seriesCollector) return this.seriesCollector();
     return super.collect();
   }
 }

@@ -116,3 +116,38 @@ export function decodeStandbyStatus(payload: Buffer): StandbyStatus {
     replyRequested: payload[33] !== 0,
   };
 }
+
+export const HOT_STANDBY_FEEDBACK_SIZE = 25;
+
+/** Hot standby feedback ('h', walsender.c ProcessStandbyHSFeedbackMessage): all-zero xmins mean "none". */
+export interface HotStandbyFeedback {
+  clientTime: bigint;
+  xmin: number;
+  xminEpoch: number;
+  catalogXmin: number;
+  catalogXminEpoch: number;
+}
+
+export function decodeHotStandbyFeedback(payload: Buffer): HotStandbyFeedback {
+  if (payload.length !== HOT_STANDBY_FEEDBACK_SIZE || payload[0] !== MSG_HOT_STANDBY_FEEDBACK) {
+    throw new ProtocolError('not a hot standby feedback message');
+  }
+  return {
+    clientTime: payload.readBigInt64BE(1),
+    xmin: payload.readUInt32BE(9),
+    xminEpoch: payload.readUInt32BE(13),
+    catalogXmin: payload.readUInt32BE(17),
+    catalogXminEpoch: payload.readUInt32BE(21),
+  };
+}
+
+export function encodeHotStandbyFeedback(f: HotStandbyFeedback): Buffer {
+  const b = Buffer.alloc(HOT_STANDBY_FEEDBACK_SIZE);
+  b[0] = MSG_HOT_STANDBY_FEEDBACK;
+  b.writeBigInt64BE(f.clientTime, 1);
+  b.writeUInt32BE(f.xmin, 9);
+  b.writeUInt32BE(f.xminEpoch, 13);
+  b.writeUInt32BE(f.catalogXmin, 17);
+  b.writeUInt32BE(f.catalogXminEpoch, 21);
+  return b;
+}
