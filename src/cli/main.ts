@@ -13,7 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
-import { registerServeCommand } from './serve.js';
+import { addServerOptions, parseServeListen, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, openReadArchive } from './keys.js';
 
 const VERSION = '0.1.0';
@@ -126,7 +126,8 @@ function stopOnSignals(): Promise<void> {
   });
 }
 
-interface ReceiveCliOptions {
+interface ReceiveCliOptions extends ServerCliOptions {
+  serve?: import('../observe/listen.js').ListenAddress;
   directory?: string;
   slot?: string;
   createSlot?: boolean;
@@ -194,7 +195,7 @@ export function buildProgram(): Command {
   // after the command name): this shadows the imported stderrLogger for the commands below.
   const stderrLogger = (verbose: boolean): ReturnType<typeof formattedLogger> => formattedLogger(verbose, { format: logFormatOf(program) });
 
-  program
+  const receiveCommand = program
     .command('receive')
     .description('stream write-ahead log from a PostgreSQL server into a directory, as pg_receivewal does')
     .option('-D, --directory <dir>', 'receive write-ahead log files into this directory')
@@ -225,6 +226,8 @@ export function buildProgram(): Command {
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 3)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
     .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)', parseListen)
+    .option('--serve <[host:]port>', 'also serve the WAL received, once durable, to standbys and pg_receivewal over the replication protocol (host defaults to 127.0.0.1)', parseServeListen);
+  addServerOptions(receiveCommand, 'with --serve: ')
     .addHelpText(
       'after',
       '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
@@ -277,6 +280,13 @@ export function buildProgram(): Command {
         log,
         stop: stopOnSignals(),
         metrics: observation.metrics,
+        ...(opts.serve ? { serve: serverSettings(opts.serve, opts) } : {}),
+        onServing: (running) => {
+          void import('../observe/serve.js').then(({ ServeMetrics }) => {
+            const m = new ServeMetrics({ clients: () => running.clients(), end: () => running.source.endOfCurrent(), timeline: () => running.source.timelineNow() });
+            observation.metrics.alsoRender(() => m.render());
+          });
+        },
       }).finally(() => observation.stop());
     });
   program

@@ -10,7 +10,7 @@ export interface ServerCliOptions {
   tlsKey?: string;
   tlsRequired?: boolean;
   slotFile?: string;
-  slot?: string[];
+  clientSlot?: string[];
   maxClients?: number;
 }
 
@@ -43,7 +43,7 @@ export function addServerOptions(cmd: Command, prefix: string): Command {
     .option('--tls-key <file>', `${prefix}the certificate's private key (PEM)`)
     .option('--tls-required', `${prefix}refuse clients that do not use TLS`)
     .option('--slot-file <file>', `${prefix}keep replication slots created by clients in this file, so they last across restarts and cleanup --keep-slots can honour them`)
-    .addOption(new Option('--slot <name>', `${prefix}create this physical replication slot if missing (repeatable)`).argParser(collect))
+    .addOption(new Option('--client-slot <name>', `${prefix}create this physical replication slot for clients if missing (repeatable); kept with --slot-file`).argParser(collect))
     .option('--max-clients <n>', `${prefix}clients at once (max_wal_senders; default 64)`, parseMaxClients);
 }
 
@@ -56,7 +56,7 @@ export function serverSettings(listen: ListenAddress, o: ServerCliOptions, env: 
     auth: { trust: o.trust === true, ...(o.passwordFile !== undefined ? { passwordFile: o.passwordFile } : {}), ...(env['WALSTREAM_SERVE_PASSWORD'] ? { password: env['WALSTREAM_SERVE_PASSWORD'] } : {}) },
     ...(o.tlsCert !== undefined && o.tlsKey !== undefined ? { tls: { certFile: o.tlsCert, keyFile: o.tlsKey, required: o.tlsRequired === true } } : {}),
     ...(o.slotFile !== undefined ? { slotFile: o.slotFile } : {}),
-    ...(o.slot ? { slots: o.slot } : {}),
+    ...(o.clientSlot ? { slots: o.clientSlot } : {}),
     ...(o.maxClients !== undefined ? { maxClients: o.maxClients } : {}),
   };
 }

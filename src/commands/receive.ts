@@ -23,6 +23,9 @@ import { checkHistoryForTimeline, HistoryParseError, parseHistory } from '../wal
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import type { ErrorKind, ReceiverMetrics } from '../observe/metrics.js';
+import type { ReceiverServer, RunningServer, ServerSettings } from './serve.js';
+import { LiveTail } from '../source/live-tail.js';
+import { identityOfServer } from '../source/wal-source.js';
 
 export interface ReceiveOptions {
   directory?: string;
@@ -62,7 +65,14 @@ export interface ReceiveOptions {
   retryMaxMs?: number;
   /** Updated as the receiver works (receive --metrics-listen and the progress line read it). */
   metrics?: ReceiverMetrics;
+  /** Also serve the WAL received (durable only) to standbys and replication clients (receive --serve). */
+  serve?: ServerSettings;
+  /** Called once serving (the metrics endpoint shows the clients). */
+  onServing?: (running: RunningServer) => void;
 }
+
+/** How long after it arrives received WAL is made durable when serving (its clients wait for durability). */
+const SERVE_SYNC_AFTER_MS = 20;
 
 /** An error the user must act on: printed as one line, exit status 1. */
 export class UsageError extends Error {
@@ -228,6 +238,22 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     o.metrics?.uploadQueueFrom(() => queue.queueDepth);
     if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
   }
+  // receive --serve: the server starts now (a port in use is reported before streaming); it
+  // refuses clients until the stream has told which system the WAL is of.
+  let serving: ReceiverServer | undefined;
+  let tail: LiveTail | undefined;
+  if (o.serve) {
+    tail = new LiveTail();
+    const { serveReceiver } = await import('./serve.js');
+    try {
+      serving = await serveReceiver({ directory: dir, ...(store ? { archive: store } : {}), tail, settings: o.serve, log });
+    } catch (err) {
+      await conn.close();
+      await store?.close();
+      throw err instanceof UsageError ? err : new UsageError(`cannot serve: ${(err as Error).message}`);
+    }
+    o.onServing?.(serving.running);
+  }
   // Files left in the spool are uploaded once the archive has been claimed (streamOnce): an
   // archive of another system, or an encrypted one without the key, gets nothing.
   let uploadsStarted = false;
@@ -237,13 +263,14 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     uploadsStarted = true;
   };
   try {
-    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, startUploads });
+    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, startUploads, serving, tail });
     if (uploader && !stopped) {
       log.verbose('waiting for the archive to take the remaining files');
       await Promise.race([uploader.drained(), o.stop]);
     }
     if (uploader?.error) throw new PermanentError(uploader.error.message);
   } finally {
+    await serving?.close();
     await uploader?.stop();
     await store?.close();
   }
@@ -334,6 +361,9 @@ interface ArchiveParts {
   shipper: PartialShipper | undefined;
   /** Enqueue the files left in the spool (once; after the archive is claimed). */
   startUploads: () => Promise<void>;
+  /** receive --serve: the server, and the tail of durable WAL it serves from. */
+  serving?: ReceiverServer;
+  tail?: LiveTail;
 }
 
 /** Everything one connection's streaming needs. */
@@ -349,7 +379,7 @@ interface StreamRound extends ArchiveParts {
 }
 
 async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
-  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper, startUploads } = round;
+  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper, startUploads, serving, tail } = round;
   const log = o.log;
   const info = await identify(conn);
   if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
@@ -372,6 +402,13 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       throw err;
     }
     await startUploads();
+  }
+  if (serving) {
+    try {
+      await serving.identified(identityOfServer(info.systemId, info.segSize, info.blockSize, info.version));
+    } catch (err) {
+      throw new PermanentError(`cannot serve: ${(err as Error).message}`);
+    }
   }
 
   // Where to start: the directory, then (with --archive) the archive, then the slot, then the
@@ -437,83 +474,90 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       o.metrics?.segmentCompleted();
       void uploader?.enqueue(name);
     },
+    ...(tail ? { tap: { begin: (start: Lsn, t: number) => tail.begin(start, t), data: (lsn: Lsn, data: Buffer) => tail.append(lsn, data) } } : {}),
   });
-
+  // What the sink makes durable may be served.
+  const detachTail = tail ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => tail.setDurable(lsn) }) : undefined;
   /** The timeline the server ended in this connection, and where (checked against the next history file). */
   let switchedFrom: { tli: number; at: Lsn } | undefined;
-  for (;;) {
-    if (tli > 1) {
-      const name = historyFileName(tli);
-      if (!(await sink.hasHistory(name))) {
-        const h = await conn.timelineHistory(tli);
-        let entries;
-        try {
-          entries = parseHistory(h.content.toString('utf8'));
-          checkHistoryForTimeline(entries, tli);
-        } catch (err) {
-          // The server's own history file is unusable: nothing to retry, nothing is written.
-          if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${name}: ${err.message}`);
-          throw err;
-        }
-        // The server ended the previous timeline at its switch point (walsender.c StartReplication:
-        // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
-        if (switchedFrom) {
-          const entry = entries.find((e) => e.tli === switchedFrom!.tli);
-          if (!entry || entry.end !== switchedFrom.at) {
-            throw new ProtocolError(
-              `the server sent a history file ${name} that ${entry ? `ends timeline ${entry.tli} at ${formatLsn(entry.end)}` : `does not name timeline ${switchedFrom.tli}`}, but it ended timeline ${switchedFrom.tli} at ${formatLsn(switchedFrom.at)}`,
-            );
+  try {
+    for (;;) {
+      if (tli > 1) {
+        const name = historyFileName(tli);
+        if (!(await sink.hasHistory(name))) {
+          const h = await conn.timelineHistory(tli);
+          let entries;
+          try {
+            entries = parseHistory(h.content.toString('utf8'));
+            checkHistoryForTimeline(entries, tli);
+          } catch (err) {
+            // The server's own history file is unusable: nothing to retry, nothing is written.
+            if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${name}: ${err.message}`);
+            throw err;
           }
+          // The server ended the previous timeline at its switch point (walsender.c StartReplication:
+          // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
+          if (switchedFrom) {
+            const entry = entries.find((e) => e.tli === switchedFrom!.tli);
+            if (!entry || entry.end !== switchedFrom.at) {
+              throw new ProtocolError(
+                `the server sent a history file ${name} that ${entry ? `ends timeline ${entry.tli} at ${formatLsn(entry.end)}` : `does not name timeline ${switchedFrom.tli}`}, but it ended timeline ${switchedFrom.tli} at ${formatLsn(switchedFrom.at)}`,
+              );
+            }
+          }
+          await sink.writeHistory(name, h.content);
+          log.verbose(`wrote timeline history file ${name}`);
         }
-        await sink.writeHistory(name, h.content);
-        log.verbose(`wrote timeline history file ${name}`);
+        await uploader?.enqueue(name);
       }
-      await uploader?.enqueue(name);
-    }
-    if (stopped()) return { finished: true, systemId: info.systemId };
-    log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
-    sink.begin(start, tli);
-    o.metrics?.streamStarting(tli, start);
-    let result;
-    const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
-    try {
-      result = await runStream(conn, sink, {
-        start,
-        timeline: tli,
-        slot: o.slot,
-        endPos: o.endPos,
-        segSize: info.segSize,
-        statusIntervalMs: o.statusIntervalMs,
-        receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
-        synchronous: o.synchronous,
-        reportFlush: o.slot !== undefined || o.synchronous,
-        stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
-        backpressure: uploader,
-        log,
-        onProgress: onData,
-        onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
-      });
-    } finally {
-      o.metrics?.streamEnded();
-      await shipping?.stop();
-      await sink.endStream();
-    }
-    const end = result.end;
-    if (end.kind === 'timeline-end') {
-      if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
-      if (end.nextStart > result.received) {
-        throw new ProtocolError(
-          `server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`,
-        );
+      if (stopped()) return { finished: true, systemId: info.systemId };
+      log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
+      sink.begin(start, tli);
+      o.metrics?.streamStarting(tli, start);
+      let result;
+      const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
+      try {
+        result = await runStream(conn, sink, {
+          start,
+          timeline: tli,
+          slot: o.slot,
+          endPos: o.endPos,
+          segSize: info.segSize,
+          statusIntervalMs: o.statusIntervalMs,
+          receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
+          synchronous: o.synchronous,
+          ...(serving ? { syncAfterMs: SERVE_SYNC_AFTER_MS } : {}),
+          reportFlush: o.slot !== undefined || o.synchronous,
+          stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
+          backpressure: uploader,
+          log,
+          onProgress: onData,
+          onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
+        });
+      } finally {
+        o.metrics?.streamEnded();
+        await shipping?.stop();
+        await sink.endStream();
       }
-      log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
-      switchedFrom = { tli, at: end.nextStart };
-      tli = end.nextTli;
-      start = segmentStart(end.nextStart, info.segSize);
-      continue;
+      const end = result.end;
+      if (end.kind === 'timeline-end') {
+        if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
+        if (end.nextStart > result.received) {
+          throw new ProtocolError(
+            `server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`,
+          );
+        }
+        log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
+        switchedFrom = { tli, at: end.nextStart };
+        tli = end.nextTli;
+        start = segmentStart(end.nextStart, info.segSize);
+        continue;
+      }
+      if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
+      return { finished: false, systemId: info.systemId };
     }
-    if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
-    return { finished: false, systemId: info.systemId };
+  } finally {
+    detachTail?.();
   }
 }
 

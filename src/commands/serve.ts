@@ -139,6 +139,38 @@ export async function openSource(o: { directory?: string; archive?: ArchiveStore
   return WalSource.open(opts);
 }
 
+/** The server inside `walstream receive --serve`: the receiver's directory, its archive and its durable tail. */
+export interface ReceiverServer {
+  /** The receiver learned which system it receives (IDENTIFY_SYSTEM and the SHOWs). */
+  identified(id: SourceIdentity): Promise<void>;
+  running: RunningServer;
+  close(): Promise<void>;
+}
+
+export async function serveReceiver(o: { directory: string; archive?: ArchiveStore; tail: LiveTail; settings: ServerSettings; log: Logger }): Promise<ReceiverServer> {
+  authSettings(o.settings.auth);
+  tlsSettings(o.settings.tls);
+  const source = await openSource({ directory: o.directory, archive: o.archive, tail: o.tail, log: o.log });
+  let started: { server: WalServer; slots: SlotRegistry };
+  try {
+    started = await startServer(source, o.settings, o.log);
+  } catch (err) {
+    source.close();
+    throw err;
+  }
+  const { server, slots } = started;
+  o.log.info(`serving the WAL received on ${hostPort(server.address!)}`);
+  return {
+    identified: (id) => source.adoptIdentity(id),
+    running: { address: server.address!, clients: () => server.clients(), source, slots },
+    async close() {
+      await server.close();
+      await slots.save().catch(() => undefined);
+      source.close();
+    },
+  };
+}
+
 export async function serve(o: ServeOptions): Promise<void> {
   if (o.directory === undefined && !o.archive) throw new UsageError('nothing to serve: give --archive URL and/or -D DIR');
   // Settings first: a bad password file or certificate is reported before anything is read.

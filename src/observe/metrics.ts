@@ -199,6 +199,7 @@ export class ReceiverMetrics {
   private behindSince: number | undefined;
   private isConnected = false;
   private isStreaming = false;
+  private readonly extra: (() => string)[] = [];
 
   constructor(o: ReceiverMetricsOptions = {}) {
     this.now = o.now ?? (() => Date.now());
@@ -322,7 +323,12 @@ export class ReceiverMetrics {
     };
   }
 
+  /** Render another section after the receiver's own (receive --serve: its clients). */
+  alsoRender(fn: () => string): void {
+    this.extra.push(fn);
+  }
+
   render(): string {
-    return this.registry.render();
+    return this.registry.render() + this.extra.map((fn) => fn()).join('');
   }
 }

@@ -53,6 +53,12 @@ export interface StreamCtl {
   receiveTimeoutMs?: number;
   /** fsync and report after every received batch. */
   synchronous: boolean;
+  /**
+   * Otherwise, make what was received durable at most this long after it arrived (milliseconds;
+   * 0 or absent: only at segment ends, as pg_receivewal): receive --serve, whose clients get WAL
+   * only once it is durable.
+   */
+  syncAfterMs?: number;
   /** Report the flush position (with a slot or in synchronous mode), as pg_receivewal does. */
   reportFlush: boolean;
   /** Resolves when the caller wants the stream to stop (signal). */
@@ -84,6 +90,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   let stopping = false;
   let lastStatus = 0;
   let syncScheduled = false;
+  let laterSync: NodeJS.Timeout | undefined;
   let serverEnd: Lsn = 0n;
   let lastSentFlush: Lsn = -1n;
   let lastServerMessage = 0;
@@ -159,6 +166,12 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
         if (stopping) return;
         sink.sync().then(() => sendStatus(), () => undefined);
       });
+    }
+    if (!ctl.synchronous && (ctl.syncAfterMs ?? 0) > 0 && laterSync === undefined) {
+      laterSync = setTimeout(() => {
+        laterSync = undefined;
+        if (!stopping) sink.sync().catch(() => undefined);
+      }, ctl.syncAfterMs);
     }
     if (ctl.endPos !== undefined && sink.receivedLsn >= ctl.endPos) {
       stop(`stopped log streaming at ${formatLsn(sink.receivedLsn)} (timeline ${ctl.timeline}): reached end position`);
@@ -242,6 +255,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     return { end, received: sink.receivedLsn };
   } finally {
     over = true;
+    if (laterSync) clearTimeout(laterSync);
     if (timer) clearInterval(timer);
     if (watchdog) clearInterval(watchdog);
     detach();

@@ -26,6 +26,14 @@ export interface WalDirSinkOptions {
   /** Bytes waiting in a compressor above which the stream should pause (default 32 MiB). */
   highWaterBytes?: number;
   onSegmentDone?: (name: string, endLsn: Lsn) => void;
+  /** Sees every stream start and every piece of WAL accepted (receive --serve's live tail). */
+  tap?: SinkTap;
+}
+
+/** What a tap on the sink sees: stream starts, and each piece once accepted (a view: copy it to keep it). */
+export interface SinkTap {
+  begin(start: Lsn, tli: number): void;
+  data(lsn: Lsn, data: Buffer): void;
 }
 
 /** Zero-filled spare segment files being prepared: never a WAL name, removed when unused. */
@@ -101,6 +109,7 @@ export class WalDirSink {
     this.received = start;
     if (start > this.durable) this.durable = start;
     this.midSegmentStartAllowed = true;
+    this.opts.tap?.begin(start, tli);
   }
 
   get receivedLsn(): Lsn {
@@ -169,6 +178,7 @@ export class WalDirSink {
         this.fail(err as Error);
         throw err;
       }
+      this.opts.tap?.data(at, piece);
       this.received = at + BigInt(n);
       if (off + n === this.opts.segSize) {
         this.current = undefined;

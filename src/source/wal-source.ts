@@ -100,6 +100,24 @@ export class WalSource {
     this.cache.clear();
   }
 
+  /**
+   * The system becomes known from elsewhere (receive --serve: the server identified itself).
+   * A source that learned another system from its stores refuses it.
+   */
+  async adoptIdentity(id: SourceIdentity): Promise<void> {
+    if (this.id) {
+      if (this.id.systemId !== id.systemId || this.id.segSize !== id.segSize) {
+        throw new Error(`the WAL served is of database system ${this.id.systemId} (${this.id.segSize}-byte segments), the server is system ${id.systemId} (${id.segSize}-byte segments)`);
+      }
+      if (this.id.major === undefined) this.id = { ...this.id, magic: id.magic, major: id.major };
+      return;
+    }
+    this.id = id;
+    this.segMax.clear();
+    await this.refresh(true);
+    this.emit();
+  }
+
   /** The system served, once known (undefined while no store holds any WAL). */
   get identity(): SourceIdentity | undefined {
     return this.id;
@@ -204,13 +222,17 @@ export class WalSource {
     this.refreshing = (async () => {
       try {
         const before = `${this.current} ${this.end()}`;
-        if (!this.id) {
+        if (!this.id || this.segMax.size === 0) {
           this.segMax.clear();
           await this.scan();
         } else {
           await this.probeTimelines();
-          await this.probeSegments();
-          await this.probePartial();
+          // The receiver's tail tells where the current timeline ends: no need to ask the stores.
+          const tail = this.o.tail;
+          if (!(tail && tail.timeline === this.current && tail.first !== undefined)) {
+            await this.probeSegments();
+            await this.probePartial();
+          }
         }
         this.lastRefresh = Date.now();
         if (`${this.current} ${this.end()}` !== before) this.emit();
@@ -385,9 +407,10 @@ export class WalSource {
       if (max === undefined || s > max) break;
       const name = walFileName(tli, s, id.segSize);
       if (this.cache.has(name) || this.inFlight.has(name)) continue;
-      const p = this.fetchSegment(tli, s, name, false)
-        .catch(() => undefined)
-        .finally(() => this.inFlight.delete(name));
+      // A client asking for the segment meanwhile shares this fetch, and its failure: a damaged
+      // segment must reach it as an error, never as "not there".
+      const p = this.fetchSegment(tli, s, name, false).finally(() => this.inFlight.delete(name));
+      p.catch(() => undefined);
       this.inFlight.set(name, p);
     }
   }
@@ -406,7 +429,10 @@ export class WalSource {
   /** Whether a complete segment after `segNo` is known on `tli` (a missing one is then "removed", not "not yet"). */
   laterSegmentKnown(tli: number, segNo: bigint): boolean {
     const max = this.segMax.get(tli);
-    return max !== undefined && max > segNo;
+    if (max !== undefined && max > segNo) return true;
+    const tail = this.o.tail;
+    const first = tail?.first;
+    return tail !== undefined && tail.timeline === tli && first !== undefined && this.id !== undefined && first >= (segNo + 1n) * BigInt(this.id.segSize);
   }
 
   get tail(): LiveTail | undefined {
