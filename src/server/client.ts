@@ -193,6 +193,30 @@ export function serverVersionString(id: SourceIdentity | undefined, fallback: st
   return fallback;
 }
 
+/** A client as `SHOW walstream.clients` lists it (pg_stat_replication's column names). */
+export function clientJson(c: ClientInfo): Record<string, string | number | boolean | null> {
+  const lsn = (v: Lsn | undefined): string | null => (v === undefined ? null : formatLsn(v));
+  return {
+    pid: c.pid,
+    application_name: c.applicationName ?? '',
+    client_addr: c.address,
+    client_port: c.port,
+    usename: c.user ?? null,
+    ssl: c.tls,
+    state: c.state,
+    backend_start: c.connectedAt.toISOString(),
+    timeline: c.timeline ?? null,
+    slot_name: c.slot ?? null,
+    sent_lsn: lsn(c.sent),
+    write_lsn: lsn(c.write),
+    flush_lsn: lsn(c.flush),
+    replay_lsn: lsn(c.apply),
+    reply_time: c.replyAt ? c.replyAt.toISOString() : null,
+    backend_xmin: c.xmin ?? null,
+    sent_bytes: c.bytesSent,
+  };
+}
+
 function errorFields(err: unknown): ErrorFields {
   if (err instanceof WalSourceError) return { severity: 'ERROR', code: err.sqlstate, message: err.message };
   if (err instanceof SlotError) return { severity: 'ERROR', code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) };
@@ -658,6 +682,15 @@ export class ClientConnection {
       wal_sender_timeout: ['wal_sender_timeout', () => formatDuration(this.senderTimeoutMs)],
       max_wal_senders: ['max_wal_senders', () => String(this.ctx.maxClients)],
       wal_level: ['wal_level', () => 'replica'],
+      // walstream's own: what `walstream status -d` shows of a walstream serve (JSON).
+      'walstream.clients': ['walstream.clients', () => JSON.stringify([...this.ctx.clients.values()].map(clientJson))],
+      'walstream.slots': [
+        'walstream.slots',
+        () =>
+          JSON.stringify(
+            this.ctx.slots.list().map((sl) => ({ name: sl.name, temporary: sl.temporary, active_pid: sl.activePid ?? null, restart_lsn: sl.restartLsn === undefined ? null : formatLsn(sl.restartLsn) })),
+          ),
+      ],
     };
     const entry = values[key];
     if (!entry) {

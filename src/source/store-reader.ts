@@ -4,7 +4,7 @@
 // receiver's directory (`<name>.partial`, pg_receivewal's layout) or from the pieces a receiver
 // ships to the archive (`<name>.partial.<offset>`, archive/partial.ts), and only the part whose
 // pages are known complete is served.
-import { assemblePieces } from '../archive/partial.js';
+import { listPieces } from '../archive/partial.js';
 import { IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type ObjectInfo } from '../storage/types.js';
 import { checkSegmentPages, LONG_PAGE_HEADER_SIZE, SHORT_PAGE_HEADER_SIZE } from '../wal/page.js';
 import { historyFileName, walFileName } from '../wal/segment.js';
@@ -154,22 +154,35 @@ export class StoreReader {
     return result;
   }
 
-  /** The pieces of a segment in progress shipped to the archive, contiguous from its start. */
+  /**
+   * The pieces of a segment in progress shipped to the archive, contiguous from its start. Pieces
+   * are immutable and only added: those read before are kept, only new ones are fetched.
+   */
   private async fromPieces(name: string, tli: number, segNo: bigint, id: SourceIdentity): Promise<PartialSegment | undefined> {
-    let data: Buffer;
+    const held = this.pieces?.name === name ? this.pieces.data : Buffer.alloc(0);
+    let data = held;
     try {
-      data = await assemblePieces(this.store, name);
+      const parts: Buffer[] = [];
+      let end = held.length;
+      for (const p of await listPieces(this.store, name)) {
+        if (p.offset < end) continue;
+        if (p.offset !== end) break;
+        const got = (await this.store.get(p.name)).data;
+        parts.push(got);
+        end += got.length;
+      }
+      if (parts.length > 0) data = Buffer.concat([held, ...parts]);
     } catch (err) {
-      if (err instanceof NotFoundError) return undefined; // removed meanwhile: the whole segment is there now
-      throw readFailure(`${name}.partial`, err);
+      if (!(err instanceof NotFoundError)) throw readFailure(`${name}.partial`, err);
+      // A piece removed meanwhile: the whole segment is in the archive now; serve what was read.
     }
     if (data.length === 0) return undefined;
     if (data.length > id.segSize) throw segmentCorrupt(`${name}.partial`, `its pieces hold ${data.length} bytes, more than a segment`);
-    // Pieces only grow; keep the longer of what was read before and now (a listing may lag).
-    if (this.pieces?.name === name && this.pieces.data.length > data.length) data = this.pieces.data;
-    this.pieces = { name, data };
     const valid = wholeHeaders(data.length, id.blockSize);
-    verifyPages(`${name}.partial`, data, valid, tli, segNo, id);
+    if (data !== held) {
+      verifyPages(`${name}.partial`, data, valid, tli, segNo, id);
+      this.pieces = { name, data };
+    }
     return { data, valid };
   }
 }
