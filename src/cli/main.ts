@@ -127,6 +127,8 @@ function stopOnSignals(): Promise<void> {
 }
 
 interface ReceiveCliOptions extends ServerCliOptions {
+  onFork: 'follow' | 'stop';
+  createSlotIfMissing?: boolean;
   serve?: import('../observe/listen.js').ListenAddress;
   directory?: string;
   slot?: string;
@@ -226,6 +228,8 @@ export function buildProgram(): Command {
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 3)
     .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
     .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)', parseListen)
+    .addOption(new Option('--on-fork <action>', 'when a new timeline forked before the end of the WAL walstream holds (a failover that lost WAL): follow it and keep what is held (default), or stop').choices(['follow', 'stop']).default('follow'))
+    .option('--create-slot-if-missing', 'when the slot is missing after a reconnect (a new primary), create it (reserving WAL) and go on')
     .option('--serve <[host:]port>', 'also serve the WAL received, once durable, to standbys and pg_receivewal over the replication protocol (host defaults to 127.0.0.1)', parseServeListen);
   addServerOptions(receiveCommand, 'with --serve: ')
     .addHelpText(
@@ -281,6 +285,8 @@ export function buildProgram(): Command {
         stop: stopOnSignals(),
         metrics: observation.metrics,
         ...(opts.serve ? { serve: serverSettings(opts.serve, opts) } : {}),
+        onFork: opts.onFork,
+        createSlotIfMissing: opts.createSlotIfMissing === true,
         onServing: (running) => {
           void import('../observe/serve.js').then(({ ServeMetrics }) => {
             const m = new ServeMetrics({ clients: () => running.clients(), end: () => running.source.endOfCurrent(), timeline: () => running.source.timelineNow() });

@@ -19,7 +19,10 @@ import { PartialShipper } from '../archive/partial.js';
 import { ArchiveEncryptedError, claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import { StorageError, type ArchiveStore } from '../storage/types.js';
 import type { Keyring } from '../storage/encryption.js';
-import { checkHistoryForTimeline, HistoryParseError, parseHistory } from '../wal/timeline.js';
+import { checkHistoryForTimeline, HistoryParseError, parseHistory, type TimelineHistoryEntry } from '../wal/timeline.js';
+import { heldPast } from '../archive/fork.js';
+import { formatBytes } from '../ops/format.js';
+import type { SlotInfo } from '../protocol/commands.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import type { ErrorKind, ReceiverMetrics } from '../observe/metrics.js';
@@ -65,6 +68,15 @@ export interface ReceiveOptions {
   retryMaxMs?: number;
   /** Updated as the receiver works (receive --metrics-listen and the progress line read it). */
   metrics?: ReceiverMetrics;
+  /**
+   * When the server's history says the timeline being received ended before what walstream holds
+   * of it (a failover that lost the old primary's last WAL): 'follow' (default) keeps what is held
+   * and goes on on the new timeline from the fork, with a warning naming the range lost; 'stop'
+   * stops for a person to look first.
+   */
+  onFork?: 'follow' | 'stop';
+  /** After a reconnect to a server without the slot (a new primary): create it and go on. */
+  createSlotIfMissing?: boolean;
   /** Also serve the WAL received (durable only) to standbys and replication clients (receive --serve). */
   serve?: ServerSettings;
   /** Called once serving (the metrics endpoint shows the clients). */
@@ -309,6 +321,7 @@ async function receiveLoop(
         o,
         dir,
         expectedSystemId,
+        target: describeTarget(cfg),
         onData: () => {
           progressed = true;
         },
@@ -375,6 +388,8 @@ interface StreamRound extends ArchiveParts {
   expectedSystemId: bigint | undefined;
   /** Called whenever WAL arrives (resets the reconnect backoff). */
   onData: () => void;
+  /** The server as messages name it. */
+  target: string;
   stopped: () => boolean;
 }
 
@@ -413,8 +428,13 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
 
   // Where to start: the directory, then (with --archive) the archive, then the slot, then the
   // server's position (pg_receivewal.c FindStreamingStart and StreamLog).
-  const slot = o.slot !== undefined ? await conn.readSlot(o.slot) : undefined;
-  if (slot && slot.slotType === null) throw new PermanentError(`replication slot "${o.slot}" does not exist; create it with --create-slot`);
+  let slot = o.slot !== undefined ? await conn.readSlot(o.slot) : undefined;
+  let slotCreated = false;
+  if (slot && slot.slotType === null) {
+    if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot!, round.target));
+    slot = await createMissingSlot(conn, o.slot!, round.target, log);
+    slotCreated = true;
+  }
   let start: Lsn;
   let tli: number;
   let continuing = true;
@@ -450,8 +470,13 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         'Point walstream at a server that has followed this timeline, or move the directory aside and start afresh',
     );
   }
-  // Continuing what we have: the slot must still hold everything from there on.
-  if (continuing && slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > segmentStart(start, info.segSize)) {
+  /** The server's history, when asked for already (used again at the timeline switch, not asked twice). */
+  let fetched: { tli: number; entries: TimelineHistoryEntry[]; content: Buffer } | undefined;
+  /** Where the timeline streamed forked, found when the server refused the start as not in its history. */
+  let forkedFrom: { tli: number; at: Lsn } | undefined;
+  // Continuing what we have: the slot must still hold everything from there on (a slot just
+  // created holds WAL from now on only; the server may still have what comes before).
+  if (continuing && !slotCreated && slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > segmentStart(start, info.segSize)) {
     throw new PermanentError(
       `replication slot "${o.slot}" has restart_lsn ${formatLsn(slot.restartLsn)}, past the resume point ${formatLsn(start)}: ` +
         'the server no longer keeps the WAL in between for this slot. Fill the gap from another archive, or start afresh in an empty directory',
@@ -485,16 +510,9 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       if (tli > 1) {
         const name = historyFileName(tli);
         if (!(await sink.hasHistory(name))) {
-          const h = await conn.timelineHistory(tli);
-          let entries;
-          try {
-            entries = parseHistory(h.content.toString('utf8'));
-            checkHistoryForTimeline(entries, tli);
-          } catch (err) {
-            // The server's own history file is unusable: nothing to retry, nothing is written.
-            if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${name}: ${err.message}`);
-            throw err;
-          }
+          // The server's own history file; one that is unusable is nothing to retry, and nothing is written.
+          const h = fetched?.tli === tli ? fetched : await serverHistory(conn, tli);
+          const entries = h.entries;
           // The server ended the previous timeline at its switch point (walsender.c StartReplication:
           // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
           if (switchedFrom) {
@@ -534,6 +552,46 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
           onProgress: onData,
           onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
         });
+      } catch (err) {
+        // The old timeline up to the fork, from a new primary that no longer has it: say which
+        // range is missing and where it can still be found.
+        // Before PostgreSQL 15 a missing slot shows only here (no READ_REPLICATION_SLOT).
+        if (err instanceof ServerError && err.code === '42704' && o.slot !== undefined && !stopped()) {
+          if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot, round.target));
+          await createMissingSlot(conn, o.slot, round.target, log);
+          throw new Error(`replication slot "${o.slot}" was missing and has been created`);
+        }
+        if (!(err instanceof ServerError) || tli >= info.timeline) throw err;
+        // A fork behind what we hold: the server's history ends our timeline before the resume
+        // point (walsender.c StartReplication refuses it, DETAIL "forked from timeline T at X").
+        // What we hold past the fork is the old primary's WAL: kept as it is; the stream goes on
+        // on the timeline that forked, from the fork, or after what we already hold of it.
+        if (/is not in this server's history/.test(err.message) && /forked from timeline/.test(err.detail ?? '')) {
+          fetched = await serverHistory(conn, info.timeline);
+          const i = fetched.entries.findIndex((e) => e.tli === tli);
+          if (i < 0) throw err;
+          const fork = fetched.entries[i]!.end;
+          const child = fetched.entries[i + 1]?.tli ?? info.timeline;
+          await reportFork(o, { dir, store, tli, child, fork, segSize: info.segSize, log, atLeast: start });
+          const held = (await findStreamingStart(dir, info.segSize, child)) ?? (store ? await archiveResumePoint(store, info.segSize, child) : undefined);
+          forkedFrom = { tli, at: fork };
+          switchedFrom = forkedFrom;
+          tli = child;
+          start = segmentStart(held && held.start > fork ? held.start : fork, info.segSize);
+          continue;
+        }
+        // The old timeline up to the fork, from a new primary that no longer has it: say which
+        // range is missing and where it can still be found.
+        if (/has already been removed/.test(err.message)) {
+          const entries = (fetched ??= await serverHistory(conn, info.timeline)).entries;
+          const fork = entries.find((e) => e.tli === tli)?.end;
+          if (fork === undefined) throw err;
+          throw new PermanentError(
+            `${err.message} (on the server): the server no longer has timeline ${tli} from ${formatLsn(start)} to the fork at ${formatLsn(fork)}, which walstream does not hold yet. ` +
+              `Copy those segments from the old primary's pg_wal, or from the archive its archive_command wrote, into "${dir}"${store ? ' or the archive' : ''}, then run walstream again`,
+          );
+        }
+        throw err;
       } finally {
         o.metrics?.streamEnded();
         await shipping?.stop();
@@ -548,6 +606,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
           );
         }
         log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
+        await reportFork(o, { dir, store, tli, child: end.nextTli, fork: end.nextStart, segSize: info.segSize, log });
         switchedFrom = { tli, at: end.nextStart };
         tli = end.nextTli;
         start = segmentStart(end.nextStart, info.segSize);
@@ -597,9 +656,10 @@ function errorKind(e: Error): ErrorKind {
 }
 
 /** Where to resume from the archive's listing: after its newest complete segment. */
-async function archiveResumePoint(store: ArchiveStore, segSize: number): Promise<{ start: Lsn; tli: number } | undefined> {
+async function archiveResumePoint(store: ArchiveStore, segSize: number, onlyTli?: number): Promise<{ start: Lsn; tli: number } | undefined> {
   let best: { tli: number; segNo: bigint } | undefined;
-  for (const obj of await store.list()) {
+  const prefix = onlyTli === undefined ? '' : onlyTli.toString(16).toUpperCase().padStart(8, '0');
+  for (const obj of await store.list(prefix)) {
     if (!isWalFileName(obj.name)) continue;
     const p = parseWalFileName(obj.name, segSize);
     if (!best || p.segNo > best.segNo || (p.segNo === best.segNo && p.tli > best.tli)) best = p;
@@ -608,3 +668,54 @@ async function archiveResumePoint(store: ArchiveStore, segSize: number): Promise
 }
 
 export { ConnectionLostError };
+
+/** The server's history file of timeline `tli` (> 1): its ancestry, and the file's bytes. */
+async function serverHistory(conn: ReplicationConnection, tli: number): Promise<{ tli: number; entries: TimelineHistoryEntry[]; content: Buffer }> {
+  const h = await conn.timelineHistory(tli);
+  try {
+    const entries = parseHistory(h.content.toString('utf8'));
+    checkHistoryForTimeline(entries, tli);
+    return { tli, entries, content: h.content };
+  } catch (err) {
+    if (err instanceof HistoryParseError) throw new ProtocolError(`the server sent an unusable history file ${historyFileName(tli)}: ${err.message}`);
+    throw err;
+  }
+}
+
+/**
+ * A timeline ended at `fork` while walstream holds more of it (the old primary's WAL that the new
+ * one never got): say once which range is lost, count it, and stop when asked to (--on-fork=stop).
+ * Nothing held is changed. `atLeast`: a position known to be held (the resume point).
+ */
+async function reportFork(
+  o: ReceiveOptions,
+  f: { dir: string; store: ArchiveStore | undefined; tli: number; child: number; fork: Lsn; segSize: number; log: Logger; atLeast?: Lsn },
+): Promise<void> {
+  let held = await heldPast({ dir: f.dir, ...(f.store ? { store: f.store } : {}), tli: f.tli, fork: f.fork, segSize: f.segSize });
+  if (f.atLeast !== undefined && f.atLeast > held) held = f.atLeast;
+  if (held <= f.fork) return;
+  const lost = held - f.fork;
+  const what =
+    `timeline ${f.tli} continues past the fork to timeline ${f.child} at ${formatLsn(f.fork)} by ${formatBytes(Number(lost))} (to ${formatLsn(held)}), ` +
+    `WAL the new timeline does not have: transactions lost in the failover`;
+  if (o.onFork === 'stop') {
+    throw new PermanentError(`${what}; stopped (--on-fork=stop). Once looked at, run again without --on-fork=stop to follow timeline ${f.child} (the WAL held stays as it is)`);
+  }
+  f.log.warn(`${what}; kept as it is, following timeline ${f.child}`);
+  o.metrics?.fork(f.tli, f.child, f.fork, lost);
+}
+
+function slotMissing(slot: string, target: string): string {
+  return `replication slot "${slot}" does not exist on the server (${target}); create it with --create-slot, or give --create-slot-if-missing to have walstream create it after a failover`;
+}
+
+/** --create-slot-if-missing: the slot is gone (a new primary after a failover): create it, reserving WAL from now on. */
+async function createMissingSlot(conn: ReplicationConnection, slot: string, target: string, log: Logger): Promise<SlotInfo | undefined> {
+  try {
+    await conn.createPhysicalSlot(slot, true);
+    log.warn(`replication slot "${slot}" did not exist on the server (${target}): created it (--create-slot-if-missing); it keeps WAL from now on`);
+  } catch (err) {
+    if (!(err instanceof ServerError && err.code === '42710')) throw err;
+  }
+  return conn.readSlot(slot);
+}

@@ -188,6 +188,8 @@ export class ReceiverMetrics {
   private readonly reconnects: Counter;
   private readonly connectedGauge: Gauge;
   private readonly streamingGauge: Gauge;
+  private readonly forks: Counter;
+  private readonly forkLost: Gauge;
 
   private received = 0n;
   private flushed = 0n;
@@ -221,9 +223,14 @@ export class ReceiverMetrics {
     this.uploadQueue = r.gauge('walstream_upload_queue_files', 'Finished files waiting for or in upload to the archive (with --archive).');
     this.errors = r.counter('walstream_errors_total', 'Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.');
     this.reconnects = r.counter('walstream_reconnects_total', 'Reconnection attempts after a lost connection.');
+    this.forks = r.counter('walstream_timeline_forks_lost_total', 'Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).');
+    this.forkLost = r.gauge(
+      'walstream_timeline_fork_lost_bytes',
+      'Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).',
+    );
     // Every series exists from the start, so rates and alerts work before the first event.
     for (const kind of ERROR_KINDS) this.errors.inc({ kind }, 0);
-    for (const c of [this.receivedBytes, this.segmentsCompleted, this.segmentsArchived, this.reconnects]) c.inc({}, 0);
+    for (const c of [this.receivedBytes, this.segmentsCompleted, this.segmentsArchived, this.reconnects, this.forks]) c.inc({}, 0);
     this.timelineGauge.set(0);
     this.connectedGauge.setCollector(() => (this.isConnected ? 1 : 0));
     this.streamingGauge.setCollector(() => (this.health().ok ? 1 : 0));
@@ -300,6 +307,13 @@ export class ReceiverMetrics {
 
   reconnect(): void {
     this.reconnects.inc();
+  }
+
+  /** A timeline was held past its fork to `next` at `at` by `lostBytes`. */
+  fork(tli: number, next: number, at: bigint, lostBytes: bigint): void {
+    void at;
+    this.forks.inc();
+    this.forkLost.set(lostBytes, { timeline: String(tli), next_timeline: String(next) });
   }
 
   /** Live streaming: connected, streaming, and a server message within staleAfterMs. */

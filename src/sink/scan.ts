@@ -43,9 +43,13 @@ export interface ResumePoint {
   entry: DirEntry;
 }
 
-/** Decide where to resume from the directory's files, or undefined when it has no usable segment. */
-export async function findStreamingStart(dir: string, segSize: number): Promise<ResumePoint | undefined> {
-  const entries = await listWalFiles(dir, segSize);
+/**
+ * Decide where to resume from the directory's files, or undefined when it has no usable segment.
+ * With `onlyTli`, only that timeline's files count (after a fork, the old timeline's files beyond
+ * the fork stay, but the stream goes on on the new one).
+ */
+export async function findStreamingStart(dir: string, segSize: number, onlyTli?: number): Promise<ResumePoint | undefined> {
+  const entries = (await listWalFiles(dir, segSize)).filter((e) => onlyTli === undefined || e.tli === onlyTli);
   let best: DirEntry | undefined;
   const present: DirEntry[] = [];
   for (const e of entries) {

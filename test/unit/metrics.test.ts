@@ -127,6 +127,11 @@ describe('ReceiverMetrics', () => {
         '# HELP walstream_reconnects_total Reconnection attempts after a lost connection.',
         '# TYPE walstream_reconnects_total counter',
         'walstream_reconnects_total 0',
+        '# HELP walstream_timeline_forks_lost_total Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).',
+        '# TYPE walstream_timeline_forks_lost_total counter',
+        'walstream_timeline_forks_lost_total 0',
+        '# HELP walstream_timeline_fork_lost_bytes Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).',
+        '# TYPE walstream_timeline_fork_lost_bytes gauge',
         '',
       ].join('\n'),
     );
@@ -176,6 +181,9 @@ describe('ReceiverMetrics', () => {
     expect(line('walstream_lag_seconds')).toBe('walstream_lag_seconds 3');
     expect(m.render()).toContain('walstream_errors_total{kind="connection"} 1\n');
     expect(line('walstream_reconnects_total')).toBe('walstream_reconnects_total 1');
+    m.fork(1, 2, 0x6000000n, 48n * 1024n * 1024n);
+    expect(line('walstream_timeline_forks_lost_total')).toBe('walstream_timeline_forks_lost_total 1');
+    expect(m.render()).toContain('walstream_timeline_fork_lost_bytes{timeline="1",next_timeline="2"} 50331648\n');
     let queue = 3;
     m.uploadQueueFrom(() => queue);
     m.segmentArchived();
