@@ -310,13 +310,13 @@ describe('failover into an S3 archive', () => {
     s3 = undefined;
   });
 
-  it('keeps the pieces of timeline 1 and follows timeline 2', async () => {
+  it('keeps the pieces of timeline 1 and follows timeline 2 (with --synchronous)', async () => {
     s3 = await startS3({ builtIn: true });
     const s = await setup('fo-s3');
     const url = `s3://${s3.bucket}/${s3.prefix}fo/`;
     const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
     await s.a.query("select pg_create_physical_replication_slot('ws', true)");
-    const r = receiver(s, ['--s3-endpoint', s3.endpoint, '--create-slot-if-missing'], { env, archive: url });
+    const r = receiver(s, ['--s3-endpoint', s3.endpoint, '--create-slot-if-missing', '--synchronous'], { env, archive: url });
     await r.waitForOutput(/starting log streaming at/);
     await failoverLosingWal(s);
     s.proxy.setUpstream(s.b.port);
