@@ -3,13 +3,27 @@
 // the end of a timeline (walsender.c StartReplication / XLogSendPhysical; receivelog.c
 // HandleEndOfCopyStream, ReadEndOfStreamingResult). Covers the five ways the command can end:
 // error after 'W', rows without COPY, CopyDone then rows, "COPY 0" then close, and silent close.
+//
+// While the command runs, walstream frames what the server sends itself (the socket's data
+// listeners of pg are set aside when the command is submitted, on an idle connection, and put
+// back at its ReadyForQuery): CopyData goes straight to the caller, XLogData as views of the
+// socket's own chunks, a message that spans chunks in pieces as they arrive, so no WAL byte is
+// copied or reassembled on its way to the sink; every other message is handed whole to pg's
+// parser, which reads it as ever.
 import type pg from 'pg';
 import { parseEndOfTimeline, type TextRow } from '../protocol/commands.js';
+import { MSG_XLOG_DATA, ProtocolError, XLOG_DATA_HEADER_SIZE } from '../protocol/messages.js';
 import { toServerError } from './errors.js';
 
 export interface StreamEvents {
-  /** Called synchronously for each CopyData payload: `payload` is a view, copy what you keep. */
+  /** Called synchronously for each CopyData payload but XLogData: `payload` is a view, copy what you keep. */
   onCopyData(payload: Buffer): void;
+  /**
+   * Called synchronously for each piece of an XLogData message, in order: `lsn` is where `piece`
+   * starts (the message's dataStart plus the bytes before it), `walEnd` the message's. `piece` is
+   * a view of the socket's buffer: consume it before returning.
+   */
+  onXLogData(lsn: bigint, walEnd: bigint, piece: Buffer): void;
   /** The server ended the COPY (end of a historic timeline). */
   onServerCopyDone?(): void;
   /** Any message from the server for this command arrived (liveness: see session/silence.ts). */
@@ -21,13 +35,22 @@ export type StreamEnd =
   | { kind: 'stopped' }
   | { kind: 'server-shutdown' };
 
+interface DataStream {
+  pause(): void;
+  resume(): void;
+  destroy(): void;
+  listeners(event: 'data'): ((chunk: Buffer) => void)[];
+  on(event: 'data', fn: (chunk: Buffer) => void): void;
+  removeListener(event: 'data', fn: (chunk: Buffer) => void): void;
+}
+
 interface Connection {
   query(text: string): void;
   sendCopyFromChunk(chunk: Buffer): void;
   endCopyFrom(): void;
   on(event: string, fn: (...args: unknown[]) => void): void;
   removeListener(event: string, fn: (...args: unknown[]) => void): void;
-  stream: { pause(): void; resume(): void; destroy(): void };
+  stream: DataStream;
 }
 
 interface RowDescriptionMsg {
@@ -41,6 +64,113 @@ interface CommandCompleteMsg {
 }
 interface CopyDataMsg {
   chunk: Buffer;
+}
+
+const COPY_DATA = 0x64; // 'd'
+const READY_FOR_QUERY = 0x5a; // 'Z'
+/** A message other than CopyData longer than this is not something a walsender sends. */
+const MAX_OTHER_MESSAGE = 64 * 1024 * 1024;
+
+/**
+ * Cuts the server's byte stream into messages while a START_REPLICATION runs: XLogData pieces go
+ * to `wal` without a copy, other CopyData payloads to `copyData` (copied only when they span
+ * chunks, and they are small), every other message whole to `other`.
+ */
+export class CopyFramer {
+  /** The start of a message (its header, or a whole small message) gathered across chunks. */
+  private partial: Buffer | undefined;
+  /** An XLogData message being streamed in pieces: where its next piece starts, what is left. */
+  private xlog: { lsn: bigint; walEnd: bigint; left: number } | undefined;
+
+  constructor(
+    private readonly sink: {
+      copyData(payload: Buffer): void;
+      wal(lsn: bigint, walEnd: bigint, piece: Buffer): void;
+      other(message: Buffer): void;
+    },
+  ) {}
+
+  /** Bytes received but not yet handed on (an incomplete header or small message). */
+  get pendingBytes(): number {
+    return this.partial?.length ?? 0;
+  }
+
+  push(chunk: Buffer): void {
+    let pos = 0;
+    while (pos < chunk.length) {
+      const x = this.xlog;
+      if (x) {
+        const n = Math.min(x.left, chunk.length - pos);
+        const lsn = x.lsn;
+        x.lsn += BigInt(n);
+        x.left -= n;
+        if (x.left === 0) this.xlog = undefined;
+        this.sink.wal(lsn, x.walEnd, chunk.subarray(pos, pos + n));
+        pos += n;
+        continue;
+      }
+      if (this.partial) {
+        const want = this.needed(this.partial);
+        const take = Math.min(want - this.partial.length, chunk.length - pos);
+        this.partial = Buffer.concat([this.partial, chunk.subarray(pos, pos + take)]);
+        pos += take;
+        if (this.partial.length < this.needed(this.partial)) continue;
+        const whole = this.partial;
+        this.partial = undefined;
+        if (this.consume(whole, 0) !== whole.length) throw new Error('message framing failed');
+        continue;
+      }
+      const used = this.consume(chunk, pos);
+      if (used === 0) {
+        this.partial = Buffer.from(chunk.subarray(pos));
+        return;
+      }
+      pos += used;
+    }
+  }
+
+  /** How many bytes of a message's start `b` must be there before it can be handed on. */
+  private needed(b: Buffer): number {
+    if (b.length < 5) return 5;
+    const len = b.readUInt32BE(1);
+    if (b[0] === COPY_DATA && len >= 5) {
+      if (b.length < 6) return 6;
+      if (b[5] === MSG_XLOG_DATA && len - 4 >= XLOG_DATA_HEADER_SIZE) return 5 + XLOG_DATA_HEADER_SIZE;
+    }
+    return 1 + len;
+  }
+
+  /**
+   * Hand on the message that starts at `at` in `b`; returns the bytes used, 0 when more are
+   * needed first. An XLogData message is handed on from its header on, the rest of it in pieces.
+   */
+  private consume(b: Buffer, at: number): number {
+    const avail = b.length - at;
+    if (avail < 5) return 0;
+    const type = b[at]!;
+    const len = b.readUInt32BE(at + 1);
+    if (len < 4) throw new ProtocolError(`invalid message length ${len} from the server`);
+    if (type === COPY_DATA && len >= 5) {
+      if (avail < 6) return 0;
+      if (b[at + 5] === MSG_XLOG_DATA && len - 4 >= XLOG_DATA_HEADER_SIZE) {
+        if (avail < 5 + XLOG_DATA_HEADER_SIZE) return 0;
+        const lsn = b.readBigUInt64BE(at + 6);
+        const walEnd = b.readBigUInt64BE(at + 14);
+        const dataLen = len - 4 - XLOG_DATA_HEADER_SIZE;
+        const start = at + 5 + XLOG_DATA_HEADER_SIZE;
+        const here = Math.min(dataLen, b.length - start);
+        if (here < dataLen) this.xlog = { lsn: lsn + BigInt(here), walEnd, left: dataLen - here };
+        if (here > 0 || dataLen === 0) this.sink.wal(lsn, walEnd, b.subarray(start, start + here));
+        return 5 + XLOG_DATA_HEADER_SIZE + here;
+      }
+    }
+    if (len > MAX_OTHER_MESSAGE) throw new ProtocolError(`message of ${len} bytes from the server: too long`);
+    if (avail < 1 + len) return 0;
+    const message = b.subarray(at, at + 1 + len);
+    if (type === COPY_DATA) this.sink.copyData(message.subarray(5));
+    else this.sink.other(message);
+    return 1 + len;
+  }
 }
 
 export class CopyBothStream {
@@ -87,8 +217,55 @@ export class CopyBothStream {
     this.connection = connection;
     connection.on('replicationStart', this.onReplicationStart);
     connection.on('copyDone', this.onCopyDone);
+    this.takeOver(connection.stream);
     connection.query(this.text);
   }
+
+  /** pg's parser steps aside until this command's ReadyForQuery (see the top of this file). */
+  private takeOver(stream: DataStream): void {
+    const pgListeners = stream.listeners('data');
+    for (const l of pgListeners) stream.removeListener('data', l);
+    let givenBack = false;
+    const giveBack = (): void => {
+      if (givenBack) return;
+      givenBack = true;
+      stream.removeListener('data', onData);
+      for (const l of pgListeners) stream.on('data', l);
+    };
+    const framer = new CopyFramer({
+      copyData: (payload) => this.handleCopyData({ chunk: payload }),
+      wal: (lsn, walEnd, piece) => {
+        if (this.failure) return;
+        try {
+          this.events.onXLogData(lsn, walEnd, piece);
+        } catch (err) {
+          this.fail(err instanceof Error ? err : new Error(String(err)));
+        }
+      },
+      other: (message) => {
+        // The command's end: pg takes the connection back before it reads ReadyForQuery, so
+        // that whatever follows (the next command's answers) goes to it directly.
+        if (message[0] === READY_FOR_QUERY) giveBack();
+        for (const l of pgListeners) l(message);
+      },
+    });
+    const onData = (chunk: Buffer): void => {
+      if (givenBack) {
+        for (const l of pgListeners) l(chunk);
+        return;
+      }
+      this.heard();
+      try {
+        framer.push(chunk);
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+      }
+    };
+    stream.on('data', onData);
+    this.giveBack = giveBack;
+  }
+
+  private giveBack: (() => void) | undefined;
 
   handleCopyData(msg: CopyDataMsg): void {
     if (this.failure) return;

@@ -141,21 +141,27 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
       }
       return;
     }
+    onWal(msg.dataStart, msg.walEnd, msg.data);
+  };
+
+  /** WAL from XLogData: a whole message's, or a piece of one (the framer hands them on as they arrive). */
+  const onWal = (lsn: Lsn, walEnd: Lsn, piece: Buffer): void => {
+    lastServerMessage = Date.now();
     if (stopping) return;
     const expected = sink.receivedLsn;
-    if (msg.dataStart !== expected) {
-      throw new ProtocolError(`received WAL at ${formatLsn(msg.dataStart)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
+    if (lsn !== expected) {
+      throw new ProtocolError(`received WAL at ${formatLsn(lsn)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
     }
-    if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
-    let data = msg.data;
+    if (walEnd > serverEnd) serverEnd = walEnd;
+    let data = piece;
     // With --endpos, pg_receivewal stops at the segment boundary inside a message that reaches it.
     if (ctl.endPos !== undefined) {
       const segSize = BigInt(ctl.segSize);
-      const boundary = (msg.dataStart / segSize + 1n) * segSize;
-      const msgEnd = msg.dataStart + BigInt(data.length);
-      if (msgEnd > boundary && boundary >= ctl.endPos) data = data.subarray(0, Number(boundary - msg.dataStart));
+      const boundary = (lsn / segSize + 1n) * segSize;
+      const end = lsn + BigInt(data.length);
+      if (end > boundary && boundary >= ctl.endPos) data = data.subarray(0, Number(boundary - lsn));
     }
-    sink.write(msg.dataStart, data);
+    sink.write(lsn, data);
     ctl.onProgress?.(sink.receivedLsn, serverEnd);
     observe('data');
     if (ctl.synchronous && !syncScheduled) {
@@ -185,6 +191,10 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
     onCopyData(payload) {
       if (stopWhenStarted) stop('received stop request');
       onMessage(decodeServerCopyData(payload));
+    },
+    onXLogData(lsn, walEnd, piece) {
+      if (stopWhenStarted) stop('received stop request');
+      onWal(lsn, walEnd, piece);
     },
     onServerMessage() {
       silence?.heard(Date.now());

@@ -385,6 +385,21 @@ class FakeServer {
   copyDoneFromClient = false;
   destroyed = false;
   private readonly handlers = new Map<string, ((...args: unknown[]) => void)[]>();
+  /** Where bytes from the socket go while the command runs (the stream's own framer). */
+  dataListener: ((chunk: Buffer) => void) | undefined;
+
+  /** Send `payload` as one CopyData message over the socket, cut into random pieces. */
+  feedFramed(r: Rng, payload: Buffer): void {
+    const frame = Buffer.alloc(5 + payload.length);
+    frame[0] = 0x64;
+    frame.writeUInt32BE(4 + payload.length, 1);
+    payload.copy(frame, 5);
+    for (let pos = 0; pos < frame.length && !this.destroyed; ) {
+      const n = 1 + r.int(Math.min(frame.length - pos, r.bool(0.5) ? 7 : 70000));
+      this.dataListener!(frame.subarray(pos, pos + n));
+      pos += n;
+    }
+  }
 
   readonly conn = {
     startReplication: (_start: bigint, _tli: number, _slot: string | undefined, events: StreamEvents): CopyBothStream => {
@@ -393,6 +408,14 @@ class FakeServer {
         onCopyData: (payload) => {
           try {
             events.onCopyData(payload);
+          } catch (err) {
+            this.thrown.push(err);
+            throw err;
+          }
+        },
+        onXLogData: (lsn, walEnd, piece) => {
+          try {
+            events.onXLogData(lsn, walEnd, piece);
           } catch (err) {
             this.thrown.push(err);
             throw err;
@@ -426,6 +449,11 @@ class FakeServer {
       this.handlers.set(event, (this.handlers.get(event) ?? []).filter((f) => f !== fn));
     },
     stream: {
+      listeners: (): ((chunk: Buffer) => void)[] => [],
+      on: (_event: string, fn: (chunk: Buffer) => void): void => {
+        this.dataListener = fn;
+      },
+      removeListener: (): void => undefined,
       pause: (): void => undefined,
       resume: (): void => undefined,
       destroy: (): void => {
@@ -499,7 +527,9 @@ async function oneSession(r: Rng, messages: number, index: number): Promise<void
     // Mostly the contiguous stream a real server sends, with hostile messages mixed in.
     const input = r.bool(0.6) ? validServerMessage(r, sink.receivedLsn) : hostileServerMessage(r, r.bool(0.5) ? sink.receivedLsn : undefined);
     inputs.push(input);
-    server.stream.handleCopyData({ chunk: input });
+    // Whole, as pg's parser hands it on, or framed by the stream itself from pieces of the socket's bytes.
+    if (r.bool()) server.stream.handleCopyData({ chunk: input });
+    else server.feedFramed(r, input);
     if (r.bool(0.1)) await new Promise((res) => setImmediate(res));
   }
   for (const err of server.thrown) {
