@@ -168,8 +168,15 @@ export class IncrementalPageChecker {
   private pendingOffset = 0;
   private zeroTail = false;
   unknownMagic: number | undefined;
+  /** The segment's start as two 32-bit halves: page addresses are compared without BigInt. */
+  private readonly segStartLo: number;
+  private readonly segStartHi: number;
 
-  constructor(private readonly exp: SegmentExpectation) {}
+  constructor(private readonly exp: SegmentExpectation) {
+    const start = exp.segNo * BigInt(exp.segSize);
+    this.segStartLo = Number(start & 0xffffffffn);
+    this.segStartHi = Number(start >> 32n);
+  }
 
   /** Returns a problem description, or undefined when every header seen so far is right. */
   feed(offset: number, data: Buffer): string | undefined {
@@ -197,7 +204,30 @@ export class IncrementalPageChecker {
     return undefined;
   }
 
+
+  /**
+   * The common case, cheaply: a short header that is right (known magic, no zero header, the
+   * address of this page, a timeline not above the file's, only known flags and no long-header
+   * flag). Anything else goes to checkPage, which says what is wrong.
+   */
+  private pageIsRight(offset: number, hdr: Buffer): boolean {
+    if (offset === 0 || this.magic === undefined || this.zeroTail) return false;
+    const info = hdr.readUInt16LE(2);
+    const tli = hdr.readUInt32LE(4);
+    // The segment's low half plus an offset inside it never carries (segment sizes divide 2^32).
+    return (
+      hdr.readUInt16LE(0) === this.magic &&
+      hdr.readUInt32LE(8) === this.segStartLo + offset &&
+      hdr.readUInt32LE(12) === this.segStartHi &&
+      tli !== 0 &&
+      tli <= this.exp.tli &&
+      (info & ~XLP_ALL_FLAGS & 0xffff) === 0 &&
+      (info & XLP_LONG_HEADER) === 0
+    );
+  }
+
   private checkPage(offset: number, hdr: Buffer): string | undefined {
+    if (this.pageIsRight(offset, hdr)) return undefined;
     const e = this.exp;
     if (offset === 0) {
       hdr.copy(this.head, 0, 0, LONG_PAGE_HEADER_SIZE);
