@@ -74,8 +74,12 @@ function parsePositiveInt(v: string): number {
   return Number(v);
 }
 
+/** A port, or a comma-separated list of them (one per host of a multi-host -h; an empty entry is the default). */
 function parsePort(v: string): string {
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
+  for (const p of v.split(',')) {
+    if (p === '' && v.includes(',')) continue;
+    if (!/^\d+$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
+  }
   return v;
 }
 

@@ -4,7 +4,7 @@
 import { access, constants, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
-import { ReplicationConnection } from '../session/connection.js';
+import { AllHostsFailedError, ReplicationConnection } from '../session/connection.js';
 import { ConnectionLostError, ServerError } from '../session/errors.js';
 import { runStream } from '../session/stream.js';
 import { WalDirSink, WalValidationError } from '../sink/wal-dir.js';
@@ -183,29 +183,32 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   });
 
   // The first connection decides: failures here are the user's to fix, reported at once.
-  let conn: ReplicationConnection;
+  // (A multi-host connection string whose hosts are all down is a failover under way: retried.)
+  let conn: ReplicationConnection | undefined;
   try {
     conn = await ReplicationConnection.connect(cfg, undefined, behaviour);
   } catch (err) {
     o.metrics?.error('connection');
-    throw new UsageError(`could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`);
+    const message = `could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`;
+    if (!(err instanceof AllHostsFailedError) || o.noLoop || o.createSlot || o.dropSlot) throw new UsageError(message);
+    log.error(`${message}; retrying`);
   }
 
   if (o.dropSlot) {
     try {
       log.verbose(`dropping replication slot "${o.slot}"`);
-      await conn.dropSlot(o.slot!);
+      await conn!.dropSlot(o.slot!);
       return;
     } catch (err) {
       throw classifyError(err, o.slot);
     } finally {
-      await conn.close();
+      await conn?.close();
     }
   }
   if (o.createSlot) {
     try {
       log.verbose(`creating replication slot "${o.slot}"`);
-      await conn.createPhysicalSlot(o.slot!, false);
+      await conn!.createPhysicalSlot(o.slot!, false);
       return;
     } catch (err) {
       if (o.ifNotExists && err instanceof ServerError && err.code === '42710') {
@@ -214,7 +217,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       }
       throw classifyError(err, o.slot);
     } finally {
-      await conn.close();
+      await conn?.close();
     }
   }
 
@@ -227,7 +230,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     try {
       store = await openArchive(o.archive, { s3Endpoint: o.s3Endpoint, ...(o.keyring ? { keyring: o.keyring } : {}) });
     } catch (err) {
-      await conn.close();
+      await conn?.close();
       throw new UsageError(`cannot use archive "${o.archive}": ${(err as Error).message}`);
     }
     uploader = new SpoolUploader({
@@ -260,7 +263,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     try {
       serving = await serveReceiver({ directory: dir, ...(store ? { archive: store } : {}), tail, settings: o.serve, log });
     } catch (err) {
-      await conn.close();
+      await conn?.close();
       await store?.close();
       throw err instanceof UsageError ? err : new UsageError(`cannot serve: ${(err as Error).message}`);
     }
@@ -290,7 +293,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
 
 async function receiveLoop(
   o: ReceiveOptions,
-  first: ReplicationConnection,
+  first: ReplicationConnection | undefined,
   cfg: ReturnType<typeof buildClientConfig>,
   dir: string,
   archive: ArchiveParts,
@@ -305,8 +308,12 @@ async function receiveLoop(
   const retryMin = o.retryMinMs ?? 500;
   const retryMax = o.retryMaxMs ?? 30_000;
   let delay = retryMin;
-  let firstRound = true;
+  let firstRound = first !== undefined;
   let expectedSystemId: bigint | undefined;
+  if (!first) {
+    await Promise.race([new Promise((r) => setTimeout(r, delay)), o.stop]);
+    if (stopped) return;
+  }
 
   for (;;) {
     let progressed = false;
@@ -317,7 +324,7 @@ async function receiveLoop(
       }
       o.metrics?.connection(true);
       const outcome = await streamOnce({
-        conn,
+        conn: conn!,
         o,
         dir,
         expectedSystemId,
@@ -340,7 +347,7 @@ async function receiveLoop(
       if (stopped) return;
       log.error(`${e.message}; retrying`);
     } finally {
-      await conn!.close().catch(() => undefined);
+      await conn?.close().catch(() => undefined);
       o.metrics?.connection(false);
     }
     firstRound = false;

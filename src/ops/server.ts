@@ -31,7 +31,8 @@ export async function probeServer(connection: ConnectionOptions, slot: string | 
           ? { name: slot, exists: false, restartLsn: null, restartTimeline: null, unavailable: 'not readable over replication before PostgreSQL 15' }
           : { name: slot, exists: info.slotType !== null, restartLsn: info.restartLsn, restartTimeline: info.restartTli };
     }
-    state.sql = await probeSql(cfg, slot, receiverName, state);
+    // The SQL connection goes to the same server (a multi-host list could lead elsewhere).
+    state.sql = await probeSql({ ...cfg, hosts: [conn.target], loadBalanceHosts: 'disable' }, slot, receiverName, state);
     return state;
   } catch (err) {
     throw new Error(`${describeTarget(cfg)}: ${(err as Error).message}`, { cause: err });

@@ -134,7 +134,8 @@ export class FrontendFramer {
     if (!this.untyped) throw new Error('nextFirstPacket after the startup packet');
     if (this.buf.length < 4) return undefined;
     const len = this.buf.readUInt32BE(0);
-    if (len < 8 || len > MAX_STARTUP_PACKET_LENGTH) throw new ProtocolViolation('invalid length of startup packet');
+    // postmaster.c compares the length without its own 4 bytes.
+    if (len < 8 || len - 4 > MAX_STARTUP_PACKET_LENGTH) throw new ProtocolViolation('invalid length of startup packet');
     if (this.buf.length < len) return undefined;
     const body = this.buf.subarray(4, len);
     this.buf = this.buf.subarray(len);

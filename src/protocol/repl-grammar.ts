@@ -76,6 +76,19 @@ type Token =
 const IDENT_START = /[A-Za-z_\u0080-\uffff]/;
 const IDENT_CONT = /[A-Za-z0-9_$\u0080-\uffff]/;
 
+/** NAMEDATALEN - 1: identifiers are cut to this many bytes, at a character boundary (scansup.c truncate_identifier). */
+const MAX_IDENTIFIER_BYTES = 63;
+
+function truncateIdentifier(id: string): string {
+  if (Buffer.byteLength(id) <= MAX_IDENTIFIER_BYTES) return id;
+  let out = '';
+  for (const ch of id) {
+    if (Buffer.byteLength(out + ch) > MAX_IDENTIFIER_BYTES) break;
+    out += ch;
+  }
+  return out;
+}
+
 /** repl_scanner.l: whitespace, keywords, identifiers (downcased unless quoted), literals, LSNs. */
 class Scanner {
   private pos = 0;
@@ -95,8 +108,11 @@ class Scanner {
     const rec = /^([0-9A-Fa-f]+)\/([0-9A-Fa-f]+)/.exec(s.slice(start));
     if (rec) {
       this.pos += rec[0].length;
-      if (rec[1]!.length > 8 || rec[2]!.length > 8) throw new ReplSyntaxError('invalid streaming start location');
-      return { t: 'recptr', v: (BigInt(`0x${rec[1]}`) << 32n) | BigInt(`0x${rec[2]}`) };
+      // sscanf("%X/%X"): any number of digits, each half a 32-bit value.
+      const hi = BigInt(`0x${rec[1]}`);
+      const lo = BigInt(`0x${rec[2]}`);
+      if (hi > 0xffffffffn || lo > 0xffffffffn) throw new ReplSyntaxError('invalid streaming start location');
+      return { t: 'recptr', v: (hi << 32n) | lo };
     }
     if (c >= '0' && c <= '9') {
       const m = /^[0-9]+/.exec(s.slice(start))!;
@@ -111,7 +127,7 @@ class Scanner {
       this.pos = end;
       const word = s.slice(start, end);
       if (KEYWORDS.has(word)) return { t: 'kw', v: word };
-      return { t: 'ident', v: word.replace(/[A-Z]+/g, (x) => x.toLowerCase()) };
+      return { t: 'ident', v: truncateIdentifier(word.replace(/[A-Z]+/g, (x) => x.toLowerCase())) };
     }
     throw new ReplSyntaxError(`syntax error: unexpected character ${JSON.stringify(c)}`);
   }
@@ -132,7 +148,7 @@ class Scanner {
       break;
     }
     if (kind === 'ident' && out === '') throw new ReplSyntaxError('zero-length delimited identifier');
-    return kind === 'sconst' ? { t: 'sconst', v: out } : { t: 'ident', v: out };
+    return kind === 'sconst' ? { t: 'sconst', v: out } : { t: 'ident', v: truncateIdentifier(out) };
   }
 }
 

@@ -561,7 +561,15 @@ export class ClientConnection {
   }
 
   private async query(text: string): Promise<void> {
-    if (!isReplicationCommand(text)) {
+    let replication: boolean;
+    try {
+      replication = isReplicationCommand(text);
+    } catch (err) {
+      // A first token that cannot be scanned: a syntax error, and the session goes on.
+      this.error(errorFields(err));
+      return;
+    }
+    if (!replication) {
       this.error({ severity: 'ERROR', code: '0A000', message: 'cannot execute SQL commands in WAL sender for physical replication' });
       return;
     }

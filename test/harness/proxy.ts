@@ -52,9 +52,9 @@ export class TcpProxy {
   ) {}
 
   /** Listen on a free port of 127.0.0.1, forwarding to `upstreamPort`. */
-  static async start(upstreamPort: number, upstreamHost = HOST): Promise<TcpProxy> {
+  static async start(upstreamPort: number, upstreamHost = HOST, listenPort = 0): Promise<TcpProxy> {
     const server = createServer({ pauseOnConnect: true });
-    server.listen(0, HOST);
+    server.listen(listenPort, HOST);
     await once(server, 'listening');
     const port = (server.address() as { port: number }).port;
     const proxy = new TcpProxy(server, port, upstreamPort, upstreamHost);

@@ -79,9 +79,9 @@ async function setup(name: string): Promise<Setup> {
 }
 
 /** The receiver, reaching "the primary" through the forwarder. */
-function receiver(s: Setup, extra: string[] = [], opts: { env?: Record<string, string>; archive?: string } = {}): CliProcess {
+function receiver(s: Setup, extra: string[] = [], opts: { env?: Record<string, string>; archive?: string; conninfo?: string } = {}): CliProcess {
   const p = startCli(
-    ['receive', '-D', s.spool, '--archive', opts.archive ?? s.archive, '-d', `host=127.0.0.1 port=${s.proxy.port} user=postgres`, '-S', 'ws', '--partial-interval', '1', '-v', ...extra],
+    ['receive', '-D', s.spool, '--archive', opts.archive ?? s.archive, '-d', opts.conninfo ?? `host=127.0.0.1 port=${s.proxy.port} user=postgres`, '-S', 'ws', '--partial-interval', '1', '-v', ...extra],
     { env: opts.env, timeoutMs: 600_000 },
   );
   cleanup.push(async () => {
@@ -177,6 +177,22 @@ describe('failover with the archive ahead of the fork', () => {
     // The archive verifies, and a server restored from it reaches the new primary's rows.
     const v = await runCli(['verify', '--archive', s.archive]);
     expect(v.code, v.stdout + v.stderr).toBe(0);
+    r.kill('SIGTERM');
+    await r.done;
+    expect(await restoreFromArchive(s)).toBe(Number((await s.b.query<{ n: string }>('select count(*)::text as n from rows'))[0]!.n));
+  });
+
+  it('does the same through a multi-host connection string that asks for the read-write server', async () => {
+    const s = await setup('fo-multi');
+    await s.a.query("select pg_create_physical_replication_slot('ws', true)");
+    const conninfo = `host=127.0.0.1,127.0.0.1 port=${s.a.port},${s.b.port} user=postgres target_session_attrs=read-write`;
+    const r = receiver(s, ['--create-slot-if-missing'], { conninfo });
+    await r.waitForOutput(/starting log streaming at/);
+    const fork = await failoverLosingWal(s);
+    await r.waitForOutput(new RegExp(`timeline 1 continues past the fork to timeline 2 at ${fmt(fork).replace('/', '\\/')} by .*following timeline 2`), 120_000);
+    await s.b.query("insert into rows select g, 'new primary' from generate_series(5001, 5500) g");
+    const last = segName(2, lsnOf(await s.b.switchWal()) - 1n, SEG);
+    await s.b.waitFor(async () => existsSync(join(s.archive, last)), 60_000, `${last} in the archive`);
     r.kill('SIGTERM');
     await r.done;
     expect(await restoreFromArchive(s)).toBe(Number((await s.b.query<{ n: string }>('select count(*)::text as n from rows'))[0]!.n));

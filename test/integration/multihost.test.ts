@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, freePort, pgVersionsUnderTest } from '../harness/pg.js';
 import { TamperProxy } from '../harness/tamper-proxy.js';
+import { TcpProxy } from '../harness/proxy.js';
 import { runCli, startCli, type CliProcess } from '../support/cli.js';
 import { completeSegments } from '../support/walfiles.js';
 import { buildClientConfig, describeTarget, type ReplicationClientConfig } from '../../src/session/conninfo.js';
@@ -243,6 +244,26 @@ for (const version of pgVersionsUnderTest()) {
           `connection to server at "${HOST}", port ${down} failed: connect ECONNREFUSED ${HOST}:${down}; ` +
           `connection to server at "${HOST}", port ${down2} failed: connect ECONNREFUSED ${HOST}:${down2}`,
       );
+    });
+
+    it('every host down when receive starts (no --no-loop): it retries the list with backoff until one answers', async () => {
+      const dir = newDir('alldown-start');
+      // A closed port, and the primary behind a port that opens later.
+      const late = await freePort();
+      const proc = startCli(['receive', '-D', dir, '-d', conninfo([down, late]), '-v', '--receive-timeout', '5'], { timeoutMs: 300_000 });
+      procs.push(proc);
+      await proc.waitForOutput(new RegExp(`could not connect to .*port ${late} failed: connect ECONNREFUSED[^\\n]*; retrying`));
+      await proc.waitForOutput(/waiting \d+ ms before reconnecting/);
+      // The second host comes up (a forwarder to the primary on that port): streaming starts.
+      const back = await TcpProxy.start(primary.port, '127.0.0.1', late);
+      try {
+        await proc.waitForOutput(/starting log streaming at/, 60_000);
+        proc.kill('SIGTERM');
+        const res = await proc.done;
+        expect(res.code, res.stderr).toBe(0);
+      } finally {
+        await back.stop();
+      }
     });
 
     it('receive streams through a multi-host conninfo from the primary, and retries the whole list with backoff while no host will do', async () => {
