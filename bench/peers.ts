@@ -92,7 +92,8 @@ export interface PgBackRestOptions {
   primary: PgCluster;
   /** Parallel processes of the async worker. */
   processMax: number;
-  s3?: { server: S3TestServer; tlsPort: number; prefix: string };
+  /** Only the endpoint's bucket, region and keys are used (an S3TestServer or the benchmarks' S3 process). */
+  s3?: { server: Pick<S3TestServer, 'bucket' | 'region' | 'accessKeyId' | 'secretAccessKey'>; tlsPort: number; prefix: string };
 }
 
 /**
