@@ -304,4 +304,13 @@ export class EncryptedArchiveGuard implements ArchiveStore {
   setArchiveEncrypted(encrypted: boolean): void {
     this.inner.setArchiveEncrypted?.(encrypted);
   }
+
+  // Leftovers of writers are not objects: nothing to guard, passed through (when the store has them).
+  get scanLeftovers(): ArchiveStore['scanLeftovers'] {
+    return this.inner.scanLeftovers?.bind(this.inner);
+  }
+
+  get removeLeftovers(): ArchiveStore['removeLeftovers'] {
+    return this.inner.removeLeftovers?.bind(this.inner);
+  }
 }

@@ -9,16 +9,20 @@
 //
 // Spool layout (one directory, private to the user):
 //   <segment>          verified, complete files ready to serve
-//   .<segment>.tmp     a download in progress (removed by the next worker)
+//   .<segment>.<writer>.tmp  a download in progress, named for the process writing it
+//                      (storage/leftovers.ts): a worker removes those whose writer is gone, never
+//                      one a live fetch or worker may still rename; a spool switched to another
+//                      archive is emptied whole (a download of the old archive must not land)
 //   .want              JSON: the newest segment served, the segment size, the window, the archive
 //   .lock              the running worker's process id
 //   .archive           the archive this spool holds files of
 //   prefetch.log       the last worker's messages
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { copyFile, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { NotFoundError, type ArchiveStore } from '../storage/types.js';
+import { judgeLeftover, parseTempName, removable, tempName } from '../storage/leftovers.js';
 import { isValidSegSize, parseWalFileName, walFileName, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
@@ -59,8 +63,10 @@ export async function prepareSpool(dir: string, archive: string): Promise<void> 
     if (errno(err) !== 'ENOENT') throw err;
   }
   if (held === archive) return;
+  // Emptied whole, temp files of live writers too: a download from the old archive must not be
+  // renamed into a spool that now serves another one (its rename fails instead, and is reported).
   for (const f of await readdir(dir)) {
-    if (WAL_NAME_RE.test(f) || f.endsWith('.tmp') || f === WANT) await unlink(join(dir, f)).catch(() => undefined);
+    if (WAL_NAME_RE.test(f) || parseTempName(f) !== undefined || f === WANT) await unlink(join(dir, f)).catch(() => undefined);
   }
   await writeFile(join(dir, ARCHIVE_ID), archive, { mode: 0o600 });
 }
@@ -101,10 +107,16 @@ export async function takeFromSpool(dir: string, name: string, dest: string): Pr
   } catch (err) {
     if (errno(err) === 'ENOENT') return undefined;
     if (errno(err) !== 'EXDEV') throw err;
-    // The spool is on another file system than %p: copy next to %p, then rename there.
-    const tmp = `${dest}.walstream-tmp`;
-    await copyFile(path, tmp);
-    await rename(tmp, dest);
+    // The spool is on another file system than %p: copy next to %p, then rename there (a temp
+    // name fetch's own writes share, so the next fetch removes it if this process is killed).
+    const tmp = join(dirname(dest), tempName(basename(dest)));
+    try {
+      await copyFile(path, tmp);
+      await rename(tmp, dest);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined); // the error is the one to report
+      throw err;
+    }
     await unlink(path).catch(() => undefined);
   }
   return segSize;
@@ -212,7 +224,7 @@ export function unlock(dir: string): void {
  * after releasing the lock, so one of the two always sees the newest want.
  */
 export async function requestPrefetch(dir: string, want: PrefetchWant, startWorker: () => number | undefined): Promise<void> {
-  const tmp = join(dir, `${WANT}.${process.pid}.tmp`);
+  const tmp = join(dir, tempName(WANT));
   await writeFile(tmp, JSON.stringify(want), { mode: 0o600 });
   await rename(tmp, join(dir, WANT));
   if (lockHolder(dir) !== undefined) return;
@@ -220,12 +232,17 @@ export async function requestPrefetch(dir: string, want: PrefetchWant, startWork
   if (pid !== undefined) lockFor(dir, pid);
 }
 
-/** Remove what recovery has passed: every segment at or before the wanted one, on any timeline. */
-async function cleanup(dir: string, want: PrefetchWant, removeTemp: boolean): Promise<void> {
+/**
+ * Remove what recovery has passed (every segment at or before the wanted one, on any timeline)
+ * and the temp files of writers that are gone (storage/leftovers.ts: never a live one's).
+ */
+async function cleanup(dir: string, want: PrefetchWant): Promise<void> {
   const { segNo } = parseWalFileName(want.name, want.segSize);
   for (const f of await readdir(dir)) {
-    if (removeTemp && f.startsWith('.') && f.endsWith('.tmp')) {
-      await unlink(join(dir, f)).catch(() => undefined);
+    const temp = parseTempName(f);
+    if (temp) {
+      const st = await lstat(join(dir, f)).catch(() => undefined);
+      if (st?.isFile() && removable(judgeLeftover(temp.writer, st.mtime))) await unlink(join(dir, f)).catch(() => undefined);
       continue;
     }
     if (!WAL_NAME_RE.test(f)) continue;
@@ -248,15 +265,20 @@ async function download(store: ArchiveStore, dir: string, name: string): Promise
     throw err;
   }
   // Named for this process: a fetch filling the spool (prefetchFirst) never shares a file with a worker.
-  const tmp = join(dir, `.${name}.${process.pid}.tmp`);
-  const fh = await open(tmp, 'w', 0o600);
+  const tmp = join(dir, tempName(name));
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, join(dir, name));
+  } catch (err) {
+    await unlink(tmp).catch(() => undefined); // the error is the one to report
+    throw err;
   }
-  await rename(tmp, join(dir, name));
   return 'stored';
 }
 
@@ -326,7 +348,6 @@ export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void>
       const missingUntil = new Map<string, number>();
       let lastActivity = Date.now();
       let lastTouch = Date.now();
-      let first = true;
       for (;;) {
         const asked = readWant(o.dir);
         if (asked && JSON.stringify(asked) !== seen) {
@@ -340,9 +361,7 @@ export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void>
           if (sameTimeline(n, want.name) && n > want.name) want = { ...want, name: n };
           lastActivity = Date.now();
         }
-        // Temporary files are only removed on the first pass, before any download of ours runs.
-        await cleanup(o.dir, want, first);
-        first = false;
+        await cleanup(o.dir, want);
         const now = Date.now();
         const names = windowNames(want).filter((n) => !inflight.has(n) && !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
         for (const n of names) {

@@ -4,9 +4,12 @@
 // the newest uploaded segment stays behind as the spool's resume marker. Transient failures are
 // retried with capped, jittered backoff, each one logged; a conflict (different bytes under the
 // same name) or corruption stops the receiver. Past --spool-max bytes waiting, it asks the stream
-// to stop reading, so the server's slot holds the WAL instead.
+// to stop reading, so the server's slot holds the WAL instead. At start it removes the temp files
+// that writers killed mid-write left in the spool (history files written atomically, see
+// sink/fsutil.ts), by the rule every walstream directory follows (storage/leftovers.ts).
 import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { sweepDirectory } from '../storage/leftovers.js';
 import { StorageError, type ArchiveStore, type Compression } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
 import { HISTORY_NAME_RE, WAL_NAME_RE } from '../wal/segment.js';
@@ -94,8 +97,11 @@ export class SpoolUploader {
     this.buffers = new ReadBuffers(o.concurrency);
   }
 
-  /** Queue everything finished that an earlier run left in the spool. */
+  /** Queue everything finished that an earlier run left in the spool, after removing the temp files of dead writers. */
   async start(): Promise<void> {
+    const swept = await sweepDirectory(this.o.spoolDir);
+    for (const l of swept.removed) this.o.log.verbose(`removed ${l.name} from the spool: a temp file its writer left when it was stopped`);
+    for (const f of swept.failed) this.o.log.warn(`cannot remove ${f.leftover.name} from the spool (a temp file its writer left): ${f.error}`);
     const names = (await readdir(this.o.spoolDir)).filter((n) => WAL_NAME_RE.test(n) || HISTORY_NAME_RE.test(n)).sort(uploadOrder);
     for (const n of names) await this.enqueue(n);
   }

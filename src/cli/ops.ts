@@ -80,6 +80,7 @@ interface CleanupCliOptions {
   encryptionRequired?: boolean;
   before?: string;
   olderThan?: string;
+  leftoverAge?: string;
   dryRun?: boolean;
   json?: boolean;
   verbose?: boolean;
@@ -148,21 +149,26 @@ export function registerOpsCommands(program: Command): void {
   )
     .option('--before <segment>', 'remove what is older than this segment on its timeline and its ancestors')
     .option('--older-than <duration>', 'remove what was last modified longer ago than this (e.g. 7d, 12h, 1w2d)')
+    .option('--leftover-age <duration>', 'temp files and multipart uploads of writers that cannot be checked (another host) are removed once idle this long', '1h')
     .option('-n, --dry-run', 'print what would be removed; remove nothing')
     .option('--json', 'print the result as JSON (fields described in the README)')
     .option('-v, --verbose', 'print each object removed')
     .addHelpText(
       'after',
       '\nHistory files and the newest segment are never removed. Nothing is removed from an archive that cannot be\n' +
-        'listed completely. As archive_cleanup_command (the WAL file argument) it prints nothing unless -v.\n' +
+        'listed completely. Every run also removes what killed writers left behind: temp files whose writer is gone\n' +
+        '(on another host: idle for --leftover-age) and S3 multipart uploads idle for --leftover-age; never one a\n' +
+        'live writer may still publish. As archive_cleanup_command (the WAL file argument) it prints nothing unless -v.\n' +
         'Exit status: 0 when done (also when there was nothing to remove); 1 on any error, with nothing or only\n' +
         'the oldest part of the plan removed.',
     )
     .action(async (walfile: string | undefined, opts: CleanupCliOptions) => {
       const { cleanupArchive, cutoffSegment, parseDuration, CleanupError } = await import('../ops/cleanup.js');
       const { formatBytes, plural } = await import('../ops/format.js');
+      const { leftoverWhat } = await import('../ops/inventory.js');
       const given = [walfile !== undefined, opts.before !== undefined, opts.olderThan !== undefined].filter(Boolean).length;
       if (given !== 1) throw new CleanupError('give exactly one of: a WAL file name (%r), --before SEGMENT, --older-than DURATION');
+      const leftoverAgeMs = parseDuration(opts.leftoverAge ?? '1h');
       let rule: import('../ops/cleanup.js').CleanupRule | undefined;
       if (opts.olderThan !== undefined) {
         rule = { kind: 'older-than', cutoff: new Date(Date.now() - parseDuration(opts.olderThan)) };
@@ -181,16 +187,44 @@ export function registerOpsCommands(program: Command): void {
           names.push(f.name);
           if (!opts.json && (opts.verbose || opts.dryRun)) process.stdout.write(`${opts.dryRun ? 'would remove' : 'removed'} ${f.name}\n`);
         };
-        const result = rule
-          ? await cleanupArchive({ store, rule, dryRun: opts.dryRun === true, log, onRemove })
-          : { plan: { remove: [], kept: 0, warnings: [] }, removed: 0, bytes: 0 };
+        const onRemoveLeftover = (l: { name: string; kind: string }): void => {
+          if (!opts.json && (opts.verbose || opts.dryRun)) {
+            const upload = l.kind === 'multipart-upload';
+            const verb = opts.dryRun ? (upload ? 'would abort the incomplete upload' : 'would remove leftover') : upload ? 'aborted the incomplete upload' : 'removed leftover';
+            process.stdout.write(`${verb} ${l.name}\n`);
+          }
+        };
+        const result = await cleanupArchive({ store, rule, dryRun: opts.dryRun === true, log, onRemove, leftoverAgeMs, onRemoveLeftover });
+        const left = result.leftovers;
         if (opts.json) {
-          const out = { archive: store.description, dryRun: opts.dryRun === true, removed: names, count: names.length, bytes: result.bytes, kept: rule ? result.plan.kept : null, warnings: result.plan.warnings };
+          const out = {
+            archive: store.description,
+            dryRun: opts.dryRun === true,
+            removed: names,
+            count: names.length,
+            bytes: result.bytes,
+            kept: rule ? result.plan.kept : null,
+            warnings: [...result.plan.warnings, ...(left.unavailable !== undefined ? [left.unavailable] : []), ...left.failed.map((f) => `cannot remove ${f.name}: ${f.error}`)],
+            leftovers: {
+              removed: left.removed.map((l) => l.name),
+              count: left.removed.length,
+              bytes: left.bytes,
+              kept: left.kept,
+              failed: left.failed,
+              unavailable: left.unavailable ?? null,
+            },
+          };
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
         } else if (!quiet) {
           const n = result.plan.remove.length;
           const what = `${plural(n, 'object')} (${formatBytes(result.bytes)})`;
           process.stdout.write(opts.dryRun ? `dry run: ${what} would be removed from ${store.description}; nothing was removed\n` : `removed ${what} from ${store.description}\n`);
+          if (left.removed.length > 0) {
+            const uploads = left.removed.filter((l) => l.kind === 'multipart-upload').length;
+            const gone = `${leftoverWhat(left.removed.length, uploads)} of writers that are gone (${formatBytes(left.bytes)})`;
+            process.stdout.write(opts.dryRun ? `dry run: ${gone} would be removed\n` : `removed ${gone}\n`);
+          }
+          if (left.kept > 0) process.stdout.write(`kept ${plural(left.kept, 'leftover')} a writer may still be at work on\n`);
         }
       });
     });

@@ -6,10 +6,15 @@
 // available" only means "try streaming, ask again later", so exit 1; in archive recovery or
 // point-in-time recovery it would mean "end of WAL" and silently cut the recovery short, so
 // walstream exits 126 instead, which makes PostgreSQL stop the recovery with a FATAL error.
+// The file is written next to %p under a temp name naming this process (storage/leftovers.ts);
+// each fetch first removes the temp files of %p that killed fetches left (only those: pg_wal is
+// PostgreSQL's, nothing else in it is touched), so an interrupted recovery leaves no 16 MB
+// temp files behind for good.
 import { existsSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { NotFoundError, StorageError, shownName, type ArchiveStore } from '../storage/types.js';
+import { sweepDirectory, tempName } from '../storage/leftovers.js';
 import { isValidSegSize, POSTGRES_WAL_FILE_RE, WAL_NAME_RE } from '../wal/segment.js';
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import { prefetchFirst, prepareSpool, requestPrefetch, takeFromSpool, workerRunning } from '../archive/prefetch.js';
@@ -81,11 +86,25 @@ async function getWithRetries(o: FetchOptions, what: string, get: () => Promise<
   }
 }
 
+/**
+ * Remove the temp files of %p whose writer is gone (a fetch killed mid-write, by any version). A
+ * failure here only costs disk space: logged, never failing the fetch.
+ */
+async function sweepDest(dest: string, log: Logger): Promise<void> {
+  try {
+    const r = await sweepDirectory(dirname(dest), { target: basename(dest) });
+    for (const l of r.removed) log.verbose(`removed ${l.name}, left by a fetch that did not finish`);
+    for (const f of r.failed) log.warn(`cannot remove ${f.leftover.name}, left by a fetch that did not finish: ${f.error}`);
+  } catch (err) {
+    log.warn(`cannot look for temp files left next to ${dest}: ${(err as Error).message}`);
+  }
+}
+
 /** Write next to %p under a temporary name, then rename: PostgreSQL never sees half a file. */
 async function writeDest(dest: string, data: Buffer): Promise<void> {
-  const tmp = join(dirname(dest), `.${basename(dest)}.walstream-tmp`);
+  const tmp = join(dirname(dest), tempName(basename(dest)));
   try {
-    const fh = await open(tmp, 'w', 0o600);
+    const fh = await open(tmp, 'wx', 0o600);
     try {
       await fh.writeFile(data);
     } finally {
@@ -108,6 +127,7 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
   }
   const segment = WAL_NAME_RE.test(o.name);
   const pf = segment ? o.prefetch : undefined;
+  await sweepDest(o.dest, o.log);
   let source: 'archive' | 'spool' | 'partial' = 'archive';
   let segSize: number | undefined;
   let store: ArchiveStore | undefined;

@@ -13,7 +13,12 @@
 //   segment modified after it (so no hole opens inside what is kept);
 // - an archive that cannot be listed completely is not touched (list() fails as a whole).
 // Objects are removed oldest first, so an interruption leaves the archive contiguous.
-import type { ArchiveStore } from '../storage/types.js';
+// Every run, whatever its rule (even the all-zero %r that removes no WAL), also removes what
+// killed writers left behind: temp files whose writer is gone, and S3 multipart uploads idle for
+// longer than the leftover age (storage/leftovers.ts), never one a live writer may still publish.
+// That part never fails the run: what cannot be removed is a warning.
+import { StorageError, type ArchiveStore, type Leftover } from '../storage/types.js';
+import { DEFAULT_LEFTOVER_AGE_MS } from '../storage/leftovers.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { historyFileName } from '../wal/segment.js';
 import {
@@ -127,13 +132,31 @@ export function planCleanup(inv: Inventory, rule: CleanupRule, histories: Histor
 
 export interface CleanupOptions {
   store: ArchiveStore;
-  rule: CleanupRule;
+  /** What WAL to remove; undefined: none (the all-zero %r), only leftovers. */
+  rule: CleanupRule | undefined;
   dryRun: boolean;
   /** Deletes in flight (default 4). */
   parallel?: number;
   log?: Logger;
   /** Called for each object removed (or, in a dry run, that would be). */
   onRemove?: (file: ArchivedFile) => void;
+  /** Leftovers whose writer cannot be checked are removed once older than this (default 1 hour). */
+  leftoverAgeMs?: number;
+  /** Called for each leftover removed (or, in a dry run, that would be). */
+  onRemoveLeftover?: (leftover: Leftover) => void;
+}
+
+export interface LeftoverCleanup {
+  /** What was removed (in a dry run: what would be). */
+  removed: Leftover[];
+  /** Their bytes (those whose size is known). */
+  bytes: number;
+  /** Leftovers kept: a writer may still be at work on them. */
+  kept: number;
+  /** Removable leftovers that could not be removed, with why. */
+  failed: { name: string; error: string }[];
+  /** Why the archive could not be searched for leftovers (or not all of it), else undefined. */
+  unavailable: string | undefined;
 }
 
 export interface CleanupResult {
@@ -142,10 +165,47 @@ export interface CleanupResult {
   removed: number;
   /** Stored bytes of the objects in the plan. */
   bytes: number;
+  /** What killed writers left, and what became of it (nothing for a store that keeps no leftovers). */
+  leftovers: LeftoverCleanup;
 }
 
 export async function cleanupArchive(o: CleanupOptions): Promise<CleanupResult> {
   const log = o.log ?? silentLogger;
+  const wal = o.rule ? await cleanupWal(o, o.rule, log) : { plan: { remove: [], kept: 0, warnings: [] }, removed: 0, bytes: 0 };
+  return { ...wal, leftovers: await cleanupLeftovers(o, log) };
+}
+
+/**
+ * Remove the leftovers of writers that are gone (see the top of this file). Failures are
+ * warnings: leftovers are not WAL, and the next run tries again.
+ */
+export async function cleanupLeftovers(o: Pick<CleanupOptions, 'store' | 'dryRun' | 'leftoverAgeMs' | 'onRemoveLeftover'>, log: Logger = silentLogger): Promise<LeftoverCleanup> {
+  const none: LeftoverCleanup = { removed: [], bytes: 0, kept: 0, failed: [], unavailable: undefined };
+  if (!o.store.removeLeftovers) return none;
+  let r;
+  try {
+    r = await o.store.removeLeftovers({ dryRun: o.dryRun, maxAgeMs: o.leftoverAgeMs ?? DEFAULT_LEFTOVER_AGE_MS });
+  } catch (err) {
+    if (!(err instanceof StorageError)) throw err;
+    const unavailable = `cannot look for leftovers of writers: ${err.message}`;
+    log.warn(unavailable);
+    return { ...none, unavailable };
+  }
+  if (r.unavailable !== undefined) log.warn(r.unavailable);
+  for (const l of r.removed) o.onRemoveLeftover?.(l);
+  const failed = r.failed.map((f) => ({ name: f.leftover.name, error: f.error }));
+  for (const f of failed) log.warn(`cannot remove ${f.name}, left by a writer that is gone: ${f.error}`);
+  const out = new Set([...r.removed, ...r.failed.map((f) => f.leftover)]);
+  return {
+    removed: r.removed,
+    bytes: r.removed.reduce((n, l) => n + (l.bytes ?? 0), 0),
+    kept: r.leftovers.filter((l) => !out.has(l)).length,
+    failed,
+    unavailable: r.unavailable,
+  };
+}
+
+async function cleanupWal(o: CleanupOptions, rule: CleanupRule, log: Logger): Promise<Omit<CleanupResult, 'leftovers'>> {
   // A listing error stops us here: nothing is removed from an archive that cannot be seen whole.
   let listing;
   try {
@@ -156,12 +216,12 @@ export async function cleanupArchive(o: CleanupOptions): Promise<CleanupResult> 
   const inv = buildInventory(listing);
   let histories: HistoryMap = new Map();
   let geometry: Geometry | undefined;
-  if (o.rule.kind === 'before') {
-    const tli = parseInt(o.rule.segment.slice(0, 8), 16);
+  if (rule.kind === 'before') {
+    const tli = parseInt(rule.segment.slice(0, 8), 16);
     histories = await readHistories(o.store, inv, [tli]);
     if (tli > 1 && histories.get(tli)?.state === 'ok') geometry = await probeGeometry(o.store, inv);
   }
-  const plan = planCleanup(inv, o.rule, histories, geometry);
+  const plan = planCleanup(inv, rule, histories, geometry);
   for (const w of plan.warnings) log.warn(w);
   let removed = 0;
   const bytes = plan.remove.reduce((n, f) => n + f.info.storedSize, 0);

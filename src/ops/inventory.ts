@@ -5,11 +5,24 @@
 // Positions are compared as the 16 hex digits after the timeline in a segment name, which order
 // like segment numbers whatever the segment size; arithmetic on them needs the segment size,
 // which only a segment's long page header tells (never inferred from names).
+// Besides the WAL, what writers killed mid-write left behind (temporary files, incomplete S3
+// multipart uploads: storage/leftovers.ts) is summed up here for status and verify alike.
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { readLongPageHeader, LONG_PAGE_HEADER_SIZE } from '../wal/page.js';
 import { historyFileName, isValidSegSize, walFileName } from '../wal/segment.js';
 import { HistoryParseError, checkHistoryForTimeline, parseHistory, type TimelineHistoryEntry } from '../wal/timeline.js';
-import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type ObjectInfo } from '../storage/types.js';
+import {
+  IDENTITY_NAME,
+  IntegrityError,
+  KeyUnavailableError,
+  NotFoundError,
+  StorageError,
+  type ArchiveStore,
+  type Leftover,
+  type LeftoverState,
+  type ObjectInfo,
+} from '../storage/types.js';
+import { removable } from '../storage/leftovers.js';
 import { readIdentity } from '../archive/identity.js';
 
 export type ArchivedKind = 'segment' | 'partial' | 'piece' | 'history' | 'backup';
@@ -316,4 +329,87 @@ export async function readAllHistories(store: ArchiveStore, inv: Inventory): Pro
     if (more.size === 0) return map;
     for (const [tli, h] of await readHistories(store, inv, [...more])) map.set(tli, h);
   }
+}
+
+// --- leftovers of writers ---
+
+export interface LeftoverItem {
+  /** Where it is, relative to the archive (a temp file's path, an upload's key). */
+  name: string;
+  kind: 'temp-file' | 'multipart-upload';
+  /** null when the store cannot tell (the parts of an upload it cannot list). */
+  bytes: number | null;
+  modified: string;
+  ageSeconds: number;
+  /** 'dead' or 'stale': removable by cleanup; 'live' or 'recent': a writer may still be at work. */
+  state: LeftoverState;
+  /** The writing process, when the temp file's name records it. */
+  writer: { pid: number; host: string } | null;
+}
+
+/** What status and verify report of the archive's leftovers. */
+export interface LeftoverSummary {
+  /** Temp files and incomplete multipart uploads found. */
+  count: number;
+  /** Their bytes (of those whose size is known). */
+  bytes: number;
+  /** Of them, those whose writer is gone (or, when it cannot be checked, older than the leftover age): what cleanup removes. */
+  removable: number;
+  removableBytes: number;
+  /** Of them, those a writer may still be at work on (kept). */
+  inUse: number;
+  /** Of them, incomplete multipart uploads (S3). */
+  uploads: number;
+  items: LeftoverItem[];
+  /** Why the archive could not be searched for them (or not all of it), else null. */
+  unavailable: string | null;
+}
+
+export function leftoverItem(l: Leftover, now: Date): LeftoverItem {
+  return {
+    name: l.name,
+    kind: l.kind,
+    bytes: l.bytes ?? null,
+    modified: l.modified.toISOString(),
+    ageSeconds: Math.max(0, (now.getTime() - l.modified.getTime()) / 1000),
+    state: l.state,
+    writer: l.writer ?? null,
+  };
+}
+
+/**
+ * Look for the leftovers of writers in the archive. null for a store that keeps none; a failure to
+ * look is reported in `unavailable`, never thrown (leftovers are not WAL: they never stop a report).
+ */
+export async function summariseLeftovers(store: ArchiveStore, opts: { now: Date; maxAgeMs?: number }): Promise<LeftoverSummary | null> {
+  if (!store.scanLeftovers) return null;
+  let found: Leftover[] = [];
+  let unavailable: string | null = null;
+  try {
+    const scan = await store.scanLeftovers({ now: opts.now, ...(opts.maxAgeMs !== undefined ? { maxAgeMs: opts.maxAgeMs } : {}) });
+    found = scan.leftovers;
+    unavailable = scan.unavailable ?? null;
+  } catch (err) {
+    if (!(err instanceof StorageError)) throw err;
+    unavailable = `cannot look for leftovers: ${err.message}`;
+  }
+  const gone = found.filter((l) => removable(l.state));
+  const sum = (ls: Leftover[]): number => ls.reduce((n, l) => n + (l.bytes ?? 0), 0);
+  return {
+    count: found.length,
+    bytes: sum(found),
+    removable: gone.length,
+    removableBytes: sum(gone),
+    inUse: found.length - gone.length,
+    uploads: found.filter((l) => l.kind === 'multipart-upload').length,
+    items: found.map((l) => leftoverItem(l, opts.now)),
+    unavailable,
+  };
+}
+
+/** "2 temp files and 1 incomplete multipart upload" (what a summary counts). */
+export function leftoverWhat(count: number, uploads: number): string {
+  const files = count - uploads;
+  const parts = [files > 0 || uploads === 0 ? `${files} temp file${files === 1 ? '' : 's'}` : '', uploads > 0 ? `${uploads} incomplete multipart upload${uploads === 1 ? '' : 's'}` : ''];
+  return parts.filter((p) => p !== '').join(' and ');
 }

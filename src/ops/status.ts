@@ -2,11 +2,14 @@
 // gaps), the segment in progress, how far the archive reaches, and, given a server, how far it is
 // behind that server and its replication slot. Reads the listing, the history files and one
 // segment's long page header (for the segment size and system identifier); never the whole archive.
+// Also what killed writers left behind (temp files, incomplete multipart uploads), which no
+// listing shows: how many, how many bytes, and how many cleanup would remove.
 import type { Lsn } from '../wal/lsn.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { formatAge, formatBytes, plural } from './format.js';
 import {
   buildInventory,
+  leftoverWhat,
   lsnText,
   missingRanges,
   newestSegment,
@@ -15,10 +18,12 @@ import {
   probeGeometry,
   readAllHistories,
   segNosOf,
+  summariseLeftovers,
   timelineBegin,
   timelinesOf,
   type ArchivedFile,
   type Geometry,
+  type LeftoverSummary,
   type SegmentRange,
 } from './inventory.js';
 
@@ -96,6 +101,8 @@ export interface StatusReport {
   partial: StatusPartial | null;
   archivedUpTo: { lsn: string; timeline: number } | null;
   newest: { name: string; modified: string; ageSeconds: number } | null;
+  /** Temp files and incomplete uploads of writers (null for a store that keeps none). */
+  leftovers: LeftoverSummary | null;
   server: {
     systemIdentifier: string;
     timeline: number;
@@ -124,6 +131,8 @@ export interface StatusOptions {
   store: ArchiveStore;
   server?: ServerState;
   now?: Date;
+  /** Leftovers whose writer cannot be checked count as removable once older than this (default 1 hour). */
+  leftoverAgeMs?: number;
 }
 
 export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
@@ -219,6 +228,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     partial,
     archivedUpTo,
     newest: newestFile ? { name: newestFile.name, modified: newestFile.info.modified.toISOString(), ageSeconds: age(newestFile.info.modified) } : null,
+    leftovers: await summariseLeftovers(o.store, { now, ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) }),
     server: null,
     slot: null,
     warnings,
@@ -295,6 +305,8 @@ export function formatStatus(r: StatusReport): string {
     L.push(`${label('partial')}${p.segment}: ${what}, written ${formatAge(p.ageSeconds)} ago`);
   }
   L.push(`${label('reaches')}${r.archivedUpTo ? `${r.archivedUpTo.lsn} on timeline ${r.archivedUpTo.timeline}` : 'unknown'}`);
+  const left = formatLeftovers(r.leftovers);
+  if (left !== undefined) L.push(`${label('leftovers')}${left}`);
   if (r.server) {
     const s = r.server;
     const lag = s.lagBytes === null ? 'lag unknown' : s.lagBytes >= 0 ? `archive ${formatBytes(s.lagBytes)} behind` : `archive ${formatBytes(-s.lagBytes)} ahead of the server`;
@@ -322,6 +334,24 @@ export function formatStatus(r: StatusReport): string {
   }
   for (const w of r.warnings) L.push(`warning: ${w}`);
   return `${L.join('\n')}\n`;
+}
+
+/**
+ * One line on the leftovers of writers (undefined when there are none to speak of): "3 temp files,
+ * 48.0 MB: 2 of writers that are gone (32.0 MB; walstream cleanup removes them), 1 kept (a writer may still be at work)".
+ */
+export function formatLeftovers(l: LeftoverSummary | null): string | undefined {
+  if (!l || (l.count === 0 && l.unavailable === null)) return undefined;
+  const parts: string[] = [];
+  if (l.count > 0) {
+    const what = `${leftoverWhat(l.count, l.uploads)}, ${formatBytes(l.bytes)}`;
+    const how: string[] = [];
+    if (l.removable > 0) how.push(`${l.removable} of writers that are gone (${formatBytes(l.removableBytes)}; walstream cleanup removes them)`);
+    if (l.inUse > 0) how.push(`${l.inUse} kept (a writer may still be at work)`);
+    parts.push(`${what}: ${how.join(', ')}`);
+  }
+  if (l.unavailable !== null) parts.push(l.unavailable);
+  return parts.join('; ');
 }
 
 export function statusJson(r: StatusReport): string {

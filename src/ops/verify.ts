@@ -7,6 +7,8 @@
 // next timeline from that segment on, as the history files say).
 // Memory stays bounded: objects are read one per worker of a small pool and dropped once
 // examined; only a few numbers per segment are kept.
+// What killed writers left behind (temp files, incomplete multipart uploads) is reported in a
+// note, never as a problem: it is not WAL, and recovery never reads it.
 import { LONG_PAGE_HEADER_SIZE, checkSegmentPages } from '../wal/page.js';
 import { historyFileName } from '../wal/segment.js';
 import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
@@ -16,6 +18,7 @@ import { formatBytes, plural } from './format.js';
 import {
   buildInventory,
   cmp,
+  leftoverWhat,
   geometryOf,
   lsnText,
   missingRanges,
@@ -24,11 +27,13 @@ import {
   readAllHistories,
   segmentName,
   segNosOf,
+  summariseLeftovers,
   timelineBegin,
   timelinesOf,
   type ArchivedFile,
   type HistoryMap,
   type Inventory,
+  type LeftoverSummary,
 } from './inventory.js';
 
 export type ProblemKind =
@@ -96,6 +101,8 @@ export interface VerifyReport {
   timelines: VerifyTimeline[];
   problems: VerifyProblem[];
   notes: string[];
+  /** Temp files and incomplete uploads of writers (null for a store that keeps none): not WAL, never a problem. */
+  leftovers: LeftoverSummary | null;
 }
 
 export interface VerifyOptions {
@@ -107,6 +114,9 @@ export interface VerifyOptions {
   /** Bound on segment bytes held at once (default 512 MB): fewer reads in parallel for big segments. */
   maxBytesInFlight?: number;
   log?: Logger;
+  /** Leftovers whose writer cannot be checked count as removable once older than this (default 1 hour). */
+  leftoverAgeMs?: number;
+  now?: Date;
 }
 
 interface HeaderFacts {
@@ -182,6 +192,7 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
     timelines: [],
     problems,
     notes,
+    leftovers: null,
   };
 
   // History files first: small, and they say what the segments must be.
@@ -344,6 +355,15 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
   if (segSize !== undefined) report.timelines = checkContinuity(inv, histories, segSize, fromPos, problem);
   else if (inRange && facts.length === 0 && report.checked.encryptedWithoutKey > 0) notes.push('the segment size is unknown without the encryption key: continuity was not checked');
   else if (inRange) problem(targets[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
+
+  report.leftovers = await summariseLeftovers(store, { now: o.now ?? new Date(), ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) });
+  const left = report.leftovers;
+  if (left && left.count > 0) {
+    const gone = left.removable > 0 ? `; ${left.removable} of writers that are gone (${formatBytes(left.removableBytes)}), which walstream cleanup removes` : '';
+    const kept = left.inUse > 0 ? `; ${left.inUse} kept (a writer may still be at work)` : '';
+    notes.push(`${leftoverWhat(left.count, left.uploads)} (${formatBytes(left.bytes)}) left by writers, not WAL and not checked${gone}${kept}`);
+  }
+  if (left?.unavailable) notes.push(left.unavailable);
 
   problems.sort((a, b) => cmp(a.object, b.object) || cmp(a.kind, b.kind));
   report.ok = problems.length === 0;

@@ -1,6 +1,10 @@
 // Small durable-file helpers (pgBackRest's "sync file, sync path" made explicit).
+// writeFileAtomic names its temp file for its writer (storage/leftovers.ts) and first removes the
+// temp files of the same target whose writer is gone, so a writer killed mid-write leaves nothing
+// behind for good, and two writers of one file never share a temp file.
 import { open, rename, unlink, writeFile, readFile, stat } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
+import { sweepDirectory, tempName } from '../storage/leftovers.js';
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
@@ -11,22 +15,31 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Write a whole small file atomically: temp name, fsync, rename, fsync the directory. */
+/**
+ * Write a whole small file atomically: temp name, fsync, rename, fsync the directory. The temp
+ * files of `path` that killed writers left (storage/leftovers.ts) are removed first.
+ */
 export async function writeFileAtomic(path: string, data: Buffer, noSync = false): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp`);
-  // A temp file left by a crash could carry another mode: always create it afresh, 0600.
-  await removeIfExists(tmp);
-  await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
-  if (!noSync) {
-    const fh = await open(tmp, 'r+');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
+  const dir = dirname(path);
+  await sweepDirectory(dir, { target: basename(path) });
+  const tmp = join(dir, tempName(basename(path)));
+  try {
+    // Created afresh, 0600 ('wx': never through a file or link someone left under that name).
+    await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
+    if (!noSync) {
+      const fh = await open(tmp, 'r+');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
     }
+    await rename(tmp, path);
+  } catch (err) {
+    await removeIfExists(tmp).catch(() => undefined); // the error above is the one to report
+    throw err;
   }
-  await rename(tmp, path);
-  if (!noSync) await fsyncDir(dirname(path));
+  if (!noSync) await fsyncDir(dir);
 }
 
 export async function exists(path: string): Promise<boolean> {

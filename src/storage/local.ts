@@ -11,14 +11,20 @@
 //     fsynced) before the data file appears, so every data file walstream wrote is verifiable;
 //  3. the data file is published with link(2) too (EEXIST when another writer won), then the
 //     temp name is removed and the directory fsynced.
-// A crash leaves at worst a dot-named temp file (never listed) or a record without data, which
-// a later put of the same bytes reuses and one of different bytes takes over once it is stale.
+// Temp files are written in .walstream-meta/tmp/ (the same file system: link(2) publishes them
+// from there), named for their writer (storage/leftovers.ts); that directory exists only while
+// puts are in flight or a killed put left its temp file there (the last put out removes it), so at
+// rest the archive holds pg_receivewal's layout and the records. A crash leaves at worst such a
+// temp file (never listed) or a record without data, which a later put of the same bytes reuses
+// and one of different bytes takes over once it is stale. Every put first removes the temp files
+// of writers that are gone (cheap: that directory holds the puts in flight only), so killed
+// writers do not fill the disk; scanLeftovers/removeLeftovers (status, verify, cleanup) also look
+// for the temp files earlier versions left beside the data, checksum records and quarantine copies.
 // A stored file is never replaced, not even one that fails its checksum or a plain copy in an
 // encrypted archive: writes here are atomic, so that is bit rot or tampering, and the put fails
 // with ConflictError telling the operator what to move aside (types.ts).
-import { randomBytes } from 'node:crypto';
-import { link, lstat, mkdir, open, readFile, readdir, rename, stat, unlink } from 'node:fs/promises';
-import { constants as fsConstants, type Dirent, type Stats } from 'node:fs';
+import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { constants as fsConstants, existsSync, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../sink/fsutil.js';
@@ -27,6 +33,7 @@ import { compressionSuffix } from '../sink/segment-file.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, mapLimit, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import { decodeStored, encodeStored, type Keyring } from './encryption.js';
+import { DEFAULT_LEFTOVER_AGE_MS, removeFound, scanDirectory, tempName } from './leftovers.js';
 import {
   ConflictError,
   IntegrityError,
@@ -37,6 +44,10 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type Leftover,
+  type LeftoverOptions,
+  type LeftoverRemoval,
+  type LeftoverScan,
   type ListOptions,
   type ObjectInfo,
   type PutOptions,
@@ -45,6 +56,8 @@ import {
 
 export const META_DIR = '.walstream-meta';
 export const QUARANTINE_DIR = 'quarantine';
+/** Where puts write their temp files, below META_DIR. */
+export const TEMP_DIR = 'tmp';
 const RECORD_SUFFIX = '.sha256';
 
 export interface LocalStoreOptions {
@@ -56,6 +69,8 @@ export interface LocalStoreOptions {
   claimWaitMs?: number;
   /** Encrypt new objects with the first key, decrypt with any (storage/encryption.ts). */
   keyring?: Keyring;
+  /** A temp file whose writer cannot be checked (another host) is a leftover once older than this (default 1 hour). */
+  leftoverAgeMs?: number;
 }
 
 /** Where one name lives. */
@@ -148,10 +163,6 @@ function parseRecord(text: string): ChecksumRecord | undefined {
   return { sha: m[1]!, compression: m[2] as Compression | undefined, size: m[3] === undefined ? undefined : Number(m[3]) };
 }
 
-function tempName(base: string): string {
-  return `.${base}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-}
-
 /** Read a stored file, never through a symbolic link (one swapped in after locate fails with ELOOP). */
 async function readStored(path: string): Promise<Buffer> {
   return readWhole(path, { noFollow: true });
@@ -197,6 +208,16 @@ async function statOrUndefined(path: string, follow = true): Promise<Stats | und
   }
 }
 
+/**
+ * link(2) or rename(2) of a put's own temp file failed: ENOENT means the temp file went away
+ * before it was published, which only a cleanup that took it for another host's leftover does
+ * (storage/leftovers.ts: not before the leftover age). Nothing was published: trying again helps.
+ */
+function tempGone(err: unknown, tmp: string): unknown {
+  if (errno(err) !== 'ENOENT' || existsSync(tmp)) return err;
+  return new StorageError(`the temp file ${tmp} was removed before it was published (by a cleanup that took it for a leftover?); try again`, true, { cause: err });
+}
+
 export class LocalStore implements ArchiveStore {
   readonly description: string;
   readonly dir: string;
@@ -205,6 +226,10 @@ export class LocalStore implements ArchiveStore {
   private readonly keyring: Keyring | undefined;
   private archiveEncrypted = false;
   private readonly ensured = new Set<string>();
+  private readonly tempDir: string;
+  private readonly leftoverAgeMs: number;
+  /** A look for dead writers' temp files in progress, which concurrent puts share. */
+  private sweeping: Promise<void> | undefined;
 
   constructor(dir: string, opts: LocalStoreOptions = {}) {
     if (dir === '') throw new StorageError('the archive directory must not be empty', false);
@@ -213,6 +238,8 @@ export class LocalStore implements ArchiveStore {
     this.staleClaimMs = opts.staleClaimMs ?? 60_000;
     this.claimWaitMs = opts.claimWaitMs ?? 2_000;
     this.keyring = opts.keyring;
+    this.tempDir = join(this.dir, META_DIR, TEMP_DIR);
+    this.leftoverAgeMs = opts.leftoverAgeMs ?? DEFAULT_LEFTOVER_AGE_MS;
   }
 
   setArchiveEncrypted(encrypted: boolean): void {
@@ -223,6 +250,7 @@ export class LocalStore implements ArchiveStore {
     assertArchiveName(name);
     const compression = opts.compression ?? 'none';
     assertCompressionAvailable(compression);
+    await this.sweepTemps();
     return this.guard(`cannot store "${name}"`, async () => {
       const keyring = opts.unencrypted ? undefined : this.keyring;
       const stored = encodeStored(keyring, name, compression, await compress(data, compression));
@@ -377,7 +405,35 @@ export class LocalStore implements ArchiveStore {
     });
   }
 
-  async close(): Promise<void> {}
+  /**
+   * The temp files in the archive: those of puts (.walstream-meta/tmp/, every file there), and
+   * those earlier versions wrote beside the data, the checksum records and quarantine copies
+   * (dot-named temp names only). Judged by storage/leftovers.ts.
+   */
+  async scanLeftovers(opts: LeftoverOptions = {}): Promise<LeftoverScan> {
+    return this.guard(`cannot look for leftover temp files in ${this.description}`, async () => {
+      const places: [string, string, boolean][] = [
+        [this.tempDir, `${META_DIR}/${TEMP_DIR}/`, true],
+        [this.dir, '', false],
+        [join(this.dir, QUARANTINE_DIR), `${QUARANTINE_DIR}/`, false],
+        [join(this.dir, META_DIR), `${META_DIR}/`, false],
+        [join(this.dir, META_DIR, QUARANTINE_DIR), `${META_DIR}/${QUARANTINE_DIR}/`, false],
+      ];
+      const found: Leftover[] = [];
+      for (const [dir, shownAs, all] of places) found.push(...(await scanDirectory(dir, { ...opts, shownAs, all })));
+      return { leftovers: found.sort((a, b) => byName(a, b)), unavailable: undefined };
+    });
+  }
+
+  /** Remove the temp files whose writer is gone (dead, or older than the leftover age when it cannot be checked). */
+  async removeLeftovers(opts: LeftoverOptions & { dryRun?: boolean } = {}): Promise<LeftoverRemoval> {
+    const { leftovers } = await this.scanLeftovers(opts);
+    return removeFound(leftovers, opts);
+  }
+
+  async close(): Promise<void> {
+    await this.sweeping;
+  }
 
   // --- internals ---
 
@@ -490,8 +546,7 @@ export class LocalStore implements ArchiveStore {
     await this.ensureDir(p.metaDir, obj.noSync);
     const file = p.base + compressionSuffix(obj.compression);
     const finalPath = join(p.dataDir, file);
-    const tmp = join(p.dataDir, tempName(p.base));
-    await writeNew(tmp, obj.stored, obj.noSync);
+    const tmp = await this.writeTemp(p.base, obj.stored, obj.noSync);
     try {
       const claim = await this.claim(name, p, obj);
       if (claim.kind === 'decided') return claim.outcome;
@@ -500,7 +555,7 @@ export class LocalStore implements ArchiveStore {
       } catch (err) {
         if (errno(err) !== 'EEXIST') {
           if (claim.kind === 'new') await unlinkQuiet(p.record);
-          throw err;
+          throw tempGone(err, tmp);
         }
         // Another writer published this very file first.
         const st = await stat(finalPath);
@@ -523,14 +578,13 @@ export class LocalStore implements ArchiveStore {
         info: { name, size: obj.data.length, storedSize: obj.stored.length, checksum: obj.sha, compression: obj.compression, modified: st.mtime },
       };
     } finally {
-      await unlinkQuiet(tmp);
+      await this.dropTemp(tmp);
     }
   }
 
   /** Publish the checksum record with link(2): the one claim on `name` whatever the suffix. */
   private async claim(name: string, p: Place, obj: Prepared): Promise<Claim> {
-    const tmp = join(p.metaDir, tempName(p.base + RECORD_SUFFIX));
-    await writeNew(tmp, Buffer.from(`${obj.sha} ${obj.compression} ${obj.data.length}\n`), obj.noSync);
+    const tmp = await this.writeTemp(p.base + RECORD_SUFFIX, Buffer.from(`${obj.sha} ${obj.compression} ${obj.data.length}\n`), obj.noSync);
     try {
       for (let round = 0; round < 5; round++) {
         try {
@@ -538,7 +592,7 @@ export class LocalStore implements ArchiveStore {
           if (!obj.noSync) await fsyncDir(p.metaDir);
           return { kind: 'new' };
         } catch (err) {
-          if (errno(err) !== 'EEXIST') throw err;
+          if (errno(err) !== 'EEXIST') throw tempGone(err, tmp);
         }
         const held = await this.readRecord(name).catch((err: unknown) => {
           if (err instanceof IntegrityError) return undefined; // garbage: treat as a stale claim below
@@ -557,7 +611,9 @@ export class LocalStore implements ArchiveStore {
           throw new StorageError(`another put of "${name}" is in progress (its checksum record has no data file yet); try again`, true);
         }
         // Left by a put that crashed between its record and its data file: take it over.
-        await rename(tmp, p.record);
+        await rename(tmp, p.record).catch((err: unknown) => {
+          throw tempGone(err, tmp);
+        });
         if (!obj.noSync) await fsyncDir(p.metaDir);
         return { kind: 'new' };
       }
@@ -574,6 +630,48 @@ export class LocalStore implements ArchiveStore {
       if (found || Date.now() >= deadline) return found;
       await sleep(10);
     }
+  }
+
+  /**
+   * A writer's own look for leftovers before each put: the temp files in .walstream-meta/tmp/
+   * whose writer is gone (storage/leftovers.ts). Cheap: that directory is absent at rest and holds
+   * only the temp files of puts in flight. It never fails a put: the put reports what is wrong with
+   * the directory (it writes its own temp file there), and a temp file that could not be removed
+   * is reported by status and verify and removed by cleanup.
+   */
+  private async sweepTemps(): Promise<void> {
+    this.sweeping ??= (async () => {
+      try {
+        await removeFound(await scanDirectory(this.tempDir, { maxAgeMs: this.leftoverAgeMs, all: true }));
+      } catch {
+        // (see above)
+      } finally {
+        this.sweeping = undefined;
+      }
+    })();
+    return this.sweeping;
+  }
+
+  /** Write a new temp file for `target`, making the temp directory again if the last put out removed it meanwhile. */
+  private async writeTemp(target: string, data: Buffer, noSync: boolean): Promise<string> {
+    for (let attempt = 0; ; attempt++) {
+      await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
+      const tmp = join(this.tempDir, tempName(target));
+      try {
+        await writeNew(tmp, data, noSync);
+        return tmp;
+      } catch (err) {
+        if (errno(err) !== 'ENOENT' || attempt >= 20) throw err;
+      }
+    }
+  }
+
+  /** Remove a put's temp file, then the temp directory if that was the last one in it. */
+  private async dropTemp(tmp: string): Promise<void> {
+    await unlinkQuiet(tmp);
+    // ENOTEMPTY: other puts are in flight (or a killed one's temp file waits for a sweep); the
+    // directory is only tidiness, so no failure here fails a put.
+    await rmdir(this.tempDir).catch(() => undefined);
   }
 
   /** ensureDir once per directory and store (a directory removed meanwhile fails the put: the caller retries). */

@@ -1,10 +1,13 @@
 // An in-memory archive for unit tests, with the same semantics as the real backends (never
-// overwrite, quarantine on conflict, verify on get) and test hooks: corrupt(), setModified() and failNext().
+// overwrite, quarantine on conflict, verify on get) and test hooks: corrupt(), setModified(),
+// failNext() and addLeftover() (what a killed writer would have left, judged by the same rule as
+// everywhere: storage/leftovers.ts).
 // Every put decides and stores synchronously after its one await, so concurrent puts of one name
 // are serialised exactly as link(2) or If-None-Match serialise them elsewhere.
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import { decodeStored, encodeStored, type Keyring } from './encryption.js';
+import { judgeLeftover, removable, type WriterId } from './leftovers.js';
 import {
   ConflictError,
   IntegrityError,
@@ -14,6 +17,10 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type Leftover,
+  type LeftoverOptions,
+  type LeftoverRemoval,
+  type LeftoverScan,
   type ListOptions,
   type ObjectInfo,
   type PutOptions,
@@ -38,6 +45,7 @@ export class MemoryStore implements ArchiveStore {
   readonly description: string;
   private readonly objects: Map<string, Entry>;
   private readonly failures: Error[] = [];
+  private readonly leftovers = new Map<string, { kind: Leftover['kind']; bytes: number; modified: Date; writer: WriterId | undefined }>();
   private closed = false;
   private archiveEncrypted = false;
 
@@ -81,9 +89,37 @@ export class MemoryStore implements ArchiveStore {
     this.objects.set(name, { ...e, modified: when });
   }
 
-  /** Test hook: the next operation (put, get, head, list or delete) rejects with `err`. */
+  /** Test hook: the next operation (put, get, head, list, delete or a look for leftovers) rejects with `err`. */
   failNext(err: Error): void {
     this.failures.push(err);
+  }
+
+  /** Test hook: something a killed writer left (a temp file or an upload), written by `writer` (undefined: unknown). */
+  addLeftover(name: string, l: { kind?: Leftover['kind']; bytes: number; modified: Date; writer?: WriterId }): void {
+    this.leftovers.set(name, { kind: l.kind ?? 'temp-file', bytes: l.bytes, modified: l.modified, writer: l.writer });
+  }
+
+  async scanLeftovers(opts: LeftoverOptions = {}): Promise<LeftoverScan> {
+    this.open();
+    this.injected();
+    const leftovers: Leftover[] = [...this.leftovers]
+      .map(([name, l]) => ({
+        name,
+        kind: l.kind,
+        bytes: l.bytes,
+        modified: l.modified,
+        writer: l.writer ? { pid: l.writer.pid, host: l.writer.host } : undefined,
+        state: judgeLeftover(l.writer, l.modified, opts),
+      }))
+      .sort(byName);
+    return { leftovers, unavailable: undefined };
+  }
+
+  async removeLeftovers(opts: LeftoverOptions & { dryRun?: boolean } = {}): Promise<LeftoverRemoval> {
+    const scan = await this.scanLeftovers(opts);
+    const removed = scan.leftovers.filter((l) => removable(l.state));
+    if (!opts.dryRun) for (const l of removed) this.leftovers.delete(l.name);
+    return { ...scan, removed, failed: [] };
   }
 
   setArchiveEncrypted(encrypted: boolean): void {

@@ -5,11 +5,19 @@
 // writes): the server refuses to overwrite (412), and concurrent puts of one name have one winner.
 // Stores without conditional writes can use conditionalWrites: false (a HEAD before the PUT,
 // which does not protect against two concurrent writers).
+// walstream never starts a multipart upload here, but other writers under the prefix may (tools,
+// streamed writes): an upload never completed (its writer killed) keeps its parts, billed, and
+// never listed among the objects. scanLeftovers lists them (ListMultipartUploads, and ListParts for
+// their bytes and newest part) and removeLeftovers aborts those idle for longer than the leftover
+// age (AbortMultipartUpload), as the bucket lifecycle rule AbortIncompleteMultipartUpload does.
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  ListPartsCommand,
   PutObjectCommand,
   S3Client,
   type PutObjectCommandInput,
@@ -20,8 +28,9 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { assertCompressionAvailable, compress, decompress, isCompression, sha256Hex } from './codec.js';
 import { sha256Owned } from '../util/bulk.js';
-import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, mapLimit, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import { decodeStored, encodeStored, type Keyring } from './encryption.js';
+import { judgeLeftover, removable } from './leftovers.js';
 import {
   ConflictError,
   IntegrityError,
@@ -32,6 +41,10 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type Leftover,
+  type LeftoverOptions,
+  type LeftoverRemoval,
+  type LeftoverScan,
   type ListOptions,
   type ObjectInfo,
   type PutOptions,
@@ -159,6 +172,17 @@ function codeOf(err: unknown): string {
 
 function oneLine(s: string): string {
   return s.replace(/\s+/g, ' ').trim();
+}
+
+/**
+ * "NotImplemented (HTTP 501)" and the like when a request failed because the store does not offer
+ * that call at all (a 501, or a 405 for a method it does not allow on that resource), else undefined.
+ */
+function unsupportedCall(err: unknown): string | undefined {
+  const cause = err instanceof StorageError ? err.cause : err;
+  const status = statusOf(cause);
+  if (status !== 501 && status !== 405) return undefined;
+  return `${codeOf(cause)}, HTTP ${status}`;
 }
 
 function toBuffer(u8: Uint8Array): Buffer {
@@ -393,6 +417,95 @@ export class S3Store implements ArchiveStore {
     });
   }
 
+  /**
+   * The multipart uploads under the prefix that were started and never completed or aborted, with
+   * their bytes and when their newest part arrived (ListParts; when the store cannot list parts:
+   * bytes unknown, and the upload's start). A store that does not list uploads at all (some
+   * S3-compatible ones) is reported in `unavailable`, not as an error.
+   */
+  async scanLeftovers(opts: LeftoverOptions = {}): Promise<LeftoverScan> {
+    const uploads: { key: string; id: string; initiated: Date }[] = [];
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    try {
+      do {
+        const page = await this.request('LIST UPLOADS', this.prefix, (abortSignal) =>
+          this.client.send(
+            new ListMultipartUploadsCommand({
+              Bucket: this.bucket,
+              Prefix: this.prefix,
+              MaxUploads: this.listPageSize,
+              ...(keyMarker !== undefined ? { KeyMarker: keyMarker } : {}),
+              ...(idMarker !== undefined ? { UploadIdMarker: idMarker } : {}),
+            }),
+            { abortSignal },
+          ),
+        );
+        for (const u of page.Uploads ?? []) {
+          if (u.Key === undefined || u.UploadId === undefined || !u.Key.startsWith(this.prefix)) continue;
+          uploads.push({ key: u.Key, id: u.UploadId, initiated: u.Initiated ?? new Date(0) });
+        }
+        const more = page.IsTruncated === true;
+        if (more && page.NextKeyMarker === undefined) throw new StorageError(`S3 LIST UPLOADS ${this.where(this.prefix)}: truncated listing without a marker`, true);
+        keyMarker = more ? page.NextKeyMarker : undefined;
+        idMarker = more ? page.NextUploadIdMarker : undefined;
+      } while (keyMarker !== undefined);
+    } catch (err) {
+      const unsupported = unsupportedCall(err);
+      if (unsupported) {
+        return {
+          leftovers: [],
+          unavailable:
+            `${this.description} does not list incomplete multipart uploads (${unsupported}): a bucket lifecycle rule ` +
+            'AbortIncompleteMultipartUpload removes those of killed writers',
+        };
+      }
+      throw err;
+    }
+    const found = await mapLimit(uploads, 8, async (u): Promise<Leftover | undefined> => {
+      const parts = await this.uploadParts(u.key, u.id);
+      if (parts === 'gone') return undefined; // completed or aborted meanwhile
+      const modified = parts && parts.newest > u.initiated ? parts.newest : u.initiated;
+      return {
+        name: u.key.slice(this.prefix.length),
+        kind: 'multipart-upload',
+        bytes: parts?.bytes,
+        modified,
+        writer: undefined,
+        state: judgeLeftover(undefined, modified, opts),
+        upload: { key: u.key, id: u.id },
+      };
+    });
+    const leftovers = found.filter((l): l is Leftover => l !== undefined).sort((a, b) => byName(a, b) || (a.upload!.id < b.upload!.id ? -1 : 1));
+    return { leftovers, unavailable: undefined };
+  }
+
+  /** Abort the uploads idle for longer than the leftover age (see scanLeftovers). */
+  async removeLeftovers(opts: LeftoverOptions & { dryRun?: boolean } = {}): Promise<LeftoverRemoval> {
+    const scan = await this.scanLeftovers(opts);
+    const result: LeftoverRemoval = { ...scan, removed: [], failed: [] };
+    for (const l of scan.leftovers) {
+      if (!removable(l.state) || !l.upload) continue;
+      if (!opts.dryRun) {
+        const { key, id } = l.upload;
+        try {
+          await this.request('ABORT UPLOAD', key, async (abortSignal) => {
+            try {
+              await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: id }), { abortSignal });
+            } catch (err) {
+              if (!this.isNotFound(err)) throw err; // NoSuchUpload: gone already
+            }
+          });
+        } catch (err) {
+          result.failed.push({ leftover: l, error: (err as Error).message });
+          continue;
+        }
+      }
+      result.removed.push(l);
+    }
+    return result;
+  }
+
   async close(): Promise<void> {
     this.client.destroy();
   }
@@ -410,6 +523,41 @@ export class S3Store implements ArchiveStore {
   private isNotFound(err: unknown): boolean {
     const code = codeOf(err);
     return statusOf(err) === 404 && code !== 'NoSuchBucket';
+  }
+
+  /**
+   * The bytes an upload holds and when its newest part arrived; 'gone' when it no longer exists;
+   * undefined when the store does not list parts.
+   */
+  private async uploadParts(key: string, id: string): Promise<{ bytes: number; newest: Date } | 'gone' | undefined> {
+    let bytes = 0;
+    let newest = new Date(0);
+    let marker: string | undefined;
+    try {
+      do {
+        const page = await this.request('LIST PARTS', key, async (abortSignal) => {
+          try {
+            return await this.client.send(
+              new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: id, ...(marker !== undefined ? { PartNumberMarker: marker } : {}) }),
+              { abortSignal },
+            );
+          } catch (err) {
+            if (this.isNotFound(err)) return 'gone' as const;
+            throw err;
+          }
+        });
+        if (page === 'gone') return 'gone';
+        for (const p of page.Parts ?? []) {
+          bytes += p.Size ?? 0;
+          if (p.LastModified && p.LastModified > newest) newest = p.LastModified;
+        }
+        marker = page.IsTruncated === true ? page.NextPartNumberMarker : undefined;
+      } while (marker !== undefined);
+    } catch (err) {
+      if (unsupportedCall(err)) return undefined;
+      throw err;
+    }
+    return { bytes, newest };
   }
 
   /** One GET: stored bytes and what the metadata says, or undefined when missing. */

@@ -35,6 +35,10 @@
 //   With `limit`, only the first `limit` of them (in name order), reading no more than needed.
 // - get of one object costs one request on S3 (no LIST).
 // - put keeps no reference to `data` once it settles: the caller may reuse that buffer.
+// - leftovers (scanLeftovers, removeLeftovers; storage/leftovers.ts has the rule): what writers
+//   killed mid-write leave behind (temporary files, S3 multipart uploads never completed) is
+//   never listed, and is removed only once its writer is gone: never while a writer that may still
+//   publish it runs. A local store's puts first remove the temp files of writers that are gone.
 import type { Compression } from '../sink/segment-file.js';
 
 export type { Compression };
@@ -75,6 +79,52 @@ export interface ListOptions {
   limit?: number;
 }
 
+/**
+ * What a leftover's writer is known to be (storage/leftovers.ts judgeLeftover): 'live' (running:
+ * never removed), 'dead' (gone: removable), 'stale' (cannot be checked, older than the leftover
+ * age: removable), 'recent' (cannot be checked, younger: kept for now).
+ */
+export type LeftoverState = 'live' | 'dead' | 'stale' | 'recent';
+
+/** Something a writer left behind while writing: a temporary file, an S3 multipart upload never completed. */
+export interface Leftover {
+  /** Where it is, relative to the archive: a file's path (local), an object key under the prefix (S3). */
+  name: string;
+  kind: 'temp-file' | 'multipart-upload';
+  /** Bytes it holds; undefined where the store cannot tell (the parts of an upload it cannot list). */
+  bytes: number | undefined;
+  /** When it was last written to (an upload: its newest part, else when it was started). */
+  modified: Date;
+  /** The process that wrote it, when its name records one. */
+  writer: { pid: number; host: string } | undefined;
+  state: LeftoverState;
+  /** A temporary file: its path on this host. */
+  path?: string;
+  /** An S3 multipart upload: its full key and upload id. */
+  upload?: { key: string; id: string };
+}
+
+export interface LeftoverOptions {
+  /** Leftovers whose writer cannot be checked are removable once last written longer ago than this (default 1 hour). */
+  maxAgeMs?: number;
+  /** The time ages are measured from (default now). */
+  now?: Date;
+}
+
+export interface LeftoverScan {
+  /** Every leftover found, judged, in name order. */
+  leftovers: Leftover[];
+  /** Why part of them could not be looked for (e.g. a store that does not list multipart uploads), else undefined. */
+  unavailable: string | undefined;
+}
+
+export interface LeftoverRemoval extends LeftoverScan {
+  /** What was removed (with dryRun: what would be). */
+  removed: Leftover[];
+  /** Removable leftovers that could not be removed, with why. */
+  failed: { leftover: Leftover; error: string }[];
+}
+
 export interface PutResult {
   status: 'created' | 'exists';
   info: ObjectInfo;
@@ -108,6 +158,13 @@ export interface ArchiveStore {
    * so from the start. Stores without keys ignore it.
    */
   setArchiveEncrypted?(encrypted: boolean): void;
+  /** The leftovers of writers in the archive (temporary files, incomplete multipart uploads), judged. */
+  scanLeftovers?(opts?: LeftoverOptions): Promise<LeftoverScan>;
+  /**
+   * Remove the leftovers whose writer is gone ('dead' or 'stale'); with dryRun, only report them.
+   * Never one whose writer may still publish it.
+   */
+  removeLeftovers?(opts?: LeftoverOptions & { dryRun?: boolean }): Promise<LeftoverRemoval>;
 }
 
 export class StorageError extends Error {
