@@ -4,6 +4,8 @@
 // grows. Composes the source layer (what WAL there is, verified) and the server layer (the wire);
 // also used by `walstream receive --serve`, which adds the receiver's durable tail.
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { useHashThreads } from '../util/bulk.js';
 import { createSecureContext } from 'node:tls';
 import { LocalStore } from '../storage/local.js';
 import type { ArchiveStore } from '../storage/types.js';
@@ -173,6 +175,8 @@ export async function serveReceiver(o: { directory: string; archive?: ArchiveSto
 
 export async function serve(o: ServeOptions): Promise<void> {
   if (o.directory === undefined && !o.archive) throw new UsageError('nothing to serve: give --archive URL and/or -D DIR');
+  // The checksums of segments read are computed on worker threads, off the loop that sends to every client.
+  useHashThreads(Math.min(2, availableParallelism()));
   // Settings first: a bad password file or certificate is reported before anything is read.
   authSettings(o.auth);
   tlsSettings(o.tls);

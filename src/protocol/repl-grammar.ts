@@ -71,6 +71,8 @@ type Token =
   | { t: 'uconst'; v: string }
   | { t: 'recptr'; v: Lsn }
   | { t: 'punct'; v: ',' | ';' | '(' | ')' | '.' }
+  /** Any other character: returned as itself (15+), so a query starting with one is SQL. */
+  | { t: 'char'; v: string }
   | { t: 'eof' };
 
 const IDENT_START = /[A-Za-z_\u0080-\uffff]/;
@@ -129,7 +131,8 @@ class Scanner {
       if (KEYWORDS.has(word)) return { t: 'kw', v: word };
       return { t: 'ident', v: truncateIdentifier(word.replace(/[A-Z]+/g, (x) => x.toLowerCase())) };
     }
-    throw new ReplSyntaxError(`syntax error: unexpected character ${JSON.stringify(c)}`);
+    this.pos++;
+    return { t: 'char', v: c };
   }
 
   private quoted(q: string, kind: 'sconst' | 'ident'): Token {
@@ -137,7 +140,7 @@ class Scanner {
     let i = this.pos + 1;
     for (;;) {
       const j = this.s.indexOf(q, i);
-      if (j < 0) throw new ReplSyntaxError(kind === 'sconst' ? 'unterminated quoted string' : 'unterminated quoted identifier');
+      if (j < 0) throw new ReplSyntaxError('unterminated quoted string');
       out += this.s.slice(i, j);
       if (this.s[j + 1] === q) {
         out += q;
@@ -236,7 +239,7 @@ class Parser {
   }
 
   /** '(' name [value] {',' name [value]} ')' */
-  private genericOptions(): Map<string, string | undefined> {
+  private genericOptions(once = false): Map<string, string | undefined> {
     const out = new Map<string, string | undefined>();
     this.advance(); // '('
     for (;;) {
@@ -245,6 +248,7 @@ class Parser {
       this.advance();
       const name = t.v.toLowerCase();
       const value = this.isPunct(',') || this.isPunct(')') ? undefined : this.optionValue();
+      if (once && out.has(name)) throw new ReplSyntaxError('conflicting or redundant options');
       out.set(name, value);
       if (this.isPunct(',')) {
         this.advance();
@@ -305,10 +309,12 @@ class Parser {
     }
     let reserveWal = false;
     if (this.isPunct('(')) {
-      for (const [name, value] of this.genericOptions()) {
+      // walsender.c parseCreateReplSlotOptions: each option once, and each only for its kind of slot.
+      for (const [name, value] of this.genericOptions(true)) {
         if (name === 'reserve_wal' && !logical) reserveWal = parseBool(value, name);
-        else if (logical && (name === 'snapshot' || name === 'two_phase' || name === 'failover')) continue;
-        else throw new ReplSyntaxError(`unrecognized option: ${name}`);
+        else if (name === 'snapshot' || name === 'two_phase' || name === 'failover' || name === 'reserve_wal') {
+          if (!logical || name === 'reserve_wal') throw new ReplSyntaxError('conflicting or redundant options');
+        } else throw new ReplSyntaxError(`unrecognized option: ${name}`);
       }
     } else {
       // Legacy options (13-18): RESERVE_WAL for a physical slot; the snapshot and two-phase words for a logical one.

@@ -121,7 +121,7 @@ export function checkMd5Response(secret: Secret, user: string, salt: Buffer, res
 export function certificateEndPointHash(certPem: string | Buffer): Buffer {
   const cert = new X509Certificate(certPem);
   const alg = signatureHashOf(cert.raw);
-  return createHash(alg === 'sha384' || alg === 'sha512' ? alg : 'sha256').update(cert.raw).digest();
+  return createHash(alg).update(cert.raw).digest();
 }
 
 /** One DER element at `pos`: where its contents start and end. */
@@ -142,10 +142,22 @@ function derElement(der: Buffer, pos: number): { tag: number; start: number; end
 
 /** Hashes named by the OID of a certificate's signatureAlgorithm (hex of the OID's contents). */
 const SIGNATURE_HASHES: Readonly<Record<string, string>> = {
+  '2a864886f70d01010e': 'sha224', // sha224WithRSAEncryption
   '2a864886f70d01010c': 'sha384', // sha384WithRSAEncryption
   '2a864886f70d01010d': 'sha512', // sha512WithRSAEncryption
+  '2a8648ce3d040301': 'sha224', // ecdsa-with-SHA224
   '2a8648ce3d040303': 'sha384', // ecdsa-with-SHA384
   '2a8648ce3d040304': 'sha512', // ecdsa-with-SHA512
+};
+
+/** RSASSA-PSS: the hash is in its parameters. */
+const RSASSA_PSS = '2a864886f70d01010a';
+/** Hash algorithm OIDs (2.16.840.1.101.3.4.2.n). */
+const HASHES: Readonly<Record<string, string>> = {
+  '608648016503040201': 'sha256',
+  '608648016503040202': 'sha384',
+  '608648016503040203': 'sha512',
+  '608648016503040204': 'sha224',
 };
 
 /** The hash of a DER certificate's signatureAlgorithm (Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signature }); sha256 otherwise. */
@@ -156,7 +168,19 @@ function signatureHashOf(der: Buffer): string {
     const algId = derElement(der, tbs.end);
     const oid = derElement(der, algId.start);
     if (oid.tag !== 0x06) return 'sha256';
-    return SIGNATURE_HASHES[der.toString('hex', oid.start, oid.end)] ?? 'sha256';
+    const name = der.toString('hex', oid.start, oid.end);
+    if (name === RSASSA_PSS) {
+      // RSASSA-PSS-params ::= SEQUENCE { hashAlgorithm [0] AlgorithmIdentifier DEFAULT sha1, ... }
+      if (oid.end >= algId.end) return 'sha256';
+      const params = derElement(der, oid.end);
+      if (params.tag !== 0x30 || params.start >= params.end) return 'sha256';
+      const first = derElement(der, params.start);
+      if (first.tag !== 0xa0) return 'sha256'; // sha1 by default: MD5 and SHA-1 become SHA-256
+      const hashAlg = derElement(der, first.start);
+      const hashOid = derElement(der, hashAlg.start);
+      return HASHES[der.toString('hex', hashOid.start, hashOid.end)] ?? 'sha256';
+    }
+    return SIGNATURE_HASHES[name] ?? 'sha256';
   } catch {
     return 'sha256';
   }

@@ -193,6 +193,11 @@ export function serverVersionString(id: SourceIdentity | undefined, fallback: st
   return fallback;
 }
 
+/** What a client may send during COPY (postgres.c in a walsender). */
+function isCopyMessage(type: number): boolean {
+  return type === FE.CopyData || type === FE.CopyDone || type === FE.Terminate;
+}
+
 /** A client as `SHOW walstream.clients` lists it (pg_stat_replication's column names). */
 export function clientJson(c: ClientInfo): Record<string, string | number | boolean | null> {
   const lsn = (v: Lsn | undefined): string | null => (v === undefined ? null : formatLsn(v));
@@ -239,6 +244,8 @@ export class ClientConnection {
   private scram: ScramServer | undefined;
   private md5Salt: Buffer | undefined;
   private ignoreTillSync = false;
+  /** Messages that arrived while a stream was ending, to process once it has (bounded by INPUT_LIMIT in all). */
+  private readonly held: TypedMessage[] = [];
   private sender: WalSender | undefined;
   private readonly authTimer: NodeJS.Timeout;
   readonly info: ClientInfo;
@@ -310,10 +317,18 @@ export class ClientConnection {
           await this.firstPacket(parseFirstPacket(body));
           continue;
         }
-        const msg = this.framer.next();
+        // Messages held while a stream ended go first, once it has.
+        const msg = this.phase === 'ready' && this.held.length > 0 ? this.held.shift()! : this.framer.next();
         if (!msg) break;
-        if (this.phase === 'copy') this.copyMessage(msg);
-        else if (this.phase === 'ready') await this.message(msg);
+        if (this.phase === 'copy') {
+          // After the client's CopyDone or an error that ended the COPY, a new command waits for
+          // the stream's end (its CommandCompletes and ReadyForQuery go out first).
+          if (this.held.length > 0 || (this.sender?.finishing && !isCopyMessage(msg.type))) {
+            this.held.push({ type: msg.type, body: Buffer.from(msg.body) });
+            continue;
+          }
+          this.copyMessage(msg);
+        } else if (this.phase === 'ready') await this.message(msg);
         else await this.authMessage(msg);
       }
     } catch (err) {
@@ -437,7 +452,10 @@ export class ClientConnection {
     this.info.applicationName = this.settings.get('application_name');
     this.ctx.log.verbose(`connection from ${this.who()} user ${JSON.stringify(user)}${this.tlsActive ? ' over TLS' : ''}`);
     // An archive that held no WAL when the server started may hold some now.
-    if (!this.ctx.source.identity) await this.ctx.source.refresh();
+    if (!this.ctx.source.identity) {
+      await this.ctx.source.refresh();
+      if (this.phase === 'closed') return;
+    }
 
     if (this.ctx.auth.trust) return this.authenticated();
     const secret = this.ctx.auth.book?.secretFor(user);
@@ -637,6 +655,8 @@ export class ClientConnection {
       case 'create_replication_slot': {
         if (cmd.logical) throw new SlotError('0A000', 'walstream serve does not serve logical replication: only physical slots can be created');
         const reserve = cmd.reserveWal ? (await source.timelines()).end : undefined;
+        // A temporary slot of a client gone meanwhile would outlive it.
+        if (cmd.temporary && this.phase === 'closed') return;
         await this.ctx.slots.create(cmd.slot, cmd.temporary, this.info.pid, reserve);
         this.ctx.log.info(`client ${this.who()} created ${cmd.temporary ? 'temporary ' : ''}replication slot "${cmd.slot}"`);
         this.wire.send(
@@ -815,6 +835,7 @@ export class ClientConnection {
     else if (end.kind === 'timeline-end') this.ctx.log.info(`client ${this.who()} reached the end of timeline ${this.info.timeline} at ${formatLsn(end.switchpoint)}; timeline ${end.nextTli} follows`);
     else this.ctx.log.verbose(`client ${this.who()} stopped streaming${where}`);
     if (this.phase === 'copy') this.phase = 'ready';
+    if (this.held.length > 0 && this.socket.isPaused() && this.phase !== 'closed') this.socket.resume();
     void this.pump();
   }
 

@@ -127,6 +127,11 @@ export class WalSender {
     this.close(`unexpected message type "${payload.length ? String.fromCharCode(type!) : ''}" in the replication stream`);
   }
 
+  /** The stream is ending (the client's CopyDone, an error, a close): messages after it wait for its end. */
+  get finishing(): boolean {
+    return this.clientDone || this.ended !== undefined;
+  }
+
   /** The client's CopyDone. */
   copyDone(): void {
     this.heard();
@@ -194,7 +199,12 @@ export class WalSender {
         if (this.clientDone) return this.clientStopped();
         let r;
         try {
-          r = await this.o.cursor.read(READ_BURST);
+          // A read from a slow store is not waited out once the stream has ended.
+          const reading = this.o.cursor.read(READ_BURST);
+          reading.catch(() => undefined);
+          await this.signal.until(reading);
+          if (this.ended) return this.ended;
+          r = await reading;
         } catch (err) {
           if (!(err instanceof WalSourceError)) throw err;
           if (this.ended) return this.ended;
@@ -221,7 +231,9 @@ export class WalSender {
     const walEnd = this.o.walEnd();
     const sendTime = nowPgTime();
     let room = true;
-    for (let off = 0; off < data.length; off += MAX_SEND_SIZE) {
+    // Stop at the message that fills the socket's queue: the rest is read again next time (from
+    // the segment the cursor holds), so a client that stops reading holds one message beyond it.
+    for (let off = 0; off < data.length && room; off += MAX_SEND_SIZE) {
       const piece = data.subarray(off, Math.min(data.length, off + MAX_SEND_SIZE));
       const start = this.o.cursor.position;
       const end = start + BigInt(piece.length);

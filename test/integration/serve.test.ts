@@ -73,10 +73,13 @@ async function rowCount(c: PgCluster): Promise<number> {
   return Number((await c.query<{ n: string }>('select count(*)::text as n from serve_rows'))[0]!.n);
 }
 
-async function archivedUpTo(archive: string, segment: string): Promise<void> {
+async function archivedUpTo(archive: string, segment: string, writer?: CliProcess): Promise<void> {
   const deadline = Date.now() + 60_000;
   while (!existsSync(join(archive, segment))) {
-    if (Date.now() > deadline) throw new Error(`${segment} never reached the archive ${archive}`);
+    if (Date.now() > deadline) {
+      const said = writer ? `; the receiver said:\n${writer.stderr.split('\n').slice(-30).join('\n')}` : '';
+      throw new Error(`${segment} never reached the archive ${archive} (it holds ${readdirSync(archive).sort().slice(-5).join(', ')})${said}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -121,7 +124,7 @@ for (const version of pgVersionsUnderTest()) {
       await primary.switchWal();
       await primary.checkpoint();
       expect(existsSync(join(primary.walDir, first)), `${first} is still in the primary's pg_wal`).toBe(false);
-      await archivedUpTo(archive, segName(1, lsnOf(switched) - 1n, SEG));
+      await archivedUpTo(archive, segName(1, lsnOf(switched) - 1n, SEG), receiver!.proc);
 
       // walstream serve over the local archive only: no restore_command, no WAL from the primary.
       archiveServe = await startServe(['--archive', archive, '--trust', '--metrics-listen', '127.0.0.1:0']);
@@ -182,7 +185,7 @@ for (const version of pgVersionsUnderTest()) {
           await primary.generateWal(4 * SEG);
           const switched = await primary.switchWal();
           const last = segName(1, lsnOf(switched) - 1n, SEG);
-          await archivedUpTo(archive, last);
+          await archivedUpTo(archive, last, receiver!.proc);
           // pg_receivewal resumes after the newest complete segment in its directory.
           const dir = tmp('serve-prw');
           dirs.push(dir);
