@@ -34,21 +34,21 @@ async function fileBytes(path: string, compressed: boolean, compression: 'none' 
  * `fork` when nothing of it lies beyond. Whole segments after the fork's segment count whole;
  * the fork's own segment and a .partial count up to their last non-zero byte.
  */
-export async function heldPast(o: { dir: string; store?: ArchiveStore; tli: number; fork: Lsn; segSize: number }): Promise<Lsn> {
+export async function heldPast(o: { dir?: string; store?: ArchiveStore; tli: number; fork: Lsn; segSize: number }): Promise<Lsn> {
   const segSize = BigInt(o.segSize);
   const forkSeg = o.fork / segSize;
   let end = o.fork;
   const consider = (v: Lsn): void => {
     if (v > end) end = v;
   };
-  for (const e of await listWalFiles(o.dir, o.segSize)) {
+  for (const e of o.dir !== undefined ? await listWalFiles(o.dir, o.segSize) : []) {
     if (e.tli !== o.tli || e.segNo < forkSeg) continue;
     const start = e.segNo * segSize;
     if (!e.partial && e.segNo > forkSeg) {
       consider(start + segSize);
       continue;
     }
-    const data = await fileBytes(join(o.dir, e.file), e.compression !== 'none', e.compression);
+    const data = await fileBytes(join(o.dir!, e.file), e.compression !== 'none', e.compression);
     if (!data) continue;
     const from = e.segNo === forkSeg ? Number(o.fork - start) : 0;
     consider(start + BigInt(lastNonZero(data, Math.min(from, data.length))));

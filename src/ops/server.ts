@@ -8,7 +8,8 @@
 import { assertSlotName } from '../protocol/commands.js';
 import { buildClientConfig, describeTarget, type ConnectionOptions, type ReplicationClientConfig } from '../session/conninfo.js';
 import { ReplicationConnection } from '../session/connection.js';
-import type { ServerState, SqlState } from './status.js';
+import type { ServeClient, ServeSlot, ServerState, SqlState } from './status.js';
+import { ServerError } from '../session/errors.js';
 import { parseLsn } from '../wal/lsn.js';
 
 export async function probeServer(connection: ConnectionOptions, slot: string | undefined, receiverName = 'walstream'): Promise<ServerState> {
@@ -30,6 +31,14 @@ export async function probeServer(connection: ConnectionOptions, slot: string | 
         info === undefined
           ? { name: slot, exists: false, restartLsn: null, restartTimeline: null, unavailable: 'not readable over replication before PostgreSQL 15' }
           : { name: slot, exists: info.slotType !== null, restartLsn: info.restartLsn, restartTimeline: info.restartTli };
+    }
+    // A walstream serve says so (SHOW walstream.clients; a PostgreSQL server refuses the name and
+    // the session goes on): its clients instead of SQL, which it does not run.
+    const walstream = await probeWalstream(conn);
+    if (walstream) {
+      state.walstream = walstream;
+      state.sql = { unavailable: 'the server is a walstream serve, which runs no SQL', receiver: null, archiver: null };
+      return state;
     }
     // The SQL connection goes to the same server (a multi-host list could lead elsewhere).
     state.sql = await probeSql({ ...cfg, hosts: [conn.target], loadBalanceHosts: 'disable' }, slot, receiverName, state);
@@ -95,5 +104,22 @@ async function probeSql(cfg: ReplicationClientConfig, slot: string | undefined, 
     return { unavailable: `SQL: ${(err as Error).message}`, receiver: null, archiver: null };
   } finally {
     await conn.close();
+  }
+}
+
+/** The clients and slots of a walstream serve, or undefined for any other server. */
+async function probeWalstream(conn: ReplicationConnection): Promise<{ clients: ServeClient[]; slots: ServeSlot[] } | undefined> {
+  let clients: string | null | undefined;
+  try {
+    clients = (await conn.command('SHOW walstream.clients')).rows[0]?.['walstream.clients'];
+  } catch (err) {
+    if (err instanceof ServerError && err.code === '42704') return undefined;
+    throw err;
+  }
+  const slots = (await conn.command('SHOW walstream.slots')).rows[0]?.['walstream.slots'];
+  try {
+    return { clients: JSON.parse(clients ?? '[]') as ServeClient[], slots: JSON.parse(slots ?? '[]') as ServeSlot[] };
+  } catch {
+    throw new Error('the server answered SHOW walstream.clients with something that is not JSON');
   }
 }

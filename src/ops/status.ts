@@ -4,7 +4,8 @@
 // segment's long page header (for the segment size and system identifier); never the whole archive.
 // Also what killed writers left behind (temp files, incomplete multipart uploads), which no
 // listing shows: how many, how many bytes, and how many cleanup would remove.
-import type { Lsn } from '../wal/lsn.js';
+import { parseLsn, type Lsn } from '../wal/lsn.js';
+import { heldPast } from '../archive/fork.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { formatAge, formatBytes, plural } from './format.js';
 import {
@@ -44,6 +45,31 @@ export interface ServerState {
   };
   /** What an ordinary SQL connection to the server added. */
   sql?: SqlState;
+  /** The server is a walstream serve: its clients and slots (SHOW walstream.clients, walstream.slots). */
+  walstream?: { clients: ServeClient[]; slots: ServeSlot[] };
+}
+
+/** A client of walstream serve, as SHOW walstream.clients lists it (pg_stat_replication's columns). */
+export interface ServeClient {
+  pid: number;
+  application_name: string;
+  client_addr: string;
+  state: string;
+  timeline: number | null;
+  slot_name: string | null;
+  sent_lsn: string | null;
+  write_lsn: string | null;
+  flush_lsn: string | null;
+  replay_lsn: string | null;
+  reply_time: string | null;
+  backend_xmin: number | null;
+}
+
+export interface ServeSlot {
+  name: string;
+  temporary: boolean;
+  active_pid: number | null;
+  restart_lsn: string | null;
 }
 
 export interface SqlState {
@@ -75,6 +101,11 @@ export interface StatusTimeline {
   bytes: number;
   /** Missing segments between the first and the last; null when the segment size is unknown. */
   gaps: SegmentRange[] | null;
+  /**
+   * WAL of this timeline the archive holds past the point where the next timeline forked from it
+   * (the old primary's, lost in a failover, kept): null when there is none or the size is unknown.
+   */
+  pastFork: { nextTimeline: number; at: string; to: string; bytes: number } | null;
 }
 
 export interface StatusPartial {
@@ -114,6 +145,8 @@ export interface StatusReport {
     receiver: SqlState['receiver'];
     archiver: SqlState['archiver'];
     sqlUnavailable: string | null;
+    /** A walstream serve: its clients and slots. */
+    walstream: { clients: ServeClient[]; slots: ServeSlot[] } | null;
   } | null;
   slot: {
     name: string;
@@ -168,8 +201,19 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
       segments: files.length,
       bytes: files.reduce((n, f) => n + f.info.storedSize, 0),
       gaps,
+      pastFork: null,
     };
   });
+  // A timeline the archive holds past its fork to the next one (a failover that lost WAL).
+  if (segSize !== undefined) {
+    for (const t of timelines) {
+      const next = timelines.find((n) => n.parent === t.timeline);
+      const at = next ? timelineBegin(histories, next.timeline)?.lsn : undefined;
+      if (!next || at === undefined) continue;
+      const held = await heldPast({ store: o.store, tli: t.timeline, fork: at, segSize }).catch(() => at);
+      if (held > at) t.pastFork = { nextTimeline: next.timeline, at: lsnText(at), to: lsnText(held), bytes: Number(held - at) };
+    }
+  }
 
   // The segment in progress: the partial with the highest position (pieces, or a .partial file).
   const groups = new Map<string, ArchivedFile[]>();
@@ -249,6 +293,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
       receiver: s.sql?.receiver ?? null,
       archiver: s.sql?.archiver ?? null,
       sqlUnavailable: s.sql?.unavailable ?? null,
+      walstream: s.walstream ?? null,
     };
     if (s.sql?.archiver && s.sql.archiver.failedCount > 0) warnings.push(`the server's archiver has failed ${s.sql.archiver.failedCount} times (last: ${s.sql.archiver.lastFailed ?? 'unknown'})`);
     if (s.slot) {
@@ -298,6 +343,10 @@ export function formatStatus(r: StatusReport): string {
     for (const g of t.gaps ?? []) {
       L.push(`${label('')}GAP: ${g.first}${g.count > 1 ? ` .. ${g.last}` : ''} missing (${plural(g.count, 'segment')})`);
     }
+    if (t.pastFork) {
+      const f = t.pastFork;
+      L.push(`${label('')}timeline ${t.timeline} continues past the fork to timeline ${f.nextTimeline} at ${f.at} by ${formatBytes(f.bytes)} (to ${f.to}), lost in the failover; kept`);
+    }
   }
   if (r.partial) {
     const p = r.partial;
@@ -322,6 +371,17 @@ export function formatStatus(r: StatusReport): string {
       L.push(`${label('archiver')}last archived ${a.lastArchived ?? 'nothing'}${a.lastArchivedAgeSeconds !== null ? ` ${formatAge(a.lastArchivedAgeSeconds)} ago` : ''}, ${plural(a.failedCount, 'failure')}`);
     }
     if (s.sqlUnavailable) L.push(`${label('')}(lag in time unknown: ${s.sqlUnavailable})`);
+    if (s.walstream) {
+      L.push(`${label('clients')}${s.walstream.clients.length === 0 ? 'none connected (a walstream serve)' : `${plural(s.walstream.clients.length, 'client')} of this walstream serve`}`);
+      for (const c of s.walstream.clients) {
+        const behind = c.flush_lsn && /^[0-9A-F]+\/[0-9A-F]+$/i.test(c.flush_lsn) ? `, ${formatBytes(Math.max(0, Number(parseLsn(s.position) - parseLsn(c.flush_lsn))))} behind` : '';
+        L.push(
+          `${label('')}${c.application_name || '(no name)'} ${c.client_addr} pid ${c.pid} ${c.state}${c.timeline !== null ? ` on timeline ${c.timeline}` : ''}: ` +
+            `sent ${c.sent_lsn ?? '-'}, flushed ${c.flush_lsn ?? '-'}${behind}, replayed ${c.replay_lsn ?? '-'}${c.slot_name ? `, slot ${c.slot_name}` : ''}`,
+        );
+      }
+      for (const sl of s.walstream.slots) L.push(`${label('')}slot ${sl.name}${sl.temporary ? ' (temporary)' : ''}: restart_lsn ${sl.restart_lsn ?? 'none yet'}${sl.active_pid !== null ? `, used by pid ${sl.active_pid}` : ''}`);
+    }
   }
   if (r.slot) {
     const s = r.slot;

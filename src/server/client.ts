@@ -711,7 +711,7 @@ export class ClientConnection {
       max_wal_senders: ['max_wal_senders', () => String(this.ctx.maxClients)],
       wal_level: ['wal_level', () => 'replica'],
       // walstream's own: what `walstream status -d` shows of a walstream serve (JSON).
-      'walstream.clients': ['walstream.clients', () => JSON.stringify([...this.ctx.clients.values()].map(clientJson))],
+      'walstream.clients': ['walstream.clients', () => JSON.stringify([...this.ctx.clients.values()].filter((c) => c.pid !== this.info.pid).map(clientJson))],
       'walstream.slots': [
         'walstream.slots',
         () =>

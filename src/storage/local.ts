@@ -654,14 +654,16 @@ export class LocalStore implements ArchiveStore {
 
   /** Write a new temp file for `target`, making the temp directory again if the last put out removed it meanwhile. */
   private async writeTemp(target: string, data: Buffer, noSync: boolean): Promise<string> {
+    // Another put's dropTemp may remove the directory at any moment, between mkdir's own steps
+    // too (mkdir -p then fails with ENOENT): make it again and retry.
     for (let attempt = 0; ; attempt++) {
-      await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
       const tmp = join(this.tempDir, tempName(target));
       try {
+        await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
         await writeNew(tmp, data, noSync);
         return tmp;
       } catch (err) {
-        if (errno(err) !== 'ENOENT' || attempt >= 20) throw err;
+        if (errno(err) !== 'ENOENT' || attempt >= 100) throw err;
       }
     }
   }

@@ -174,6 +174,9 @@ describe('failover with the archive ahead of the fork', () => {
     const tl2 = readdirSync(prw).filter((n) => /^00000002[0-9A-F]{16}$/.test(n));
     expect(tl2.length).toBeGreaterThanOrEqual(2);
     for (const n of tl2) expect(readFileSync(join(prw, n)).equals(readFileSync(join(s.archive, n))), n).toBe(true);
+    // status says what the archive holds of timeline 1 past the fork.
+    const st = await runCli(['status', '--archive', s.archive]);
+    expect(st.stdout).toMatch(new RegExp(`timeline 1 continues past the fork to timeline 2 at ${fmt(fork).replace('/', '\\/')} by [0-9.]+ [kM]B \\(to [0-9A-F]+\\/[0-9A-F]+\\), lost in the failover; kept`));
     // The archive verifies, and a server restored from it reaches the new primary's rows.
     const v = await runCli(['verify', '--archive', s.archive]);
     expect(v.code, v.stdout + v.stderr).toBe(0);

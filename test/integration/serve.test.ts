@@ -174,6 +174,13 @@ for (const version of pgVersionsUnderTest()) {
       } finally {
         await c.end();
       }
+      // walstream status asked of the receiver's server lists the standby streaming from it.
+      const st = await runCli(['status', '--archive', archive, '-d', `host=127.0.0.1 port=${receiver!.port} user=postgres`]);
+      expect(st.code, st.stderr).toBe(0);
+      expect(st.stdout).toMatch(/^clients +1 client of this walstream serve$/m);
+      expect(st.stdout).toMatch(/live 127\.0\.0\.1 pid \d+ (streaming|catchup) on timeline 1: sent [0-9A-F]+\/[0-9A-F]+, flushed [0-9A-F]+\/[0-9A-F]+/);
+      const js = JSON.parse((await runCli(['status', '--archive', archive, '-d', `host=127.0.0.1 port=${receiver!.port} user=postgres`, '--json'])).stdout) as { server: { walstream: { clients: { application_name: string }[] } } };
+      expect(js.server.walstream.clients.map((x) => x.application_name)).toEqual(['live']);
     });
 
     if (version === 15) {
