@@ -81,6 +81,7 @@ interface CleanupCliOptions {
   before?: string;
   olderThan?: string;
   leftoverAge?: string;
+  keepSlots?: string;
   dryRun?: boolean;
   json?: boolean;
   verbose?: boolean;
@@ -150,6 +151,7 @@ export function registerOpsCommands(program: Command): void {
     .option('--before <segment>', 'remove what is older than this segment on its timeline and its ancestors')
     .option('--older-than <duration>', 'remove what was last modified longer ago than this (e.g. 7d, 12h, 1w2d)')
     .option('--leftover-age <duration>', 'temp files and multipart uploads of writers that cannot be checked (another host) are removed once idle this long', '1h')
+    .option('--keep-slots <file>', 'keep every segment the replication slots in this walstream serve --slot-file still need (from their oldest restart_lsn on)')
     .option('-n, --dry-run', 'print what would be removed; remove nothing')
     .option('--json', 'print the result as JSON (fields described in the README)')
     .option('-v, --verbose', 'print each object removed')
@@ -169,6 +171,19 @@ export function registerOpsCommands(program: Command): void {
       const given = [walfile !== undefined, opts.before !== undefined, opts.olderThan !== undefined].filter(Boolean).length;
       if (given !== 1) throw new CleanupError('give exactly one of: a WAL file name (%r), --before SEGMENT, --older-than DURATION');
       const leftoverAgeMs = parseDuration(opts.leftoverAge ?? '1h');
+      let keepFrom: { lsn: bigint; why: string } | undefined;
+      if (opts.keepSlots !== undefined) {
+        const { readSlotState } = await import('../server/slots.js');
+        let slots;
+        try {
+          slots = readSlotState(opts.keepSlots);
+        } catch (err) {
+          throw new CleanupError(`cannot read the slot file "${opts.keepSlots}": ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'it does not exist' : (err as Error).message}; nothing was removed`);
+        }
+        const holding = slots.filter((sl) => sl.restartLsn !== undefined).sort((a, b) => (a.restartLsn! < b.restartLsn! ? -1 : 1));
+        const oldest = holding[0];
+        if (oldest) keepFrom = { lsn: oldest.restartLsn!, why: `replication slot "${oldest.name}"${holding.length > 1 ? ` (the oldest of ${holding.length})` : ''}` };
+      }
       let rule: import('../ops/cleanup.js').CleanupRule | undefined;
       if (opts.olderThan !== undefined) {
         rule = { kind: 'older-than', cutoff: new Date(Date.now() - parseDuration(opts.olderThan)) };
@@ -194,7 +209,7 @@ export function registerOpsCommands(program: Command): void {
             process.stdout.write(`${verb} ${l.name}\n`);
           }
         };
-        const result = await cleanupArchive({ store, rule, dryRun: opts.dryRun === true, log, onRemove, leftoverAgeMs, onRemoveLeftover });
+        const result = await cleanupArchive({ store, rule, dryRun: opts.dryRun === true, log, onRemove, leftoverAgeMs, onRemoveLeftover, ...(keepFrom ? { keepFrom } : {}) });
         const left = result.leftovers;
         if (opts.json) {
           const out = {

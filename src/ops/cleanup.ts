@@ -21,11 +21,13 @@ import { StorageError, type ArchiveStore, type Leftover } from '../storage/types
 import { DEFAULT_LEFTOVER_AGE_MS } from '../storage/leftovers.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { historyFileName } from '../wal/segment.js';
+import type { Lsn } from '../wal/lsn.js';
 import {
   ancestry,
   buildInventory,
   cmp,
   newestSegment,
+  lsnText,
   positionFits,
   positionToSegNo,
   probeGeometry,
@@ -144,6 +146,11 @@ export interface CleanupOptions {
   leftoverAgeMs?: number;
   /** Called for each leftover removed (or, in a dry run, that would be). */
   onRemoveLeftover?: (leftover: Leftover) => void;
+  /**
+   * Keep every segment holding WAL from this position on, on every timeline, whatever the rule
+   * says: what replication slots of walstream serve still need (--keep-slots).
+   */
+  keepFrom?: { lsn: Lsn; why: string };
 }
 
 export interface LeftoverCleanup {
@@ -222,6 +229,17 @@ async function cleanupWal(o: CleanupOptions, rule: CleanupRule, log: Logger): Pr
     if (tli > 1 && histories.get(tli)?.state === 'ok') geometry = await probeGeometry(o.store, inv);
   }
   const plan = planCleanup(inv, rule, histories, geometry);
+  if (o.keepFrom && plan.remove.length > 0) {
+    geometry ??= await probeGeometry(o.store, inv);
+    if (!geometry) throw new CleanupError(`cannot tell the segment size (no segment in the archive has a readable header), so what ${o.keepFrom.why} still needs is unknown: not removing anything`);
+    const segSize = BigInt(geometry.segSize);
+    const keepSeg = o.keepFrom.lsn / segSize;
+    const before = plan.remove.length;
+    plan.remove = plan.remove.filter((f) => positionFits(f.position!, geometry!.segSize) && positionToSegNo(f.position!, geometry!.segSize) < keepSeg);
+    const held = before - plan.remove.length;
+    plan.kept += held;
+    if (held > 0) plan.warnings.push(`${held} object${held === 1 ? '' : 's'} kept for ${o.keepFrom.why} (WAL from ${lsnText(o.keepFrom.lsn)} on)`);
+  }
   for (const w of plan.warnings) log.warn(w);
   let removed = 0;
   const bytes = plan.remove.reduce((n, f) => n + f.info.storedSize, 0);

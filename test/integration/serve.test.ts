@@ -505,3 +505,56 @@ describe('a damaged or missing archived segment', () => {
     expect(log).toMatch(new RegExp(`restored log file "${missing}" from archive`));
   });
 });
+
+describe('slots of walstream serve hold back cleanup', () => {
+  let primary: PgCluster;
+  let served: Running | undefined;
+  const dirs: string[] = [];
+  afterAll(async () => {
+    await stop(served);
+    await primary?.destroy();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('a client streaming with a slot moves its restart_lsn, the slot file keeps it, and cleanup --keep-slots keeps what it needs', async () => {
+    primary = await PgCluster.create({ name: 'serve-slots' });
+    const archive = tmp('serve-slots-archive');
+    const spool = tmp('serve-slots-spool');
+    const state = tmp('serve-slots-state');
+    const prw = tmp('serve-slots-prw');
+    dirs.push(archive, spool, state, prw);
+    await primary.query("select pg_create_physical_replication_slot('ws', true)");
+    await primary.generateWal(8 * SEG);
+    await primary.switchWal();
+    const res = await runCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'ws', '-E', await primary.currentLsn(), '-n', '--archive', archive]);
+    expect(res.code, res.stderr).toBe(0);
+    const names = completeSegments(archive);
+    const slotFile = join(state, 'slots.json');
+    served = await startServe(['--archive', archive, '--trust', '--slot-file', slotFile, '--client-slot', 'standby_a']);
+    // pg_receivewal streams with the slot from the archive's third segment through its fifth.
+    writeFileSync(join(prw, names[1]!), readFileSync(join(archive, names[1]!)));
+    const fifth = names[4]!;
+    const endLsn = (BigInt(`0x${fifth.slice(8, 16)}`) * 4096n + BigInt(`0x${fifth.slice(16)}`) + 1n) * BigInt(SEG) - 1n;
+    const endpos = `${(endLsn >> 32n).toString(16).toUpperCase()}/${(endLsn & 0xffffffffn).toString(16).toUpperCase()}`;
+    const got = await run([join(toolBinDir(), 'pg_receivewal'), '-D', prw, '-d', `host=127.0.0.1 port=${served.port} user=postgres`, '-S', 'standby_a', '-E', endpos, '-n', '--no-sync'], { check: false });
+    expect(got.exitCode, got.stderr).toBe(0);
+    await stop(served);
+    served = undefined;
+    const saved = JSON.parse(readFileSync(slotFile, 'utf8')) as { slots: { name: string; restart_lsn: string | null }[] };
+    const slot = saved.slots.find((x) => x.name === 'standby_a')!;
+    expect(slot.restart_lsn).not.toBeNull();
+    const keepSeg = segName(1, lsnOf(slot.restart_lsn!), SEG);
+    // Everything before the newest segment would go; the slot keeps its segment and what follows.
+    const last = names[names.length - 1]!;
+    const dry = await runCli(['cleanup', '--archive', archive, '--before', last, '--keep-slots', slotFile, '--dry-run', '--json']);
+    expect(dry.code, dry.stderr).toBe(0);
+    const removed = (JSON.parse(dry.stdout) as { removed: string[] }).removed;
+    expect(removed.length).toBeGreaterThan(0);
+    for (const n of removed) expect(n < keepSeg, `${n} would go though the slot needs ${keepSeg} on`).toBe(true);
+    expect(removed).toContain(names[0]);
+    expect(dry.stderr).toMatch(/kept for replication slot "standby_a" \(WAL from [0-9A-F]+\/[0-9A-F]+ on\)/);
+    // Without the slot file the same rule removes more.
+    const plain = await runCli(['cleanup', '--archive', archive, '--before', last, '--dry-run', '--json']);
+    expect((JSON.parse(plain.stdout) as { removed: string[] }).removed.length).toBeGreaterThan(removed.length);
+  });
+});
