@@ -20,6 +20,7 @@ import {
   ListPartsCommand,
   PutObjectCommand,
   S3Client,
+  type GetObjectCommandOutput,
   type PutObjectCommandInput,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
@@ -187,6 +188,31 @@ function unsupportedCall(err: unknown): string | undefined {
 
 function toBuffer(u8: Uint8Array): Buffer {
   return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+/**
+ * A GET's body, read straight into one buffer of its Content-Length as the chunks arrive (the
+ * SDK's transformToByteArray collects them, then copies them all into a new zeroed array: twice
+ * the memory and a copy of every byte). A body of another length than announced is a transient
+ * failure (a connection cut short).
+ */
+async function readBody(body: NonNullable<GetObjectCommandOutput['Body']>, length: number | undefined): Promise<Buffer> {
+  const stream = body as unknown as Partial<AsyncIterable<Uint8Array>>;
+  if (typeof stream[Symbol.asyncIterator] !== 'function') return toBuffer(await body.transformToByteArray());
+  if (length === undefined || !Number.isSafeInteger(length) || length < 0) {
+    const parts: Buffer[] = [];
+    for await (const chunk of stream as AsyncIterable<Uint8Array>) parts.push(toBuffer(chunk));
+    return Buffer.concat(parts);
+  }
+  const out = Buffer.allocUnsafeSlow(length);
+  let at = 0;
+  for await (const chunk of stream as AsyncIterable<Uint8Array>) {
+    if (at + chunk.length > length) throw new StorageError(`the response held more than its announced ${length} bytes`, true);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== length) throw new StorageError(`the response ended after ${at} of its ${length} bytes`, true);
+  return out;
 }
 
 /**
@@ -566,7 +592,7 @@ export class S3Store implements ArchiveStore {
     return this.request('GET', key, async (abortSignal) => {
       try {
         const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal });
-        const stored = res.Body ? toBuffer(await res.Body.transformToByteArray()) : Buffer.alloc(0);
+        const stored = res.Body ? await readBody(res.Body, res.ContentLength) : Buffer.alloc(0);
         return { stored, info: metaInfo(name, res.Metadata, stored.length, res.LastModified) };
       } catch (err) {
         if (this.isNotFound(err)) return undefined;
