@@ -26,7 +26,7 @@ describe('status', () => {
     const r = await archiveStatus({ store, now: NOW });
     expect(r).toMatchObject({ archive: 'memory:status', segmentSize: SEG, systemIdentifier: SYSID.toString(), historyFiles: 1, backupFiles: 0, objects: 12 });
     expect(r.timelines).toEqual([
-      { timeline: 1, parent: null, begin: null, historyFile: null, firstSegment: seg(1, 2), lastSegment: seg(1, 4), segments: 3, bytes: 3 * SEG, gaps: [] },
+      { timeline: 1, parent: null, begin: null, historyFile: null, firstSegment: seg(1, 2), lastSegment: seg(1, 4), segments: 3, bytes: 3 * SEG, gaps: [], pastFork: null },
       {
         timeline: 2,
         parent: 1,
@@ -37,6 +37,7 @@ describe('status', () => {
         segments: 4,
         bytes: 4 * SEG,
         gaps: [{ first: seg(2, 7), last: seg(2, 8), count: 2 }],
+        pastFork: null,
       },
     ]);
     expect(r.partial).toEqual({ segment: seg(2, 11), timeline: 2, kind: 'pieces', pieces: 3, bytes: 12288, modified: new Date(NOW.getTime() - 4000).toISOString(), ageSeconds: 4 });
@@ -77,6 +78,7 @@ describe('status', () => {
       receiver: null,
       archiver: null,
       sqlUnavailable: null,
+      walstream: null,
     });
     expect(r.slot).toEqual({ name: 'walstream', exists: true, restartLsn: lsnAt(4), restartTimeline: 1, retainedBytes: SEG + 100, aheadOfArchiveBytes: 0, unavailable: null });
     expect(formatStatus(r)).toMatch(/^server +at 0\/500064 on timeline 1: archive 1\.0 MB behind$/m);
