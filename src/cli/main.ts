@@ -13,6 +13,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
+import { parsePort } from './options.js';
 import { addServerOptions, parseServeListen, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, openReadArchive } from './keys.js';
 
@@ -72,15 +73,6 @@ export function parseByteSize(v: string): number {
 function parsePositiveInt(v: string): number {
   if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
   return Number(v);
-}
-
-/** A port, or a comma-separated list of them (one per host of a multi-host -h; an empty entry is the default). */
-function parsePort(v: string): string {
-  for (const p of v.split(',')) {
-    if (p === '' && v.includes(',')) continue;
-    if (!/^\d+$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
-  }
-  return v;
 }
 
 async function promptPassword(): Promise<string> {

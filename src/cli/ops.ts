@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
+import { parsePort } from './options.js';
 import { encryptionKeyOption, encryptionRequiredOption, openReadArchive, type EncryptionCliOptions } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
@@ -27,11 +28,6 @@ async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & 
 function parseParallel(v: string): number {
   if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
   return Number(v);
-}
-
-function parsePort(v: string): string {
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 65535) throw new InvalidArgumentError(`invalid port number "${v}"`);
-  return v;
 }
 
 function parseSegmentName(v: string): string {
