@@ -5,8 +5,10 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Prints the fault suite's table (what it survived) at the end of a run that includes it.
-    globalSetup: ['test/faults/report-setup.ts'],
+    // Builds dist/ first when a source file is newer (the CLI tests run bin/walstream, which
+    // loads dist/); prints the fault suite's table (what it survived) at the end of a run that
+    // includes it.
+    globalSetup: ['test/support/build-setup.ts', 'test/faults/report-setup.ts'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     teardownTimeout: 30_000,

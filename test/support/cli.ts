@@ -1,4 +1,4 @@
-// Runs the real walstream CLI (bin/walstream, built by `npm install`) as a child process.
+// Runs the real walstream CLI (bin/walstream, which loads dist/: the tests build it first) as a child process.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';

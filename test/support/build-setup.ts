@@ -1,0 +1,47 @@
+// vitest globalSetup: the CLI tests run bin/walstream, which loads dist/. When any source file
+// under src/ is newer than its compiled file in dist/ (or that is missing), build before the tests
+// start, so that no test file, however vitest is run, exercises yesterday's dist/.
+// `npm test` builds first anyway; this covers `npx vitest run <file>` and the other scripts.
+import { execFileSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+function mtime(path: string): number | undefined {
+  try {
+    return statSync(path).mtimeMs;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first source file whose compiled file is missing or older, or undefined when dist/ is current. */
+export function staleSource(root = ROOT): string | undefined {
+  const src = join(root, 'src');
+  const configs = Math.max(mtime(join(root, 'tsconfig.json')) ?? 0, mtime(join(root, 'tsconfig.build.json')) ?? 0);
+  const walk = (dir: string): string | undefined => {
+    for (const d of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, d.name);
+      if (d.isDirectory()) {
+        const found = walk(path);
+        if (found !== undefined) return found;
+      } else if (d.isFile() && d.name.endsWith('.ts') && !d.name.endsWith('.d.ts')) {
+        const built = mtime(join(root, 'dist', relative(src, path)).replace(/\.ts$/, '.js'));
+        if (built === undefined || built < Math.max(mtime(path) ?? 0, configs)) return relative(root, path);
+      }
+    }
+    return undefined;
+  };
+  return walk(src);
+}
+
+export default function setup(): void {
+  const stale = staleSource();
+  if (stale === undefined) return;
+  process.stdout.write(`dist/ is older than ${stale}: building (npm run build) before the tests\n`);
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
+}
