@@ -26,7 +26,7 @@ import {
 } from '../protocol/commands.js';
 import { ProtocolError } from '../protocol/messages.js';
 import { assertSegSize, historyFileName, parseSizeSetting } from '../wal/segment.js';
-import { ConnectionLostError, ConnectionSetupError, ServerError, toServerError } from './errors.js';
+import { commandName, ConnectionLostError, ConnectionSetupError, ServerError, toServerError } from './errors.js';
 import { hostsForConnect, hostsOf, type HostTarget, type ReplicationClientConfig, type TargetSessionAttrs } from './conninfo.js';
 import { buildTlsOptions, describeTlsError, isTlsError } from './tls.js';
 import { passfilePath, passwordFromFile } from './pgpass.js';
@@ -521,7 +521,7 @@ export class ReplicationConnection {
       const fields = (res.fields ?? []).map((f) => f.name);
       return { fields, rows: (res.rows ?? []) as TextRow[] };
     } catch (err) {
-      throw toServerError(err);
+      throw toServerError(err, { command: commandName(text) });
     } finally {
       if (timer) clearTimeout(timer);
     }

@@ -321,7 +321,9 @@ export class CopyBothStream {
   handleError(err: unknown): void {
     this.detach();
     if (this.failure) return this.settle(undefined, this.failure);
-    const e = toServerError(err);
+    // The command's answer, before or after CopyBothResponse (walsender.c StartReplication
+    // refuses some starts before it, and fails others once streaming).
+    const e = toServerError(err, { command: 'START_REPLICATION', streaming: this.copyStarted });
     // Primary shutdown: "COPY 0" without CopyDone, then the connection closes (WalSndDone).
     if (this.tags.some((t) => t.startsWith('COPY')) && e.name === 'ConnectionLostError') {
       return this.settle({ kind: 'server-shutdown' });
