@@ -5,7 +5,7 @@ import { access, constants, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
 import { AllHostsFailedError, ReplicationConnection } from '../session/connection.js';
-import { ConnectionLostError, ServerError } from '../session/errors.js';
+import { ConnectionLostError, ServerError, SQLSTATE } from '../session/errors.js';
 import { runStream } from '../session/stream.js';
 import { WalDirSink, WalValidationError } from '../sink/wal-dir.js';
 import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
@@ -130,29 +130,72 @@ async function checkDirectory(dir: string): Promise<void> {
   }
 }
 
-/** Turn a server or stream error into a permanent condition when retrying cannot help. */
-export function classifyError(err: unknown, slot: string | undefined): Error {
+/** What receive knows when an error comes, beyond the error itself. */
+export interface ErrorContext {
+  /** The slot named with --slot. */
+  slot?: string;
+  /**
+   * What READ_REPLICATION_SLOT (15+) said of that slot on this connection: its slot_type
+   * ('physical'; null when missing). Undefined when it was not asked (before 15, or not yet).
+   */
+  slotType?: string | null;
+}
+
+/**
+ * Turn a server or stream error into a permanent condition when retrying cannot help.
+ *
+ * Server errors are told apart by their SQLSTATE together with the command that failed and the
+ * state (whether a slot was named, what READ_REPLICATION_SLOT said), never by the message: the
+ * server writes it in its lc_messages, and a condition matched by English words would be retried
+ * forever by a server speaking another language. The server's message is still shown as it came.
+ * Timeline conditions (not in this server's history, the fork) come with INTERNAL_ERROR, shared
+ * by others: streamOnce reads them from the server's history instead.
+ */
+export function classifyError(err: unknown, ctx: ErrorContext = {}): Error {
   if (err instanceof PermanentError || err instanceof UsageError) return err;
   if (err instanceof WalValidationError || err instanceof ProtocolError) {
     return new PermanentError(`${err.message}; nothing after this point was published`);
   }
   if (err instanceof ServerError) {
     const m = err.message;
-    if (/has already been removed/.test(m)) {
-      return new PermanentError(
-        `${m} (on the server): the WAL between this archive's end and the server's oldest segment is gone from the server. ` +
-          'Fill the gap from another archive or a base backup taken after it, or start afresh in an empty directory; use a replication slot (--slot) to keep this from happening',
-      );
+    const slot = ctx.slot;
+    switch (err.code) {
+      // walsender.c WalSndSegmentOpen: the file of the WAL asked for is gone (ENOENT). (xlog.c
+      // CheckXLogRemoved, a segment recycled while being read, takes its code from errno and may
+      // carry another one: retried, the next start meets the missing file here.)
+      case SQLSTATE.UNDEFINED_FILE:
+        if (err.command !== 'START_REPLICATION') break;
+        return new PermanentError(
+          `${m} (on the server): the WAL between this archive's end and the server's oldest segment is gone from the server. ` +
+            'Fill the gap from another archive or a base backup taken after it, or start afresh in an empty directory; use a replication slot (--slot) to keep this from happening',
+        );
+      // slot.c ReplicationSlotAcquire (START_REPLICATION) and ReplicationSlotDrop.
+      case SQLSTATE.UNDEFINED_OBJECT:
+        if (slot === undefined || !(err.command === 'START_REPLICATION' || err.command === 'DROP_REPLICATION_SLOT')) break;
+        return new PermanentError(`replication slot "${slot}" does not exist; create it with --create-slot`);
+      // walsender.c ReadReplicationSlot (15+) refuses a logical slot.
+      case SQLSTATE.FEATURE_NOT_SUPPORTED:
+        if (slot === undefined || err.command !== 'READ_REPLICATION_SLOT') break;
+        return new PermanentError(`${m}: replication slot "${slot}" is a logical slot; walstream needs a physical slot`);
+      // walsender.c StartReplication, before streaming: a logical slot (before 15 the first place
+      // it shows), or (18+, slot.c ReplicationSlotAcquire) a slot invalidated since it was read.
+      // READ_REPLICATION_SLOT has already refused a logical slot on 15+, so a slot it reported as
+      // physical is one the server can no longer use.
+      case SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE:
+        if (slot === undefined || err.command !== 'START_REPLICATION' || err.streaming) break;
+        if (ctx.slotType === 'physical') {
+          return new PermanentError(
+            `${err.withDetail}: the server can no longer use replication slot "${slot}" (it was invalidated, and the WAL it held may be gone). ` +
+              'Drop it and create it again (--drop-slot, --create-slot: it holds WAL from then on), and fill any gap from another archive',
+          );
+        }
+        return new PermanentError(`${m}: replication slot "${slot}" is a logical slot; walstream needs a physical slot`);
+      case SQLSTATE.INVALID_PASSWORD:
+      case SQLSTATE.INVALID_AUTHORIZATION_SPECIFICATION:
+        return new PermanentError(m);
+      case SQLSTATE.INSUFFICIENT_PRIVILEGE:
+        return new PermanentError(`${m}: the role needs the REPLICATION attribute`);
     }
-    if (/not in this server's history/.test(m)) {
-      return new PermanentError(
-        `${m}${err.detail ? ` (${err.detail})` : ''}: the archive has followed a timeline this server does not have. Point walstream at the server that continues this timeline, or move the directory aside and start afresh`,
-      );
-    }
-    if (err.code === '42704' && slot) return new PermanentError(`replication slot "${slot}" does not exist; create it with --create-slot`);
-    if (/logical replication slot/.test(m)) return new PermanentError(`${m}: walstream needs a physical slot`);
-    if (err.code === '28P01' || err.code === '28000') return new PermanentError(m);
-    if (err.code === '42501') return new PermanentError(`${m}: the role needs the REPLICATION attribute`);
   }
   return err instanceof Error ? err : new Error(String(err));
 }
@@ -200,7 +243,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       await conn!.dropSlot(o.slot!);
       return;
     } catch (err) {
-      throw classifyError(err, o.slot);
+      throw classifyError(err, { slot: o.slot });
     } finally {
       await conn?.close();
     }
@@ -211,11 +254,11 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       await conn!.createPhysicalSlot(o.slot!, false);
       return;
     } catch (err) {
-      if (o.ifNotExists && err instanceof ServerError && err.code === '42710') {
+      if (o.ifNotExists && err instanceof ServerError && err.code === SQLSTATE.DUPLICATE_OBJECT) {
         log.verbose(`replication slot "${o.slot}" exists already`);
         return;
       }
-      throw classifyError(err, o.slot);
+      throw classifyError(err, { slot: o.slot });
     } finally {
       await conn?.close();
     }
@@ -341,7 +384,7 @@ async function receiveLoop(
       if (o.noLoop) throw new Error('disconnected');
       log.info('server closed the connection; reconnecting');
     } catch (err) {
-      const e = classifyError(err, o.slot);
+      const e = classifyError(err, { slot: o.slot });
       o.metrics?.error(errorKind(e));
       if (e instanceof PermanentError || e instanceof UsageError || o.noLoop) throw e;
       if (stopped) return;
@@ -560,24 +603,38 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
           onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
         });
       } catch (err) {
-        // The old timeline up to the fork, from a new primary that no longer has it: say which
-        // range is missing and where it can still be found.
+        if (!(err instanceof ServerError) || err.command !== 'START_REPLICATION') throw err;
         // Before PostgreSQL 15 a missing slot shows only here (no READ_REPLICATION_SLOT).
-        if (err instanceof ServerError && err.code === '42704' && o.slot !== undefined && !stopped()) {
+        if (err.code === SQLSTATE.UNDEFINED_OBJECT && o.slot !== undefined && !stopped()) {
           if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot, round.target));
           await createMissingSlot(conn, o.slot, round.target, log);
           throw new Error(`replication slot "${o.slot}" was missing and has been created`);
         }
-        if (!(err instanceof ServerError) || tli >= info.timeline) throw err;
-        // A fork behind what we hold: the server's history ends our timeline before the resume
-        // point (walsender.c StartReplication refuses it, DETAIL "forked from timeline T at X").
-        // What we hold past the fork is the old primary's WAL: kept as it is; the stream goes on
-        // on the timeline that forked, from the fork, or after what we already hold of it.
-        if (/is not in this server's history/.test(err.message) && /forked from timeline/.test(err.detail ?? '')) {
+        // A logical slot, or one invalidated: told apart by what READ_REPLICATION_SLOT said.
+        const classified = classifyError(err, { slot: o.slot, slotType: slot?.slotType });
+        if (classified !== err || tli >= info.timeline) throw classified;
+        // A start on an older timeline refused before streaming with INTERNAL_ERROR (an ereport
+        // without errcode): walsender.c StartReplication's "requested starting point ... is not
+        // in this server's history" (DETAIL "This server's history forked from timeline T at X"),
+        // or timeline.c tliSwitchPoint's "requested timeline T is not in this server's history".
+        // Both the message and the DETAIL are in the server's lc_messages, and INTERNAL_ERROR is
+        // shared by other conditions: which one it is, and where the fork is, is read from the
+        // server's own history (TIMELINE_HISTORY), as the walsender itself decided.
+        if (err.code === SQLSTATE.INTERNAL_ERROR && !err.streaming) {
           fetched = await serverHistory(conn, info.timeline);
           const i = fetched.entries.findIndex((e) => e.tli === tli);
-          if (i < 0) throw err;
+          if (i < 0) {
+            throw new PermanentError(
+              `${err.withDetail}: the archive has followed timeline ${tli}, which is not in the history of the server's timeline ${info.timeline}. ` +
+                'Point walstream at the server that continues this timeline, or move the directory aside and start afresh',
+            );
+          }
           const fork = fetched.entries[i]!.end;
+          // Not the fork (the server would have streamed up to it): another condition, retried.
+          if (fork >= start) throw err;
+          // A fork behind what we hold: what we hold past it is the old primary's WAL, kept as it
+          // is; the stream goes on on the timeline that forked, from the fork, or after what we
+          // already hold of it.
           const child = fetched.entries[i + 1]?.tli ?? info.timeline;
           await reportFork(o, { dir, store, tli, child, fork, segSize: info.segSize, log, atLeast: start });
           const held = (await findStreamingStart(dir, info.segSize, child)) ?? (store ? await archiveResumePoint(store, info.segSize, child) : undefined);
@@ -589,7 +646,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         }
         // The old timeline up to the fork, from a new primary that no longer has it: say which
         // range is missing and where it can still be found.
-        if (/has already been removed/.test(err.message)) {
+        if (err.code === SQLSTATE.UNDEFINED_FILE) {
           const entries = (fetched ??= await serverHistory(conn, info.timeline)).entries;
           const fork = entries.find((e) => e.tli === tli)?.end;
           if (fork === undefined) throw err;
@@ -722,7 +779,7 @@ async function createMissingSlot(conn: ReplicationConnection, slot: string, targ
     await conn.createPhysicalSlot(slot, true);
     log.warn(`replication slot "${slot}" did not exist on the server (${target}): created it (--create-slot-if-missing); it keeps WAL from now on`);
   } catch (err) {
-    if (!(err instanceof ServerError && err.code === '42710')) throw err;
+    if (!(err instanceof ServerError && err.code === SQLSTATE.DUPLICATE_OBJECT)) throw err;
   }
   return conn.readSlot(slot);
 }
