@@ -1,7 +1,7 @@
 // Client-side encryption keys on the command line (storage/encryption.ts): --encryption-key-file
 // (also WALSTREAM_ENCRYPTION_KEY_FILE) or the WALSTREAM_ENCRYPTION_KEY variable, never a key as
 // an argument (it would show in ps and shell history). Only the file's path is ever printed.
-import { Option } from 'commander';
+// The two options themselves are declared in options.ts.
 import type { Keyring } from '../storage/encryption.js';
 import type { ArchiveStore } from '../storage/types.js';
 
@@ -10,17 +10,6 @@ export const KEY_VARIABLE = 'WALSTREAM_ENCRYPTION_KEY';
 export interface EncryptionCliOptions {
   encryptionKeyFile?: string;
   encryptionRequired?: boolean;
-}
-
-export function encryptionKeyOption(): Option {
-  return new Option(
-    '--encryption-key-file <file>',
-    `encrypt archived objects (AES-256-GCM) with the first key in this file and read them with any of its keys; one "id=KEY" a line, KEY 32 bytes in hex or base64; the file must be private (chmod 600). Or give one key in ${KEY_VARIABLE}`,
-  );
-}
-
-export function encryptionRequiredOption(): Option {
-  return new Option('--encryption-required', 'with a key: refuse archived objects that are not encrypted (once every object is), so none can be slipped in unencrypted');
 }
 
 /** The keyring the options and the environment give, or undefined (no encryption). */

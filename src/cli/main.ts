@@ -4,20 +4,29 @@
 import { Command, Option, InvalidArgumentError } from 'commander';
 import { createInterface } from 'node:readline';
 import { parseLsn } from '../wal/lsn.js';
-import { stderrLogger, type Logger } from '../util/log.js';
+import type { Logger } from '../util/log.js';
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { Compression } from '../sink/segment-file.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
-import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
+import type { ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
-import { parsePort } from './options.js';
-import { addServerOptions, parseServeListen, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
-import { encryptionConfigured, encryptionKeyOption, encryptionRequiredOption, keyringFromOptions, openReadArchive } from './keys.js';
+import {
+  addArchiveOptions,
+  addConnectionOptions,
+  compressOption,
+  metricsListenOption,
+  packageVersion,
+  parseListen,
+  parsePositiveInt,
+  type ArchiveCliOptions,
+  type CompressSpec,
+  type ConnectionCliOptions,
+} from './options.js';
+import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
+import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
 
-const VERSION = '0.1.0';
 /** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
 const PREFETCH_LOG_NAME = 'prefetch.log';
 
@@ -39,40 +48,12 @@ function parseSeconds(v: string): number {
   return Number(v) * 1000;
 }
 
-export interface CompressSpec {
-  method: Compression;
-  level?: number;
-}
-
-export function parseCompress(v: string): CompressSpec {
-  const text = v.trim().toLowerCase();
-  if (/^\d+$/.test(text)) {
-    const n = Number(text);
-    if (n === 0) return { method: 'none' };
-    if (n <= 9) return { method: 'gzip', level: n };
-    throw new InvalidArgumentError(`compression level ${n} is out of range (0-9)`);
-  }
-  const m = /^(none|gzip|zstd)(?::(?:level=)?(\d+))?$/.exec(text);
-  if (!m) throw new InvalidArgumentError(`invalid compression "${v}" (use none, gzip[:LEVEL] or zstd[:LEVEL])`);
-  const method = m[1] as Compression;
-  const level = m[2] !== undefined ? Number(m[2]) : undefined;
-  if (method === 'none' && level !== undefined) throw new InvalidArgumentError('compression "none" does not accept a compression level');
-  if (method === 'gzip' && level !== undefined && (level < 1 || level > 9)) throw new InvalidArgumentError('gzip level must be 1-9');
-  if (method === 'zstd' && level !== undefined && (level < 1 || level > 22)) throw new InvalidArgumentError('zstd level must be 1-22');
-  return { method, level };
-}
-
 export function parseByteSize(v: string): number {
   const m = /^(\d+)\s*(B|K|KB|M|MB|G|GB|T|TB)?$/i.exec(v.trim());
   if (!m) throw new InvalidArgumentError(`invalid size "${v}" (use bytes or a number with kB, MB, GB, TB)`);
   const unit = (m[2] ?? 'B').toUpperCase().replace(/B$/, '') || 'B';
   const mult: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
   return Number(m[1]) * mult[unit]!;
-}
-
-function parsePositiveInt(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
-  return Number(v);
 }
 
 async function promptPassword(): Promise<string> {
@@ -122,7 +103,7 @@ function stopOnSignals(): Promise<void> {
   });
 }
 
-interface ReceiveCliOptions extends ServerCliOptions {
+interface ReceiveCliOptions extends ServerCliOptions, ArchiveCliOptions, ConnectionCliOptions {
   onFork: 'follow' | 'stop';
   createSlotIfMissing?: boolean;
   serve?: import('../observe/listen.js').ListenAddress;
@@ -139,29 +120,13 @@ interface ReceiveCliOptions extends ServerCliOptions {
   sync: boolean;
   compress: CompressSpec;
   verbose?: boolean;
-  dbname?: string;
-  host?: string;
-  port?: string;
-  username?: string;
   password: boolean;
   forcePassword?: boolean;
   applicationName: string;
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
   spoolMax: number;
   uploadConcurrency: number;
   partialInterval: number;
   metricsListen?: ListenAddress;
-}
-
-function parseListen(v: string): ListenAddress {
-  try {
-    return parseListenAddress(v);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
 }
 
 function parseRows(v: string): number {
@@ -174,7 +139,7 @@ export function buildProgram(): Command {
   program
     .name('walstream')
     .description('PostgreSQL WAL streaming receiver and archiver')
-    .version(VERSION, '-V, --version')
+    .version(packageVersion(), '-V, --version')
     .showHelpAfterError(false)
     .addOption(
       new Option('--log-format <format>', 'log messages on standard error as text or as JSON lines ({"time","level","msg",...})')
@@ -201,32 +166,29 @@ export function buildProgram(): Command {
     .option('--if-not-exists', 'do not error if the slot already exists when creating a slot')
     .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
     .option('--no-sync', 'do not wait for changes to be written safely to disk')
-    .option('-s, --status-interval <secs>', 'time between status packets sent to the server', parseSeconds, 10_000)
-    .option('--receive-timeout <secs>', 'end a connection from which nothing arrived for this long, and reconnect; also bounds connecting when connect_timeout is not set (0 = never)', parseSeconds, 60_000)
+    .addOption(new Option('-s, --status-interval <secs>', 'time between status packets sent to the server').argParser(parseSeconds).default(10_000, '10'))
+    .addOption(
+      new Option('--receive-timeout <secs>', 'end a connection from which nothing arrived for this long, and reconnect; also bounds connecting when connect_timeout is not set (0 = never)')
+        .argParser(parseSeconds)
+        .default(60_000, '60'),
+    )
     .option('-S, --slot <slotname>', 'replication slot to use')
     .option('--synchronous', 'flush write-ahead log immediately after writing and report it, so walstream can be a synchronous standby')
     .option('-v, --verbose', 'output verbose messages')
-    .option('-Z, --compress <method[:level]>', 'compress finished and in-progress segments: none, gzip[:1-9], zstd[:1-22] (zstd needs Node 22.15+), or a gzip level 0-9', parseCompress, { method: 'none' as Compression })
+    .addOption(compressOption('segments, finished and in progress'))
     .option('--create-slot', 'create a new replication slot (for the slot\'s name see --slot), then exit')
-    .option('--drop-slot', 'drop the replication slot (for the slot\'s name see --slot), then exit')
-    .option('-d, --dbname <connstr>', 'connection string (keyword=value or postgresql:// URI)')
-    .option('-h, --host <hostname>', 'database server host or socket directory')
-    .option('-p, --port <port>', 'database server port number', parsePort)
-    .option('-U, --username <name>', 'connect as specified database user')
-    .option('-w, --no-password', 'never prompt for password')
-    .option('-W, --force-password', 'force password prompt (should happen automatically)')
-    .addOption(new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'))
-    .addOption(new Option('--archive <url>', 'also archive finished files: a directory or s3://bucket/prefix; -D is then the local spool').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption())
-    .addOption(encryptionRequiredOption())
-    .option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload', parseByteSize, 1024 ** 3)
+    .option('--drop-slot', 'drop the replication slot (for the slot\'s name see --slot), then exit');
+  addConnectionOptions(receiveCommand, { password: true }).addOption(
+    new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'),
+  );
+  addArchiveOptions(receiveCommand, 'also archive finished files into this archive, -D being its local spool')
+    .addOption(new Option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload').argParser(parseByteSize).default(1024 ** 3, '1GB'))
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 3)
-    .option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)', parseSeconds, 5000)
-    .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)', parseListen)
+    .addOption(new Option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)').argParser(parseSeconds).default(5000, '5'))
+    .addOption(metricsListenOption())
     .addOption(new Option('--on-fork <action>', 'when a new timeline forked before the end of the WAL walstream holds (a failover that lost WAL): follow it and keep what is held (default), or stop').choices(['follow', 'stop']).default('follow'))
     .option('--create-slot-if-missing', 'when the slot is missing after a reconnect (a new primary), create it (reserving WAL) and go on')
-    .option('--serve <[host:]port>', 'also serve the WAL received, once durable, to standbys and pg_receivewal over the replication protocol (host defaults to 127.0.0.1)', parseServeListen);
+    .option('--serve <[host:]port>', 'also serve the WAL received, once durable, to standbys and pg_receivewal over the replication protocol (host defaults to 127.0.0.1)', parseListen);
   addServerOptions(receiveCommand, 'with --serve: ')
     .addHelpText(
       'after',
@@ -303,21 +265,20 @@ export function buildProgram(): Command {
       const { demo } = await import('../commands/demo.js');
       await demo({ rows: opts.rows, dir: opts.dir, keep: opts.keep === true, pgBinDir: opts.pgBindir, log: stderrLogger(opts.verbose === true), out: (line) => process.stdout.write(`${line}\n`), stop: stopOnSignals() });
     });
-  program
-    .command('push')
-    .description('archive one WAL file: use as archive_command = \'walstream push %p\'')
-    .argument('<path>', 'the file to archive (%p)')
-    .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption())
-    .addOption(encryptionRequiredOption())
-    .option('-Z, --compress <method[:level]>', 'compress segments in the archive: none, gzip[:1-9], zstd[:1-22]', parseCompress, { method: 'none' as Compression })
+  addArchiveOptions(
+    program
+      .command('push')
+      .description('archive one WAL file: use as archive_command = \'walstream push %p\'')
+      .argument('<path>', 'the file to archive (%p)'),
+    'the archive to write to',
+  )
+    .addOption(compressOption('segments in the archive'))
     .option('--no-sync', 'do not fsync a local archive (testing only)')
     .option('--parallel <n>', 'push n files at a time: this one and up to 32n (at most 256) of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
-    .action(async (path: string, opts: { archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
+    .action(async (path: string, opts: ArchiveCliOptions & { compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const archive = opts.archive;
       const { push } = await import('../commands/push.js');
@@ -343,15 +304,14 @@ export function buildProgram(): Command {
       }
     });
 
-  program
-    .command('fetch')
-    .description('restore one WAL file from the archive: use as restore_command = \'walstream fetch %f %p\'')
-    .argument('<name>', 'the WAL file name asked for (%f)')
-    .argument('<dest>', 'where to write it (%p)')
-    .addOption(new Option('--archive <url>', 'the archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption())
-    .addOption(encryptionRequiredOption())
+  addArchiveOptions(
+    program
+      .command('fetch')
+      .description('restore one WAL file from the archive: use as restore_command = \'walstream fetch %f %p\'')
+      .argument('<name>', 'the WAL file name asked for (%f)')
+      .argument('<dest>', 'where to write it (%p)'),
+    'the archive to restore from',
+  )
     .addOption(new Option('--prefetch [n]', 'after serving a segment, download the next n (default 8) in the background into the spool').argParser(parsePositiveInt).preset(8))
     .option('--spool <dir>', 'with --prefetch: where prefetched segments wait (default .walstream-prefetch in the working directory, the data directory)')
     .option('--partial', 'serve the newest partial copy of a segment the archive lacks (point-in-time recovery up to the last WAL received)')
@@ -386,16 +346,12 @@ export function buildProgram(): Command {
         await store?.close();
       }
     });
-  program
-    .command('fetch-prefetch', { hidden: true })
-    .description('the background worker of fetch --prefetch')
-    .requiredOption('--spool <dir>', 'the prefetch spool')
-    .addOption(new Option('--archive <url>', 'the archive').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption())
-    .addOption(encryptionRequiredOption())
+  addArchiveOptions(
+    program.command('fetch-prefetch', { hidden: true }).description('the background worker of fetch --prefetch').requiredOption('--spool <dir>', 'the prefetch spool'),
+    'the archive to prefetch from',
+  )
     .option('-v, --verbose', 'output verbose messages')
-    .action(async (opts: { spool: string; archive?: string; s3Endpoint?: string; encryptionKeyFile?: string; encryptionRequired?: boolean; verbose?: boolean }) => {
+    .action(async (opts: ArchiveCliOptions & { spool: string; verbose?: boolean }) => {
       const { runPrefetchWorker, unlock } = await import('../archive/prefetch.js');
       try {
         if (!opts.archive) throw new Error('no archive given');
@@ -410,7 +366,7 @@ export function buildProgram(): Command {
         unlock(opts.spool);
       }
     });
-  registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals, keyOptions: [encryptionKeyOption(), encryptionRequiredOption()] });
+  registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals });
   registerOpsCommands(program);
   optionsFromEnvironment(program);
   return program;
@@ -427,8 +383,8 @@ const NOT_FROM_ENVIRONMENT = new Set(['--help', '--version', '--create-slot', '-
  * anything but "", 0, false, no or off.
  */
 export function optionsFromEnvironment(program: Command): void {
-  for (const cmd of [program, ...program.commands]) {
-    if ((cmd as unknown as { _hidden?: boolean })._hidden) continue;
+  // The visible commands, as help lists them (not the hidden fetch-prefetch worker).
+  for (const cmd of [program, ...program.createHelp().visibleCommands(program)]) {
     for (const opt of cmd.options) {
       if (opt.envVar !== undefined || opt.long === undefined || NOT_FROM_ENVIRONMENT.has(opt.long)) continue;
       opt.envVar = `WALSTREAM_${opt.long.slice(2).replace(/-/g, '_').toUpperCase()}`;
@@ -444,11 +400,7 @@ export function optionsFromEnvironment(program: Command): void {
   }
 }
 
-interface FetchCliOptions {
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
+interface FetchCliOptions extends ArchiveCliOptions {
   prefetch?: number;
   spool?: string;
   partial?: boolean;

@@ -1,20 +1,16 @@
 // The operations commands on an archive: status, verify and cleanup (src/ops/). Option parsing
 // and output only; errors are thrown as one-line Errors for main() to print (exit status 1).
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
-import { parsePort } from './options.js';
-import { encryptionKeyOption, encryptionRequiredOption, openReadArchive, type EncryptionCliOptions } from './keys.js';
+import { addArchiveOptions, addConnectionOptions, parsePositiveInt, type ArchiveCliOptions, type ConnectionCliOptions } from './options.js';
+import { openReadArchive } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
-  return cmd
-    .addOption(new Option('--archive <url>', 'the archive: a directory, file:///path or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL)').env('AWS_ENDPOINT_URL'))
-    .addOption(encryptionKeyOption())
-    .addOption(encryptionRequiredOption());
+  return addArchiveOptions(cmd, 'the archive');
 }
 
-async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & EncryptionCliOptions, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
+async function withArchive<T>(opts: ArchiveCliOptions, fn: (store: ArchiveStore) => Promise<T>): Promise<T> {
   if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
   // Plain objects in an archive recorded as encrypted are refused, with or without a key.
   const store = await openReadArchive(opts.archive, opts, 'always');
@@ -23,11 +19,6 @@ async function withArchive<T>(opts: { archive?: string; s3Endpoint?: string } & 
   } finally {
     await store.close();
   }
-}
-
-function parseParallel(v: string): number {
-  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 64) throw new InvalidArgumentError(`invalid number "${v}" (1-64)`);
-  return Number(v);
 }
 
 function parseSegmentName(v: string): string {
@@ -44,36 +35,20 @@ class VerdictError extends Error {
   }
 }
 
-interface StatusCliOptions {
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
-  dbname?: string;
-  host?: string;
-  port?: string;
-  username?: string;
+interface StatusCliOptions extends ArchiveCliOptions, ConnectionCliOptions {
   slot?: string;
   receiverName: string;
   json?: boolean;
 }
 
-interface VerifyCliOptions {
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
+interface VerifyCliOptions extends ArchiveCliOptions {
   from?: string;
   parallel: number;
   json?: boolean;
   verbose?: boolean;
 }
 
-interface CleanupCliOptions {
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
+interface CleanupCliOptions extends ArchiveCliOptions {
   before?: string;
   olderThan?: string;
   leftoverAge?: string;
@@ -86,15 +61,14 @@ interface CleanupCliOptions {
 export function registerOpsCommands(program: Command): void {
   // Messages on standard error follow the global --log-format; reports go to standard output.
   const stderrLogger = (verbose: boolean): Logger => formattedLogger(verbose, { format: program.opts<{ logFormat?: LogFormat }>().logFormat ?? 'text' });
-  archiveOptions(
-    program
-      .command('status')
-      .description('show what the archive holds per timeline, its gaps and segment in progress, and (given a server) how far it is behind'),
+  addConnectionOptions(
+    archiveOptions(
+      program
+        .command('status')
+        .description('show what the archive holds per timeline, its gaps and segment in progress, and (given a server) how far it is behind'),
+    ),
+    { password: false },
   )
-    .option('-d, --dbname <connstr>', 'also ask this server (connection string or URI) for its WAL position')
-    .option('-h, --host <hostname>', 'database server host or socket directory')
-    .option('-p, --port <port>', 'database server port number', parsePort)
-    .option('-U, --username <name>', 'connect as specified database user (needs the REPLICATION attribute)')
     .option('-S, --slot <slotname>', 'also report this replication slot\'s restart_lsn')
     .option('--receiver-name <name>', 'the application_name of the walstream receive to report on (its lag in time)', 'walstream')
     .option('--json', 'print the status as JSON (fields described in the README)')
@@ -121,7 +95,7 @@ export function registerOpsCommands(program: Command): void {
       .description('prove the archive can be replayed: every object against its checksum, every segment\'s headers, no missing segment or history file'),
   )
     .option('--from <segment>', 'start at this segment (e.g. the first segment of the oldest base backup you keep)', parseSegmentName)
-    .option('--parallel <n>', 'objects read at a time (1-64)', parseParallel, 4)
+    .option('--parallel <n>', 'objects read at a time (1-64)', parsePositiveInt, 4)
     .option('--json', 'print the report as JSON (fields described in the README)')
     .option('-v, --verbose', 'report progress and each problem as it is found, on standard error')
     .addHelpText(
@@ -170,7 +144,7 @@ export function registerOpsCommands(program: Command): void {
       let keepFrom: { lsn: bigint; why: string } | undefined;
       if (opts.keepSlots !== undefined) {
         const { readSlotState } = await import('../server/slots.js');
-        let slots;
+        let slots: ReturnType<typeof readSlotState>;
         try {
           slots = readSlotState(opts.keepSlots);
         } catch (err) {

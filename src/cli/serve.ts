@@ -1,7 +1,8 @@
 // The command line of walstream serve, and the server options receive --serve shares with it.
 import { Option, InvalidArgumentError, type Command } from 'commander';
-import { parseListenAddress, type ListenAddress } from '../observe/listen.js';
+import type { ListenAddress } from '../observe/listen.js';
 import type { ServerSettings } from '../commands/serve.js';
+import { addArchiveOptions, metricsListenOption, parseListen, type ArchiveCliOptions } from './options.js';
 
 export interface ServerCliOptions {
   passwordFile?: string;
@@ -12,17 +13,6 @@ export interface ServerCliOptions {
   slotFile?: string;
   clientSlot?: string[];
   maxClients?: number;
-}
-
-/** [HOST:]PORT where walstream serve listens; the host defaults to 127.0.0.1 (only this machine). */
-export function parseServeListen(v: string): ListenAddress {
-  let a: ListenAddress;
-  try {
-    a = parseListenAddress(v);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-  return a;
 }
 
 function parseMaxClients(v: string): number {
@@ -66,12 +56,8 @@ function parsePollInterval(v: string): number {
   return Math.round(Number(v) * 1000);
 }
 
-interface ServeCliOptions extends ServerCliOptions {
+interface ServeCliOptions extends ServerCliOptions, ArchiveCliOptions {
   listen: ListenAddress;
-  archive?: string;
-  s3Endpoint?: string;
-  encryptionKeyFile?: string;
-  encryptionRequired?: boolean;
   directory?: string;
   pollInterval?: number;
   metricsListen?: ListenAddress;
@@ -83,20 +69,18 @@ export function registerServeCommand(
   deps: {
     logger: (verbose: boolean) => import('../util/log.js').Logger;
     stop: () => Promise<void>;
-    keyOptions: Option[];
   },
 ): void {
-  const cmd = program
-    .command('serve')
-    .description('serve WAL from the archive and/or a receiver\'s directory to standbys and pg_receivewal over the replication protocol, as a primary would')
-    .requiredOption('--listen <[host:]port>', 'where to listen for replication connections (host defaults to 127.0.0.1)', parseServeListen)
-    .addOption(new Option('--archive <url>', 'serve WAL from this archive: a directory or s3://bucket/prefix').env('WALSTREAM_ARCHIVE'))
-    .addOption(new Option('--s3-endpoint <url>', 'S3-compatible endpoint').env('AWS_ENDPOINT_URL'))
-    .option('-D, --directory <dir>', 'serve WAL from this directory that walstream receive or pg_receivewal writes (its .partial too)');
-  for (const o of deps.keyOptions) cmd.addOption(o);
+  const cmd = addArchiveOptions(
+    program
+      .command('serve')
+      .description('serve WAL from the archive and/or a receiver\'s directory to standbys and pg_receivewal over the replication protocol, as a primary would')
+      .requiredOption('--listen <[host:]port>', 'where to listen for replication connections (host defaults to 127.0.0.1)', parseListen),
+    'serve WAL from this archive',
+  ).option('-D, --directory <dir>', 'serve WAL from this directory that walstream receive or pg_receivewal writes (its .partial too)');
   addServerOptions(cmd, '')
     .option('--poll-interval <secs>', 'while clients wait for new WAL, look at the archive and directory this often (default 1)', parsePollInterval)
-    .option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health', parseServeListen)
+    .addOption(metricsListenOption())
     .option('-v, --verbose', 'report each connection and command')
     .addHelpText(
       'after',

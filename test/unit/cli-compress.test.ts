@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { InvalidArgumentError } from 'commander';
-import { parseCompress } from '../../src/cli/main.js';
+import { parseCompress } from '../../src/cli/options.js';
 
 describe('parseCompress (-Z/--compress)', () => {
   it.each<[string, { method: string; level?: number }]>([
