@@ -611,8 +611,8 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
           throw new Error(`replication slot "${o.slot}" was missing and has been created`);
         }
         // A logical slot, or one invalidated: told apart by what READ_REPLICATION_SLOT said.
-        const classified = classifyError(err, { slot: o.slot, slotType: slot?.slotType });
-        if (classified !== err || tli >= info.timeline) throw classified;
+        if (err.code === SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw classifyError(err, { slot: o.slot, slotType: slot?.slotType });
+        if (tli >= info.timeline) throw err;
         // A start on an older timeline refused before streaming with INTERNAL_ERROR (an ereport
         // without errcode): walsender.c StartReplication's "requested starting point ... is not
         // in this server's history" (DETAIL "This server's history forked from timeline T at X"),

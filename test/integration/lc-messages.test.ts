@@ -189,5 +189,5 @@ describe('failover with a German-speaking new primary', () => {
     const last = segName(2, lsnOf(await b.switchWal()) - 1n, SEG);
     await b.waitFor(async () => existsSync(join(spool, last)), 60_000, `${last} in the receiver's directory`);
     expect(readFileSync(join(spool, '00000002.history')).equals(readFileSync(join(b.walDir, '00000002.history')))).toBe(true);
-  });
+  }, 300_000);
 });
