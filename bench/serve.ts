@@ -166,7 +166,7 @@ function clusterProcesses(dataDir: string): { stat: ProcStat; cmdline: string }[
     try {
       if (readlinkSync(`/proc/${pid}/cwd`) !== data) continue;
       const stat = procStat(pid);
-      if (!stat || stat.comm !== 'postgres') continue;
+      if (stat?.comm !== 'postgres') continue;
       out.push({ stat, cmdline: readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim() });
     } catch {
       // gone, or not ours

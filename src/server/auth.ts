@@ -69,9 +69,11 @@ export function parseSecret(text: string): Secret {
  * that fallback is not reproduced, so such passwords should be given as verifiers.
  */
 export function saslprep(password: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: all of ASCII, its control characters included
   if (/^[\x00-\x7f]*$/.test(password)) return password;
   return password
     .replace(/[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000]/g, ' ')
+    // biome-ignore lint/suspicious/noMisleadingCharacterClass: the code points RFC 3454 B.1 maps to nothing, each on its own; U+034F is a combining mark on purpose
     .replace(/[\u00ad\u034f\u1806\u180b-\u180d\u200c\u200d\u2060\ufe00-\ufe0f\ufeff]/g, '')
     .normalize('NFKC');
 }

@@ -593,7 +593,7 @@ export class ReplicationConnection {
 
   /** START_REPLICATION: returns the stream; its `done` settles when the command ends. */
   startReplication(start: Lsn, tli: number, slot: string | undefined, events: StreamEvents): CopyBothStream {
-    const stream = new CopyBothStream(startReplicationCommand(start, tli, slot), this.client, events);
+    const stream = new CopyBothStream(startReplicationCommand(start, tli, slot), events);
     this.client.query(stream as unknown as pg.Submittable);
     return stream;
   }

@@ -10,7 +10,6 @@
 // socket's own chunks, a message that spans chunks in pieces as they arrive, so no WAL byte is
 // copied or reassembled on its way to the sink; every other message is handed whole to pg's
 // parser, which reads it as ever.
-import type pg from 'pg';
 import { parseEndOfTimeline, type TextRow } from '../protocol/commands.js';
 import { MSG_XLOG_DATA, ProtocolError, XLOG_DATA_HEADER_SIZE } from '../protocol/messages.js';
 import { toServerError } from './errors.js';
@@ -197,7 +196,6 @@ export class CopyBothStream {
 
   constructor(
     private readonly text: string,
-    private readonly client: pg.Client,
     private readonly events: StreamEvents,
   ) {
     this.done = new Promise<StreamEnd>((res, rej) => {
@@ -262,10 +260,7 @@ export class CopyBothStream {
       }
     };
     stream.on('data', onData);
-    this.giveBack = giveBack;
   }
-
-  private giveBack: (() => void) | undefined;
 
   handleCopyData(msg: CopyDataMsg): void {
     if (this.failure) return;

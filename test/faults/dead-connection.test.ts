@@ -6,7 +6,7 @@
 // stream again within a bound, holding everything it reported flushed; at the end it stops on
 // SIGTERM with status 0 and the whole range verifies against pg_wal.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgCluster } from '../harness/pg.js';
+import type { PgCluster } from '../harness/pg.js';
 import { TcpProxy } from '../harness/proxy.js';
 import { openArchive } from '../../src/storage/open.js';
 import type { ArchiveStore } from '../../src/storage/types.js';

@@ -6,7 +6,7 @@
 // directory or archive, byte-identical to pg_wal; at the end a run to the primary's flush position
 // must complete and the whole range must verify.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgCluster } from '../harness/pg.js';
+import type { PgCluster } from '../harness/pg.js';
 import { startS3, type S3TestServer } from '../harness/s3.js';
 import { runCli } from '../support/cli.js';
 import { openArchive } from '../../src/storage/open.js';

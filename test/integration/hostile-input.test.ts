@@ -38,6 +38,7 @@ function oneLine(res: CliResult, max = 400): string {
   const text = res.stderr;
   expect(text.endsWith('\n'), JSON.stringify(text)).toBe(true);
   const line = text.slice(0, -1);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: looking for control characters is the point
   expect(line, JSON.stringify(text)).not.toMatch(/[\u0000-\u001f\u007f]/);
   expect(line.length, line).toBeLessThanOrEqual(max);
   return line;

@@ -8,7 +8,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildClientConfig, ConninfoError, describeTarget, hostList, hostsForConnect, parseUri, type HostTarget } from '../../src/session/conninfo.js';
+import { buildClientConfig, ConninfoError, describeTarget, hostsForConnect, parseUri, type HostTarget } from '../../src/session/conninfo.js';
 import { AllHostsFailedError, hostLabel, ReplicationConnection, resolveCredentials, sessionMismatch } from '../../src/session/connection.js';
 import { ServerError } from '../../src/session/errors.js';
 

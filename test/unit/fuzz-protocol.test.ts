@@ -422,7 +422,7 @@ class FakeServer {
           }
         },
       };
-      this.stream = new CopyBothStream('START_REPLICATION PHYSICAL 0/0 TIMELINE 1', {} as never, wrapped);
+      this.stream = new CopyBothStream('START_REPLICATION PHYSICAL 0/0 TIMELINE 1', wrapped);
       this.stream.submit(this.connection as never);
       return this.stream;
     },
