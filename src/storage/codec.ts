@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
 import { zstdAvailable } from '../sink/segment-file.js';
-import { StorageError, type Compression } from './types.js';
+import { StorageError, isCompression, type Compression } from './types.js';
 
 type BufferCallback = (err: Error | null, result: Buffer) => void;
 
@@ -19,9 +19,7 @@ const ZSTD_MISSING = 'zstd needs Node 22.15+ (this is Node ' + process.versions.
 
 export const COMPRESSIONS: readonly Compression[] = ['none', 'gzip', 'zstd'];
 
-export function isCompression(v: unknown): v is Compression {
-  return v === 'none' || v === 'gzip' || v === 'zstd';
-}
+export { isCompression };
 
 /** Throws a permanent StorageError when this Node cannot handle `c`. */
 export function assertCompressionAvailable(c: Compression): void {

@@ -3,6 +3,7 @@
 // the clock a caller passes in.
 import { decompress, sha256Hex } from './codec.js';
 import { ALG_AES_256_GCM, SEALED_VERSION, isSealed, sealedHeader, unseal, type Keyring } from './encryption.js';
+export { mapLimit } from '../util/concurrency.js';
 import { ARCHIVE_NAME_RE, IntegrityError, QUARANTINE_PREFIX, RESERVED_NAMES, StorageError, assertArchiveName, type Compression } from './types.js';
 
 export function isArchiveName(name: string): boolean {
@@ -37,20 +38,6 @@ export function listedUnder(name: string, prefix: string): boolean {
   if (!name.startsWith(prefix)) return false;
   if (RESERVED_NAMES.has(name)) return prefix === name;
   return !name.startsWith(QUARANTINE_PREFIX) || prefix.startsWith(QUARANTINE_PREFIX);
-}
-
-/** Map with at most `limit` calls in flight; results in input order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
 }
 
 export function byName(a: { name: string }, b: { name: string }): number {

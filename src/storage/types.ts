@@ -43,6 +43,11 @@ import type { Compression } from '../sink/segment-file.js';
 
 export type { Compression };
 
+/** Whether `v` names a compression walstream stores with (the value recorded with each object). */
+export function isCompression(v: unknown): v is Compression {
+  return v === 'none' || v === 'gzip' || v === 'zstd';
+}
+
 export interface ObjectInfo {
   /** Name in the archive (no compression suffix). */
   name: string;

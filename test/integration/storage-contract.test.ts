@@ -642,12 +642,8 @@ describe('MemoryStore', () => {
     corrupt: async (store, name) => (store as MemoryStore).corrupt(name),
     withKeyring: (store, keyring) => (store as MemoryStore).withKeyring(keyring),
     swap: async (store, a, b) => (store as MemoryStore).swap(a, b),
-    rawStored: async (store, name) => (store as unknown as { objects: Map<string, { stored: Buffer }> }).objects.get(name)!.stored,
-    mutate: async (store, name, fn) => {
-      const objects = (store as unknown as { objects: Map<string, { stored: Buffer }> }).objects;
-      const e = objects.get(name)!;
-      objects.set(name, { ...e, stored: fn(Buffer.from(e.stored)) });
-    },
+    rawStored: async (store, name) => (store as MemoryStore).rawStored(name),
+    mutate: async (store, name, fn) => (store as MemoryStore).mutate(name, fn),
     replaces: true,
     failingGet: async () => {
       const store = new MemoryStore();

@@ -1,0 +1,274 @@
+// The archive's policy, written once over any storage driver (storage/driver.ts): it mirrors the
+// ArchiveStore contract of storage/types.ts and guarantees it whatever the driver (memory, a
+// directory, S3, Azure Blob), since every rule below lives here and nowhere else.
+//
+// The plan this module carries out (issue 19, parts 1 and 2):
+// - a driver does what an object store does and no more: create-if-absent (atomic, durable),
+//   read, stat, list by prefix in pages, delete, a small metadata record, and for stores where a
+//   damaged copy may be replaced, overwrite; plus what its killed writers leave behind;
+// - this policy owns WAL names and reserved names, compression (codec.ts), encryption
+//   (encryption.ts), the recorded SHA-256 and its check on every read, duplicates judged by
+//   content, conflicts kept in quarantine/, damaged copies (common.ts judgeStored), and the
+//   choice between replacing a damaged copy (drivers with overwrite) and refusing (a directory);
+// - LocalStore, S3Store, MemoryStore and AzureStore are this class over their driver, so the
+//   rest of the program (receive, push, fetch, prefetch, serve, status, verify, cleanup) keeps
+//   using ArchiveStore unchanged, and archives written before read and write exactly as then
+//   (test/integration/archive-compat.test.ts);
+// - the whole-buffer path stays the fast one for segments: one compression, one seal, one hash,
+//   the driver's own fast read (S3: one buffer of the Content-Length).
+import { sha256Owned } from '../util/bulk.js';
+import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
+import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
+import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
+import { decodeStored, encodeStored, type Keyring } from './encryption.js';
+import {
+  ConflictError,
+  IntegrityError,
+  NotFoundError,
+  QUARANTINE_PREFIX,
+  StorageError,
+  assertArchiveName,
+  type ArchiveStore,
+  type Compression,
+  type GetResult,
+  type LeftoverOptions,
+  type LeftoverRemoval,
+  type LeftoverScan,
+  type ListOptions,
+  type ObjectInfo,
+  type PutOptions,
+  type PutResult,
+} from './types.js';
+
+export interface ArchiveOptions {
+  /** Encrypt new objects with the first key, authenticate and decrypt with any (storage/encryption.ts). */
+  keyring?: Keyring;
+}
+
+/** An object on its way in. */
+interface Prepared {
+  data: Buffer;
+  stored: Buffer;
+  sha: string;
+  compression: Compression;
+  noSync: boolean;
+  /** The keys the object is written with (none for a put with `unencrypted`). */
+  keyring: Keyring | undefined;
+  /** An unencrypted copy under the name is damaged (common.ts judgeStored). */
+  plainIsDamaged: boolean;
+}
+
+/** How a put came out before the policy acts on it. */
+type Outcome = PutResult | { kind: 'different' } | { kind: 'damaged'; read: ReadResult; why: string } | { kind: 'unauthenticated'; keyId: string };
+
+/** Rounds of create-then-read before a name that keeps changing is given up (transient). */
+const STORE_ROUNDS = 6;
+
+export class Archive implements ArchiveStore {
+  readonly description: string;
+  protected readonly driver: Driver;
+  protected readonly keyring: Keyring | undefined;
+  private archiveEncrypted = false;
+
+  constructor(driver: Driver, opts: ArchiveOptions = {}) {
+    this.driver = driver;
+    this.description = driver.description;
+    this.keyring = opts.keyring;
+  }
+
+  setArchiveEncrypted(encrypted: boolean): void {
+    this.archiveEncrypted = encrypted;
+  }
+
+  async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<PutResult> {
+    assertArchiveName(name);
+    const compression = opts.compression ?? 'none';
+    assertCompressionAvailable(compression);
+    const keyring = opts.unencrypted ? undefined : this.keyring;
+    const obj: Prepared = {
+      data,
+      stored: encodeStored(keyring, name, compression, await compress(data, compression)),
+      sha: opts.sha256 ?? sha256Hex(data),
+      compression,
+      noSync: opts.noSync ?? false,
+      keyring,
+      plainIsDamaged: keyring !== undefined && (keyring.requireEncrypted || this.archiveEncrypted) && isWalName(name),
+    };
+    const outcome = await this.store(name, obj);
+    if ('status' in outcome) return outcome;
+    if (outcome.kind === 'unauthenticated') throw unauthenticatedError(name, outcome.keyId);
+    if (outcome.kind === 'damaged' && this.driver.overwrite) return this.replaceDamaged(name, obj, outcome.read);
+    // A conflict, or a damaged copy on a store that never replaces one: the new copy is kept in
+    // quarantine/ and the put fails naming it.
+    const when = new Date();
+    const quarantined: Prepared = { ...obj, plainIsDamaged: false };
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS; attempt++) {
+      const q = quarantineName(name, when, attempt);
+      if (!('status' in (await this.store(q, quarantined)))) continue;
+      if (outcome.kind === 'different') throw new ConflictError(name, q);
+      throw new ConflictError(
+        name,
+        q,
+        this.driver.refusal?.(name, outcome.read, outcome.why, q) ??
+          `"${name}" is already in the archive, but the stored copy cannot be kept: ${outcome.why}; it was not overwritten (the new copy is kept as "${q}")`,
+      );
+    }
+    throw new StorageError(`"${name}" conflicts with the archive and no free quarantine name was found`, false);
+  }
+
+  async get(name: string): Promise<GetResult> {
+    assertArchiveName(name);
+    const read = await this.driver.read(name);
+    if (!read) throw new NotFoundError(name);
+    const compression = read.meta.compression ?? 'none';
+    const sha = read.meta.sha256;
+    const { payload, keyId } = decodeStored(this.keyring, name, compression, read.body, plainRefused(this.keyring?.requireEncrypted === true, name));
+    let data: Buffer;
+    try {
+      // An unverified compressed .partial is an in-progress stream: take what it decodes to.
+      data = await decompress(payload, compression, { allowTruncated: sha === undefined && name.endsWith('.partial') });
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw new IntegrityError(name, `cannot decompress${read.file !== undefined ? ` ${read.file}` : ''} (${compression}): ${(err as Error).message}`);
+    }
+    if (sha !== undefined) {
+      let hex: string;
+      if (read.owned || data !== read.body) {
+        // Memory this call read or decoded: it may be handed to a hashing thread.
+        const hashed = await sha256Owned(data);
+        data = hashed.data;
+        hex = hashed.hex;
+      } else {
+        hex = sha256Hex(data);
+      }
+      if (hex !== sha) {
+        throw new IntegrityError(name, read.file !== undefined ? `SHA-256 of ${read.file} is ${hex}, the recorded one ${sha}` : `SHA-256 ${hex} does not match the recorded ${sha}`);
+      }
+    }
+    return {
+      data,
+      info: { name, size: data.length, storedSize: read.storedSize, checksum: sha, compression, modified: read.modified, ...(keyId !== undefined ? { keyId } : {}) },
+    };
+  }
+
+  async head(name: string): Promise<ObjectInfo | undefined> {
+    assertArchiveName(name);
+    const o = await this.driver.stat(name);
+    return o ? infoOf(o) : undefined;
+  }
+
+  async list(prefix = '', opts: ListOptions = {}): Promise<ObjectInfo[]> {
+    // Names are flat; only quarantine copies live below a "/".
+    if (!prefix.startsWith(QUARANTINE_PREFIX) && prefix.includes('/')) return [];
+    const accept = (key: string): boolean => isArchiveName(key) && listedUnder(key, prefix);
+    const out: ObjectInfo[] = [];
+    for await (const page of this.driver.list(prefix, { accept })) {
+      for (const o of page) if (accept(o.key)) out.push(infoOf(o));
+      // Pages come in key order: once enough are found, the rest come after them.
+      if (opts.limit !== undefined && out.length >= opts.limit) break;
+    }
+    out.sort(byName);
+    return opts.limit !== undefined ? out.slice(0, opts.limit) : out;
+  }
+
+  async delete(name: string): Promise<void> {
+    assertArchiveName(name);
+    await this.driver.delete(name);
+  }
+
+  async scanLeftovers(opts: LeftoverOptions = {}): Promise<LeftoverScan> {
+    return this.driver.scanLeftovers ? this.driver.scanLeftovers(opts) : { leftovers: [], unavailable: undefined };
+  }
+
+  async removeLeftovers(opts: LeftoverOptions & { dryRun?: boolean } = {}): Promise<LeftoverRemoval> {
+    return this.driver.removeLeftovers ? this.driver.removeLeftovers(opts) : { leftovers: [], unavailable: undefined, removed: [], failed: [] };
+  }
+
+  async close(): Promise<void> {
+    await this.driver.close();
+  }
+
+  // --- internals ---
+
+  private createOptions(obj: Prepared): CreateOptions {
+    if (!this.driver.bodyChecksum) return { noSync: obj.noSync };
+    // Uncompressed plaintext: the checksum recorded is the SHA-256 of the very bytes sent.
+    return { noSync: obj.noSync, bodySha256: obj.stored === obj.data ? obj.sha : sha256Hex(obj.stored) };
+  }
+
+  /** Create `name` unless taken; when taken, judge what is there against `obj`. */
+  private async store(name: string, obj: Prepared): Promise<Outcome> {
+    const meta: NewMeta = { sha256: obj.sha, compression: obj.compression, size: obj.data.length };
+    for (let round = 0; round < STORE_ROUNDS; round++) {
+      const r = await this.driver.create(name, obj.stored, meta, this.createOptions(obj));
+      if (r.created) {
+        return {
+          status: 'created',
+          info: { name, size: obj.data.length, storedSize: obj.stored.length, checksum: obj.sha, compression: obj.compression, modified: r.modified },
+        };
+      }
+      const judged = await this.compareWith(name, obj);
+      if (judged !== 'gone') return judged;
+    }
+    throw new StorageError(`cannot store "${name}" in ${this.description}: it keeps changing under concurrent writers; try again`, true);
+  }
+
+  /** How what `name` holds compares with `obj` (common.ts judgeStored), or 'gone' (deleted since). */
+  private async compareWith(name: string, obj: Prepared): Promise<Outcome | 'gone'> {
+    const read = await this.driver.read(name);
+    if (!read) return 'gone';
+    const compression = read.meta.compression ?? 'none';
+    const verdict = await judgeStored(name, { stored: read.body, compression, checksum: read.meta.sha256, size: read.meta.size }, obj.data, {
+      keyring: obj.keyring,
+      plainIsDamaged: obj.plainIsDamaged,
+      allowTruncated: name.endsWith('.partial'),
+    });
+    switch (verdict.kind) {
+      case 'identical':
+        return {
+          status: 'exists',
+          info: { name, size: obj.data.length, storedSize: read.storedSize, checksum: read.meta.sha256, compression, modified: read.modified },
+        };
+      case 'different':
+        return { kind: 'different' };
+      case 'damaged':
+        return { kind: 'damaged', read, why: verdict.why };
+      case 'unauthenticated':
+        return { kind: 'unauthenticated', keyId: verdict.keyId };
+    }
+  }
+
+  /**
+   * Keep the damaged bytes under quarantine/ for the operator, as they are, then store the
+   * verified copy in their place (the one case where a put replaces what is there).
+   */
+  private async replaceDamaged(name: string, obj: Prepared, damaged: ReadResult): Promise<PutResult> {
+    const when = new Date();
+    const raw: Prepared = { data: damaged.body, stored: damaged.body, sha: sha256Hex(damaged.body), compression: 'none', noSync: obj.noSync, keyring: undefined, plainIsDamaged: false };
+    let kept: string | undefined;
+    for (let attempt = 0; attempt < QUARANTINE_ATTEMPTS && kept === undefined; attempt++) {
+      const q = quarantineName(name, when, attempt);
+      const r = await this.store(q, raw);
+      if (!('kind' in r && r.kind === 'different')) kept = q;
+    }
+    if (kept === undefined) throw new StorageError(`"${name}" is damaged in the archive and no free quarantine name was found`, false);
+    await this.driver.overwrite!(name, obj.stored, { sha256: obj.sha, compression: obj.compression, size: obj.data.length }, this.createOptions(obj));
+    return {
+      status: 'created',
+      info: { name, size: obj.data.length, storedSize: obj.stored.length, checksum: obj.sha, compression: obj.compression, modified: new Date() },
+      replacedDamaged: kept,
+    };
+  }
+}
+
+/** What head and list report of a stored object. */
+function infoOf(o: DriverObject): ObjectInfo {
+  return {
+    name: o.key,
+    size: o.meta?.size ?? o.storedSize,
+    storedSize: o.storedSize,
+    checksum: o.meta?.sha256,
+    compression: o.meta ? (o.meta.compression ?? 'none') : undefined,
+    modified: o.modified,
+  };
+}

@@ -1,0 +1,524 @@
+// A storage driver over a directory (storage/driver.ts), laid out as pg_receivewal lays out its
+// output: flat files whose suffix tells how they are compressed (X, X.gz, X.zst; in progress
+// X.partial, X.gz.partial), a key "a/b" in subdirectory a, and the record of each object beside
+// the data in .walstream-meta/<key>.sha256 ("<sha256> <compression> <size>\n"), so a
+// pg_receivewal directory reads as an archive and an archive can be handed to its tools.
+//
+// How a create stays atomic and never overwrites (the pgBackRest write: temp file, sync file,
+// publish, sync path):
+//  1. the bytes go to a temp file in .walstream-meta/tmp/ (same file system), fsynced;
+//  2. the record is published with link(2), which fails with EEXIST when it exists: the record is
+//     the one claim per key whatever the suffix, and it is in place (directory fsynced) before the
+//     data file appears, so every data file walstream wrote is verifiable;
+//  3. the data file is published with link(2) too (EEXIST when another writer won), then the temp
+//     name is removed and the directory fsynced.
+// Temp files are named for their writer (storage/leftovers.ts); that directory exists only while
+// creates are in flight or a killed one left its temp file there (the last create out removes
+// it), so at rest the archive holds pg_receivewal's layout and the records. A crash leaves at
+// worst such a temp file (never listed) or a record without data, which a later create of the
+// same bytes reuses and one of different bytes takes over once it is stale. Every create first
+// removes the temp files of writers that are gone; scanLeftovers/removeLeftovers (status, verify,
+// cleanup) also look for the temp files earlier versions left beside the data, the records and
+// the quarantine copies. A stored file is never replaced (no overwrite): writes here are atomic,
+// so a damaged file is bit rot or tampering, for the operator (refusal says what to do).
+import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { existsSync, type Dirent, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fsyncDir } from '../../sink/fsutil.js';
+import { readWhole } from '../../util/bulk.js';
+import { DEFAULT_LEFTOVER_AGE_MS, removeFound, scanDirectory, tempName } from '../leftovers.js';
+import { IntegrityError, StorageError, type Compression, type Leftover, type LeftoverOptions, type LeftoverRemoval, type LeftoverScan } from '../types.js';
+import type { CreateOptions, CreateResult, Driver, DriverObject, ListPageOptions, NewMeta, ObjectMeta, ReadResult } from '../driver.js';
+
+export const META_DIR = '.walstream-meta';
+/** Where earlier versions kept quarantine copies' temp files too (scanned for leftovers). */
+export const QUARANTINE_DIR = 'quarantine';
+/** Where creates write their temp files, below META_DIR. */
+export const TEMP_DIR = 'tmp';
+const RECORD_SUFFIX = '.sha256';
+/** Objects stat'ed at once by a listing (and the size of its pages). */
+const LIST_BATCH = 32;
+
+export interface LocalDriverOptions {
+  /** What `description` shows (default: the directory as given). */
+  description?: string;
+  /** A record without its data file older than this is a crashed create's leftover (default 60 s). */
+  staleClaimMs?: number;
+  /** How long a create waits for another writer's data file to appear before deciding (default 2 s). */
+  claimWaitMs?: number;
+  /** A temp file whose writer cannot be checked (another host) is a leftover once older than this (default 1 hour). */
+  leftoverAgeMs?: number;
+}
+
+/** Where one key lives. */
+interface Place {
+  dataDir: string;
+  base: string;
+  metaDir: string;
+  record: string;
+}
+
+/** One stored file found for a key. */
+interface Found {
+  path: string;
+  file: string;
+  compression: Compression;
+  stat: Stats;
+}
+
+interface ChecksumRecord {
+  sha: string;
+  compression: Compression | undefined;
+  size: number | undefined;
+}
+
+/** The suffix of a stored file, as pg_receivewal names its compressed files. */
+const SUFFIX: Readonly<Record<Compression, string>> = { none: '', gzip: '.gz', zstd: '.zst' };
+
+/** Errno codes after which trying again later may succeed. */
+const TRANSIENT_CODES = new Set(['ENOSPC', 'EDQUOT', 'EAGAIN', 'EBUSY', 'EMFILE', 'ENFILE', 'EINTR', 'ETIMEDOUT', 'EIO', 'ESTALE']);
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** The files that may hold `base`, in the order reads prefer them. */
+function candidates(base: string): { file: string; compression: Compression }[] {
+  const out: { file: string; compression: Compression }[] = [
+    { file: base, compression: 'none' },
+    { file: `${base}.gz`, compression: 'gzip' },
+    { file: `${base}.zst`, compression: 'zstd' },
+  ];
+  if (base.endsWith('.partial')) {
+    // pg_receivewal (and walstream's own receiver) put the compression suffix before .partial.
+    const stem = base.slice(0, -'.partial'.length);
+    out.push({ file: `${stem}.gz.partial`, compression: 'gzip' }, { file: `${stem}.zst.partial`, compression: 'zstd' });
+  }
+  return out;
+}
+
+/** The key part a stored file holds, or undefined for anything else. */
+function parseStoredFile(file: string): { base: string; compression: Compression; rank: number } | undefined {
+  const partial = /^(.+)\.(gz|zst)\.partial$/.exec(file);
+  const suffixed = /^(.+)\.(gz|zst)$/.exec(file);
+  const m = partial ?? suffixed;
+  const base = partial ? `${partial[1]!}.partial` : suffixed ? suffixed[1]! : file;
+  const compression: Compression = m ? (m[2] === 'gz' ? 'gzip' : 'zstd') : 'none';
+  const rank = candidates(base).findIndex((c) => c.file === file);
+  return rank < 0 ? undefined : { base, compression, rank };
+}
+
+function parseRecord(text: string): ChecksumRecord | undefined {
+  const m = /^([0-9a-f]{64})(?:[ \t]+(none|gzip|zstd))?(?:[ \t]+(\d+))?[ \t]*\r?\n?$/.exec(text);
+  if (!m) return undefined;
+  return { sha: m[1]!, compression: m[2] as Compression | undefined, size: m[3] === undefined ? undefined : Number(m[3]) };
+}
+
+/** Create `path` (must not exist), write `data`, fsync unless noSync. Mode 0600. */
+async function writeNew(path: string, data: Buffer, noSync: boolean): Promise<void> {
+  const fh = await open(path, 'wx', 0o600);
+  try {
+    await fh.writeFile(data);
+    if (!noSync) await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** mkdir -p with mode 0700; the entries of directories it creates are made durable unless noSync. */
+async function ensureDir(path: string, noSync: boolean): Promise<void> {
+  const first = await mkdir(path, { recursive: true, mode: 0o700 });
+  if (first === undefined || noSync) return;
+  for (let d = path; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === first || dirname(d) === d) break;
+  }
+}
+
+async function unlinkQuiet(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+    return true;
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+async function statOrUndefined(path: string, follow = true): Promise<Stats | undefined> {
+  try {
+    return await (follow ? stat(path) : lstat(path));
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * link(2) or rename(2) of a create's own temp file failed: ENOENT means the temp file went away
+ * before it was published, which only a cleanup that took it for another host's leftover does
+ * (storage/leftovers.ts: not before the leftover age). Nothing was published: trying again helps.
+ */
+function tempGone(err: unknown, tmp: string): unknown {
+  if (errno(err) !== 'ENOENT' || existsSync(tmp)) return err;
+  return new StorageError(`the temp file ${tmp} was removed before it was published (by a cleanup that took it for a leftover?); try again`, true, { cause: err });
+}
+
+export class LocalDriver implements Driver {
+  readonly description: string;
+  readonly bodyChecksum = false;
+  readonly dir: string;
+  private readonly staleClaimMs: number;
+  private readonly claimWaitMs: number;
+  private readonly ensured = new Set<string>();
+  private readonly tempDir: string;
+  private readonly leftoverAgeMs: number;
+  /** A look for dead writers' temp files in progress, which concurrent creates share. */
+  private sweeping: Promise<void> | undefined;
+
+  constructor(dir: string, opts: LocalDriverOptions = {}) {
+    if (dir === '') throw new StorageError('the archive directory must not be empty', false);
+    this.dir = resolve(dir);
+    this.description = opts.description ?? dir;
+    this.staleClaimMs = opts.staleClaimMs ?? 60_000;
+    this.claimWaitMs = opts.claimWaitMs ?? 2_000;
+    this.tempDir = join(this.dir, META_DIR, TEMP_DIR);
+    this.leftoverAgeMs = opts.leftoverAgeMs ?? DEFAULT_LEFTOVER_AGE_MS;
+  }
+
+  async create(key: string, body: Buffer, meta: NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
+    await this.sweepTemps();
+    const noSync = opts.noSync ?? false;
+    return this.guard(`cannot store "${key}"`, async () => {
+      if (await this.locate(key)) return { created: false };
+      const p = this.place(key);
+      await this.ensureDir(p.dataDir, noSync);
+      await this.ensureDir(p.metaDir, noSync);
+      const file = p.base + SUFFIX[meta.compression];
+      const finalPath = join(p.dataDir, file);
+      const tmp = await this.writeTemp(p.base, body, noSync);
+      try {
+        const claim = await this.claim(key, p, meta, noSync);
+        if (claim === 'taken') return { created: false };
+        try {
+          await link(tmp, finalPath);
+        } catch (err) {
+          if (errno(err) !== 'EEXIST') {
+            if (claim === 'new') await unlinkQuiet(p.record);
+            throw tempGone(err, tmp);
+          }
+          // Another writer published this very file first. Our record describes our bytes: it
+          // stays only on a file of exactly those bytes (one not written through a record, e.g.
+          // by pg_receivewal, must not be checked against it).
+          if (claim === 'new' && !(await readFile(finalPath).catch(() => undefined))?.equals(body)) await unlinkQuiet(p.record);
+          return { created: false };
+        }
+        // A stale-claim takeover may have replaced the record while we were between the steps.
+        const rec = await this.readRecord(key).catch(() => undefined);
+        if (rec?.sha !== meta.sha256) {
+          await unlinkQuiet(finalPath);
+          return { created: false };
+        }
+        if (!noSync) await fsyncDir(p.dataDir);
+        return { created: true, modified: (await stat(finalPath)).mtime };
+      } finally {
+        await this.dropTemp(tmp);
+      }
+    });
+  }
+
+  async read(key: string): Promise<ReadResult | undefined> {
+    return this.guard(`cannot read "${key}"`, async () => {
+      const found = await this.locate(key);
+      if (!found) return undefined;
+      let body: Buffer;
+      try {
+        // Never through a symbolic link (one swapped in after locate fails with ELOOP).
+        body = await readWhole(found.path, { noFollow: true });
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return undefined; // deleted since
+        if (errno(err) === 'ELOOP') throw new IntegrityError(key, `${found.path} is a symbolic link, not a file walstream stored; move it aside`);
+        throw err;
+      }
+      const rec = await this.readRecord(key);
+      return { key, body, owned: true, storedSize: body.length, modified: found.stat.mtime, meta: metaOf(found, rec), file: found.file };
+    });
+  }
+
+  async stat(key: string): Promise<DriverObject | undefined> {
+    return this.guard(`cannot look up "${key}"`, async () => {
+      const found = await this.locate(key);
+      return found ? objectOf(key, found, await this.readRecord(key)) : undefined;
+    });
+  }
+
+  async *list(prefix: string, opts: ListPageOptions = {}): AsyncIterable<DriverObject[]> {
+    const what = `cannot list ${this.description}`;
+    const sub = prefix.slice(0, prefix.lastIndexOf('/') + 1);
+    const dir = join(this.dir, sub);
+    const names = await this.guard(what, async () => {
+      let entries: Dirent[];
+      try {
+        entries = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return [];
+        throw err;
+      }
+      // One file per key: the one a read would pick.
+      const best = new Map<string, { file: string; compression: Compression; rank: number }>();
+      for (const e of entries) {
+        if (e.name.startsWith('.') || e.isDirectory()) continue;
+        const parsed = parseStoredFile(e.name);
+        if (!parsed) continue;
+        const key = sub + parsed.base;
+        if (!key.startsWith(prefix) || (opts.accept && !opts.accept(key))) continue;
+        const held = best.get(key);
+        if (!held || parsed.rank < held.rank) best.set(key, { file: e.name, compression: parsed.compression, rank: parsed.rank });
+      }
+      return [...best].sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0));
+    });
+    const one = async ([key, b]: [string, { file: string; compression: Compression }]): Promise<DriverObject | undefined> => {
+      const st = await statOrUndefined(join(dir, b.file));
+      if (!st || !st.isFile()) return undefined; // deleted since, or not a file
+      const found: Found = { path: join(dir, b.file), file: b.file, compression: b.compression, stat: st };
+      // One damaged record must not hide the whole archive: get reports it.
+      const rec = await this.readRecord(key).catch((err: unknown) => {
+        if (err instanceof IntegrityError) return 'damaged' as const;
+        throw err;
+      });
+      return rec === 'damaged' ? { ...objectOf(key, found, undefined), meta: { sha256: undefined, compression: found.compression, size: undefined } } : objectOf(key, found, rec);
+    };
+    for (let i = 0; i < names.length; i += LIST_BATCH) {
+      const page = await this.guard(what, () => Promise.all(names.slice(i, i + LIST_BATCH).map(one)));
+      yield page.filter((x): x is DriverObject => x !== undefined);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    return this.guard(`cannot delete "${key}"`, async () => {
+      const p = this.place(key);
+      let removed = false;
+      for (const c of candidates(p.base)) {
+        try {
+          if (await unlinkQuiet(join(p.dataDir, c.file))) removed = true;
+        } catch (err) {
+          if (errno(err) !== 'ENOTDIR') throw err;
+          return; // the archive directory is not there: nothing to delete
+        }
+      }
+      await unlinkQuiet(p.record).catch((err: unknown) => {
+        if (errno(err) !== 'ENOTDIR') throw err;
+      });
+      if (removed) await fsyncDir(p.dataDir);
+    });
+  }
+
+  refusal(key: string, read: ReadResult, why: string, quarantinedAs: string): string {
+    const p = this.place(key);
+    return (
+      `"${key}" is already in the archive, but the stored file ${join(p.dataDir, read.file ?? p.base)} cannot be kept: ${why}; ` +
+      `a local archive never replaces a stored file, so it was not overwritten (the new copy is kept as "${quarantinedAs}"). ` +
+      `Check the disk; then move that file and its checksum record ${p.record} (if any) aside by hand (e.g. into ${join(this.dir, QUARANTINE_DIR)}/), and archive the file again`
+    );
+  }
+
+  /**
+   * The temp files in the archive: those of creates (.walstream-meta/tmp/, every file there), and
+   * those earlier versions wrote beside the data, the records and quarantine copies (dot-named
+   * temp names only). Judged by storage/leftovers.ts.
+   */
+  async scanLeftovers(opts: LeftoverOptions = {}): Promise<LeftoverScan> {
+    return this.guard(`cannot look for leftover temp files in ${this.description}`, async () => {
+      const places: [string, string, boolean][] = [
+        [this.tempDir, `${META_DIR}/${TEMP_DIR}/`, true],
+        [this.dir, '', false],
+        [join(this.dir, QUARANTINE_DIR), `${QUARANTINE_DIR}/`, false],
+        [join(this.dir, META_DIR), `${META_DIR}/`, false],
+        [join(this.dir, META_DIR, QUARANTINE_DIR), `${META_DIR}/${QUARANTINE_DIR}/`, false],
+      ];
+      const found: Leftover[] = [];
+      for (const [dir, shownAs, all] of places) found.push(...(await scanDirectory(dir, { ...opts, shownAs, all })));
+      return { leftovers: found.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)), unavailable: undefined };
+    });
+  }
+
+  /** Remove the temp files whose writer is gone (dead, or older than the leftover age when it cannot be checked). */
+  async removeLeftovers(opts: LeftoverOptions & { dryRun?: boolean } = {}): Promise<LeftoverRemoval> {
+    const { leftovers } = await this.scanLeftovers(opts);
+    return removeFound(leftovers, opts);
+  }
+
+  async close(): Promise<void> {
+    await this.sweeping;
+  }
+
+  // --- internals ---
+
+  private place(key: string): Place {
+    const cut = key.lastIndexOf('/') + 1;
+    const sub = key.slice(0, cut);
+    const base = key.slice(cut);
+    const metaDir = join(this.dir, META_DIR, sub);
+    return { dataDir: join(this.dir, sub), base, metaDir, record: join(metaDir, base + RECORD_SUFFIX) };
+  }
+
+  /** The stored file for `key`, in read-preference order, or undefined. */
+  private async locate(key: string): Promise<Found | undefined> {
+    const p = this.place(key);
+    // Every candidate is looked at at once; the first found in candidate order counts.
+    const seen = await Promise.all(
+      candidates(p.base).map(async (c) => {
+        const path = join(p.dataDir, c.file);
+        try {
+          return { c, path, st: await statOrUndefined(path, false) };
+        } catch (err) {
+          if (errno(err) === 'ENOTDIR' && p.dataDir !== this.dir) return { c, path, st: undefined }; // the subdirectory is a file
+          throw err;
+        }
+      }),
+    );
+    for (const { c, path, st } of seen) {
+      if (!st) continue;
+      // A symbolic link is never a stored object: walstream publishes regular files only, and a
+      // link could serve another object's bytes (or any file) under this key.
+      if (st.isSymbolicLink()) throw new IntegrityError(key, `${path} is a symbolic link, not a file walstream stored; move it aside`);
+      if (!st.isFile()) throw new StorageError(`${path} is not a regular file`, false);
+      return { path, file: c.file, compression: c.compression, stat: st };
+    }
+    return undefined;
+  }
+
+  private async readRecord(key: string): Promise<ChecksumRecord | undefined> {
+    const path = this.place(key).record;
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw err;
+    }
+    const rec = parseRecord(text);
+    if (!rec) throw new IntegrityError(key, `its checksum record ${path} is unreadable`);
+    return rec;
+  }
+
+  /** Publish the record with link(2): the one claim on `key` whatever the suffix. */
+  private async claim(key: string, p: Place, meta: NewMeta, noSync: boolean): Promise<'new' | 'shared' | 'taken'> {
+    const tmp = await this.writeTemp(p.base + RECORD_SUFFIX, Buffer.from(`${meta.sha256} ${meta.compression} ${meta.size}\n`), noSync);
+    try {
+      for (let round = 0; round < 5; round++) {
+        try {
+          await link(tmp, p.record);
+          if (!noSync) await fsyncDir(p.metaDir);
+          return 'new';
+        } catch (err) {
+          if (errno(err) !== 'EEXIST') throw tempGone(err, tmp);
+        }
+        const held = await this.readRecord(key).catch((err: unknown) => {
+          if (err instanceof IntegrityError) return undefined; // garbage: treat as a stale claim below
+          throw err;
+        });
+        const heldStat = await statOrUndefined(p.record);
+        if (!heldStat) continue; // removed meanwhile (a delete): claim again
+        if (held && held.sha === meta.sha256 && (held.compression === undefined || held.compression === meta.compression)) {
+          // Same bytes, same file name: whichever link of the data file wins, both agree.
+          return 'shared';
+        }
+        // Another writer's claim: its data file should follow at once.
+        if (await this.waitForData(key)) return 'taken';
+        if (Date.now() - heldStat.mtimeMs < this.staleClaimMs) {
+          throw new StorageError(`another put of "${key}" is in progress (its checksum record has no data file yet); try again`, true);
+        }
+        // Left by a create that crashed between its record and its data file: take it over.
+        await rename(tmp, p.record).catch((err: unknown) => {
+          throw tempGone(err, tmp);
+        });
+        if (!noSync) await fsyncDir(p.metaDir);
+        return 'new';
+      }
+      throw new StorageError(`cannot claim "${key}": its checksum record keeps changing`, true);
+    } finally {
+      await unlinkQuiet(tmp);
+    }
+  }
+
+  private async waitForData(key: string): Promise<Found | undefined> {
+    const deadline = Date.now() + this.claimWaitMs;
+    for (;;) {
+      const found = await this.locate(key);
+      if (found || Date.now() >= deadline) return found;
+      await sleep(10);
+    }
+  }
+
+  /**
+   * A writer's own look for leftovers before each create: the temp files in .walstream-meta/tmp/
+   * whose writer is gone (storage/leftovers.ts). Cheap: that directory is absent at rest and holds
+   * only the temp files of creates in flight. It never fails a create: the create reports what is
+   * wrong with the directory (it writes its own temp file there), and a temp file that could not
+   * be removed is reported by status and verify and removed by cleanup.
+   */
+  private async sweepTemps(): Promise<void> {
+    this.sweeping ??= (async () => {
+      try {
+        await removeFound(await scanDirectory(this.tempDir, { maxAgeMs: this.leftoverAgeMs, all: true }));
+      } catch {
+        // (see above)
+      } finally {
+        this.sweeping = undefined;
+      }
+    })();
+    return this.sweeping;
+  }
+
+  /** Write a new temp file for `target`, making the temp directory again if the last create out removed it meanwhile. */
+  private async writeTemp(target: string, data: Buffer, noSync: boolean): Promise<string> {
+    // Another create's dropTemp may remove the directory at any moment, between mkdir's own steps
+    // too (mkdir -p then fails with ENOENT): make it again and retry.
+    for (let attempt = 0; ; attempt++) {
+      const tmp = join(this.tempDir, tempName(target));
+      try {
+        await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
+        await writeNew(tmp, data, noSync);
+        return tmp;
+      } catch (err) {
+        if (errno(err) !== 'ENOENT' || attempt >= 100) throw err;
+      }
+    }
+  }
+
+  /** Remove a create's temp file, then the temp directory if that was the last one in it. */
+  private async dropTemp(tmp: string): Promise<void> {
+    await unlinkQuiet(tmp);
+    // ENOTEMPTY: other creates are in flight (or a killed one's temp file waits for a sweep); the
+    // directory is only tidiness, so no failure here fails a create.
+    await rmdir(this.tempDir).catch(() => undefined);
+  }
+
+  /** ensureDir once per directory and driver (a directory removed meanwhile fails the create: the caller retries). */
+  private async ensureDir(path: string, noSync: boolean): Promise<void> {
+    if (this.ensured.has(path)) return;
+    await ensureDir(path, noSync);
+    if (!noSync) this.ensured.add(path);
+  }
+
+  private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      const code = errno(err);
+      throw new StorageError(`${what} in ${this.description}: ${(err as Error).message}`, code !== undefined && TRANSIENT_CODES.has(code), { cause: err });
+    }
+  }
+}
+
+function metaOf(found: Found, rec: ChecksumRecord | undefined): ObjectMeta {
+  return { sha256: rec?.sha, compression: found.compression, size: rec?.size };
+}
+
+function objectOf(key: string, found: Found, rec: ChecksumRecord | undefined): DriverObject {
+  return { key, storedSize: found.stat.size, modified: found.stat.mtime, meta: metaOf(found, rec) };
+}

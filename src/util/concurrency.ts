@@ -1,0 +1,16 @@
+// Bounded concurrency for I/O fan-out (listings, uploads, leftovers): at most `limit` calls in
+// flight, results in input order, the first rejection rejecting the whole map.
+
+/** Map with at most `limit` calls in flight; results in input order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
