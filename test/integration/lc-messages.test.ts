@@ -2,9 +2,10 @@
 // translations Debian's postgresql-15 ships): the permanent conditions are still told from passing
 // ones, by SQLSTATE, command and state, not by English words. Each receiver runs without -n, so a
 // condition taken for a passing one would be retried until the test gives up: a removed segment
-// and a logical slot end the run with one clear line, a missing slot too, and a failover fork
+// and a logical slot end the run with one clear line, a missing slot too, a failover fork
 // (START_REPLICATION refused as "nicht in der History dieses Servers") is followed onto the new
-// timeline from the server's own history. The locale must be installed: the test fails (never
+// timeline from the server's own history, and the old timeline's WAL gone from the new primary is
+// named as the range up to the fork. The locale must be installed: the test fails (never
 // skips) without it.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
@@ -131,12 +132,18 @@ describe('failover with a German-speaking new primary', () => {
     while (cleanup.length) await cleanup.pop()!().catch(() => undefined);
   });
 
-  it('follows the new timeline from the fork (the server refuses the old one with a German message and DETAIL)', async () => {
-    const a = await germanCluster('lc-fo-a', { wal_keep_size: '64MB', wal_sender_timeout: '10s' });
+  /** A German-speaking primary A with an asynchronous standby B. */
+  async function pair(name: string): Promise<{ a: PgCluster; b: PgCluster }> {
+    const a = await germanCluster(`${name}-a`, { wal_keep_size: '64MB', wal_sender_timeout: '10s' });
     cleanup.push(() => a.destroy());
     await a.query('create table rows (id int primary key, what text)');
-    const b = await a.createStandby({ name: 'lc-fo-b' });
+    const b = await a.createStandby({ name: `${name}-b` });
     cleanup.push(() => b.destroy());
+    return { a, b };
+  }
+
+  it('follows the new timeline from the fork (the server refuses the old one with a German message and DETAIL)', async () => {
+    const { a, b } = await pair('lc-fo');
     const proxy = await TcpProxy.start(a.port);
     cleanup.push(() => proxy.stop());
     const spool = tmp('fo-spool');
@@ -189,5 +196,35 @@ describe('failover with a German-speaking new primary', () => {
     const last = segName(2, lsnOf(await b.switchWal()) - 1n, SEG);
     await b.waitFor(async () => existsSync(join(spool, last)), 60_000, `${last} in the receiver's directory`);
     expect(readFileSync(join(spool, '00000002.history')).equals(readFileSync(join(b.walDir, '00000002.history')))).toBe(true);
+  }, 300_000);
+
+  it('names the range of the old timeline the new primary no longer has (its removed segment in German)', async () => {
+    const { a, b } = await pair('lc-gone');
+    const spool = tmp('gone-spool');
+    cleanup.push(async () => rmSync(spool, { recursive: true, force: true }));
+    const r0 = await runCli(['receive', '-D', spool, '-d', a.connectionString(), '-E', await a.currentLsn(), '-n']);
+    expect(r0.code, r0.stderr).toBe(0);
+    // The receiver is not running while A writes: it stays behind B.
+    await a.query("insert into rows select g, 'x' from generate_series(1, 800) g");
+    await a.generateWal(3 * SEG);
+    await b.waitForReplay(await a.currentLsn());
+    await a.kill9();
+    await b.promote();
+    // The new primary recycles the old timeline's WAL the receiver still lacks (no slot holds it).
+    b.configure({ wal_keep_size: 0 });
+    await b.reload();
+    await b.generateWal(3 * SEG);
+    for (let i = 0; i < 3; i++) {
+      await b.switchWal();
+      await b.checkpoint();
+    }
+    const fork = lsnOf(/^1\t(\S+)/.exec(readFileSync(join(b.walDir, '00000002.history'), 'utf8'))![1]!);
+    const res = await runCli(['receive', '-D', spool, '-d', b.connectionString()], { timeoutMs: GIVE_UP_MS });
+    const line = permanent(res);
+    expect(line).toMatch(
+      new RegExp(
+        `das angeforderte WAL-Segment 00000001[0-9A-F]{16} wurde schon entfernt \\(on the server\\): the server no longer has timeline 1 from [0-9A-F]+\\/[0-9A-F]+ to the fork at ${fmt(fork).replace('/', '\\/')}, which walstream does not hold yet\\. Copy those segments from the old primary's pg_wal`,
+      ),
+    );
   }, 300_000);
 });
