@@ -135,6 +135,16 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** Whether something listens on HOST:port now (binding it fails with EADDRINUSE). */
+function portInUse(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE'));
+    srv.listen(port, HOST, () => srv.close(() => resolve(false)));
+  });
+}
+
 export function quoteIdent(s: string): string {
   return `"${s.replace(/"/g, '""')}"`;
 }
@@ -443,9 +453,10 @@ export class PgCluster {
         return;
       } catch (e) {
         // Port grabbed between freePort() and bind: retry with another port, only
-        // before the first successful start (nobody can know the port yet).
+        // before the first successful start (nobody can know the port yet). The log says so in
+        // the server's lc_messages (a test may run it in German): the port is also checked.
         const newLog = readFileFrom(this.logFile, logSize);
-        if (!this.#everStarted && attempt < 4 && /could not bind|Address already in use/.test(newLog)) {
+        if (!this.#everStarted && attempt < 4 && (/could not bind|Address already in use/.test(newLog) || (await portInUse(this.#port)))) {
           this.#port = await freePort();
           this.writeHarnessConf();
           continue;
