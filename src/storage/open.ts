@@ -1,9 +1,11 @@
-// Turn an archive location as a user writes it (a directory path, file:///path, s3://bucket/prefix)
-// into an ArchiveStore. The S3 SDK is loaded only for s3:// URLs, so a local archive starts fast.
+// Turn an archive location as a user writes it (a directory path, file:///path, s3://bucket/prefix,
+// azure://container/prefix) into an ArchiveStore. The S3 and Azure SDKs are loaded only for their
+// URLs, so a local archive starts fast.
 import { fileURLToPath } from 'node:url';
 import { LocalStore } from './local.js';
 import { StorageError, type ArchiveStore } from './types.js';
 import type { S3StoreOptions, ServerSideEncryption } from './s3.js';
+import type { AzureStoreOptions } from './azure.js';
 import type { Keyring } from './encryption.js';
 
 export interface OpenArchiveOptions {
@@ -15,11 +17,13 @@ export interface OpenArchiveOptions {
   sseKmsKeyId?: string;
   /** Further S3Store settings (timeouts, retries, credentials...). */
   s3?: Omit<S3StoreOptions, 'bucket' | 'prefix'>;
+  /** Azure settings (credentials, timeouts...); by default from the AZURE_STORAGE_* variables. */
+  azure?: Omit<AzureStoreOptions, 'container' | 'prefix'>;
   /** Client-side encryption keys (storage/encryption.ts): new objects are encrypted, encrypted ones authenticated. */
   keyring?: Keyring;
 }
 
-export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string };
+export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bucket: string; prefix: string } | { kind: 'azure'; container: string; prefix: string };
 
 /**
  * Bucket names: letters, digits, ".", "-" and "_", 3 to 255 of them, starting and ending with a
@@ -29,6 +33,9 @@ export type ArchiveLocation = { kind: 'local'; path: string } | { kind: 's3'; bu
  */
 const BUCKET_RE = /^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$/;
 
+/** Azure container names: 3-63 lowercase letters, digits and "-", starting and ending with a letter or digit, no "--". */
+const CONTAINER_RE = /^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$/;
+
 function bad(shown: string, why: string): StorageError {
   return new StorageError(`invalid archive location ${shown}: ${why}`, false);
 }
@@ -36,7 +43,7 @@ function bad(shown: string, why: string): StorageError {
 /** Parse an archive location; throws a one-line StorageError for anything else. */
 export function parseArchiveUrl(url: string): ArchiveLocation {
   const shown = JSON.stringify(url.length > 200 ? `${url.slice(0, 200)}...` : url);
-  if (url.trim() === '') throw new StorageError('the archive location is empty (give a directory, file:///path or s3://bucket/prefix)', false);
+  if (url.trim() === '') throw new StorageError('the archive location is empty (give a directory, file:///path, s3://bucket/prefix or azure://container/prefix)', false);
   if (/[\0\r\n]/.test(url)) throw bad(JSON.stringify(url.replace(/[\0\r\n].*$/s, '...')), 'control characters');
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
 
@@ -49,9 +56,18 @@ export function parseArchiveUrl(url: string): ArchiveLocation {
     if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported');
     if (host === '') throw bad(shown, 'no bucket name');
     if (!BUCKET_RE.test(host)) throw bad(shown, `"${host}" is not a valid bucket name (3-255 letters, digits, ".", "-" and "_", starting and ending with a letter or digit, no "..")`);
-    const segments = (m[2] ?? '').split('/').filter((s, i, all) => !(s === '' && (i === 0 || i === all.length - 1)));
-    if (segments.some((s) => s === '' || s === '.' || s === '..')) throw bad(shown, 'the prefix has an empty, "." or ".." part');
-    return { kind: 's3', bucket: host, prefix: segments.length ? `${segments.join('/')}/` : '' };
+    return { kind: 's3', bucket: host, prefix: prefixOf(shown, m[2]) };
+  }
+
+  if (scheme === 'azure') {
+    const m = /^azure:\/\/([^/?#]*)(\/[^?#]*)?([?#].*)?$/is.exec(url);
+    if (!m) throw bad(shown, 'expected azure://container/prefix');
+    const host = m[1]!;
+    if (host.includes('@')) throw new StorageError('invalid archive location: credentials in an azure:// URL are not supported (use AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN)', false);
+    if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported (give a SAS token in AZURE_STORAGE_SAS_TOKEN)');
+    if (host === '') throw bad(shown, 'no container name');
+    if (!CONTAINER_RE.test(host)) throw bad(shown, `"${host}" is not a valid container name (3-63 lowercase letters, digits and "-", starting and ending with a letter or digit, no "--")`);
+    return { kind: 'azure', container: host, prefix: prefixOf(shown, m[2]) };
   }
 
   if (scheme === 'file') {
@@ -68,19 +84,30 @@ export function parseArchiveUrl(url: string): ArchiveLocation {
   }
 
   if (scheme !== undefined && url.slice(scheme.length + 1).startsWith('//')) {
-    throw bad(shown, `unsupported scheme "${scheme}:" (use a directory, file:///path or s3://bucket/prefix)`);
+    throw bad(shown, `unsupported scheme "${scheme}:" (use a directory, file:///path, s3://bucket/prefix or azure://container/prefix)`);
   }
   return { kind: 'local', path: url };
+}
+
+/** The key prefix of an s3:// or azure:// URL's path: "" or "a/b/"; no empty, "." or ".." parts. */
+function prefixOf(shown: string, path: string | undefined): string {
+  const segments = (path ?? '').split('/').filter((s, i, all) => !(s === '' && (i === 0 || i === all.length - 1)));
+  if (segments.some((s) => s === '' || s === '.' || s === '..')) throw bad(shown, 'the prefix has an empty, "." or ".." part');
+  return segments.length ? `${segments.join('/')}/` : '';
 }
 
 function oneLine(s: string): string {
   return s.replace(/\s+/g, ' ').trim();
 }
 
-/** Open the archive at `url`: a directory path, file:///path or s3://bucket/prefix. */
+/** Open the archive at `url`: a directory path, file:///path, s3://bucket/prefix or azure://container/prefix. */
 export async function openArchive(url: string, opts: OpenArchiveOptions = {}): Promise<ArchiveStore> {
   const loc = parseArchiveUrl(url);
   if (loc.kind === 'local') return new LocalStore(loc.path, { description: url, ...(opts.keyring ? { keyring: opts.keyring } : {}) });
+  if (loc.kind === 'azure') {
+    const { AzureStore } = await import('./azure.js');
+    return new AzureStore({ ...opts.azure, container: loc.container, prefix: loc.prefix, ...(opts.keyring ? { keyring: opts.keyring } : {}) });
+  }
   const { S3Store } = await import('./s3.js');
   return new S3Store({
     ...opts.s3,

@@ -1,6 +1,7 @@
 // One conformance suite for the archive contract (src/storage/types.ts), run against every
-// backend: MemoryStore, LocalStore (temp directory) and S3Store (s3rver, or the store named by
-// WALSTREAM_TEST_S3_ENDPOINT). Backend-specific checks follow in their own describe blocks.
+// backend: MemoryStore, LocalStore (temp directory), S3Store (s3rver, or the store named by
+// WALSTREAM_TEST_S3_ENDPOINT) and AzureStore (Azurite). Backend-specific checks follow in their
+// own describe blocks.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -8,6 +9,8 @@ import { constants as zc, createGzip, gzipSync } from 'node:zlib';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { harnessTmpRoot } from '../harness/exec.js';
 import { startS3, unusedPort, type S3TestServer } from '../harness/s3.js';
+import { startAzurite, type AzuriteServer } from '../harness/azure.js';
+import { AzureStore, type AzureStoreOptions } from '../../src/storage/azure.js';
 import { zstdAvailable } from '../../src/sink/segment-file.js';
 import { sha256Hex } from '../../src/storage/codec.js';
 import { Keyring, isSealed } from '../../src/storage/encryption.js';
@@ -1222,6 +1225,124 @@ describe('S3Store', () => {
         expect((await direct.get(seg(1))).data.equals(payload(39))).toBe(true);
       } finally {
         await a.close();
+      }
+    });
+  });
+});
+
+// --- AzureStore ---
+
+describe('AzureStore', () => {
+  let az: AzuriteServer;
+  let n = 0;
+  const base = (extra: Partial<AzureStoreOptions> = {}): AzureStoreOptions => ({
+    container: az.container,
+    prefix: `t${n++}/`,
+    connectionString: az.connectionString,
+    timeoutMs: 10_000,
+    maxAttempts: 2,
+    ...extra,
+  });
+  beforeAll(async () => {
+    az = await startAzurite();
+  });
+  afterAll(async () => {
+    await az?.stop();
+  });
+  const blob = (store: ArchiveStore, name: string) => {
+    const st = store as AzureStore;
+    return az.client().getContainerClient(st.container).getBlockBlobClient(st.prefix + name);
+  };
+  const readRaw = async (store: ArchiveStore, name: string): Promise<{ body: Buffer; meta: Record<string, string> | undefined }> => {
+    const b = blob(store, name);
+    return { body: await b.downloadToBuffer(), meta: (await b.getProperties()).metadata };
+  };
+  const writeRaw = async (store: ArchiveStore, name: string, body: Buffer, meta: Record<string, string> | undefined): Promise<void> => {
+    await blob(store, name).upload(body, body.length, meta ? { metadata: meta } : {});
+  };
+
+  archiveContract(() => ({
+    name: 'Azure (Azurite)',
+    listCount: 40,
+    make: async () => new AzureStore(base({ listPageSize: 7 })),
+    corrupt: async (store, name) => {
+      const { body, meta } = await readRaw(store, name);
+      const i = Math.floor(body.length / 2);
+      body[i] = body[i]! ^ 0x55;
+      await writeRaw(store, name, body, meta);
+    },
+    failingGet: async () => ({
+      store: new AzureStore(base({ connectionString: az.connectionString.replace(/AccountKey=[^;]+/, `AccountKey=${Buffer.alloc(64, 7).toString('base64')}`), maxAttempts: 1 })),
+      name: seg(1),
+    }),
+    withKeyring: (store, keyring) => new AzureStore({ ...base(), prefix: (store as AzureStore).prefix, ...(keyring ? { keyring } : {}) }),
+    swap: async (store, a, b) => {
+      const [oa, ob] = [await readRaw(store, a), await readRaw(store, b)];
+      await writeRaw(store, a, ob.body, ob.meta);
+      await writeRaw(store, b, oa.body, oa.meta);
+    },
+    rawStored: async (store, name) => (await readRaw(store, name)).body,
+    mutate: async (store, name, fn) => {
+      const { body, meta } = await readRaw(store, name);
+      await writeRaw(store, name, fn(body), meta);
+    },
+    replaces: true,
+  }));
+
+  describe('Azure only', () => {
+    it('the record rides in blob metadata (walstream_sha256, walstream_compression, walstream_size); listings carry it', async () => {
+      const st = new AzureStore(base());
+      const data = payload(70);
+      await st.put(seg(70), data, { compression: 'gzip' });
+      const { meta } = await readRaw(st, seg(70));
+      expect(meta).toEqual({ walstream_sha256: sha256Hex(data), walstream_compression: 'gzip', walstream_size: String(data.length) });
+      expect(await st.list()).toEqual([expect.objectContaining({ name: seg(70), checksum: sha256Hex(data), compression: 'gzip', size: data.length })]);
+      await st.close();
+    });
+
+    it('a missing container is a permanent StorageError naming it; bad credentials too, without the key', async () => {
+      const missing = new AzureStore(base({ container: 'no-such-container' }));
+      const err = await rejection(missing.put(seg(1), payload(1)));
+      expect(err).toBeInstanceOf(StorageError);
+      expect((err as StorageError).transient).toBe(false);
+      expect((err as Error).message).toMatch(/ContainerNotFound.*container "no-such-container" does not exist/);
+      const key = Buffer.alloc(64, 9).toString('base64');
+      const bad = new AzureStore(base({ connectionString: az.connectionString.replace(/AccountKey=[^;]+/, `AccountKey=${key}`), maxAttempts: 1 }));
+      const e2 = await rejection(bad.get(seg(1)));
+      expect(e2).toBeInstanceOf(StorageError);
+      expect((e2 as StorageError).transient).toBe(false);
+      expect((e2 as Error).message).not.toContain(key);
+    });
+
+    it('an unreachable endpoint: transient StorageError', async () => {
+      const port = await unusedPort();
+      const st = new AzureStore(base({ connectionString: az.connectionString.replace(/BlobEndpoint=[^;]+/, `BlobEndpoint=http://127.0.0.1:${port}/devstoreaccount1`), maxAttempts: 1, timeoutMs: 5000 }));
+      const err = await rejection(st.head(seg(1)));
+      expect(err).toBeInstanceOf(StorageError);
+      expect((err as StorageError).transient).toBe(true);
+    });
+
+    it('credentials from AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, with the endpoint given', async () => {
+      const st = new AzureStore({ container: az.container, prefix: `acct${n++}/`, account: az.account, accountKey: az.accountKey, endpoint: az.endpoint, connectionString: '' });
+      expect((await st.put(seg(2), payload(2))).status).toBe('created');
+      expect((await st.get(seg(2))).data.equals(payload(2))).toBe(true);
+    });
+
+    it('openArchive("azure://container/prefix") reaches the same store, with AZURE_STORAGE_CONNECTION_STRING', async () => {
+      const saved = process.env['AZURE_STORAGE_CONNECTION_STRING'];
+      process.env['AZURE_STORAGE_CONNECTION_STRING'] = az.connectionString;
+      try {
+        const id = n++;
+        const a = await openArchive(`azure://${az.container}/open${id}`);
+        const b = new AzureStore(base({ prefix: `open${id}/` }));
+        expect(a).toBeInstanceOf(AzureStore);
+        expect(a.description).toBe(`azure://${az.container}/open${id}/`);
+        await a.put(seg(3), payload(3));
+        expect((await b.get(seg(3))).data.equals(payload(3))).toBe(true);
+        await a.close();
+      } finally {
+        if (saved === undefined) delete process.env['AZURE_STORAGE_CONNECTION_STRING'];
+        else process.env['AZURE_STORAGE_CONNECTION_STRING'] = saved;
       }
     });
   });

@@ -37,6 +37,9 @@ describe('parseArchiveUrl', () => {
     ['s3://bucket/a/b', { kind: 's3', bucket: 'bucket', prefix: 'a/b/' }],
     ['s3://bucket/a/b/', { kind: 's3', bucket: 'bucket', prefix: 'a/b/' }],
     ['S3://bucket/x', { kind: 's3', bucket: 'bucket', prefix: 'x/' }],
+    ['azure://wal', { kind: 'azure', container: 'wal', prefix: '' }],
+    ['azure://wal-archive/db1/', { kind: 'azure', container: 'wal-archive', prefix: 'db1/' }],
+    ['Azure://wal/a/b', { kind: 'azure', container: 'wal', prefix: 'a/b/' }],
   ])('%s', (url, expected) => {
     expect(parseArchiveUrl(url)).toEqual(expected);
   });
@@ -63,6 +66,12 @@ describe('parseArchiveUrl', () => {
     ['file:///srv/wal#1', /must not have "\?" or "#"/],
     ['file:///srv/wal?x=1', /must not have "\?" or "#"/],
     ['file:///srv/a%2Fb', /invalid archive location/],
+    ['azure://', /no container name/],
+    ['azure://Wal/x', /not a valid container name/],
+    ['azure://a--b/x', /not a valid container name/],
+    ['azure://wal/a//b', /empty, "\." or "\.\." part/],
+    ['azure://wal/x?sv=2024&sig=abc', /query strings/],
+    ['azure://account:key@wal/x', /credentials in an azure:\/\/ URL are not supported/],
   ])('refuses %j', (url, message) => {
     let err: unknown;
     try {
