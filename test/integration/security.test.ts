@@ -352,9 +352,14 @@ describe('receive: TLS and password authentication', () => {
         child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
         child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
         const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        // one SIGTERM only: a second one makes walstream exit at once with status 1
+        let termSent = false;
         const poll = opts.untilFile
           ? setInterval(() => {
-              if (opts.untilFile!()) child.kill('SIGTERM');
+              if (!termSent && opts.untilFile!()) {
+                termSent = true;
+                child.kill('SIGTERM');
+              }
             }, 100)
           : undefined;
         child.on('error', reject);
