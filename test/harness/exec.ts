@@ -7,54 +7,22 @@
  * commands run directly as the current user.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { accessSync, closeSync, constants, fstatSync, openSync, readSync, statfsSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, fstatSync, openSync, readSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import path from 'node:path';
+import { reachableBy, SERVER_OS_USER, serverOsUser, type OsUser } from '../../src/demo/postgres.js';
 
+// The OS user and the reachability test are walstream demo's (src/demo/postgres.ts): one way to
+// run PostgreSQL as root, for the demo and the tests alike.
+export type { OsUser };
 /** Name of the OS account used to run PostgreSQL when the tests run as root. */
-export const PG_OS_USER = 'postgres';
-
-export interface OsUser {
-  name: string;
-  uid: number;
-  gid: number;
-  home: string;
-}
+export const PG_OS_USER = SERVER_OS_USER;
+/** The OS user PostgreSQL must run as, or null when we are not root. Throws if we are root and the user does not exist. */
+export const pgOsUser = serverOsUser;
+/** Can `user` traverse every directory down to and including `dir`? (mode bits only) */
+export const traversable = reachableBy;
 
 export function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
-}
-
-/**
- * The OS user PostgreSQL must run as, or null when no switching is needed
- * (i.e. we are not root). Throws if we are root and the user does not exist.
- */
-export function pgOsUser(): OsUser | null {
-  if (!isRoot()) return null;
-  let line: string;
-  try {
-    line = execFileSync('getent', ['passwd', PG_OS_USER], { encoding: 'utf8' }).trim();
-  } catch {
-    throw new Error(
-      `Running as root but OS user "${PG_OS_USER}" does not exist; PostgreSQL refuses to run as root. ` +
-        `Install postgresql-15 (apt-get install -y postgresql-15) or create the user.`,
-    );
-  }
-  const [name, , uid, gid, , home] = line.split(':');
-  return { name: name ?? PG_OS_USER, uid: Number(uid), gid: Number(gid), home: home ?? '/' };
-}
-
-/** Can `user` traverse every directory down to and including `dir`? (mode bits only) */
-export function traversable(dir: string, user: OsUser): boolean {
-  let cur = path.resolve(dir);
-  for (;;) {
-    const st = statSync(cur);
-    const bit = st.uid === user.uid ? 0o100 : st.gid === user.gid ? 0o010 : 0o001;
-    if ((st.mode & bit) === 0) return false;
-    const parent = path.dirname(cur);
-    if (parent === cur) return true;
-    cur = parent;
-  }
 }
 
 const TMPFS_MAGIC = 0x01021994;
@@ -91,31 +59,6 @@ export function harnessTmpRoot(preferRam = false): string {
   }
   const dir = tmpdir();
   return usableBy(dir, user) ? dir : '/tmp';
-}
-
-/** Size of a file in bytes, 0 if missing. */
-export function fileSize(file: string): number {
-  try {
-    return statSync(file).size;
-  } catch {
-    return 0;
-  }
-}
-
-/** Contents of a file from byte `offset` on ('' if unreadable). */
-export function readFileFrom(file: string, offset: number): string {
-  let fd: number | undefined;
-  try {
-    fd = openSync(file, 'r');
-    const len = Math.max(0, fstatSync(fd).size - offset);
-    const buf = Buffer.alloc(len);
-    readSync(fd, buf, 0, len, offset);
-    return buf.toString('utf8');
-  } catch {
-    return '';
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
 }
 
 /** Last `maxLines` lines (at most `maxBytes` bytes) of a file; '' if unreadable. */

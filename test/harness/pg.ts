@@ -27,14 +27,18 @@ import {
   writeFileSync,
   type Dirent,
 } from 'node:fs';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import pg from 'pg';
+import { confValue, freePort, initdbArgs, pgCtlStartArgs, pgCtlStopArgs, startOnFreePort } from '../../src/demo/postgres.js';
 import { binDir, SYSTEM_PG_VERSION, toolBinDir } from './bins.js';
-import { fileSize, fileTail, harnessTmpRoot, readFileFrom, pgOsUser, runAsPg, runAsPgSyncQuiet, type OsUser, type RunOptions, type RunResult } from './exec.js';
+import { fileTail, harnessTmpRoot, pgOsUser, runAsPg, runAsPgSyncQuiet, type OsUser, type RunOptions, type RunResult } from './exec.js';
 
 export { binDir, pgVersionsUnderTest, toolBinDir } from './bins.js';
 export { CommandError, runAsPg, type RunOptions, type RunResult } from './exec.js';
+// Servers start as walstream demo starts them (src/demo/postgres.ts): initdb's and pg_ctl's
+// arguments, postgresql.conf values and the start on a free port come from there.
+/** A currently free TCP port on 127.0.0.1. */
+export { freePort };
 
 export type ConfValue = string | number | boolean;
 export type ConfMap = Record<string, ConfValue>;
@@ -121,30 +125,6 @@ function installExitHandlers(): void {
 // Helpers
 // ---------------------------------------------------------------------------
 
-/** A currently free TCP port on 127.0.0.1. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, HOST, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('freePort: no port assigned'))));
-    });
-  });
-}
-
-/** Whether something listens on HOST:port now (binding it fails with EADDRINUSE). */
-function portInUse(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.unref();
-    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE'));
-    srv.listen(port, HOST, () => srv.close(() => resolve(false)));
-  });
-}
-
 export function quoteIdent(s: string): string {
   return `"${s.replace(/"/g, '""')}"`;
 }
@@ -156,13 +136,6 @@ export function quoteLiteral(s: string): string {
 /** Quote a libpq keyword/value conninfo value. */
 function conninfoQuote(s: string): string {
   return `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
-}
-
-function confValue(v: ConfValue): string {
-  if (typeof v === 'boolean') return v ? 'on' : 'off';
-  if (typeof v === 'number') return String(v);
-  // postgresql.conf strings treat backslash as an escape character.
-  return `'${v.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -344,15 +317,7 @@ export class PgCluster {
     const seg = opts.walSegmentSizeMB ?? 1;
     const c = await PgCluster.allocate(opts.name ?? `pg${version}`, version, seg, opts.conf ?? {});
     try {
-      await c.pg('initdb', [
-        '-D', c.dataDir,
-        '-U', 'postgres',
-        '--auth=trust',
-        '--encoding=UTF8',
-        '--locale=C',
-        `--wal-segsize=${seg}`,
-        '--no-sync',
-      ], 'initdb');
+      await c.pg('initdb', initdbArgs(c.dataDir, [`--wal-segsize=${seg}`]), 'initdb');
       const user = pgOsUser();
       writeServerFile(path.join(c.dataDir, 'pg_hba.conf'), [...(opts.hba ?? []), ...DEFAULT_HBA].join('\n') + '\n', user);
       const mainConf = path.join(c.dataDir, 'postgresql.conf');
@@ -445,31 +410,27 @@ export class PgCluster {
 
   async start(): Promise<void> {
     if (this.#destroyed) throw new Error(`${this.name}: cluster was destroyed`);
-    for (let attempt = 1; ; attempt++) {
-      const logSize = fileSize(this.logFile);
-      try {
-        await this.pg('pg_ctl', ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '90', 'start'], 'start', { timeoutMs: 120_000 });
-        this.#everStarted = true;
-        return;
-      } catch (e) {
-        // Port grabbed between freePort() and bind: retry with another port, only
-        // before the first successful start (nobody can know the port yet). The log says so in
-        // the server's lc_messages (a test may run it in German): the port is also checked.
-        const newLog = readFileFrom(this.logFile, logSize);
-        if (!this.#everStarted && attempt < 4 && (/could not bind|Address already in use/.test(newLog) || (await portInUse(this.#port)))) {
-          this.#port = await freePort();
-          this.writeHarnessConf();
-          continue;
-        }
-        throw e;
-      }
-    }
+    // Port grabbed between freePort() and bind: retry with another port, only before the first
+    // successful start (nobody can know the port yet).
+    await startOnFreePort({
+      logFile: this.logFile,
+      port: this.#port,
+      attempts: this.#everStarted ? 1 : 4,
+      setPort: (port) => {
+        this.#port = port;
+        this.writeHarnessConf();
+      },
+      start: async () => {
+        await this.pg('pg_ctl', pgCtlStartArgs(this.dataDir, this.logFile, 90), 'start', { timeoutMs: 120_000 });
+      },
+    });
+    this.#everStarted = true;
   }
 
   /** pg_ctl stop; a no-op when not running. */
   async stop(mode: StopMode = 'fast'): Promise<void> {
     if (this.postmasterPid() === null) return;
-    await this.pg('pg_ctl', ['-D', this.dataDir, '-m', mode, '-w', '-t', '90', 'stop'], `stop -m ${mode}`, { timeoutMs: 120_000 });
+    await this.pg('pg_ctl', pgCtlStopArgs(this.dataDir, mode, 90), `stop -m ${mode}`, { timeoutMs: 120_000 });
   }
 
   async restart(): Promise<void> {
@@ -824,7 +785,7 @@ export class PgCluster {
     if (this.#destroyed) return;
     this.#destroyed = true;
     if (this.postmasterPid() !== null) {
-      runAsPgSyncQuiet(path.join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-m', 'immediate', '-w', '-t', '20', 'stop']);
+      runAsPgSyncQuiet(path.join(this.binDir, 'pg_ctl'), pgCtlStopArgs(this.dataDir, 'immediate', 20));
     }
     this.removeFiles();
     live.delete(this);
