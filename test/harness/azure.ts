@@ -5,8 +5,8 @@
  *
  *   const az = await startAzurite();
  *   new AzureStore({ container: az.container, prefix: 'p/', connectionString: az.connectionString });
- *   await az.pause(); ... await az.resume();   // the emulator killed, then started again: same port, same blobs
- *   await az.stop();                            // killed, its directory removed
+ *   await az.pause(); ... await az.resume();   // the emulator stopped, then started again: same port, same blobs
+ *   await az.stop();                            // stopped, its directory removed
  *
  * The account is Azurite's well-known development account (devstoreaccount1 and its published
  * key); a fresh container is created for each start.
@@ -40,7 +40,11 @@ export interface AzuriteServer {
   client(): BlobServiceClient;
   /** Create another container. */
   createContainer(name: string): Promise<void>;
-  /** Kill the emulator (SIGKILL: requests in flight are cut); its blobs stay on disk. */
+  /**
+   * Stop the emulator (SIGTERM: connections in flight are cut, and it saves its state as it goes;
+   * a SIGKILL would lose blobs Azurite had acknowledged but not yet saved, which Azure never does).
+   * Its blobs stay on disk.
+   */
   pause(): Promise<void>;
   /** Start it again on the same port over the same blobs. */
   resume(): Promise<void>;
@@ -89,8 +93,10 @@ export async function startAzurite(): Promise<AzuriteServer> {
     child = undefined;
     if (!p || p.exitCode !== null) return;
     const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
-    p.kill('SIGKILL');
+    p.kill('SIGTERM');
+    const forced = setTimeout(() => p.kill('SIGKILL'), 15_000);
     await exited;
+    clearTimeout(forced);
   };
 
   await launch();
