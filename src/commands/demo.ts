@@ -4,7 +4,7 @@
 // standby with `walstream fetch` as restore_command and no primary_conninfo, so everything it
 // replays comes from that archive; then the standby's rows are compared with the primary's.
 // Every step is printed with where its files are; everything is removed afterwards unless --keep.
-import { chmodSync, copyFileSync, existsSync, lchownSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type pg from 'pg';
@@ -14,6 +14,7 @@ import {
   confString,
   copyTreeReadable,
   findPostgres,
+  lowLevelBackup as backupThroughApi,
   packageRoot,
   reachableBy,
   runAs,
@@ -69,45 +70,6 @@ function shellQuote(s: string): string {
 
 function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
-}
-
-/** Files a base backup leaves out (as pg_basebackup does): at the top, and directories copied empty. */
-const SKIP_TOP = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'standby.signal', 'recovery.signal', 'current_logfiles']);
-const EMPTY_DIRS = new Set(['pg_wal', 'pg_replslot', 'pg_stat_tmp', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_subtrans']);
-
-/** Copy a running server's data directory for the low-level backup API, owned by the server user. */
-function copyDataDir(from: string, to: string, user: OsUser | null, rel = ''): void {
-  mkdirSync(to, { recursive: true, mode: 0o700 });
-  chmodSync(to, 0o700);
-  if (user) lchownSync(to, user.uid, user.gid);
-  let entries;
-  try {
-    entries = readdirSync(from, { withFileTypes: true });
-  } catch {
-    return; // removed while we copied
-  }
-  for (const d of entries) {
-    const r = rel ? `${rel}/${d.name}` : d.name;
-    const top = r.split('/')[0]!;
-    if (rel === '' && SKIP_TOP.has(d.name)) continue;
-    if (rel !== '' && EMPTY_DIRS.has(top) && !(top === 'pg_wal' && r === 'pg_wal/archive_status')) continue;
-    if (d.name === 'pg_internal.init' || d.name.startsWith('pgsql_tmp')) continue;
-    const src = join(from, d.name);
-    const dst = join(to, d.name);
-    try {
-      if (d.isDirectory()) copyDataDir(src, dst, user, r);
-      else if (d.isSymbolicLink()) {
-        symlinkSync(readlinkSync(src), dst);
-        if (user) lchownSync(dst, user.uid, user.gid);
-      } else if (d.isFile()) {
-        copyFileSync(src, dst);
-        chmodSync(dst, 0o600);
-        if (user) lchownSync(dst, user.uid, user.gid);
-      }
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-  }
 }
 
 /** A readable hard link of a file where the filesystem allows, else a copy. */
@@ -431,14 +393,7 @@ async function tableSummary(server: DemoServer): Promise<{ rows: number; checksu
 async function lowLevelBackup(primary: DemoServer, standby: DemoServer, version: number, user: OsUser | null): Promise<void> {
   const client: pg.Client = await primary.connect();
   try {
-    await client.query(version >= 15 ? 'select pg_backup_start($1, true)' : 'select pg_start_backup($1, true, false)', ['walstream demo']);
-    copyDataDir(primary.dataDir, standby.dataDir, user);
-    const res = await client.query<{ labelfile: string; spcmapfile: string | null }>(
-      version >= 15 ? 'select labelfile, spcmapfile from pg_backup_stop(false)' : 'select labelfile, spcmapfile from pg_stop_backup(false, false)',
-    );
-    const row = res.rows[0]!;
-    writeOwned(join(standby.dataDir, 'backup_label'), row.labelfile, user);
-    if (row.spcmapfile) writeOwned(join(standby.dataDir, 'tablespace_map'), row.spcmapfile, user);
+    await backupThroughApi(client, { version, label: 'walstream demo', from: primary.dataDir, to: standby.dataDir, user });
     if (!existsSync(join(standby.dataDir, 'pg_wal', 'archive_status'))) serverDir(join(standby.dataDir, 'pg_wal', 'archive_status'), user);
   } finally {
     await client.end().catch(() => undefined);

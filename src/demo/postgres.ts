@@ -25,6 +25,7 @@ import {
   statSync,
   symlinkSync,
   writeFileSync,
+  type Dirent,
 } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -315,6 +316,73 @@ export function copyTreeReadable(from: string, to: string, skip: (rel: string) =
       }
     }
   }
+}
+
+/** What a base backup leaves out (as pg_basebackup does): files at the top, and directories sent empty. */
+const BACKUP_SKIP_TOP = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'standby.signal', 'recovery.signal', 'current_logfiles']);
+const BACKUP_EMPTY_DIRS = new Set(['pg_wal', 'pg_replslot', 'pg_stat_tmp', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_subtrans']);
+
+/**
+ * Copy a running server's data directory as a base backup does, between the low-level backup
+ * API's start and stop: what pg_basebackup leaves out left out, the directories it sends empty
+ * made empty (pg_wal keeps its subdirectories, empty too), all owned by the server's OS user,
+ * files 0600 and directories 0700. What vanishes while it copies is skipped.
+ */
+export function copyForBackup(from: string, to: string, user: OsUser | null, rel = ''): void {
+  mkdirSync(to, { recursive: true, mode: 0o700 });
+  chmodSync(to, 0o700);
+  if (user) lchownSync(to, user.uid, user.gid);
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(from, { withFileTypes: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  for (const d of entries) {
+    const r = rel ? `${rel}/${d.name}` : d.name;
+    const parts = r.split('/');
+    const top = parts[0]!;
+    if (parts.length === 1 && BACKUP_SKIP_TOP.has(d.name)) continue;
+    if (parts.length === 2 && BACKUP_EMPTY_DIRS.has(top) && !(top === 'pg_wal' && d.isDirectory())) continue;
+    if (parts.length > 2 && top === 'pg_wal') continue;
+    if (d.name === 'pg_internal.init' || d.name.startsWith('pgsql_tmp')) continue;
+    const src = join(from, d.name);
+    const dst = join(to, d.name);
+    try {
+      if (d.isDirectory()) copyForBackup(src, dst, user, r);
+      else if (d.isSymbolicLink()) {
+        symlinkSync(readlinkSync(src), dst);
+        if (user) lchownSync(dst, user.uid, user.gid);
+      } else if (d.isFile()) {
+        copyFileSync(src, dst);
+        chmodSync(dst, 0o600);
+        if (user) lchownSync(dst, user.uid, user.gid);
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+}
+
+/**
+ * A base backup without WAL through the low-level API on `client`'s session (pg_backup_start and
+ * pg_backup_stop; pg_start_backup and pg_stop_backup before 15): the data directory `from` copied
+ * into `to` (copyForBackup), then backup_label and tablespace_map written there. Returns where the
+ * backup starts and ends.
+ */
+export async function lowLevelBackup(client: pg.Client, o: { version: number; label: string; from: string; to: string; user: OsUser | null }): Promise<{ startLsn: string; stopLsn: string }> {
+  const startSql = o.version >= 15 ? 'select pg_backup_start($1, true)::text as lsn' : 'select pg_start_backup($1, true, false)::text as lsn';
+  const startLsn = (await client.query<{ lsn: string }>(startSql, [o.label])).rows[0]?.lsn;
+  if (!startLsn) throw new Error('the backup start returned no position');
+  copyForBackup(o.from, o.to, o.user);
+  const stopSql =
+    o.version >= 15 ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)' : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
+  const stop = (await client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(stopSql)).rows[0];
+  if (!stop) throw new Error('the backup stop returned no row');
+  writeOwned(join(o.to, 'backup_label'), stop.labelfile, o.user);
+  if (stop.spcmapfile) writeOwned(join(o.to, 'tablespace_map'), stop.spcmapfile, o.user);
+  return { startLsn, stopLsn: stop.lsn };
 }
 
 /** A TCP port free on 127.0.0.1 right now. */

@@ -22,14 +22,12 @@ import {
   readlinkSync,
   realpathSync,
   rmSync,
-  symlinkSync,
   unlinkSync,
   writeFileSync,
-  type Dirent,
 } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { confValue, freePort, initdbArgs, pgCtlStartArgs, pgCtlStopArgs, startOnFreePort } from '../../src/demo/postgres.js';
+import { confValue, freePort, initdbArgs, lowLevelBackup, pgCtlStartArgs, pgCtlStopArgs, startOnFreePort } from '../../src/demo/postgres.js';
 import { binDir, SYSTEM_PG_VERSION, toolBinDir } from './bins.js';
 import { fileTail, harnessTmpRoot, pgOsUser, runAsPg, runAsPgSyncQuiet, type OsUser, type RunOptions, type RunResult } from './exec.js';
 
@@ -181,66 +179,6 @@ function writeServerFile(file: string, content: string, user: OsUser | null): vo
 
 function safeName(name: string): string {
   return name.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 24) || 'pg';
-}
-
-/** Files excluded from a low-level base backup copy (mirrors pg_basebackup's list). */
-const EXCLUDED_ROOT_FILES = new Set([
-  'postmaster.pid',
-  'postmaster.opts',
-  'backup_label',
-  'backup_label.old',
-  'tablespace_map',
-  'standby.signal',
-  'recovery.signal',
-  'current_logfiles',
-]);
-/** Directories whose contents are excluded (the directory itself is kept). */
-const EMPTIED_DIRS = new Set([
-  'pg_wal',
-  'pg_replslot',
-  'pg_stat_tmp',
-  'pg_dynshmem',
-  'pg_notify',
-  'pg_serial',
-  'pg_snapshots',
-  'pg_subtrans',
-]);
-
-/**
- * Recursive copy tolerant of files vanishing under a running server. Entries
- * for which `skip(relPath, dirent)` is true are not copied.
- */
-function copyTree(src: string, dst: string, user: OsUser | null, skip: (rel: string, d: Dirent) => boolean, rel = ''): void {
-  mkdirSync(dst, { recursive: true, mode: 0o700 });
-  chmodSync(dst, 0o700);
-  chownTo(dst, user);
-  let entries: Dirent[];
-  try {
-    entries = readdirSync(src, { withFileTypes: true });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw e;
-  }
-  for (const d of entries) {
-    const r = rel === '' ? d.name : `${rel}/${d.name}`;
-    if (skip(r, d)) continue;
-    const s = path.join(src, d.name);
-    const t = path.join(dst, d.name);
-    try {
-      if (d.isDirectory()) {
-        copyTree(s, t, user, skip, r);
-      } else if (d.isSymbolicLink()) {
-        symlinkSync(readlinkSync(s), t);
-        chownTo(t, user);
-      } else if (d.isFile()) {
-        copyFileSync(s, t);
-        chmodSync(t, 0o600);
-        chownTo(t, user);
-      }
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
 }
 
 interface ClusterInit {
@@ -712,35 +650,13 @@ export class PgCluster {
     try {
       const slot = `walstream_bk_${process.pid}_${Date.now()}`;
       await client.query('select pg_create_physical_replication_slot($1, true, true)', [slot]);
-      const label = `walstream harness ${sb.name}`;
-      const startSql =
-        this.version >= 15 ? 'select pg_backup_start($1, true)::text as lsn' : 'select pg_start_backup($1, true, false)::text as lsn';
-      const startLsn = (await client.query<{ lsn: string }>(startSql, [label])).rows[0]?.lsn;
-      if (!startLsn) throw new Error('backup start returned no LSN');
-
-      copyTree(this.dataDir, sb.dataDir, user, (rel, d) => {
-        const parts = rel.split('/');
-        const top = parts[0] ?? '';
-        if (parts.length === 1 && EXCLUDED_ROOT_FILES.has(rel)) return true;
-        if (parts.length === 2 && EMPTIED_DIRS.has(top)) return !(top === 'pg_wal' && d.isDirectory());
-        if (parts.length > 2 && top === 'pg_wal') return true; // archive_status/, summaries/ contents
-        if (d.name === 'pg_internal.init' || d.name.startsWith('pgsql_tmp')) return true;
-        return false;
-      });
-
-      const stopSql =
-        this.version >= 15
-          ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)'
-          : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
-      const stop = (await client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(stopSql)).rows[0];
-      if (!stop) throw new Error('backup stop returned no row');
-      writeServerFile(path.join(sb.dataDir, 'backup_label'), stop.labelfile, user);
-      if (stop.spcmapfile) writeServerFile(path.join(sb.dataDir, 'tablespace_map'), stop.spcmapfile, user);
+      // The data directory as walstream demo backs it up (src/demo/postgres.ts), without WAL.
+      const { startLsn, stopLsn } = await lowLevelBackup(client, { version: this.version, label: `walstream harness ${sb.name}`, from: this.dataDir, to: sb.dataDir, user });
 
       // WAL needed to reach consistency: segments from the backup start to the
       // backup end (complete: the stop function switched WAL), plus history files.
       const from = segmentPosition(startLsn, this.walSegmentSizeBytes);
-      const to = segmentPosition(stop.lsn, this.walSegmentSizeBytes);
+      const to = segmentPosition(stopLsn, this.walSegmentSizeBytes);
       for (const f of readdirSync(this.walDir)) {
         const isSegment = /^[0-9A-F]{24}$/.test(f) && f.slice(8) >= from && f.slice(8) <= to;
         if (isSegment || /^[0-9A-F]{8}\.history$/.test(f)) {
