@@ -116,7 +116,7 @@ export function addConnectionOptions(cmd: Command, o: { password: boolean }): Co
     .option('-d, --dbname <connstr>', 'connection string (keyword=value or postgresql:// URI)')
     .option('-h, --host <hostname>', 'database server host or socket directory')
     .option('-p, --port <port>', 'database server port number', parsePort)
-    .option('-U, --username <name>', 'connect as specified database user (it needs the REPLICATION attribute)');
+    .option('-U, --username <name>', 'connect as specified database user (a role with the REPLICATION attribute, or a superuser)');
   if (o.password) cmd.option('-w, --no-password', 'never prompt for password').option('-W, --force-password', 'force password prompt (should happen automatically)');
   return cmd;
 }
