@@ -20,7 +20,8 @@ import { sha256Owned } from '../util/bulk.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
-import { decodeStored, encodeStored, type Keyring } from './encryption.js';
+import { decodeStored, encodeStored, isSealed, type Keyring } from './encryption.js';
+import { Digesting, STREAM_VERSION, sealStream, transcode, unsealStream } from './stream.js';
 import {
   ConflictError,
   IntegrityError,
@@ -122,7 +123,9 @@ export class Archive implements ArchiveStore {
     if (!read) throw new NotFoundError(name);
     const compression = read.meta.compression ?? 'none';
     const sha = read.meta.sha256;
-    const { payload, keyId } = decodeStored(this.keyring, name, compression, read.body, plainRefused(this.keyring?.requireEncrypted === true, name));
+    const { payload, keyId } = isStreamSealed(read.body)
+      ? { payload: await collect(unsealStream(this.keyring, name, compression, once(read.body))), keyId: read.body.subarray(11, 11 + read.body[10]!).toString('latin1') }
+      : decodeStored(this.keyring, name, compression, read.body, plainRefused(this.keyring?.requireEncrypted === true, name));
     let data: Buffer;
     try {
       // An unverified compressed .partial is an in-progress stream: take what it decodes to.
@@ -186,6 +189,72 @@ export class Archive implements ArchiveStore {
 
   async close(): Promise<void> {
     await this.driver.close();
+  }
+
+  async putStream(name: string, source: AsyncIterable<Buffer>, opts: PutOptions = {}): Promise<PutResult> {
+    assertArchiveName(name);
+    const compression = opts.compression ?? 'none';
+    assertCompressionAvailable(compression);
+    if (!this.driver.createStream) throw new StorageError(`${this.description} cannot store streamed objects yet`, false);
+    const keyring = opts.unencrypted ? undefined : this.keyring;
+    const digest = new Digesting();
+    let body = transcode(digest.pass(source), compression, 'compress');
+    if (keyring) body = sealStream(keyring, name, compression, body);
+    let storedSize = 0;
+    const counted = async function* (): AsyncGenerator<Buffer> {
+      for await (const b of body) {
+        storedSize += b.length;
+        yield b;
+      }
+    };
+    const r = await this.driver.createStream(name, counted(), () => ({ sha256: digest.hex, compression, size: digest.size }), { noSync: opts.noSync ?? false });
+    if (r.created) {
+      return { status: 'created', info: { name, size: digest.size, storedSize, checksum: digest.hex, compression, modified: r.modified } };
+    }
+    // Taken: the bytes went by, so only the recorded checksum can tell the copies apart.
+    const held = await this.driver.stat(name);
+    if (held?.meta?.sha256 === digest.hex && (held.meta.size === undefined || held.meta.size === digest.size)) return { status: 'exists', info: infoOf(held) };
+    throw new ConflictError(name, '', `"${name}" is already in the archive with different contents; not overwritten (a streamed copy is not kept aside: its bytes went by)`);
+  }
+
+  async getStream(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }> {
+    assertArchiveName(name);
+    if (!this.driver.readStream) {
+      const g = await this.get(name);
+      return { info: g.info, stream: once(g.data) };
+    }
+    const r = await this.driver.readStream(name);
+    if (!r) throw new NotFoundError(name);
+    const compression = r.meta.compression ?? 'none';
+    const sha = r.meta.sha256;
+    const { head, rest } = await peek(r.body, 11);
+    let payload: AsyncIterable<Buffer>;
+    let keyId: string | undefined;
+    if (isSealed(head) && head[8] === STREAM_VERSION) {
+      payload = unsealStream(this.keyring, name, compression, rest);
+    } else if (isSealed(head)) {
+      // A whole object sealed in one piece (version 1): it authenticates only whole.
+      const decoded = decodeStored(this.keyring, name, compression, await collect(rest), false);
+      payload = once(decoded.payload);
+      keyId = decoded.keyId;
+    } else {
+      if (plainRefused(this.keyring?.requireEncrypted === true, name)) {
+        throw new IntegrityError(name, 'it is not encrypted, and only encrypted objects are accepted (--encryption-required)');
+      }
+      payload = rest;
+    }
+    const data = transcode(payload, compression, 'decompress');
+    const digest = new Digesting();
+    const checked = async function* (): AsyncGenerator<Buffer> {
+      try {
+        yield* digest.pass(data);
+      } catch (err) {
+        if (err instanceof StorageError) throw err;
+        throw new IntegrityError(name, `cannot decompress (${compression}): ${(err as Error).message}`);
+      }
+      if (sha !== undefined && digest.hex !== sha) throw new IntegrityError(name, `SHA-256 ${digest.hex} does not match the recorded ${sha}`);
+    };
+    return { info: { ...infoOf(r.object), ...(keyId !== undefined ? { keyId } : {}) }, stream: checked() };
   }
 
   // --- internals ---
@@ -271,4 +340,52 @@ function infoOf(o: DriverObject): ObjectInfo {
     compression: o.meta ? (o.meta.compression ?? 'none') : undefined,
     modified: o.modified,
   };
+}
+
+/** A whole object sealed as a stream (storage/stream.ts), not in one piece. */
+function isStreamSealed(stored: Buffer): boolean {
+  return isSealed(stored) && stored.length > 10 && stored[8] === STREAM_VERSION;
+}
+
+async function* once(b: Buffer): AsyncGenerator<Buffer> {
+  if (b.length > 0) yield b;
+}
+
+async function collect(src: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const b of src) parts.push(b);
+  return Buffer.concat(parts);
+}
+
+/** The first `n` bytes of a stream (fewer if it is shorter), and the whole stream again. */
+async function peek(src: AsyncIterable<Buffer>, n: number): Promise<{ head: Buffer; rest: AsyncIterable<Buffer> }> {
+  const it = src[Symbol.asyncIterator]();
+  const seen: Buffer[] = [];
+  let held = 0;
+  let done = false;
+  while (held < n) {
+    const r = await it.next();
+    if (r.done) {
+      done = true;
+      break;
+    }
+    seen.push(r.value);
+    held += r.value.length;
+  }
+  const head = Buffer.concat(seen).subarray(0, n);
+  const rest = async function* (): AsyncGenerator<Buffer> {
+    let ended = done;
+    try {
+      yield* seen;
+      while (!ended) {
+        const r = await it.next();
+        if (r.done) ended = true;
+        else yield r.value;
+      }
+    } finally {
+      // A read given up early lets the source go (its file or connection).
+      if (!ended) await it.return?.();
+    }
+  };
+  return { head, rest: rest() };
 }

@@ -80,6 +80,14 @@ export interface Driver {
    * level, as a directory), in pages in key order; a missing prefix yields nothing.
    */
   list(prefix: string, opts?: ListPageOptions): AsyncIterable<DriverObject[]>;
+  /**
+   * create for a body that arrives as a stream, with memory bounded by the driver's part size:
+   * `meta` is asked for once the whole body went by (its checksum is known only then). The body
+   * is always consumed to its end, also when the key turns out to be taken.
+   */
+  createStream?(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts?: CreateOptions): Promise<CreateResult>;
+  /** The object as a stream (memory bounded by the driver's reads), or undefined when missing. */
+  readStream?(key: string): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer> } | undefined>;
   /** Remove; a missing key is a no-op. */
   delete(key: string): Promise<void>;
   /**

@@ -27,8 +27,11 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:
 import { Readable, pipeline } from 'node:stream';
 import zlib from 'node:zlib';
 import { zstdAvailable } from '../sink/segment-file.js';
+import { rechunk } from '../util/chunks.js';
 import { ALG_AES_256_GCM, SEALED_MAGIC, TAG_LENGTH, boundName, isSealed, type Keyring } from './encryption.js';
 import { IntegrityError, KeyUnavailableError, StorageError, type Compression } from './types.js';
+
+export { rechunk };
 
 export const STREAM_VERSION = 2;
 /** Plaintext bytes per chunk unless asked otherwise. */
@@ -36,28 +39,6 @@ export const DEFAULT_CHUNK = 1024 * 1024;
 const MIN_CHUNK = 1024;
 const MAX_CHUNK = 16 * 1024 * 1024;
 const PREFIX_LENGTH = 8;
-
-/** Bytes from `src` in pieces of exactly `size` (the last one shorter; none for an empty source). */
-export async function* rechunk(src: AsyncIterable<Buffer>, size: number): AsyncGenerator<Buffer> {
-  let parts: Buffer[] = [];
-  let held = 0;
-  for await (const b of src) {
-    let rest = b;
-    while (held + rest.length >= size) {
-      const take = size - held;
-      parts.push(rest.subarray(0, take));
-      yield parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
-      rest = rest.subarray(take);
-      parts = [];
-      held = 0;
-    }
-    if (rest.length > 0) {
-      parts.push(Buffer.from(rest)); // the source may reuse its buffer
-      held += rest.length;
-    }
-  }
-  if (held > 0) yield Buffer.concat(parts, held);
-}
 
 /** The SHA-256 and length of the bytes that pass through `src`, known once it is consumed. */
 export class Digesting {
@@ -167,6 +148,11 @@ class ByteReader {
     return this.held;
   }
 
+  /** Let the source go (a read given up early releases its file or connection). */
+  async close(): Promise<void> {
+    if (!this.ended) await this.it.return?.();
+  }
+
   take(n: number): Buffer {
     const all = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.held);
     const out = all.subarray(0, n);
@@ -185,38 +171,42 @@ class ByteReader {
 export async function* unsealStream(keyring: Keyring | undefined, name: string, compression: Compression, src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   const bad = (why: string): IntegrityError => new IntegrityError(name, why);
   const r = new ByteReader(src);
-  if (!(await r.fill(11))) throw bad('its encryption header is invalid (truncated)');
-  const head = r.take(11);
-  if (!isSealed(head)) throw bad('its encryption header is invalid (no magic)');
-  if (head[8] !== STREAM_VERSION) throw bad(`its encryption header is invalid (format version ${head[8]}, a stream is version ${STREAM_VERSION})`);
-  if (head[9] !== ALG_AES_256_GCM) throw bad(`its encryption header is invalid (unknown algorithm ${head[9]})`);
-  const idLen = head[10]!;
-  if (idLen < 1 || idLen > 64 || !(await r.fill(idLen + PREFIX_LENGTH + 4))) throw bad('its encryption header is invalid (truncated)');
-  const rest = r.take(idLen + PREFIX_LENGTH + 4);
-  const header = Buffer.concat([head, rest]);
-  const keyId = rest.subarray(0, idLen).toString('latin1');
-  const prefix = rest.subarray(idLen, idLen + PREFIX_LENGTH);
-  const chunkSize = rest.readUInt32BE(idLen + PREFIX_LENGTH);
-  if (chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK) throw bad('its encryption header is invalid (chunk size)');
-  const key = keyring?.keyFor(keyId);
-  if (!key) throw new KeyUnavailableError(name, keyId, keyring?.ids);
-  const whole = chunkSize + TAG_LENGTH;
-  for (let index = 0; ; index++) {
-    // One byte past a whole chunk says whether it is the last one.
-    const more = await r.fill(whole + 1);
-    const n = more ? whole : r.available;
-    if (n < TAG_LENGTH) throw bad(`it ends inside chunk ${index} (cut short)`);
-    const sealed = r.take(n);
-    const decipher = createDecipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
-    decipher.setAAD(chunkAad(header, name, compression, index, !more));
-    decipher.setAuthTag(sealed.subarray(n - TAG_LENGTH));
-    let plain: Buffer;
-    try {
-      plain = Buffer.concat([decipher.update(sealed.subarray(0, n - TAG_LENGTH)), decipher.final()]);
-    } catch {
-      throw bad(`chunk ${index} fails authentication with key "${keyId}" (changed, cut short, reordered, or stored under another name than it was written for)`);
+  try {
+    if (!(await r.fill(11))) throw bad('its encryption header is invalid (truncated)');
+    const head = r.take(11);
+    if (!isSealed(head)) throw bad('its encryption header is invalid (no magic)');
+    if (head[8] !== STREAM_VERSION) throw bad(`its encryption header is invalid (format version ${head[8]}, a stream is version ${STREAM_VERSION})`);
+    if (head[9] !== ALG_AES_256_GCM) throw bad(`its encryption header is invalid (unknown algorithm ${head[9]})`);
+    const idLen = head[10]!;
+    if (idLen < 1 || idLen > 64 || !(await r.fill(idLen + PREFIX_LENGTH + 4))) throw bad('its encryption header is invalid (truncated)');
+    const rest = r.take(idLen + PREFIX_LENGTH + 4);
+    const header = Buffer.concat([head, rest]);
+    const keyId = rest.subarray(0, idLen).toString('latin1');
+    const prefix = rest.subarray(idLen, idLen + PREFIX_LENGTH);
+    const chunkSize = rest.readUInt32BE(idLen + PREFIX_LENGTH);
+    if (chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK) throw bad('its encryption header is invalid (chunk size)');
+    const key = keyring?.keyFor(keyId);
+    if (!key) throw new KeyUnavailableError(name, keyId, keyring?.ids);
+    const whole = chunkSize + TAG_LENGTH;
+    for (let index = 0; ; index++) {
+      // One byte past a whole chunk says whether it is the last one.
+      const more = await r.fill(whole + 1);
+      const n = more ? whole : r.available;
+      if (n < TAG_LENGTH) throw bad(`it ends inside chunk ${index} (cut short)`);
+      const sealed = r.take(n);
+      const decipher = createDecipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
+      decipher.setAAD(chunkAad(header, name, compression, index, !more));
+      decipher.setAuthTag(sealed.subarray(n - TAG_LENGTH));
+      let plain: Buffer;
+      try {
+        plain = Buffer.concat([decipher.update(sealed.subarray(0, n - TAG_LENGTH)), decipher.final()]);
+      } catch {
+        throw bad(`chunk ${index} fails authentication with key "${keyId}" (changed, cut short, reordered, or stored under another name than it was written for)`);
+      }
+      if (plain.length > 0) yield plain;
+      if (!more) return;
     }
-    if (plain.length > 0) yield plain;
-    if (!more) return;
+  } finally {
+    await r.close();
   }
 }

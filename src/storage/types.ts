@@ -154,6 +154,20 @@ export interface ArchiveStore {
   /** Release connections and timers. */
   close(): Promise<void>;
   /**
+   * Store an object that arrives as a stream, larger than memory if need be (storage/stream.ts):
+   * compressed on the fly, encrypted in authenticated chunks with a key, its SHA-256 computed as
+   * the bytes go by and recorded. Never overwrites: the same checksum and size already there is
+   * 'exists'; other contents are ConflictError (the streamed copy is not kept: its bytes are gone).
+   * StorageError on a backend that cannot store streams yet.
+   */
+  putStream?(name: string, source: AsyncIterable<Buffer>, opts?: PutOptions): Promise<PutResult>;
+  /**
+   * An object as a stream of its uncompressed bytes: an encrypted one yields each chunk only once
+   * it authenticated; the recorded checksum is checked at the end (IntegrityError then, after the
+   * bytes went out: a reader that must not act on unverified bytes waits for the end).
+   */
+  getStream?(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }>;
+  /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
    * object under a WAL file name treats it as damaged even when its contents are identical, since

@@ -21,8 +21,8 @@
 // cleanup) also look for the temp files earlier versions left beside the data, the records and
 // the quarantine copies. A stored file is never replaced (no overwrite): writes here are atomic,
 // so a damaged file is bit rot or tampering, for the operator (refusal says what to do).
-import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
-import { existsSync, type Dirent, type Stats } from 'node:fs';
+import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { constants as fsConstants, existsSync, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../sink/fsutil.js';
@@ -115,17 +115,6 @@ function parseRecord(text: string): ChecksumRecord | undefined {
   return { sha: m[1]!, compression: m[2] as Compression | undefined, size: m[3] === undefined ? undefined : Number(m[3]) };
 }
 
-/** Create `path` (must not exist), write `data`, fsync unless noSync. Mode 0600. */
-async function writeNew(path: string, data: Buffer, noSync: boolean): Promise<void> {
-  const fh = await open(path, 'wx', 0o600);
-  try {
-    await fh.writeFile(data);
-    if (!noSync) await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /** mkdir -p with mode 0700; the entries of directories it creates are made durable unless noSync. */
 async function ensureDir(path: string, noSync: boolean): Promise<void> {
   const first = await mkdir(path, { recursive: true, mode: 0o700 });
@@ -188,17 +177,61 @@ export class LocalDriver implements Driver {
   }
 
   async create(key: string, body: Buffer, meta: NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
+    return this.publish(key, opts.noSync ?? false, false, (base, noSync) => this.writeTemp(base, body, noSync), () => meta, body);
+  }
+
+  /** create from a stream: written to the temp file as it comes (memory: one piece), then published the same way. */
+  async createStream(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
+    return this.publish(key, opts.noSync ?? false, true, (base, noSync) => this.writeTemp(base, body, noSync), meta, undefined);
+  }
+
+  async readStream(key: string): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer> } | undefined> {
+    return this.guard(`cannot read "${key}"`, async () => {
+      const found = await this.locate(key);
+      if (!found) return undefined;
+      let fh: FileHandle;
+      try {
+        fh = await open(found.path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+      } catch (err) {
+        if (errno(err) === 'ENOENT') return undefined;
+        if (errno(err) === 'ELOOP') throw new IntegrityError(key, `${found.path} is a symbolic link, not a file walstream stored; move it aside`);
+        throw err;
+      }
+      const rec = await this.readRecord(key).catch(async (err: unknown) => {
+        await fh.close();
+        throw err;
+      });
+      const st = await fh.stat();
+      const object: DriverObject = { key, storedSize: st.size, modified: st.mtime, meta: metaOf(found, rec) };
+      return { object, meta: metaOf(found, rec), body: fh.createReadStream({ highWaterMark: 1024 * 1024 }) as AsyncIterable<Buffer> };
+    });
+  }
+
+  /**
+   * Write the temp file, claim the key with the record, publish the data file (see the top of
+   * this file). `drain`: a streamed body is consumed also when the key is taken (its checksum is
+   * wanted). `ours`: the bytes, to tell a file of exactly them (a whole-buffer create).
+   */
+  private async publish(
+    key: string,
+    noSync: boolean,
+    drain: boolean,
+    writeTmp: (base: string, noSync: boolean) => Promise<string>,
+    metaNow: () => NewMeta,
+    ours: Buffer | undefined,
+  ): Promise<CreateResult> {
     await this.sweepTemps();
-    const noSync = opts.noSync ?? false;
     return this.guard(`cannot store "${key}"`, async () => {
-      if (await this.locate(key)) return { created: false };
+      if (!drain && (await this.locate(key))) return { created: false };
       const p = this.place(key);
       await this.ensureDir(p.dataDir, noSync);
       await this.ensureDir(p.metaDir, noSync);
-      const file = p.base + SUFFIX[meta.compression];
-      const finalPath = join(p.dataDir, file);
-      const tmp = await this.writeTemp(p.base, body, noSync);
+      const tmp = await writeTmp(p.base, noSync);
       try {
+        const meta = metaNow();
+        if (drain && (await this.locate(key))) return { created: false };
+        const file = p.base + SUFFIX[meta.compression];
+        const finalPath = join(p.dataDir, file);
         const claim = await this.claim(key, p, meta, noSync);
         if (claim === 'taken') return { created: false };
         try {
@@ -211,7 +244,7 @@ export class LocalDriver implements Driver {
           // Another writer published this very file first. Our record describes our bytes: it
           // stays only on a file of exactly those bytes (one not written through a record, e.g.
           // by pg_receivewal, must not be checked against it).
-          if (claim === 'new' && !(await readFile(finalPath).catch(() => undefined))?.equals(body)) await unlinkQuiet(p.record);
+          if (claim === 'new' && (ours === undefined || !(await readFile(finalPath).catch(() => undefined))?.equals(ours))) await unlinkQuiet(p.record);
           return { created: false };
         }
         // A stale-claim takeover may have replaced the record while we were between the steps.
@@ -474,18 +507,30 @@ export class LocalDriver implements Driver {
   }
 
   /** Write a new temp file for `target`, making the temp directory again if the last create out removed it meanwhile. */
-  private async writeTemp(target: string, data: Buffer, noSync: boolean): Promise<string> {
+  private async writeTemp(target: string, data: Buffer | AsyncIterable<Buffer>, noSync: boolean): Promise<string> {
     // Another create's dropTemp may remove the directory at any moment, between mkdir's own steps
     // too (mkdir -p then fails with ENOENT): make it again and retry.
     for (let attempt = 0; ; attempt++) {
       const tmp = join(this.tempDir, tempName(target));
+      let fh: FileHandle;
       try {
         await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
-        await writeNew(tmp, data, noSync);
-        return tmp;
+        fh = await open(tmp, 'wx', 0o600);
       } catch (err) {
         if (errno(err) !== 'ENOENT' || attempt >= 100) throw err;
+        continue;
       }
+      try {
+        if (Buffer.isBuffer(data)) await fh.writeFile(data);
+        else for await (const b of data) await fh.write(b);
+        if (!noSync) await fh.sync();
+      } catch (err) {
+        await fh.close().catch(() => undefined);
+        await unlinkQuiet(tmp).catch(() => undefined);
+        throw err;
+      }
+      await fh.close();
+      return tmp;
     }
   }
 
