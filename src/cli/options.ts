@@ -73,7 +73,7 @@ export interface ArchiveCliOptions {
 
 /** --archive; `use` says what the command does with it (e.g. "the archive to restore from"). */
 export function archiveOption(use: string): Option {
-  return new Option('--archive <url>', `${use}: a directory, file:///path or s3://bucket/prefix`).env('WALSTREAM_ARCHIVE');
+  return new Option('--archive <url>', `${use}: a directory, file:///path, s3://bucket/prefix or azure://container/prefix`).env('WALSTREAM_ARCHIVE');
 }
 
 export function s3EndpointOption(): Option {
