@@ -26,7 +26,7 @@ import { constants as fsConstants, existsSync, type Dirent, type Stats } from 'n
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../sink/fsutil.js';
-import { readWhole } from '../../util/bulk.js';
+import { readWhole } from '../../util/read-whole.js';
 import { DEFAULT_LEFTOVER_AGE_MS, removeFound, scanDirectory, tempName } from '../leftovers.js';
 import { IntegrityError, StorageError, type Compression, type Leftover, type LeftoverOptions, type LeftoverRemoval, type LeftoverScan } from '../types.js';
 import type { CreateOptions, CreateResult, Driver, DriverObject, ListPageOptions, NewMeta, ObjectMeta, ReadResult } from '../driver.js';
