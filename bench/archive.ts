@@ -10,13 +10,16 @@
 // BENCH_S3_CONCURRENCY (e.g. "2,4,8": extra S3 cases with those upload concurrencies),
 // BENCH_COMPARE_BIN (another build's bin/walstream: its archive cases, interleaved with these),
 // BENCH_CASES (a regular expression choosing cases by name), BENCH_CPU_PROF (a directory: run
-// walstream under node --cpu-prof, one profile per run there).
+// walstream under node --cpu-prof, one profile per run there). The Azure cases ("walstream ->
+// Azure", when BENCH_CASES names them) receive into Azurite in a child process against the most
+// that Azurite takes here (raw SDK uploads of 16 MB block blobs, 4 at a time), in the same run.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import zlib from 'node:zlib';
 import { PgCluster, toolBinDir } from '../test/harness/pg.js';
 import { startS3 } from '../test/harness/s3.js';
+import { startAzurite, type AzuriteServer } from '../test/harness/azure.js';
 import { BIN } from '../test/support/cli.js';
 import { lsnOf, segName as walSegName } from '../test/support/walfiles.js';
 import { openArchive } from '../src/storage/open.js';
@@ -27,6 +30,8 @@ const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const SEG_MB = 16;
 const UPLOADS = process.env['BENCH_UPLOAD_CONCURRENCY'];
 const CASES = new RegExp(process.env['BENCH_CASES'] ?? '.');
+/** Azure cases only when asked for by name (they start Azurite). */
+const AZURE = /azure/i.test(process.env['BENCH_CASES'] ?? '');
 /** Another build's bin/walstream (e.g. a checkout of an older commit): its archive cases run alternated with this one's. */
 const COMPARE_BIN = process.env['BENCH_COMPARE_BIN'];
 /** Extra S3 cases with these --upload-concurrency values (comma-separated), alternated with the others. */
@@ -59,6 +64,7 @@ async function main(): Promise<void> {
   requireGnuTime();
   const s3: S3Endpoint = process.env['WALSTREAM_TEST_S3_ENDPOINT'] ? await startS3() : await startS3Process();
   const primary = await PgCluster.create({ name: 'bench-archive', walSegmentSizeMB: SEG_MB, conf: { max_wal_size: '4GB', checkpoint_timeout: '30min' } });
+  const azurite: AzuriteServer | undefined = AZURE ? await startAzurite() : undefined;
   const dirs: string[] = [];
   const tmp = (p: string): string => {
     const d = mkdtempSync(join(tmpdir(), `walstream-bench-${p}-`));
@@ -76,7 +82,13 @@ async function main(): Promise<void> {
     console.log(`streaming ${slot!.lsn} .. ${endpos} (${streamMb.toFixed(0)} MB); S3 server ${s3.cpuSeconds ? `in its own process at ${s3.endpoint}` : `outside, ${s3.endpoint}`}`);
     const first = segName(slot!.lsn, SEG_MB * 1024 * 1024);
     const conn = `host=127.0.0.1 port=${primary.port} user=postgres`;
-    const env = { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const env = {
+      ...process.env,
+      AWS_ACCESS_KEY_ID: s3.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      AWS_REGION: s3.region,
+      ...(azurite ? { AZURE_STORAGE_CONNECTION_STRING: azurite.connectionString } : {}),
+    };
     const spool = (): string => {
       const d = tmp('spool');
       writeFileSync(join(d, `${first}.partial`), '');
@@ -110,12 +122,17 @@ async function main(): Promise<void> {
     for (const n of SWEEP) {
       all.push({ name: `walstream -> S3, ${n} uploads`, argv: () => walstream(['--upload-concurrency', String(n)], s3Url()) });
     }
+    if (azurite) {
+      all.push({ name: 'walstream -> Azure', argv: () => walstream([], `azure://${azurite.container}/run${seq++}/`) });
+      all.push({ name: 'walstream -> Azure gzip', argv: () => walstream(['-Z', 'gzip:1'], `azure://${azurite.container}/run${seq++}/`) });
+    }
     if (typeof (zlib as unknown as { zstdCompressSync?: unknown }).zstdCompressSync === 'function') {
       all.push({ name: 'walstream -> S3 zstd', argv: () => walstream(['-Z', 'zstd:1'], s3Url()) });
     }
     const cases = all.filter((c) => CASES.test(c.name));
     const results = new Map<string, { m: Measurement[]; serverCpu: number[]; ratio: number[] }>();
     const ceilings: { mbs: number; serverCpu: number }[] = [];
+    const azureCeilings: number[] = [];
     const serverCpu = (): number => s3.cpuSeconds?.() ?? NaN;
     await measure(all[0]!.argv().argv); // warm the server's page cache
     for (let i = 0; i < RUNS; i++) {
@@ -129,7 +146,7 @@ async function main(): Promise<void> {
         r.m.push(m);
         if (archive?.startsWith('s3://')) r.serverCpu.push(cpu);
         if (archive) {
-          const store = await openArchive(archive, { s3Endpoint: s3.endpoint, s3: { credentials: s3.credentials } });
+          const store = await openArchive(archive, { s3Endpoint: s3.endpoint, s3: { credentials: s3.credentials }, ...(azurite ? { azure: { connectionString: azurite.connectionString } } : {}) });
           // A listing carries no object metadata on S3: ask each object for its sizes.
           const names = (await store.list()).map((o) => o.name).filter((n) => /^[0-9A-F]{24}$/.test(n));
           const infos = await Promise.all(names.map((n) => store.head(n)));
@@ -145,6 +162,11 @@ async function main(): Promise<void> {
         const mbs = await rawPutCeiling(s3, `${s3.prefix}ceiling${i}/`, CEILING);
         ceilings.push({ mbs, serverCpu: serverCpu() - cpu0 });
         console.log(`run ${i + 1} raw PUT ceiling: ${mbs.toFixed(0)} MB/s`);
+      }
+      if (azurite && cases.some((c) => c.name.includes('Azure'))) {
+        const mbs = await rawAzureCeiling(azurite, `ceiling${i}/`, CEILING);
+        azureCeilings.push(mbs);
+        console.log(`run ${i + 1} raw Azure upload ceiling: ${mbs.toFixed(0)} MB/s`);
       }
     }
 
@@ -180,6 +202,7 @@ async function main(): Promise<void> {
         row([`raw PUTs ${CEILING.parallel}x${CEILING.bytes / 1048576} MB (ceiling)`, mbs.toFixed(0), '', '', '', s3.cpuSeconds ? median(ceilings.map((x) => x.serverCpu)).toFixed(2) : '-', '', '']),
       );
     }
+    if (azureCeilings.length) console.log(row([`raw Azure uploads ${CEILING.parallel}x${CEILING.bytes / 1048576} MB`, median(azureCeilings).toFixed(0), '', '', '', '', '', '']));
     const local = mbsOf('walstream -> dir');
     const s3mbs = mbsOf('walstream -> S3');
     console.log('');
@@ -187,6 +210,8 @@ async function main(): Promise<void> {
       const ratio = s3mbs / local;
       console.log(`S3 / local-directory receive throughput: ${ratio.toFixed(3)} (target >= ${TARGET_RATIO}: ${ratio >= TARGET_RATIO ? 'met' : 'NOT met'})`);
     }
+    const azmbs = mbsOf('walstream -> Azure');
+    if (azmbs !== undefined && azureCeilings.length) console.log(`Azure / raw upload ceiling of this Azurite on this machine: ${(azmbs / median(azureCeilings)).toFixed(3)}`);
     if (s3mbs !== undefined && ceilings.length) {
       const ceil = median(ceilings.map((x) => x.mbs));
       console.log(`S3 / raw PUT ceiling of this S3 server on this machine: ${(s3mbs / ceil).toFixed(3)}`);
@@ -213,8 +238,32 @@ async function main(): Promise<void> {
   } finally {
     await primary.destroy();
     await s3.stop();
+    await azurite?.stop();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }
+}
+
+/** MB/s of raw SDK uploads into Azurite: `count` block blobs of `bytes`, `parallel` at a time (what walstream's uploads compare with). */
+async function rawAzureCeiling(az: AzuriteServer, prefix: string, opts: { count: number; bytes: number; parallel: number }): Promise<number> {
+  const container = az.client().getContainerClient(az.container);
+  const body = Buffer.from(randomFill(opts.bytes));
+  let next = 0;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: opts.parallel }, async () => {
+      while (next < opts.count) {
+        const i = next++;
+        await container.getBlockBlobClient(`${prefix}${i}`).upload(body, body.length, { conditions: { ifNoneMatch: '*' } });
+      }
+    }),
+  );
+  return (opts.count * opts.bytes) / 1048576 / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+function randomFill(n: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i += 4) b.writeUInt32LE((Math.imul(i, 2654435761) ^ 0x9e3779b9) >>> 0, i);
+  return b;
 }
 
 main().catch((err: unknown) => {
