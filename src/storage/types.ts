@@ -1,11 +1,13 @@
-// The archive contract every backend (memory, local directory, S3) implements and one shared
-// conformance suite checks (test/integration/storage-contract.test.ts). Names are flat WAL file
+// The archive contract every backend (memory, local directory, S3, Azure Blob) implements, as the
+// archive's policy (storage/archive.ts) over that backend's driver (storage/drivers/), and one
+// shared conformance suite checks on each (test/integration/storage-contract.test.ts). Names are flat WAL file
 // names (segments, NNNNNNNN.history, .backup, .partial) plus the reserved "quarantine/" prefix.
 //
 // Guarantees:
 // - put is atomic and durable: nothing is readable under the final name until the whole object
-//   is stored (locally: temp file, fsync, rename, directory fsync; S3: one PUT with a SHA-256
-//   transfer checksum, If-None-Match: * where the store supports it).
+//   is stored (locally: temp file, fsync, link, directory fsync; S3: one PUT with a SHA-256
+//   transfer checksum, If-None-Match: * where the store supports it; Azure: one Put Blob with
+//   If-None-Match: *).
 // - put never overwrites: identical content already stored → { status: 'exists' }; different
 //   content → the new copy is kept under quarantine/<name>.<UTC timestamp> and ConflictError is
 //   thrown naming both. Two concurrent puts of the same name: at most one 'created'.
@@ -14,7 +16,7 @@
 //   cannot be decoded (a write cut short on a store without atomic PUTs, or corruption), or an
 //   unencrypted copy of those very bytes where only encrypted ones are read (setArchiveEncrypted,
 //   or a keyring with requireEncrypted):
-//   - S3 and memory keep it under quarantine/ and replace it with the verified copy; the result
+//   - S3, Azure and memory keep it under quarantine/ and replace it with the verified copy; the result
 //     names the quarantine copy in `replacedDamaged`;
 //   - the local store never replaces it: local writes are atomic, so a damaged file is bit rot or
 //     tampering, for the operator to look at. ConflictError naming the object, what is wrong and
