@@ -35,7 +35,10 @@ const AZURE = /azure/i.test(process.env['BENCH_CASES'] ?? '');
 /** Another build's bin/walstream (e.g. a checkout of an older commit): its archive cases run alternated with this one's. */
 const COMPARE_BIN = process.env['BENCH_COMPARE_BIN'];
 /** Extra S3 cases with these --upload-concurrency values (comma-separated), alternated with the others. */
-const SWEEP = (process.env['BENCH_S3_CONCURRENCY'] ?? '').split(',').filter((x) => x.trim() !== '').map(Number);
+const SWEEP = (process.env['BENCH_S3_CONCURRENCY'] ?? '')
+  .split(',')
+  .filter((x) => x.trim() !== '')
+  .map(Number);
 const CPU_PROF = process.env['BENCH_CPU_PROF'];
 /** The issue's targets: S3 at least this share of the local-directory receive's throughput, and this peak RSS. */
 const TARGET_RATIO = 0.8;
@@ -99,7 +102,15 @@ async function main(): Promise<void> {
     const node = (bin = BIN): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : []), bin];
     const walstream = (extra: string[], archive?: string, bin?: string): { argv: string[]; archive?: string } => ({
       argv: [
-        ...node(bin), 'receive', '-D', spool(), '-d', conn, '-E', endpos, '-n',
+        ...node(bin),
+        'receive',
+        '-D',
+        spool(),
+        '-d',
+        conn,
+        '-E',
+        endpos,
+        '-n',
         ...(archive ? ['--archive', archive, '--s3-endpoint', s3.endpoint, ...(UPLOADS ? ['--upload-concurrency', UPLOADS] : [])] : []),
         ...extra,
       ],
@@ -154,7 +165,9 @@ async function main(): Promise<void> {
           await store.close();
         }
         results.set(c.name, r);
-        console.log(`run ${i + 1} ${c.name}: ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, RSS ${m.maxRssMb.toFixed(0)} MB${archive?.startsWith('s3://') && s3.cpuSeconds ? `, S3 server CPU ${cpu.toFixed(2)} s` : ''}`);
+        console.log(
+          `run ${i + 1} ${c.name}: ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, RSS ${m.maxRssMb.toFixed(0)} MB${archive?.startsWith('s3://') && s3.cpuSeconds ? `, S3 server CPU ${cpu.toFixed(2)} s` : ''}`,
+        );
         for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
       }
       if (cases.some((c) => c.name.includes('S3'))) {
@@ -171,8 +184,21 @@ async function main(): Promise<void> {
     }
 
     const gb = streamMb / 1024;
-    const cols: [string, number][] = [['case', 34], ['MB/s', 8], ['wall s', 8], ['CPU s', 8], ['CPU s/GB', 10], ['S3 srv CPU s', 14], ['RSS MB', 8], ['stored/raw', 10]];
-    const row = (cells: string[]): string => cells.map((c, k) => c.padEnd(cols[k]![1])).join('').trimEnd();
+    const cols: [string, number][] = [
+      ['case', 34],
+      ['MB/s', 8],
+      ['wall s', 8],
+      ['CPU s', 8],
+      ['CPU s/GB', 10],
+      ['S3 srv CPU s', 14],
+      ['RSS MB', 8],
+      ['stored/raw', 10],
+    ];
+    const row = (cells: string[]): string =>
+      cells
+        .map((c, k) => c.padEnd(cols[k]![1]))
+        .join('')
+        .trimEnd();
     console.log(`\n${WAL_MB} MB of WAL, medians of ${RUNS} run(s); RSS is the peak over all runs; MB/s = streamed MB / median wall`);
     console.log(row(cols.map(([h]) => h)));
     const mbsOf = (name: string): number | undefined => {
@@ -198,9 +224,7 @@ async function main(): Promise<void> {
     }
     if (ceilings.length) {
       const mbs = median(ceilings.map((x) => x.mbs));
-      console.log(
-        row([`raw PUTs ${CEILING.parallel}x${CEILING.bytes / 1048576} MB (ceiling)`, mbs.toFixed(0), '', '', '', s3.cpuSeconds ? median(ceilings.map((x) => x.serverCpu)).toFixed(2) : '-', '', '']),
-      );
+      console.log(row([`raw PUTs ${CEILING.parallel}x${CEILING.bytes / 1048576} MB (ceiling)`, mbs.toFixed(0), '', '', '', s3.cpuSeconds ? median(ceilings.map((x) => x.serverCpu)).toFixed(2) : '-', '', '']));
     }
     if (azureCeilings.length) console.log(row([`raw Azure uploads ${CEILING.parallel}x${CEILING.bytes / 1048576} MB`, median(azureCeilings).toFixed(0), '', '', '', '', '', '']));
     const local = mbsOf('walstream -> dir');
@@ -217,7 +241,11 @@ async function main(): Promise<void> {
       console.log(`S3 / raw PUT ceiling of this S3 server on this machine: ${(s3mbs / ceil).toFixed(3)}`);
       if (local !== undefined) console.log(`raw PUT ceiling / local-directory receive: ${(ceil / local).toFixed(3)} (the best ratio this S3 server allows here)`);
     }
-    for (const [mine, theirs] of [['walstream -> local archive', 'other walstream -> local archive'], ['walstream -> S3', 'other walstream -> S3'], ['walstream -> S3 gzip', 'other walstream -> S3 gzip']] as const) {
+    for (const [mine, theirs] of [
+      ['walstream -> local archive', 'other walstream -> local archive'],
+      ['walstream -> S3', 'other walstream -> S3'],
+      ['walstream -> S3 gzip', 'other walstream -> S3 gzip'],
+    ] as const) {
       const a = results.get(mine);
       const b = results.get(theirs);
       if (!a || !b) continue;

@@ -41,20 +41,34 @@ async function main(): Promise<void> {
   const repos: PgBackRestRepo[] = [];
   let proxy: TlsProxy | undefined;
   try {
-    const env = `env ${Object.entries({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region }).map(([k, v]) => `${k}=${v}`).join(' ')}`;
+    const env = `env ${Object.entries({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region })
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`;
     let seq = 0;
     const s3Url = (): string => `s3://${s3.bucket}/${s3.prefix}push${seq++}/`;
     let cases: Case[] = [
-      { name: 'cp + fsync', command: async () => { const d = fresh('cp'); return `cp %p ${d}/%f.tmp && sync ${d}/%f.tmp && mv ${d}/%f.tmp ${d}/%f && sync ${d}`; } },
+      {
+        name: 'cp + fsync',
+        command: async () => {
+          const d = fresh('cp');
+          return `cp %p ${d}/%f.tmp && sync ${d}/%f.tmp && mv ${d}/%f.tmp ${d}/%f && sync ${d}`;
+        },
+      },
       { name: 'walstream push', command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws')]) },
       { name: `walstream push --parallel ${PARALLEL}`, command: async () => walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL]) },
       {
         name: `walstream push --parallel ${PARALLEL}, rm first`,
-        command: async () => { const m = fresh('markers'); return `rm ${m}/%f.pushed 2>/dev/null || ${walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL, '--spool', m])}`; },
+        command: async () => {
+          const m = fresh('markers');
+          return `rm ${m}/%f.pushed 2>/dev/null || ${walstreamCommand(['push', '%p', '--archive', fresh('ws'), '--parallel', PARALLEL, '--spool', m])}`;
+        },
       },
       {
         name: `walstream push S3 --parallel ${PARALLEL}, rm first`,
-        command: async () => { const m = fresh('markers'); return `rm ${m}/%f.pushed 2>/dev/null || ${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint, '--parallel', PARALLEL, '--spool', m])}`; },
+        command: async () => {
+          const m = fresh('markers');
+          return `rm ${m}/%f.pushed 2>/dev/null || ${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint, '--parallel', PARALLEL, '--spool', m])}`;
+        },
       },
       { name: 'walstream push S3', command: async () => `${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint])}` },
       { name: `walstream push S3 --parallel ${PARALLEL}`, command: async () => `${env} ${walstreamCommand(['push', '%p', '--archive', s3Url(), '--s3-endpoint', s3.endpoint, '--parallel', PARALLEL])}` },
@@ -107,7 +121,11 @@ async function main(): Promise<void> {
         times.set(c.name, [...(times.get(c.name) ?? []), s]);
         console.log(`run ${i + 1} ${c.name}: ${n} files in ${s.toFixed(2)} s (archiver failures so far: ${st!.failed})`);
         // Why the archiver failed during the case, if it did: a failure costs a retry delay.
-        const failures = readFileSync(primary.logFile).subarray(logFrom).toString().split('\n').filter((l) => /archive command failed|walstream: error|pgbackrest.*ERROR/i.test(l));
+        const failures = readFileSync(primary.logFile)
+          .subarray(logFrom)
+          .toString()
+          .split('\n')
+          .filter((l) => /archive command failed|walstream: error|pgbackrest.*ERROR/i.test(l));
         for (const l of failures.slice(0, 4)) console.log(`  server log: ${l.trim()}`);
         primary.configure({ archive_command: '/bin/false' });
         for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
@@ -125,7 +143,9 @@ async function main(): Promise<void> {
     }
     const ratio = (a: string, b: string): string => (times.has(a) && times.has(b) ? (median(times.get(a)!) / median(times.get(b)!)).toFixed(2) : 'n/a');
     console.log(`\nwalstream push --parallel ${PARALLEL}, rm first / pgbackrest archive-push async: ${ratio(`walstream push --parallel ${PARALLEL}, rm first`, `pgbackrest archive-push async (${PARALLEL})`)}`);
-    console.log(`walstream push S3 --parallel ${PARALLEL}, rm first / pgbackrest archive-push S3 async: ${ratio(`walstream push S3 --parallel ${PARALLEL}, rm first`, `pgbackrest archive-push S3 async (${PARALLEL})`)}`);
+    console.log(
+      `walstream push S3 --parallel ${PARALLEL}, rm first / pgbackrest archive-push S3 async: ${ratio(`walstream push S3 --parallel ${PARALLEL}, rm first`, `pgbackrest archive-push S3 async (${PARALLEL})`)}`,
+    );
     console.log(`walstream push --parallel ${PARALLEL} / pgbackrest archive-push async: ${ratio(`walstream push --parallel ${PARALLEL}`, `pgbackrest archive-push async (${PARALLEL})`)}`);
     console.log(`walstream push --parallel ${PARALLEL} / pgbackrest archive-push: ${ratio(`walstream push --parallel ${PARALLEL}`, 'pgbackrest archive-push')}`);
     console.log(`walstream push S3 --parallel ${PARALLEL} / pgbackrest archive-push S3 async: ${ratio(`walstream push S3 --parallel ${PARALLEL}`, `pgbackrest archive-push S3 async (${PARALLEL})`)}`);

@@ -43,7 +43,9 @@ async function main(): Promise<void> {
     primary.configure({ archive_command: `cp %p ${raw}/%f` });
     await primary.reload();
     const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
-    const envPrefix = `env ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`;
+    const envPrefix = `env ${Object.entries(env)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`;
     const s3Url = `s3://${s3.bucket}/${s3.prefix}restore/`;
 
     let cases: Case[] = [
@@ -57,7 +59,8 @@ async function main(): Promise<void> {
       },
       {
         name: `walstream fetch S3 --prefetch ${PREFETCH}, mv first`,
-        command: (_d, spool) => `mv ${spool}/%f %p 2>/dev/null || ${envPrefix} ${walstreamCommand(['fetch', '%f', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint, '--prefetch', PREFETCH, '--spool', spool])}`,
+        command: (_d, spool) =>
+          `mv ${spool}/%f %p 2>/dev/null || ${envPrefix} ${walstreamCommand(['fetch', '%f', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint, '--prefetch', PREFETCH, '--spool', spool])}`,
       },
       {
         name: `walstream fetch S3 --prefetch ${PREFETCH}`,
@@ -104,7 +107,9 @@ async function main(): Promise<void> {
     const last = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
     await primary.switchWal();
     await primary.waitFor(async () => readdirSync(raw).includes(last), 300_000, `archiving up to ${last}`);
-    const names = readdirSync(raw).filter((n) => SEG_RE.test(n)).sort();
+    const names = readdirSync(raw)
+      .filter((n) => SEG_RE.test(n))
+      .sort();
     console.log(`${names.length} segments archived, replaying up to ${target}`);
 
     // The same segments into walstream's local and S3 archives and the pgBackRest repositories.
@@ -125,11 +130,7 @@ async function main(): Promise<void> {
         sb.configure({ primary_conninfo: '', restore_command: c.command(sb.dataDir, join(spool, 'prefetch')) });
         const t0 = performance.now();
         await sb.start();
-        await sb.waitFor(
-          async () => (await sb.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [target]))[0]?.ok === true,
-          600_000,
-          `${c.name} to replay up to ${target}`,
-        );
+        await sb.waitFor(async () => (await sb.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [target]))[0]?.ok === true, 600_000, `${c.name} to replay up to ${target}`);
         const s = (performance.now() - t0) / 1000;
         times.set(c.name, [...(times.get(c.name) ?? []), s]);
         console.log(`run ${i + 1} ${c.name}: ${s.toFixed(2)} s`);
@@ -145,7 +146,8 @@ async function main(): Promise<void> {
       ['cp', ['cp', join(raw, seg), join(out, 'X')]],
       ['walstream fetch', [...walstreamArgv(), 'fetch', seg, join(out, 'X'), '--archive', local]],
     ];
-    if (repos[0]) perCall.push(['pgbackrest archive-get', ['/usr/bin/pgbackrest', `--config=${repos[0].config}`, `--stanza=${repos[0].stanza}`, `--pg1-path=${primary.dataDir}`, 'archive-get', seg, join(out, 'X')]]);
+    if (repos[0])
+      perCall.push(['pgbackrest archive-get', ['/usr/bin/pgbackrest', `--config=${repos[0].config}`, `--stanza=${repos[0].stanza}`, `--pg1-path=${primary.dataDir}`, 'archive-get', seg, join(out, 'X')]]);
     const callMs = new Map<string, number[]>();
     for (let i = 0; i < 10; i++) {
       for (const [name, argv] of perCall) {

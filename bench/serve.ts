@@ -104,7 +104,9 @@ function processIo(pid: number): { rchar: number; wchar: number } {
 }
 
 function pids(): number[] {
-  return readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number);
+  return readdirSync('/proc')
+    .filter((e) => /^\d+$/.test(e))
+    .map(Number);
 }
 
 /**
@@ -429,7 +431,11 @@ async function main(): Promise<void> {
     standby = await primary.createStandby({ name: 'bench-serve-sb', start: false, conf: { archive_mode: 'off' } });
     const sb = standby;
     const template = join(sb.baseDir, 'base');
-    await runAsPg(join(toolBinDir(), 'pg_basebackup'), ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', template, '-X', 'none', '-c', 'fast', '--no-sync', '-l', 'walstream bench serve'], { timeoutMs: 300_000 });
+    await runAsPg(
+      join(toolBinDir(), 'pg_basebackup'),
+      ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', template, '-X', 'none', '-c', 'fast', '--no-sync', '-l', 'walstream bench serve'],
+      { timeoutMs: 300_000 },
+    );
     const u = pgOsUser();
     writeFileSync(join(template, 'standby.signal'), '', { mode: 0o600 });
     if (u) chownSync(join(template, 'standby.signal'), u.uid, u.gid);
@@ -443,7 +449,9 @@ async function main(): Promise<void> {
     const last = segName(1, lsnOf(target), SEG_BYTES);
     await primary.switchWal();
     await primary.waitFor(async () => existsSync(join(local, last)), 600_000, `archiving up to ${last}`);
-    const names = readdirSync(local).filter((n) => SEG_RE.test(n) && n <= last).sort();
+    const names = readdirSync(local)
+      .filter((n) => SEG_RE.test(n) && n <= last)
+      .sort();
     const catchUpSegs = names.filter((n) => n >= startSeg).length;
     const catchUpMb = Number(lsnOf(target) - lsnOf(startLsn)) / 1048576;
     console.log(`${names.length} segments archived (${names[0]} .. ${last}); a standby from the backup at ${startLsn} replays ${catchUpSegs} segments (${catchUpMb.toFixed(0)} MB) up to ${target}`);
@@ -476,7 +484,14 @@ async function main(): Promise<void> {
       execFileSync('cp', ['-a', template, sb.dataDir]);
     };
 
-    const catchUp = async (o: { conf: { primary_conninfo: string; restore_command: string }; served?: Served; s3?: boolean; proxied?: boolean; sampler?: string; check(log: string): void }): Promise<CatchUpRun> => {
+    const catchUp = async (o: {
+      conf: { primary_conninfo: string; restore_command: string };
+      served?: Served;
+      s3?: boolean;
+      proxied?: boolean;
+      sampler?: string;
+      check(log: string): void;
+    }): Promise<CatchUpRun> => {
       resetStandby();
       sb.configure(o.conf);
       const logFrom = existsSync(sb.logFile) ? readFileSync(sb.logFile).length : 0;
@@ -703,7 +718,12 @@ async function main(): Promise<void> {
       console.log(`${c.name}`);
       console.log(`  wall s        median ${med(rs.map((r) => r.wallS))}  runs ${list(rs.map((r) => r.wallS))}  (${(catchUpMb / median(rs.map((r) => r.wallS))).toFixed(0)} MB/s)`);
       console.log(`  tool CPU s    median ${med(rs.map((r) => r.toolCpuS))}  runs ${list(rs.map((r) => r.toolCpuS))}`);
-      console.log(`  tool RSS MB   peak ${Math.max(...rs.map((r) => r.toolRssMb).filter(Number.isFinite), 0).toFixed(0)}  runs ${list(rs.map((r) => r.toolRssMb), 0)}`);
+      console.log(
+        `  tool RSS MB   peak ${Math.max(...rs.map((r) => r.toolRssMb).filter(Number.isFinite), 0).toFixed(0)}  runs ${list(
+          rs.map((r) => r.toolRssMb),
+          0,
+        )}`,
+      );
       console.log(`  standby CPU s median ${med(rs.map((r) => r.standbyCpuS))}  runs ${list(rs.map((r) => r.standbyCpuS))}`);
       if (c.group === 'S3') {
         console.log(`  s3rver CPU s  median ${med(rs.map((r) => r.s3CpuS))}  runs ${list(rs.map((r) => r.s3CpuS))}`);
@@ -729,7 +749,12 @@ async function main(): Promise<void> {
     ratioLine('S3 over TLS: walstream serve', 'S3: pgbackrest archive-get async', TARGET_S3);
     if (ceilings.length) {
       const c = median(ceilings.map((x) => x.mbs));
-      console.log(`s3rver raw GET ceiling: median ${c.toFixed(0)} MB/s (runs ${list(ceilings.map((x) => x.mbs), 0)}), s3rver CPU ${(median(ceilings.map((x) => x.s3CpuS)) / ((CEILING.count * SEG_MB) / 1024)).toFixed(2)} s/GB`);
+      console.log(
+        `s3rver raw GET ceiling: median ${c.toFixed(0)} MB/s (runs ${list(
+          ceilings.map((x) => x.mbs),
+          0,
+        )}), s3rver CPU ${(median(ceilings.map((x) => x.s3CpuS)) / ((CEILING.count * SEG_MB) / 1024)).toFixed(2)} s/GB`,
+      );
       const w = wallOf('S3: walstream serve');
       if (w !== undefined) console.log(`S3: walstream serve catch-up rate ${(catchUpMb / w).toFixed(0)} MB/s = ${(catchUpMb / w / c).toFixed(2)} of that ceiling`);
     }
@@ -737,22 +762,47 @@ async function main(): Promise<void> {
     const fan = cases.filter((x) => x.group === 'fan-out');
     if (fan.length) {
       const gb = (CLIENTS * bytesPerClient) / 2 ** 30;
-      console.log(`\n== fan-out: ${CLIENTS} pg_receivewal at once, each ${streamed.length} segments (${(bytesPerClient / 1048576).toFixed(0)} MB) from ${streamed[0]} to ${endpos}, --no-sync into tmpfs; ${gb.toFixed(2)} GB sent per run; every file checked byte for byte`);
+      console.log(
+        `\n== fan-out: ${CLIENTS} pg_receivewal at once, each ${streamed.length} segments (${(bytesPerClient / 1048576).toFixed(0)} MB) from ${streamed[0]} to ${endpos}, --no-sync into tmpfs; ${gb.toFixed(2)} GB sent per run; every file checked byte for byte`,
+      );
       for (const c of fan) {
         const rs = results.get(c.name) as FanOutRun[];
         console.log(`${c.name}`);
-        console.log(`  aggregate MB/s   median ${med(rs.map((r) => r.mbs), 0)}  runs ${list(rs.map((r) => r.mbs), 0)}`);
+        console.log(
+          `  aggregate MB/s   median ${med(
+            rs.map((r) => r.mbs),
+            0,
+          )}  runs ${list(
+            rs.map((r) => r.mbs),
+            0,
+          )}`,
+        );
         console.log(`  wall s           median ${med(rs.map((r) => r.wallS))}  runs ${list(rs.map((r) => r.wallS))}`);
         console.log(`  server CPU s     median ${med(rs.map((r) => r.serverCpuS))}  runs ${list(rs.map((r) => r.serverCpuS))}  (${(median(rs.map((r) => r.serverCpuS)) / gb).toFixed(2)} s per GB sent)`);
-        if (rs.some((r) => Number.isFinite(r.serverRssMb))) console.log(`  server peak RSS MB peak ${Math.max(...rs.map((r) => r.serverRssMb)).toFixed(0)}  runs ${list(rs.map((r) => r.serverRssMb), 0)}  (target <= ${TARGET_RSS_MB}: ${Math.max(...rs.map((r) => r.serverRssMb)) <= TARGET_RSS_MB ? 'met' : 'NOT met'})`);
+        if (rs.some((r) => Number.isFinite(r.serverRssMb)))
+          console.log(
+            `  server peak RSS MB peak ${Math.max(...rs.map((r) => r.serverRssMb)).toFixed(0)}  runs ${list(
+              rs.map((r) => r.serverRssMb),
+              0,
+            )}  (target <= ${TARGET_RSS_MB}: ${Math.max(...rs.map((r) => r.serverRssMb)) <= TARGET_RSS_MB ? 'met' : 'NOT met'})`,
+          );
         console.log(`  clients CPU s    median ${med(rs.map((r) => r.clientCpuS))}  runs ${list(rs.map((r) => r.clientCpuS))}; client peak RSS ${Math.max(...rs.map((r) => r.clientRssMb)).toFixed(0)} MB`);
         console.log(`  machine CPU s    median ${med(rs.map((r) => r.machineCpuS))}  runs ${list(rs.map((r) => r.machineCpuS))}`);
         console.log(`  others' CPU s    median ${med(rs.map((r) => r.otherCpuS))}  runs ${list(rs.map((r) => r.otherCpuS))}`);
-        if (rs.some((r) => r.readX !== undefined)) console.log(`  read / WAL sent per client  runs ${list(rs.map((r) => r.readX ?? NaN), 1)}`);
+        if (rs.some((r) => r.readX !== undefined))
+          console.log(
+            `  read / WAL sent per client  runs ${list(
+              rs.map((r) => r.readX ?? NaN),
+              1,
+            )}`,
+          );
       }
       const a = results.get('fan-out: walstream serve') as FanOutRun[] | undefined;
       const b = results.get('fan-out: postgres walsender') as FanOutRun[] | undefined;
-      if (a && b) console.log(`fan-out walstream / walsender: wall ${(median(a.map((r) => r.wallS)) / median(b.map((r) => r.wallS))).toFixed(2)}, server CPU ${(median(a.map((r) => r.serverCpuS)) / median(b.map((r) => r.serverCpuS))).toFixed(2)}`);
+      if (a && b)
+        console.log(
+          `fan-out walstream / walsender: wall ${(median(a.map((r) => r.wallS)) / median(b.map((r) => r.wallS))).toFixed(2)}, server CPU ${(median(a.map((r) => r.serverCpuS)) / median(b.map((r) => r.serverCpuS))).toFixed(2)}`,
+        );
     }
   } finally {
     await standby?.destroy().catch(() => undefined);

@@ -21,7 +21,22 @@
 //   any plain WAL, so making sure every object is encrypted first (verify --encryption-required)
 //   is the operator's step (README). Turning encryption off again is the operator's removing the
 //   marker by hand.
-import { ConflictError, ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, RESERVED_NAMES, StorageError, type ArchiveStore, type GetResult, type ListOptions, type ObjectInfo, type PutOptions, type PutResult } from '../storage/types.js';
+import {
+  ConflictError,
+  ENCRYPTED_MARKER_NAME,
+  IDENTITY_NAME,
+  IntegrityError,
+  KeyUnavailableError,
+  NotFoundError,
+  RESERVED_NAMES,
+  StorageError,
+  type ArchiveStore,
+  type GetResult,
+  type ListOptions,
+  type ObjectInfo,
+  type PutOptions,
+  type PutResult,
+} from '../storage/types.js';
 
 /** The one encryption an archive can record: storage/encryption.ts's AES-256-GCM sealed objects. */
 export const ARCHIVE_ENCRYPTION = 'aes-256-gcm';
@@ -114,14 +129,10 @@ export async function archiveEncrypted(store: ArchiveStore): Promise<boolean> {
 
 function compare(found: ArchiveIdentity, ours: ArchiveIdentity, store: ArchiveStore, what: string): void {
   if (found.systemIdentifier !== ours.systemIdentifier) {
-    throw new IdentityMismatchError(
-      `${what} is from database system ${ours.systemIdentifier}, but the archive ${store.description} holds WAL of system ${found.systemIdentifier}; use another archive`,
-    );
+    throw new IdentityMismatchError(`${what} is from database system ${ours.systemIdentifier}, but the archive ${store.description} holds WAL of system ${found.systemIdentifier}; use another archive`);
   }
   if (found.segmentSize !== ours.segmentSize) {
-    throw new IdentityMismatchError(
-      `${what} has ${ours.segmentSize}-byte segments, but the archive ${store.description} holds ${found.segmentSize}-byte segments; use another archive`,
-    );
+    throw new IdentityMismatchError(`${what} has ${ours.segmentSize}-byte segments, but the archive ${store.description} holds ${found.segmentSize}-byte segments; use another archive`);
   }
 }
 
@@ -140,8 +151,7 @@ export interface WriterCheck {
 
 function refusal(store: ArchiveStore, by: string): ArchiveEncryptedError {
   return new ArchiveEncryptedError(
-    `the archive ${store.description} is encrypted (${by} says so) and no encryption key was given: ` +
-      'writing to it needs its key (--encryption-key-file or WALSTREAM_ENCRYPTION_KEY); nothing was written',
+    `the archive ${store.description} is encrypted (${by} says so) and no encryption key was given: ` + 'writing to it needs its key (--encryption-key-file or WALSTREAM_ENCRYPTION_KEY); nothing was written',
   );
 }
 

@@ -36,7 +36,6 @@ export interface PressureListener {
   drain(): void;
 }
 
-
 /** Upload order: history files first (a timeline's history must be there before its WAL), then by name. */
 function uploadOrder(a: string, b: string): number {
   const ha = HISTORY_NAME_RE.test(a);
@@ -186,9 +185,7 @@ export class SpoolUploader {
   private async upload(name: string, delay: number): Promise<void> {
     const path = join(this.o.spoolDir, name);
     try {
-      const res = await this.withContents(path, (data) =>
-        this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync }),
-      );
+      const res = await this.withContents(path, (data) => this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync }));
       if (res.replacedDamaged) {
         this.o.log.warn(`archive held a copy of ${name} it cannot keep (damaged, or not encrypted in an encrypted archive): kept as ${res.replacedDamaged} and replaced`);
       }

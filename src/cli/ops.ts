@@ -61,15 +61,10 @@ interface CleanupCliOptions extends ArchiveCliOptions {
 export function registerOpsCommands(program: Command): void {
   // Messages on standard error follow the global --log-format; reports go to standard output.
   const stderrLogger = (verbose: boolean): Logger => formattedLogger(verbose, { format: program.opts<{ logFormat?: LogFormat }>().logFormat ?? 'text' });
-  addConnectionOptions(
-    archiveOptions(
-      program
-        .command('status')
-        .description('show what the archive holds per timeline, its gaps and segment in progress, and (given a server) how far it is behind'),
-    ),
-    { password: false },
-  )
-    .option('-S, --slot <slotname>', 'also report this replication slot\'s restart_lsn')
+  addConnectionOptions(archiveOptions(program.command('status').description('show what the archive holds per timeline, its gaps and segment in progress, and (given a server) how far it is behind')), {
+    password: false,
+  })
+    .option('-S, --slot <slotname>', "also report this replication slot's restart_lsn")
     .option('--receiver-name <name>', 'the application_name of the walstream receive to report on (its lag in time)', 'walstream')
     .option('--json', 'print the status as JSON (fields described in the README)')
     .addHelpText(
@@ -89,19 +84,14 @@ export function registerOpsCommands(program: Command): void {
       });
     });
 
-  archiveOptions(
-    program
-      .command('verify')
-      .description('prove the archive can be replayed: every object against its checksum, every segment\'s headers, no missing segment or history file'),
-  )
+  archiveOptions(program.command('verify').description("prove the archive can be replayed: every object against its checksum, every segment's headers, no missing segment or history file"))
     .option('--from <segment>', 'start at this segment (e.g. the first segment of the oldest base backup you keep)', parseSegmentName)
     .option('--parallel <n>', 'objects read at a time (1-64)', parsePositiveInt, 4)
     .option('--json', 'print the report as JSON (fields described in the README)')
     .option('-v, --verbose', 'report progress and each problem as it is found, on standard error')
     .addHelpText(
       'after',
-      '\nExit status: 0 only when every needed segment and history file is there and intact; 1 when any problem was\n' +
-        'found (each is listed with the object it concerns) or the archive cannot be read.',
+      '\nExit status: 0 only when every needed segment and history file is there and intact; 1 when any problem was\n' + 'found (each is listed with the object it concerns) or the archive cannot be read.',
     )
     .action(async (opts: VerifyCliOptions) => {
       const { verifyArchive, formatVerify, verifyJson } = await import('../ops/verify.js');
@@ -115,7 +105,7 @@ export function registerOpsCommands(program: Command): void {
   archiveOptions(
     program
       .command('cleanup')
-      .description('remove WAL the archive no longer needs: use as archive_cleanup_command = \'walstream cleanup %r\', or with --before / --older-than')
+      .description("remove WAL the archive no longer needs: use as archive_cleanup_command = 'walstream cleanup %r', or with --before / --older-than")
       .argument('[walfile]', 'remove what is older than this WAL file on its timeline and its ancestors (%r)'),
   )
     .option('--before <segment>', 'remove what is older than this segment on its timeline and its ancestors')

@@ -27,7 +27,10 @@ function collect(v: string, prev: string[] | undefined): string[] {
 /** The options of the server side, on `serve` and on `receive` (with --serve). */
 export function addServerOptions(cmd: Command, prefix: string): Command {
   return cmd
-    .option('--password-file <file>', `${prefix}check clients' passwords against this file: lines "user:secret", the secret a SCRAM verifier as pg_authid holds it, an md5 hash or a password ("*" as user for any); must be private (chmod 600)`)
+    .option(
+      '--password-file <file>',
+      `${prefix}check clients' passwords against this file: lines "user:secret", the secret a SCRAM verifier as pg_authid holds it, an md5 hash or a password ("*" as user for any); must be private (chmod 600)`,
+    )
     .option('--trust', `${prefix}let every client that can connect stream, without a password`)
     .option('--tls-cert <file>', `${prefix}TLS certificate (PEM): clients asking for SSL get TLS; without it walstream answers that SSL is not supported`)
     .option('--tls-key <file>', `${prefix}the certificate's private key (PEM)`)
@@ -74,7 +77,7 @@ export function registerServeCommand(
   const cmd = addArchiveOptions(
     program
       .command('serve')
-      .description('serve WAL from the archive and/or a receiver\'s directory to standbys and pg_receivewal over the replication protocol, as a primary would')
+      .description("serve WAL from the archive and/or a receiver's directory to standbys and pg_receivewal over the replication protocol, as a primary would")
       .requiredOption('--listen <[host:]port>', 'where to listen for replication connections (host defaults to 127.0.0.1)', parseListen),
     'serve WAL from this archive',
   ).option('-D, --directory <dir>', 'serve WAL from this directory that walstream receive or pg_receivewal writes (its .partial too)');
@@ -84,8 +87,8 @@ export function registerServeCommand(
     .option('-v, --verbose', 'report each connection and command')
     .addHelpText(
       'after',
-      '\nClients connect with replication=true as to a primary: primary_conninfo = \'host=... port=... user=...\' on a standby,\n' +
-        'pg_receivewal -d \'host=... port=...\'. Passwords: --password-file or WALSTREAM_SERVE_PASSWORD (any user name), or --trust.\n' +
+      "\nClients connect with replication=true as to a primary: primary_conninfo = 'host=... port=... user=...' on a standby,\n" +
+        "pg_receivewal -d 'host=... port=...'. Passwords: --password-file or WALSTREAM_SERVE_PASSWORD (any user name), or --trust.\n" +
         'Exit status: 0 when stopped by SIGINT or SIGTERM; 1 on any error.',
     )
     .action(async (opts: ServeCliOptions) => {

@@ -256,9 +256,7 @@ export async function demo(o: DemoOptions): Promise<void> {
 
     // -- data ------------------------------------------------------------------------------------
     t = Date.now();
-    await step(
-      primary.query(`create table ${TABLE} (id integer primary key, payload text not null, created timestamptz not null default now())`),
-    );
+    await step(primary.query(`create table ${TABLE} (id integer primary key, payload text not null, created timestamptz not null default now())`));
     await step(primary.query(`insert into ${TABLE} (id, payload) select g, md5(g::text) from generate_series(1, $1::integer) g`, [o.rows]));
     const [dataEnd] = await step(primary.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
     const expected = await step(tableSummary(primary));
@@ -308,7 +306,9 @@ export async function demo(o: DemoOptions): Promise<void> {
     );
     if (interrupted) throw new Interrupted();
     const snap = metrics.snapshot();
-    const archived = readdirSync(archive).filter((n) => WAL_NAME_RE.test(n)).sort();
+    const archived = readdirSync(archive)
+      .filter((n) => WAL_NAME_RE.test(n))
+      .sort();
     out(
       `   received ${formatLsn(snap.received - snap.receivedBytesTotal)} to ${formatLsn(snap.received)} (${(Number(snap.receivedBytesTotal) / 1048576).toFixed(0)} MB), ` +
         `${snap.segmentsCompleted} complete segments, ${snap.segmentsArchived} archived (${seconds(Date.now() - t)})`,
@@ -321,9 +321,7 @@ export async function demo(o: DemoOptions): Promise<void> {
     // -- the standby ---------------------------------------------------------------------------
     t = Date.now();
     const ws2 = walstreamForServer(dir, user);
-    const restoreCommand = [ws2.node, ws2.bin, 'fetch', '%f', '%p', '--archive', archive]
-      .map((a) => (a === '%f' || a === '%p' ? a : shellQuote(a).replace(/%/g, '%%')))
-      .join(' ');
+    const restoreCommand = [ws2.node, ws2.bin, 'fetch', '%f', '%p', '--archive', archive].map((a) => (a === '%f' || a === '%p' ? a : shellQuote(a).replace(/%/g, '%%'))).join(' ');
     standby.configure({ restore_command: restoreCommand, primary_conninfo: '', hot_standby: 'on' });
     writeOwned(join(standby.dataDir, 'standby.signal'), '', user);
     out(`7. standby: restore_command = ${confString(restoreCommand)}`);
@@ -344,8 +342,10 @@ export async function demo(o: DemoOptions): Promise<void> {
     const restored = [...readFileSync(standby.logFile, 'utf8').matchAll(/restored log file "([0-9A-F]{24})" from archive/g)].map((m) => m[1]!);
     const [receiver] = await step(standby.query<{ n: string }>('select count(*)::text as n from pg_stat_wal_receiver'));
     out(`   started on 127.0.0.1:${standby.port}; replayed up to ${formatLsn(replayed)} (${seconds(Date.now() - t)})`);
-    out(`   ${restored.length} segments restored by walstream fetch${restored.length ? ` (${restored[0]} to ${restored[restored.length - 1]})` : ''}, ` +
-      `${receiver?.n === '0' ? 'no WAL receiver running' : 'a WAL receiver is running'}`);
+    out(
+      `   ${restored.length} segments restored by walstream fetch${restored.length ? ` (${restored[0]} to ${restored[restored.length - 1]})` : ''}, ` +
+        `${receiver?.n === '0' ? 'no WAL receiver running' : 'a WAL receiver is running'}`,
+    );
     out(`   data directory  ${standby.dataDir}`);
     out(`   server log      ${standby.logFile}`);
     if (restored.length === 0) throw new Error(`the standby's log shows no segment restored from the archive (see ${standby.logFile})`);
@@ -383,9 +383,7 @@ export async function demo(o: DemoOptions): Promise<void> {
 
 /** Row count and a checksum over every row, in id order. */
 async function tableSummary(server: DemoServer): Promise<{ rows: number; checksum: string }> {
-  const [r] = await server.query<{ n: string; sum: string | null }>(
-    `select count(*)::text as n, md5(string_agg(md5(id::text || ':' || payload), '' order by id)) as sum from ${TABLE}`,
-  );
+  const [r] = await server.query<{ n: string; sum: string | null }>(`select count(*)::text as n, md5(string_agg(md5(id::text || ':' || payload), '' order by id)) as sum from ${TABLE}`);
   return { rows: Number(r!.n), checksum: r!.sum ?? '' };
 }
 

@@ -212,31 +212,35 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     }
     return r;
   };
-  await mapLimit(files.map((n, i) => ({ n, i })), parallel, async ({ n, i }) => {
-    readAhead(i + readDepth);
-    if (i === 0) {
-      try {
-        status = await pushOne(name, file);
-      } catch (err) {
-        failure = err;
+  await mapLimit(
+    files.map((n, i) => ({ n, i })),
+    parallel,
+    async ({ n, i }) => {
+      readAhead(i + readDepth);
+      if (i === 0) {
+        try {
+          status = await pushOne(name, file);
+        } catch (err) {
+          failure = err;
+        }
+        return;
       }
-      return;
-    }
-    let read: Hashed | undefined;
-    try {
-      read = await readAhead(i)!;
-      reads.delete(i);
-      await pushOne(n, read);
-      if (markers !== undefined) await writeFile(join(markers, `${n}${MARKER_SUFFIX}`), '', { mode: 0o600 });
-    } catch (err) {
-      o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
-    } finally {
-      // Nothing holds on to the bytes once pushOne has settled (stores copy what they keep). Only
-      // a segment-sized buffer of its own is kept: a small one may be a slice of Node's pool.
-      const mem = read?.data.buffer;
-      if (mem instanceof ArrayBuffer && mem.byteLength >= 1024 * 1024) spare.push(Buffer.from(mem));
-    }
-  });
+      let read: Hashed | undefined;
+      try {
+        read = await readAhead(i)!;
+        reads.delete(i);
+        await pushOne(n, read);
+        if (markers !== undefined) await writeFile(join(markers, `${n}${MARKER_SUFFIX}`), '', { mode: 0o600 });
+      } catch (err) {
+        o.log.verbose(`look-ahead push of ${n} failed: ${(err as Error).message}`);
+      } finally {
+        // Nothing holds on to the bytes once pushOne has settled (stores copy what they keep). Only
+        // a segment-sized buffer of its own is kept: a small one may be a slice of Node's pool.
+        const mem = read?.data.buffer;
+        if (mem instanceof ArrayBuffer && mem.byteLength >= 1024 * 1024) spare.push(Buffer.from(mem));
+      }
+    },
+  );
   if (status === undefined) throw failure;
   return status;
 }

@@ -334,13 +334,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   }
 }
 
-async function receiveLoop(
-  o: ReceiveOptions,
-  first: ReplicationConnection | undefined,
-  cfg: ReturnType<typeof buildClientConfig>,
-  dir: string,
-  archive: ArchiveParts,
-): Promise<void> {
+async function receiveLoop(o: ReceiveOptions, first: ReplicationConnection | undefined, cfg: ReturnType<typeof buildClientConfig>, dir: string, archive: ArchiveParts): Promise<void> {
   const { uploader } = archive;
   const log = o.log;
   let conn = first;
@@ -493,9 +487,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
   if (resume) {
     const sysid = await readSegmentSystemId(join(dir, resume.entry.file), resume.entry.compression);
     if (sysid !== undefined && sysid !== info.systemId) {
-      throw new PermanentError(
-        `directory "${dir}" holds WAL of database system ${sysid}, but the server is system ${info.systemId}; use another directory`,
-      );
+      throw new PermanentError(`directory "${dir}" holds WAL of database system ${sysid}, but the server is system ${info.systemId}; use another directory`);
     }
     ({ start, tli } = resume);
   } else if (archived) {
@@ -665,9 +657,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       if (end.kind === 'timeline-end') {
         if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
         if (end.nextStart > result.received) {
-          throw new ProtocolError(
-            `server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`,
-          );
+          throw new ProtocolError(`server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`);
         }
         log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
         await reportFork(o, { dir, store, tli, child: end.nextTli, fork: end.nextStart, segSize: info.segSize, log });
@@ -751,10 +741,7 @@ async function serverHistory(conn: ReplicationConnection, tli: number): Promise<
  * one never got): say once which range is lost, count it, and stop when asked to (--on-fork=stop).
  * Nothing held is changed. `atLeast`: a position known to be held (the resume point).
  */
-async function reportFork(
-  o: ReceiveOptions,
-  f: { dir: string; store: ArchiveStore | undefined; tli: number; child: number; fork: Lsn; segSize: number; log: Logger; atLeast?: Lsn },
-): Promise<void> {
+async function reportFork(o: ReceiveOptions, f: { dir: string; store: ArchiveStore | undefined; tli: number; child: number; fork: Lsn; segSize: number; log: Logger; atLeast?: Lsn }): Promise<void> {
   let held = await heldPast({ dir: f.dir, ...(f.store ? { store: f.store } : {}), tli: f.tli, fork: f.fork, segSize: f.segSize });
   if (f.atLeast !== undefined && f.atLeast > held) held = f.atLeast;
   if (held <= f.fork) return;

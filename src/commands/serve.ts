@@ -120,9 +120,10 @@ export async function startServer(source: WalSource, s: ServerSettings, log: Log
     throw new UsageError((err as Error).message);
   }
   for (const name of s.slots ?? []) {
-    if (!slots.get(name)) await slots.create(name, false, 0, undefined).catch((err: Error) => {
-      throw new UsageError(err.message);
-    });
+    if (!slots.get(name))
+      await slots.create(name, false, 0, undefined).catch((err: Error) => {
+        throw new UsageError(err.message);
+      });
   }
   const server = new WalServer({ source, slots, auth, ...(tls ? { tls } : {}), log, maxClients: s.maxClients ?? 64, ...(serverVersion ? { serverVersion } : {}) });
   await server.listen(s.listen).catch((err: Error) => {
@@ -137,7 +138,13 @@ export async function openSource(o: { directory?: string; archive?: ArchiveStore
   const stores: StoreReader[] = [];
   if (o.directory !== undefined) stores.push(new StoreReader(new LocalStore(o.directory), 'directory'));
   if (o.archive) stores.push(new StoreReader(o.archive, 'archive'));
-  const opts: WalSourceOptions = { stores, log: o.log, ...(o.tail ? { tail: o.tail } : {}), ...(o.identity ? { identity: o.identity } : {}), ...(o.pollIntervalMs !== undefined ? { pollIntervalMs: o.pollIntervalMs } : {}) };
+  const opts: WalSourceOptions = {
+    stores,
+    log: o.log,
+    ...(o.tail ? { tail: o.tail } : {}),
+    ...(o.identity ? { identity: o.identity } : {}),
+    ...(o.pollIntervalMs !== undefined ? { pollIntervalMs: o.pollIntervalMs } : {}),
+  };
   return WalSource.open(opts);
 }
 

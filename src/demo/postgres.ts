@@ -376,8 +376,7 @@ export async function lowLevelBackup(client: pg.Client, o: { version: number; la
   const startLsn = (await client.query<{ lsn: string }>(startSql, [o.label])).rows[0]?.lsn;
   if (!startLsn) throw new Error('the backup start returned no position');
   copyForBackup(o.from, o.to, o.user);
-  const stopSql =
-    o.version >= 15 ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)' : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
+  const stopSql = o.version >= 15 ? 'select lsn::text as lsn, labelfile, spcmapfile from pg_backup_stop(false)' : 'select lsn::text as lsn, labelfile, spcmapfile from pg_stop_backup(false, false)';
   const stop = (await client.query<{ lsn: string; labelfile: string; spcmapfile: string | null }>(stopSql)).rows[0];
   if (!stop) throw new Error('the backup stop returned no row');
   writeOwned(join(o.to, 'backup_label'), stop.labelfile, o.user);

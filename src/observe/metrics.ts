@@ -27,7 +27,11 @@ const NAME_RE = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL_RE = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
 function labelKey(labels: Labels): string {
-  return JSON.stringify(Object.keys(labels).sort().map((k) => [k, labels[k]]));
+  return JSON.stringify(
+    Object.keys(labels)
+      .sort()
+      .map((k) => [k, labels[k]]),
+  );
 }
 
 function formatLabels(labels: Labels): string {
@@ -213,7 +217,7 @@ export class ReceiverMetrics {
     this.receivedLsn = r.gauge('walstream_received_lsn_bytes', 'Position after the last WAL byte received, as a byte offset (LSN).');
     this.flushedLsn = r.gauge('walstream_flushed_lsn_bytes', 'Position up to which received WAL is durable on disk (fsynced), as a byte offset (LSN).');
     this.serverWalEnd = r.gauge('walstream_server_wal_end_lsn_bytes', "The server's WAL end as last reported in its messages and keepalives, as a byte offset (LSN).");
-    this.lagBytes = r.gauge('walstream_lag_bytes', "Bytes of WAL the server has reported that the receiver has not received yet.");
+    this.lagBytes = r.gauge('walstream_lag_bytes', 'Bytes of WAL the server has reported that the receiver has not received yet.');
     this.lagSeconds = r.gauge('walstream_lag_seconds', 'Seconds since the receiver last held everything the server had reported (0 while caught up; grows while disconnected).');
     this.lastMessageAge = r.gauge('walstream_last_message_age_seconds', 'Seconds since the last message from the server (-1 before the first).');
     this.timelineGauge = r.gauge('walstream_timeline', 'Timeline being streamed (0 before the first stream).');
@@ -221,13 +225,13 @@ export class ReceiverMetrics {
     this.segmentsCompleted = r.counter('walstream_segments_completed_total', 'WAL segments completed: verified, fsynced and renamed to their final name.');
     this.segmentsArchived = r.counter('walstream_segments_archived_total', 'WAL segments confirmed by the archive (with --archive).');
     this.uploadQueue = r.gauge('walstream_upload_queue_files', 'Finished files waiting for or in upload to the archive (with --archive).');
-    this.errors = r.counter('walstream_errors_total', 'Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.');
+    this.errors = r.counter(
+      'walstream_errors_total',
+      'Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.',
+    );
     this.reconnects = r.counter('walstream_reconnects_total', 'Reconnection attempts after a lost connection.');
     this.forks = r.counter('walstream_timeline_forks_lost_total', 'Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).');
-    this.forkLost = r.gauge(
-      'walstream_timeline_fork_lost_bytes',
-      'Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).',
-    );
+    this.forkLost = r.gauge('walstream_timeline_fork_lost_bytes', 'Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).');
     // Every series exists from the start, so rates and alerts work before the first event.
     for (const kind of ERROR_KINDS) this.errors.inc({ kind }, 0);
     for (const c of [this.receivedBytes, this.segmentsCompleted, this.segmentsArchived, this.reconnects, this.forks]) c.inc({}, 0);

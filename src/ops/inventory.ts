@@ -11,17 +11,7 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { readLongPageHeader, LONG_PAGE_HEADER_SIZE } from '../wal/page.js';
 import { historyFileName, isValidSegSize, walFileName } from '../wal/segment.js';
 import { HistoryParseError, checkHistoryForTimeline, parseHistory, type TimelineHistoryEntry } from '../wal/timeline.js';
-import {
-  IDENTITY_NAME,
-  IntegrityError,
-  KeyUnavailableError,
-  NotFoundError,
-  StorageError,
-  type ArchiveStore,
-  type Leftover,
-  type LeftoverState,
-  type ObjectInfo,
-} from '../storage/types.js';
+import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type Leftover, type LeftoverState, type ObjectInfo } from '../storage/types.js';
 import { removable } from '../storage/leftovers.js';
 import { readIdentity } from '../archive/identity.js';
 

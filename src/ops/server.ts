@@ -85,11 +85,8 @@ async function probeSql(cfg: ReplicationClientConfig, slot: string | undefined, 
           replyAgeSeconds: num(r['reply_age']),
         }
       : null;
-    const arc = (
-      await conn.command(
-        'select last_archived_wal, extract(epoch from now() - last_archived_time)::text as archived_age, failed_count::text as failed, last_failed_wal from pg_stat_archiver',
-      )
-    ).rows[0];
+    const arc = (await conn.command('select last_archived_wal, extract(epoch from now() - last_archived_time)::text as archived_age, failed_count::text as failed, last_failed_wal from pg_stat_archiver'))
+      .rows[0];
     const archiver =
       arc && (arc['last_archived_wal'] || arc['failed'] !== '0')
         ? { lastArchived: arc['last_archived_wal'] ?? null, lastArchivedAgeSeconds: num(arc['archived_age']), failedCount: Number(arc['failed'] ?? 0), lastFailed: arc['last_failed_wal'] ?? null }

@@ -176,7 +176,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
   const geometry: Geometry | undefined = await probeGeometry(o.store, inv);
   const segSize = geometry?.segSize ?? o.server?.segSize;
   if (!geometry && inv.files.some((f) => f.kind !== 'history' && f.kind !== 'backup')) {
-    warnings.push(`no segment header could be read${segSize ? '; using the server\'s segment size' : ': gaps and positions are unknown'}`);
+    warnings.push(`no segment header could be read${segSize ? "; using the server's segment size" : ': gaps and positions are unknown'}`);
   }
   for (const h of histories.values()) {
     if (h.state !== 'ok') warnings.push(`${h.file} is ${h.state === 'missing' ? 'missing' : `unreadable: ${h.problem}`}`);
@@ -236,7 +236,15 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     } else {
       bytes = f0.info.size;
     }
-    partial = { segment: f0.segment!, timeline: f0.tli, kind: f0.kind === 'piece' ? 'pieces' : 'file', pieces: f0.kind === 'piece' ? g.length : 0, bytes, modified: modified.toISOString(), ageSeconds: age(modified) };
+    partial = {
+      segment: f0.segment!,
+      timeline: f0.tli,
+      kind: f0.kind === 'piece' ? 'pieces' : 'file',
+      pieces: f0.kind === 'piece' ? g.length : 0,
+      bytes,
+      modified: modified.toISOString(),
+      ageSeconds: age(modified),
+    };
     partialEnd = f0.kind === 'piece' && segSize !== undefined && positionFits(f0.position!, segSize) ? positionToSegNo(f0.position!, segSize) * BigInt(segSize) + BigInt(bytes) : undefined;
   }
 
@@ -380,7 +388,8 @@ export function formatStatus(r: StatusReport): string {
             `sent ${c.sent_lsn ?? '-'}, flushed ${c.flush_lsn ?? '-'}${behind}, replayed ${c.replay_lsn ?? '-'}${c.slot_name ? `, slot ${c.slot_name}` : ''}`,
         );
       }
-      for (const sl of s.walstream.slots) L.push(`${label('')}slot ${sl.name}${sl.temporary ? ' (temporary)' : ''}: restart_lsn ${sl.restart_lsn ?? 'none yet'}${sl.active_pid !== null ? `, used by pid ${sl.active_pid}` : ''}`);
+      for (const sl of s.walstream.slots)
+        L.push(`${label('')}slot ${sl.name}${sl.temporary ? ' (temporary)' : ''}: restart_lsn ${sl.restart_lsn ?? 'none yet'}${sl.active_pid !== null ? `, used by pid ${sl.active_pid}` : ''}`);
     }
   }
   if (r.slot) {

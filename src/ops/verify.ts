@@ -36,18 +36,7 @@ import {
   type LeftoverSummary,
 } from './inventory.js';
 
-export type ProblemKind =
-  | 'missing-segment'
-  | 'missing-history'
-  | 'checksum'
-  | 'header'
-  | 'system-identifier'
-  | 'segment-size'
-  | 'history'
-  | 'timeline'
-  | 'read'
-  | 'empty'
-  | 'unverified';
+export type ProblemKind = 'missing-segment' | 'missing-history' | 'checksum' | 'header' | 'system-identifier' | 'segment-size' | 'history' | 'timeline' | 'read' | 'empty' | 'unverified';
 
 export interface VerifyProblem {
   /** The object (or missing object) the problem is about. */
@@ -338,7 +327,10 @@ export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
 
   if (report.checked.encryptedWithoutKey > 0) {
     // Not bad, just not checked: verification is incomplete, so the verdict cannot be "ok".
-    const ids = [...lockedKeys].sort().map((k) => `"${k}"`).join(', ');
+    const ids = [...lockedKeys]
+      .sort()
+      .map((k) => `"${k}"`)
+      .join(', ');
     problem(
       store.description,
       'unverified',

@@ -104,7 +104,13 @@ export function rowDescription(fields: readonly FieldDescription[]): Buffer {
   return message(BE.RowDescription, (w) => {
     w.addInt16(fields.length);
     for (const f of fields) {
-      w.addCString(f.name).addInt32(0).addInt16(0).addInt32(f.typeOid).addInt16(f.typeLen).addInt32(f.typeMod ?? -1).addInt16(0);
+      w.addCString(f.name)
+        .addInt32(0)
+        .addInt16(0)
+        .addInt32(f.typeOid)
+        .addInt16(f.typeLen)
+        .addInt32(f.typeMod ?? -1)
+        .addInt16(0);
     }
   });
 }

@@ -43,11 +43,7 @@ export class ProtocolViolation extends ProtocolError {
   }
 }
 
-export type FirstPacket =
-  | { kind: 'ssl' }
-  | { kind: 'gssenc' }
-  | { kind: 'cancel'; pid: number; key: number }
-  | { kind: 'startup'; major: number; minor: number; params: Map<string, string> };
+export type FirstPacket = { kind: 'ssl' } | { kind: 'gssenc' } | { kind: 'cancel'; pid: number; key: number } | { kind: 'startup'; major: number; minor: number; params: Map<string, string> };
 
 export interface TypedMessage {
   type: number;

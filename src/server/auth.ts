@@ -71,11 +71,13 @@ export function parseSecret(text: string): Secret {
 export function saslprep(password: string): string {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: all of ASCII, its control characters included
   if (/^[\x00-\x7f]*$/.test(password)) return password;
-  return password
-    .replace(/[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000]/g, ' ')
-    // biome-ignore lint/suspicious/noMisleadingCharacterClass: the code points RFC 3454 B.1 maps to nothing, each on its own; U+034F is a combining mark on purpose
-    .replace(/[\u00ad\u034f\u1806\u180b-\u180d\u200c\u200d\u2060\ufe00-\ufe0f\ufeff]/g, '')
-    .normalize('NFKC');
+  return (
+    password
+      .replace(/[\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000]/g, ' ')
+      // biome-ignore lint/suspicious/noMisleadingCharacterClass: the code points RFC 3454 B.1 maps to nothing, each on its own; U+034F is a combining mark on purpose
+      .replace(/[\u00ad\u034f\u1806\u180b-\u180d\u200c\u200d\u2060\ufe00-\ufe0f\ufeff]/g, '')
+      .normalize('NFKC')
+  );
 }
 
 function hmac(key: Buffer, data: string | Buffer): Buffer {
@@ -98,7 +100,9 @@ export function formatScramVerifier(v: ScramVerifier): string {
 
 /** The md5 secret of a password (crypt.c encrypt_password): "md5" + md5(password || user). */
 export function md5Secret(password: string, user: string): string {
-  return `md5${createHash('md5').update(password + user).digest('hex')}`;
+  return `md5${createHash('md5')
+    .update(password + user)
+    .digest('hex')}`;
 }
 
 /**
@@ -110,7 +114,9 @@ export function checkMd5Response(secret: Secret, user: string, salt: Buffer, res
   if (secret.kind === 'md5') hash = secret.hash;
   else if (secret.kind === 'plain') hash = md5Secret(secret.password, user);
   else return false;
-  const want = `md5${createHash('md5').update(Buffer.concat([Buffer.from(hash.slice(3)), salt])).digest('hex')}`;
+  const want = `md5${createHash('md5')
+    .update(Buffer.concat([Buffer.from(hash.slice(3)), salt]))
+    .digest('hex')}`;
   const got = Buffer.from(response);
   return got.length === want.length && timingSafeEqual(got, Buffer.from(want));
 }

@@ -178,7 +178,13 @@ export function parseDurationSetting(text: string): number | undefined {
 /** How SHOW prints a time in milliseconds (guc.c: the largest unit that divides it). */
 function formatDuration(ms: number): string {
   if (ms === 0) return '0';
-  for (const [unit, n] of [['d', 86_400_000], ['h', 3_600_000], ['min', 60_000], ['s', 1000]] as const) if (ms % n === 0) return `${ms / n}${unit}`;
+  for (const [unit, n] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['min', 60_000],
+    ['s', 1000],
+  ] as const)
+    if (ms % n === 0) return `${ms / n}${unit}`;
   return `${ms}ms`;
 }
 
@@ -644,12 +650,7 @@ export class ClientConnection {
           const tli = slot.restartLsn !== undefined ? timelineOfPoint(ts.history, ts.current, slot.restartLsn) : undefined;
           row = ['physical', slot.restartLsn !== undefined ? formatLsn(slot.restartLsn) : null, tli !== undefined ? String(tli) : null];
         }
-        this.wire.send(
-          rowDescription([textField('slot_type'), textField('restart_lsn'), int8Field('restart_tli')]),
-          dataRow(row),
-          commandComplete('READ_REPLICATION_SLOT'),
-          readyForQuery(),
-        );
+        this.wire.send(rowDescription([textField('slot_type'), textField('restart_lsn'), int8Field('restart_tli')]), dataRow(row), commandComplete('READ_REPLICATION_SLOT'), readyForQuery());
         return;
       }
       case 'create_replication_slot': {

@@ -73,7 +73,8 @@ export class WalServer {
     this.server = server;
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
-        const why = err.code === 'EADDRINUSE' ? 'the address is already in use' : err.code === 'EACCES' ? 'permission denied' : err.code === 'EADDRNOTAVAIL' ? 'the address is not available on this machine' : err.message;
+        const why =
+          err.code === 'EADDRINUSE' ? 'the address is already in use' : err.code === 'EACCES' ? 'permission denied' : err.code === 'EADDRNOTAVAIL' ? 'the address is not available on this machine' : err.message;
         reject(new Error(`cannot listen on ${hostPort(addr)}: ${why}`));
       };
       server.once('error', onError);

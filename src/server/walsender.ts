@@ -6,18 +6,7 @@
 // wal_sender_timeout without a word from the client and the connection dropped after all of it,
 // and the two ways a stream ends: the client's CopyDone, or the end of a historic timeline
 // (CopyDone, then the next timeline and where it starts).
-import {
-  commandComplete,
-  copyDone,
-  dataRow,
-  errorResponse,
-  int8Field,
-  keepaliveFrame,
-  readyForQuery,
-  rowDescription,
-  textField,
-  xlogDataFrameHeader,
-} from '../protocol/backend.js';
+import { commandComplete, copyDone, dataRow, errorResponse, int8Field, keepaliveFrame, readyForQuery, rowDescription, textField, xlogDataFrameHeader } from '../protocol/backend.js';
 import {
   HOT_STANDBY_FEEDBACK_SIZE,
   MSG_HOT_STANDBY_FEEDBACK,
@@ -172,15 +161,18 @@ export class WalSender {
     const timeout = this.o.timeoutMs;
     const watchdog =
       timeout > 0
-        ? setInterval(() => {
-            const silent = Date.now() - this.lastHeard;
-            if (silent >= timeout) {
-              this.finish({ kind: 'closed', why: 'terminating walsender process due to replication timeout' });
-            } else if (silent >= timeout / 2 && !this.pinged) {
-              this.pinged = true;
-              this.keepalive(true);
-            }
-          }, Math.max(10, Math.min(1000, Math.floor(timeout / 4))))
+        ? setInterval(
+            () => {
+              const silent = Date.now() - this.lastHeard;
+              if (silent >= timeout) {
+                this.finish({ kind: 'closed', why: 'terminating walsender process due to replication timeout' });
+              } else if (silent >= timeout / 2 && !this.pinged) {
+                this.pinged = true;
+                this.keepalive(true);
+              }
+            },
+            Math.max(10, Math.min(1000, Math.floor(timeout / 4))),
+          )
         : undefined;
     const onClosed = (): void => this.close('the client closed the connection');
     void wire.whenClosed().then(onClosed);

@@ -107,8 +107,7 @@ function connectFailure(err: unknown): Error {
 
 /** One error for all attempts at one host (libpq reports each; here they share one line). */
 function connectError(failures: AttemptFailure[], mode: string, creds: Credentials): Error {
-  const hint = (e: Error): string =>
-    e instanceof ServerError && e.code === '28P01' && creds.passwordFile ? `${e.message} (password retrieved from file "${creds.passwordFile}")` : e.message;
+  const hint = (e: Error): string => (e instanceof ServerError && e.code === '28P01' && creds.passwordFile ? `${e.message} (password retrieved from file "${creds.passwordFile}")` : e.message);
   // prefer against a server without SSL: only the plain attempt matters.
   const relevant = failures.filter((f, i) => !(i < failures.length - 1 && f.ssl && /server does not support SSL/.test(f.err.message)));
   const last = relevant[relevant.length - 1]!;
@@ -120,9 +119,7 @@ function connectError(failures: AttemptFailure[], mode: string, creds: Credentia
   }
   // The same refusal with and without SSL is said once.
   const texts = relevant.map((f) => hint(f.err));
-  const text = texts.every((t) => t === texts[0])
-    ? texts[0]!
-    : relevant.map((f, i) => `${texts[i]} (${f.ssl ? 'with' : 'without'} SSL, sslmode=${mode})`).join('; ');
+  const text = texts.every((t) => t === texts[0]) ? texts[0]! : relevant.map((f, i) => `${texts[i]} (${f.ssl ? 'with' : 'without'} SSL, sslmode=${mode})`).join('; ');
   const server = relevant.find((f) => f.err instanceof ServerError)?.err as ServerError | undefined;
   return server ? new ServerError(text, server.code, server.detail, server.hint) : new ConnectionSetupError(text);
 }
@@ -163,9 +160,7 @@ export interface HostFailure {
 
 /** libpq's words for the server an error is about (fe-connect.c emitHostIdentityInfo). */
 export function hostLabel(t: HostTarget): string {
-  return t.address.startsWith('/')
-    ? `connection to server on socket "${t.address}/.s.PGSQL.${t.port}"`
-    : `connection to server at "${t.address}", port ${t.port}`;
+  return t.address.startsWith('/') ? `connection to server on socket "${t.address}/.s.PGSQL.${t.port}"` : `connection to server at "${t.address}", port ${t.port}`;
 }
 
 /**
@@ -274,11 +269,7 @@ export class ReplicationConnection {
    * password file). On success the configuration's connectedHost names the host; when no host
    * will do, the error names each host and why (AllHostsFailedError when every host was tried).
    */
-  static async connect(
-    cfg: ReplicationClientConfig,
-    warn: (message: string) => void = stderrWarning,
-    behaviour: ConnectBehaviour = {},
-  ): Promise<ReplicationConnection> {
+  static async connect(cfg: ReplicationClientConfig, warn: (message: string) => void = stderrWarning, behaviour: ConnectBehaviour = {}): Promise<ReplicationConnection> {
     const hosts = hostsForConnect(cfg, behaviour.random);
     delete cfg.connectedHost;
     const warned = new Set<string>();
@@ -315,12 +306,7 @@ export class ReplicationConnection {
   }
 
   /** One host: the attempts sslmode asks for, with this host's password. */
-  private static async connectHost(
-    cfg: ReplicationClientConfig,
-    target: HostTarget,
-    warn: (message: string) => void,
-    behaviour: ConnectBehaviour,
-  ): Promise<HostOutcome> {
+  private static async connectHost(cfg: ReplicationClientConfig, target: HostTarget, warn: (message: string) => void, behaviour: ConnectBehaviour): Promise<HostOutcome> {
     const creds = resolveCredentials(cfg, warn, target);
     // libpq ignores sslmode on a Unix-domain socket: the server never offers SSL there.
     const unixSocket = target.address.startsWith('/');
@@ -366,17 +352,7 @@ export class ReplicationConnection {
     creds: Credentials,
     behaviour: ConnectBehaviour,
   ): Promise<ReplicationConnection | Omit<AttemptFailure, 'ssl'>> {
-    const {
-      sslSettings: _ssl,
-      hostName: _name,
-      passfile: _file,
-      channelBinding: _cb,
-      hosts: _hosts,
-      targetSessionAttrs: _tsa,
-      loadBalanceHosts: _lb,
-      connectedHost: _connected,
-      ...pgConfig
-    } = cfg;
+    const { sslSettings: _ssl, hostName: _name, passfile: _file, channelBinding: _cb, hosts: _hosts, targetSessionAttrs: _tsa, loadBalanceHosts: _lb, connectedHost: _connected, ...pgConfig } = cfg;
     const channelBinding = cfg.channelBinding ?? 'prefer';
     if (channelBinding === 'require' && ssl === false) {
       return { err: new ConnectionSetupError('channel binding required, but SSL not in use'), reachedServer: false, authenticated: false };
@@ -399,13 +375,15 @@ export class ReplicationConnection {
     let reachedServer = false;
     let authenticated = false;
     const parameters = new Map<string, string>();
-    const con = (client as unknown as {
-      connection: {
-        on(event: 'parameterStatus', fn: (msg: { parameterName: string; parameterValue: string }) => void): void;
-        on(event: string, fn: (msg: { mechanisms?: string[] }) => void): void;
-        stream: { destroy(err: Error): void };
-      };
-    }).connection;
+    const con = (
+      client as unknown as {
+        connection: {
+          on(event: 'parameterStatus', fn: (msg: { parameterName: string; parameterValue: string }) => void): void;
+          on(event: string, fn: (msg: { mechanisms?: string[] }) => void): void;
+          stream: { destroy(err: Error): void };
+        };
+      }
+    ).connection;
     let bound = false;
     con.on('connect', () => {
       reachedServer = true;
@@ -612,4 +590,3 @@ export class ReplicationConnection {
     con?.stream?.destroy();
   }
 }
-

@@ -99,9 +99,25 @@ export interface ConnectionOptions {
 const SSL_KEYS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'sslcrl', 'sslpassword'] as const;
 
 const KNOWN_KEYS = new Set<string>([
-  'host', 'hostaddr', 'port', 'user', 'password', 'dbname', 'application_name', 'fallback_application_name',
-  'connect_timeout', 'options', 'replication', 'keepalives', 'keepalives_idle', 'passfile', 'target_session_attrs',
-  'load_balance_hosts', 'client_encoding', 'channel_binding', ...SSL_KEYS,
+  'host',
+  'hostaddr',
+  'port',
+  'user',
+  'password',
+  'dbname',
+  'application_name',
+  'fallback_application_name',
+  'connect_timeout',
+  'options',
+  'replication',
+  'keepalives',
+  'keepalives_idle',
+  'passfile',
+  'target_session_attrs',
+  'load_balance_hosts',
+  'client_encoding',
+  'channel_binding',
+  ...SSL_KEYS,
 ]);
 
 /** The environment variable libpq reads for a keyword left unset (host, hostaddr and port: see finish). */
@@ -382,13 +398,7 @@ function sslSettingsFrom(setting: (k: string) => string | undefined): SslSetting
   return { mode, rootCert, cert: setting('sslcert'), key: setting('sslkey'), crl: setting('sslcrl'), keyPassword: setting('sslpassword') };
 }
 
-function finish(
-  opts: ConnectionOptions,
-  kv: Record<string, string>,
-  sslSettings: SslSettings,
-  passfile: string | undefined,
-  connectTimeoutText: string | undefined,
-): ReplicationClientConfig {
+function finish(opts: ConnectionOptions, kv: Record<string, string>, sslSettings: SslSettings, passfile: string | undefined, connectTimeoutText: string | undefined): ReplicationClientConfig {
   // -h and -p win over the string (an empty one counts as not given, as in PQsetdbLogin); a
   // keyword given in the string, even empty, wins over the environment (conninfo_add_defaults).
   const given = (v: string | number | undefined): string | undefined => (v === undefined || String(v) === '' ? undefined : String(v));

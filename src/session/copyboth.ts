@@ -29,10 +29,7 @@ export interface StreamEvents {
   onServerMessage?(): void;
 }
 
-export type StreamEnd =
-  | { kind: 'timeline-end'; nextTli: number; nextStart: bigint }
-  | { kind: 'stopped' }
-  | { kind: 'server-shutdown' };
+export type StreamEnd = { kind: 'timeline-end'; nextTli: number; nextStart: bigint } | { kind: 'stopped' } | { kind: 'server-shutdown' };
 
 interface DataStream {
   pause(): void;

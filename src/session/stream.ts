@@ -94,8 +94,7 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   let serverEnd: Lsn = 0n;
   let lastSentFlush: Lsn = -1n;
   let lastServerMessage = 0;
-  const observe = (kind: StreamActivity['kind']): void =>
-    ctl.onActivity?.({ kind, received: sink.receivedLsn, durable: sink.durableLsn, serverEnd });
+  const observe = (kind: StreamActivity['kind']): void => ctl.onActivity?.({ kind, received: sink.receivedLsn, durable: sink.durableLsn, serverEnd });
 
   const sendStatus = (replyRequested = false): void => {
     const flush = ctl.reportFlush ? sink.durableLsn : 0n;
@@ -134,7 +133,10 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
       if (msg.replyRequested) {
         if (ctl.reportFlush && sink.writtenLsn > sink.durableLsn) {
           // Make what we have durable first so the answer can carry it (receivelog.c ProcessKeepaliveMsg).
-          sink.sync().then(() => sendStatus(), () => undefined);
+          sink.sync().then(
+            () => sendStatus(),
+            () => undefined,
+          );
         } else {
           sendStatus();
         }
@@ -170,7 +172,10 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
       setImmediate(() => {
         syncScheduled = false;
         if (stopping) return;
-        sink.sync().then(() => sendStatus(), () => undefined);
+        sink.sync().then(
+          () => sendStatus(),
+          () => undefined,
+        );
       });
     }
     if (!ctl.synchronous && (ctl.syncAfterMs ?? 0) > 0 && laterSync === undefined) {
@@ -228,12 +233,15 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
   const detachBackpressure = ctl.backpressure?.attach({ pressure: () => hold('spool'), drain: () => release('spool') });
   const timer =
     ctl.statusIntervalMs > 0
-      ? setInterval(() => {
-          // After a status interval without any server message, ask for a reply (as walreceiver.c
-          // does before wal_receiver_timeout): an idle server otherwise sends nothing, and a live
-          // connection could not be told from a dead one. Never when answering a keepalive.
-          if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus(Date.now() - lastServerMessage >= ctl.statusIntervalMs);
-        }, Math.min(ctl.statusIntervalMs, 1000))
+      ? setInterval(
+          () => {
+            // After a status interval without any server message, ask for a reply (as walreceiver.c
+            // does before wal_receiver_timeout): an idle server otherwise sends nothing, and a live
+            // connection could not be told from a dead one. Never when answering a keepalive.
+            if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus(Date.now() - lastServerMessage >= ctl.statusIntervalMs);
+          },
+          Math.min(ctl.statusIntervalMs, 1000),
+        )
       : undefined;
   const watchdog = silence
     ? setInterval(() => {

@@ -86,10 +86,7 @@ export function keyFileProblem(path: string, st: Pick<Stats, 'mode' | 'uid' | 'i
   if (!st.isFile()) return `private key file "${path}" is not a regular file`;
   const forbidden = st.uid === 0 ? 0o037 : 0o077;
   if ((st.mode & forbidden) !== 0) {
-    return (
-      `private key file "${path}" has group or world access; file must have permissions u=rw (0600) or less ` +
-      'if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root'
-    );
+    return `private key file "${path}" has group or world access; file must have permissions u=rw (0600) or less ` + 'if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root';
   }
   return undefined;
 }
@@ -116,9 +113,7 @@ export function buildTlsOptions(s: SslSettings, verifyHost: string | undefined):
     if (crlPath !== '' && !(statOrError(crlPath) instanceof Error)) opts.crl = readOrThrow(crlPath, 'SSL certificate revocation list file');
   } else if (s.mode === 'verify-ca' || s.mode === 'verify-full') {
     const where = rootPath === '' ? 'could not get home directory to locate root certificate file' : `root certificate file "${rootPath}" does not exist`;
-    throw new TlsSetupError(
-      `${where}: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification`,
-    );
+    throw new TlsSetupError(`${where}: either provide the file, use the system's trusted roots with sslrootcert=system, or change sslmode to disable server certificate verification`);
   }
   opts.rejectUnauthorized = haveRoot;
 
@@ -146,8 +141,7 @@ export function buildTlsOptions(s: SslSettings, verifyHost: string | undefined):
 
   // Server Name Indication carries the host name, never an address (RFC 6066).
   if (verifyHost && isIP(verifyHost) === 0 && !verifyHost.startsWith('/')) opts.servername = verifyHost;
-  opts.checkServerIdentity =
-    s.mode === 'verify-full' ? (_name: string, cert: PeerCertificate) => verifyPeerName(verifyHost, cert) : () => undefined;
+  opts.checkServerIdentity = s.mode === 'verify-full' ? (_name: string, cert: PeerCertificate) => verifyPeerName(verifyHost, cert) : () => undefined;
   return opts;
 }
 

@@ -83,8 +83,7 @@ export async function checkSpoolDirectory(dir: string): Promise<void> {
   if ((st.mode & 0o022) !== 0) {
     const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
     throw new UnsafeDirectoryError(
-      `spool directory "${dir}" is writable by ${st.mode & 0o002 ? 'all users' : 'its group'} (mode ${mode}): ` +
-        `anyone who can write there could replace WAL before it is archived; run chmod go-w "${dir}"`,
+      `spool directory "${dir}" is writable by ${st.mode & 0o002 ? 'all users' : 'its group'} (mode ${mode}): ` + `anyone who can write there could replace WAL before it is archived; run chmod go-w "${dir}"`,
     );
   }
 }

@@ -72,12 +72,7 @@ export async function findStreamingStart(dir: string, segSize: number, onlyTli?:
       }
     }
     present.push(e);
-    if (
-      !best ||
-      e.segNo > best.segNo ||
-      (e.segNo === best.segNo && e.tli > best.tli) ||
-      (e.segNo === best.segNo && e.tli === best.tli && best.partial && !e.partial)
-    ) {
+    if (!best || e.segNo > best.segNo || (e.segNo === best.segNo && e.tli > best.tli) || (e.segNo === best.segNo && e.tli === best.tli && best.partial && !e.partial)) {
       best = e;
     }
   }

@@ -27,10 +27,7 @@ export interface TimelineState {
 }
 
 /** Where a timeline's WAL may be read up to, for a client asking for it. */
-export type TimelinePlan =
-  | { kind: 'current' }
-  | { kind: 'historic'; switchpoint: Lsn; nextTli: number }
-  | { kind: 'unknown' };
+export type TimelinePlan = { kind: 'current' } | { kind: 'historic'; switchpoint: Lsn; nextTli: number } | { kind: 'unknown' };
 
 /** A piece of WAL: `data` starts at the position asked for. The buffer is never changed afterwards. */
 export type ReadResult = { kind: 'data'; data: Buffer } | { kind: 'wait' } | { kind: 'end'; switchpoint: Lsn; nextTli: number };

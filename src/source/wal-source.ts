@@ -183,7 +183,9 @@ export class WalSource {
     const first = found[0];
     for (const f of found.slice(1)) {
       if (f.id.systemId !== first!.id.systemId || f.id.segSize !== first!.id.segSize) {
-        throw new Error(`${first!.from} holds WAL of system ${first!.id.systemId} (${first!.id.segSize}-byte segments), ${f.from} of system ${f.id.systemId} (${f.id.segSize}-byte segments): they cannot be served together`);
+        throw new Error(
+          `${first!.from} holds WAL of system ${first!.id.systemId} (${first!.id.segSize}-byte segments), ${f.from} of system ${f.id.systemId} (${f.id.segSize}-byte segments): they cannot be served together`,
+        );
       }
     }
     return first?.id;
@@ -558,4 +560,3 @@ export class WalCursor {
     throw segmentRemoved(walFileName(this.tli, segNo, id.segSize));
   }
 }
-

@@ -194,13 +194,7 @@ export function encodeStored(keyring: Keyring | undefined, name: string, compres
  * IntegrityError when `refusePlain` (the caller decides which names must be encrypted: see
  * common.ts plainRefused).
  */
-export function decodeStored(
-  keyring: Keyring | undefined,
-  name: string,
-  compression: Compression,
-  stored: Buffer,
-  refusePlain: boolean,
-): { payload: Buffer; keyId: string | undefined } {
+export function decodeStored(keyring: Keyring | undefined, name: string, compression: Compression, stored: Buffer, refusePlain: boolean): { payload: Buffer; keyId: string | undefined } {
   if (!isSealed(stored)) {
     if (refusePlain) throw new IntegrityError(name, 'it is not encrypted, and only encrypted objects are accepted (--encryption-required)');
     return { payload: stored, keyId: undefined };
@@ -235,10 +229,7 @@ function parseEntry(text: string, where: string): { id: string; key: Buffer } {
   if (id !== undefined && !KEY_ID_RE.test(id)) throw new StorageError(`${where}: the key id (before "=") must be 1-64 letters, digits, ".", "_" or "-"`, false);
   const key = decodeKey(keyText);
   if (!key) {
-    throw new StorageError(
-      `${where}: ${id !== undefined ? `the key "${id}"` : 'the key'} is not ${KEY_LENGTH} bytes written as 64 hexadecimal digits or base64 (e.g. from "openssl rand -base64 32")`,
-      false,
-    );
+    throw new StorageError(`${where}: ${id !== undefined ? `the key "${id}"` : 'the key'} is not ${KEY_LENGTH} bytes written as 64 hexadecimal digits or base64 (e.g. from "openssl rand -base64 32")`, false);
   }
   return { id: id ?? derivedKeyId(key), key };
 }

@@ -73,4 +73,3 @@ export class MemoryStore extends Archive {
     this.memory.addLeftover(name, l);
   }
 }
-

@@ -63,7 +63,8 @@ export function parseArchiveUrl(url: string): ArchiveLocation {
     const m = /^azure:\/\/([^/?#]*)(\/[^?#]*)?([?#].*)?$/is.exec(url);
     if (!m) throw bad(shown, 'expected azure://container/prefix');
     const host = m[1]!;
-    if (host.includes('@')) throw new StorageError('invalid archive location: credentials in an azure:// URL are not supported (use AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN)', false);
+    if (host.includes('@'))
+      throw new StorageError('invalid archive location: credentials in an azure:// URL are not supported (use AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN)', false);
     if (m[3] !== undefined) throw bad(shown, 'query strings and fragments are not supported (give a SAS token in AZURE_STORAGE_SAS_TOKEN)');
     if (host === '') throw bad(shown, 'no container name');
     if (!CONTAINER_RE.test(host)) throw bad(shown, `"${host}" is not a valid container name (3-63 lowercase letters, digits and "-", starting and ending with a letter or digit, no "--")`);

@@ -142,4 +142,3 @@ export function sha256Owned(data: Buffer): Promise<Hashed> {
 }
 
 export { readWhole, type ReadWholeOptions } from './read-whole.js';
-

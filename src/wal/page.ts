@@ -204,7 +204,6 @@ export class IncrementalPageChecker {
     return undefined;
   }
 
-
   /**
    * The common case, cheaply: a short header that is right (known magic, no zero header, the
    * address of this page, a timeline not above the file's, only known flags and no long-header

@@ -14,21 +14,7 @@ import { runCli } from '../support/cli.js';
 import { openArchive } from '../../src/storage/open.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
 import { FullDisk } from './disk.js';
-import {
-  Cleanup,
-  SEG,
-  WalWriter,
-  createFaultPrimary,
-  createSlot,
-  flushLsn,
-  receivedLsn,
-  receiverArgs,
-  sleep,
-  slotRestartLsn,
-  startReceiver,
-  tail,
-  waitUntil,
-} from './helpers.js';
+import { Cleanup, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receivedLsn, receiverArgs, sleep, slotRestartLsn, startReceiver, tail, waitUntil } from './helpers.js';
 import { fileRng, iterations, recordRow, type Rng } from './report.js';
 import { formatLsn, pgWalReference, verifyWal } from './verify.js';
 
@@ -119,7 +105,9 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
           const mustArchive = (target / BigInt(SEG)) * BigInt(SEG);
           try {
             await waitUntil(
-              async () => (await receivedLsn(primary, slot)) >= target && (await verifyWal({ segSize: SEG, reference, store, ranges: [], archivedTo: [{ tli: 1, from: first, to: mustArchive }], cache })).losses.length === 0,
+              async () =>
+                (await receivedLsn(primary, slot)) >= target &&
+                (await verifyWal({ segSize: SEG, reference, store, ranges: [], archivedTo: [{ tli: 1, from: first, to: mustArchive }], cache })).losses.length === 0,
               120_000,
               `the archive to catch up to ${formatLsn(mustArchive)} after S3 was ${outage}`,
               () => tail(proc.stderr),
@@ -177,7 +165,12 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
     // is not enough: with -Z it counts bytes handed to the compressor, which a full disk may yet refuse.
     const caughtUp = async (what: string): Promise<void> => {
       const target = await flushLsn(primary);
-      await waitUntil(async () => (await slotRestartLsn(primary, slot)) >= target, 120_000, `the receiver to reach ${formatLsn(target)} ${what}`, () => tail(proc.stderr, 40));
+      await waitUntil(
+        async () => (await slotRestartLsn(primary, slot)) >= target,
+        120_000,
+        `the receiver to reach ${formatLsn(target)} ${what}`,
+        () => tail(proc.stderr, 40),
+      );
     };
     const proc = startReceiver(cleanup, args);
     try {

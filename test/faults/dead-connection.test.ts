@@ -80,7 +80,12 @@ describe('fault: the connection to the primary black-holed for good', () => {
             const at = Date.now();
             try {
               expect(silenced, 'connections black-holed').toBe(1);
-              await waitUntil(() => streamStarts(proc.stderr) > streamsBefore, RECOVERY_BOUND_MS, 'the receiver to stream again over a new connection', () => tail(proc.stderr));
+              await waitUntil(
+                () => streamStarts(proc.stderr) > streamsBefore,
+                RECOVERY_BOUND_MS,
+                'the receiver to stream again over a new connection',
+                () => tail(proc.stderr),
+              );
               const took = Date.now() - at;
               worst = Math.max(worst, took);
               expect(deadConnections(proc.stderr), 'the dead connection named in the log').toBeGreaterThan(deadBefore);
@@ -99,9 +104,7 @@ describe('fault: the connection to the primary black-holed for good', () => {
           await writer.stop();
         }
         const endpos = await flushLsn(primary);
-        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) =>
-          losses.push(err.message),
-        );
+        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
         proc.kill('SIGTERM');
         const res = await proc.done;
         if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);

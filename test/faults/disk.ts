@@ -21,9 +21,7 @@ export class FullDisk {
   /** A directory of `sizeMB` (tmpfs) or an ordinary one (rlimit fallback). */
   static async create(prefix: string, sizeMB: number): Promise<FullDisk> {
     const dir = mkdtempSync(join(tmpdir(), `walstream-fault-${prefix}-`));
-    const mounted = await run(['mount', '-t', 'tmpfs', '-o', `size=${sizeMB}m,mode=0700`, `walstream-${prefix}`, dir], { check: false, timeoutMs: 10_000 }).catch(
-      () => undefined,
-    );
+    const mounted = await run(['mount', '-t', 'tmpfs', '-o', `size=${sizeMB}m,mode=0700`, `walstream-${prefix}`, dir], { check: false, timeoutMs: 10_000 }).catch(() => undefined);
     return new FullDisk(dir, mounted?.exitCode === 0 ? 'tmpfs' : 'rlimit');
   }
 

@@ -33,10 +33,7 @@ export async function slotRestartLsn(pg: PgCluster, slot: string): Promise<bigin
 
 /** What the receiver streaming on `slot` reported as written (received), or 0 when none is connected. */
 export async function receivedLsn(pg: PgCluster, slot: string): Promise<bigint> {
-  const [row] = await pg.query<{ lsn: string | null }>(
-    'select r.write_lsn::text as lsn from pg_stat_replication r join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = $1',
-    [slot],
-  );
+  const [row] = await pg.query<{ lsn: string | null }>('select r.write_lsn::text as lsn from pg_stat_replication r join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = $1', [slot]);
   return row?.lsn ? lsnOf(row.lsn) : 0n;
 }
 
@@ -196,10 +193,7 @@ export class WalWriter {
 async function randomRows(pg: PgCluster, bytes: number): Promise<void> {
   await pg.query('create table if not exists walstream_fault_random (id bigint, pad text)');
   const rows = Math.max(1, Math.ceil(bytes / 1000));
-  await pg.query(
-    "insert into walstream_fault_random select g, (select string_agg(md5(random()::text || g::text || i::text), '') from generate_series(1, 28) i) from generate_series(1, $1::int) g",
-    [rows],
-  );
+  await pg.query("insert into walstream_fault_random select g, (select string_agg(md5(random()::text || g::text || i::text), '') from generate_series(1, 28) i) from generate_series(1, $1::int) g", [rows]);
 }
 
 /** pgbench running against `pg` at a modest rate until stop(). */

@@ -74,8 +74,7 @@ describe('fault: writers killed mid-write leave no temp files for good', () => {
   });
 
   /** The writer a temp file in the archive names (pid), or undefined. */
-  const tempsOf = (): { file: string; pid: number | undefined }[] =>
-    existsSync(tmpDir) ? readdirSync(tmpDir).map((file) => ({ file, pid: parseTempName(file)?.writer?.pid })) : [];
+  const tempsOf = (): { file: string; pid: number | undefined }[] => (existsSync(tmpDir) ? readdirSync(tmpDir).map((file) => ({ file, pid: parseTempName(file)?.writer?.pid })) : []);
 
   /** Kill `p` with SIGKILL the moment a temp file of its own appears (or when it ends by itself). */
   const killOnTemp = async (p: CliProcess): Promise<void> => {
@@ -109,11 +108,15 @@ describe('fault: writers killed mid-write leave no temp files for good', () => {
     return { killed: () => killed || p.child.signalCode === 'SIGKILL', done };
   };
 
-  const push = (name: string): CliProcess =>
-    cleanup.track(startCli(['push', join(src, name), '--archive', archive, '-Z', rng.pick(['none', 'gzip']), '-v'], { timeoutMs: 60_000 }));
+  const push = (name: string): CliProcess => cleanup.track(startCli(['push', join(src, name), '--archive', archive, '-Z', rng.pick(['none', 'gzip']), '-v'], { timeoutMs: 60_000 }));
 
   /** Temp files of writers that are gone now (their pid no longer runs). */
-  const deadTemps = (): Set<string> => new Set(tempsOf().filter((t) => t.pid !== undefined && !alive(t.pid)).map((t) => t.file));
+  const deadTemps = (): Set<string> =>
+    new Set(
+      tempsOf()
+        .filter((t) => t.pid !== undefined && !alive(t.pid))
+        .map((t) => t.file),
+    );
   /** How many temp files of dead writers there are now that were not there `before` (left by this round's kills). */
   const newDead = (before: Set<string>): number => [...deadTemps()].filter((f) => !before.has(f)).length;
 

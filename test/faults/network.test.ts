@@ -136,9 +136,7 @@ describe('fault: the network between receiver and primary cut, stalled and resto
           await writer.stop();
         }
         const endpos = await flushLsn(primary);
-        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) =>
-          losses.push(err.message),
-        );
+        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
         proc.kill('SIGTERM');
         const res = await proc.done;
         if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);

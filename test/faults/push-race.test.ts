@@ -48,8 +48,7 @@ describe('fault: one segment pushed by two processes at once', () => {
 
   /** Two pushes of `files` into `archive`, the second started `skew` ms after the first. */
   const race = async (archive: string, files: [string, string], compress: [string, string], skew: number): Promise<[CliResult, CliResult]> => {
-    const push = (file: string, z: string): Promise<CliResult> =>
-      runCli(['push', file, '--archive', archive, '--s3-endpoint', s3.endpoint, '-Z', z], { env: s3Env(), timeoutMs: 60_000 });
+    const push = (file: string, z: string): Promise<CliResult> => runCli(['push', file, '--archive', archive, '--s3-endpoint', s3.endpoint, '-Z', z], { env: s3Env(), timeoutMs: 60_000 });
     const first = push(files[0], compress[0]);
     await sleep(skew);
     const second = push(files[1], compress[1]);

@@ -76,4 +76,3 @@ export function recordRow(row: FaultRow): void {
   if (typeof dir === 'string' && dir !== '') appendFileSync(join(dir, 'rows.jsonl'), line);
   else console.log(`[faults] ${line.trim()}`);
 }
-

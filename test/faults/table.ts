@@ -29,21 +29,9 @@ export function formatFaultTable(rows: readonly FaultRow[], run: { mode: FaultMo
   const sorted = [...rows].sort((a, b) => (a.fault < b.fault ? -1 : a.fault > b.fault ? 1 : 0));
   const head = ['fault', 'iterations', 'WAL bytes verified', 'losses'];
   const body = sorted.map((r) => [r.fault, String(r.iterations), thousands(r.bytesVerified), String(r.losses)]);
-  const total = [
-    'total',
-    String(rows.reduce((s, r) => s + r.iterations, 0)),
-    thousands(rows.reduce((s, r) => s + r.bytesVerified, 0)),
-    String(rows.reduce((s, r) => s + r.losses, 0)),
-  ];
+  const total = ['total', String(rows.reduce((s, r) => s + r.iterations, 0)), thousands(rows.reduce((s, r) => s + r.bytesVerified, 0)), String(rows.reduce((s, r) => s + r.losses, 0))];
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length), total[i]!.length));
   const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   const rule = widths.map((w) => '-'.repeat(w)).join('  ');
-  return [
-    `walstream fault suite: mode ${run.mode}, seed ${run.seed} (WALSTREAM_FAULT_SEED=${run.seed} repeats it), ${run.seconds} s`,
-    line(head),
-    rule,
-    ...body.map(line),
-    rule,
-    line(total),
-  ].join('\n');
+  return [`walstream fault suite: mode ${run.mode}, seed ${run.seed} (WALSTREAM_FAULT_SEED=${run.seed} repeats it), ${run.seconds} s`, line(head), rule, ...body.map(line), rule, line(total)].join('\n');
 }

@@ -33,9 +33,7 @@ export function pgVersionsUnderTest(): number[] {
     .map((s) => {
       const v = Number(s);
       if (!Number.isInteger(v) || !SUPPORTED_PG_VERSIONS.includes(v)) {
-        throw new Error(
-          `WALSTREAM_TEST_PG_VERSIONS: unsupported version "${s}" (supported: ${SUPPORTED_PG_VERSIONS.join(', ')})`,
-        );
+        throw new Error(`WALSTREAM_TEST_PG_VERSIONS: unsupported version "${s}" (supported: ${SUPPORTED_PG_VERSIONS.join(', ')})`);
       }
       return v;
     });
@@ -60,10 +58,7 @@ export function toolBinDir(): string {
   for (const dir of candidates) {
     if (existsSync(path.join(dir, 'postgres')) && existsSync(path.join(dir, 'pg_basebackup'))) return dir;
   }
-  throw new Error(
-    'PostgreSQL 15 binaries not found (looked at `pg_config --bindir` and /usr/lib/postgresql/15/bin). ' +
-      'Install them with: apt-get update && apt-get install -y postgresql-15',
-  );
+  throw new Error('PostgreSQL 15 binaries not found (looked at `pg_config --bindir` and /usr/lib/postgresql/15/bin). ' + 'Install them with: apt-get update && apt-get install -y postgresql-15');
 }
 
 function packageRoot(version: number): string {
@@ -112,10 +107,7 @@ function checkServerBinary(bin: string, version: number): void {
     out = execFileSync(file ?? 'postgres', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() });
   } catch (e) {
     const err = e as { stderr?: string; message: string };
-    throw new Error(
-      `PostgreSQL ${version} server binary in ${bin} is not runnable${pgOsUser() ? ' by the postgres user' : ''}: ` +
-        `${err.message}\n${err.stderr ?? ''}`,
-    );
+    throw new Error(`PostgreSQL ${version} server binary in ${bin} is not runnable${pgOsUser() ? ' by the postgres user' : ''}: ` + `${err.message}\n${err.stderr ?? ''}`);
   }
   if (!out.includes(`(PostgreSQL) ${version}.`)) {
     throw new Error(`${bin}/postgres reports "${out.trim()}", expected PostgreSQL ${version}`);

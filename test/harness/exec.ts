@@ -113,11 +113,7 @@ export class CommandError extends Error {
   readonly timedOut: boolean;
 
   constructor(d: CommandErrorDetails, what?: string) {
-    const status = d.timedOut
-      ? 'timed out'
-      : d.signal
-        ? `killed by ${d.signal}`
-        : `exit code ${String(d.exitCode)}`;
+    const status = d.timedOut ? 'timed out' : d.signal ? `killed by ${d.signal}` : `exit code ${String(d.exitCode)}`;
     const parts = [`${what ? `${what}: ` : ''}command failed (${status}): ${formatCommand(d.argv)}`];
     if (d.stderr.trim()) parts.push(`--- stderr ---\n${tail(d.stderr)}`);
     if (d.stdout.trim()) parts.push(`--- stdout (tail) ---\n${tail(d.stdout, 20)}`);
@@ -217,12 +213,7 @@ export function run(argv: readonly string[], opts: RunOptions = {}): Promise<Run
         signal,
       };
       if ((opts.check ?? true) && (code !== 0 || timedOut)) {
-        reject(
-          new CommandError(
-            { argv: [...argv], exitCode: code, signal, stdout: result.stdout, stderr: result.stderr, timedOut, logFile: opts.logFile },
-            opts.what,
-          ),
-        );
+        reject(new CommandError({ argv: [...argv], exitCode: code, signal, stdout: result.stdout, stderr: result.stderr, timedOut, logFile: opts.logFile }, opts.what));
       } else {
         resolve(result);
       }

@@ -10,21 +10,7 @@
  * log). Clusters still alive when the process exits (or gets SIGINT/SIGTERM)
  * are stopped and removed by an exit handler.
  */
-import {
-  chmodSync,
-  copyFileSync,
-  existsSync,
-  lchownSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  readlinkSync,
-  realpathSync,
-  rmSync,
-  unlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, lchownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
 import { confValue, freePort, initdbArgs, lowLevelBackup, pgCtlStartArgs, pgCtlStopArgs, startOnFreePort } from '../../src/demo/postgres.js';
@@ -490,11 +476,7 @@ export class PgCluster {
   }
 
   async createRole(name: string, opts: RoleOptions = {}): Promise<void> {
-    const attrs = [
-      opts.login ?? true ? 'LOGIN' : 'NOLOGIN',
-      opts.replication ? 'REPLICATION' : 'NOREPLICATION',
-      opts.superuser ? 'SUPERUSER' : 'NOSUPERUSER',
-    ];
+    const attrs = [(opts.login ?? true) ? 'LOGIN' : 'NOLOGIN', opts.replication ? 'REPLICATION' : 'NOREPLICATION', opts.superuser ? 'SUPERUSER' : 'NOSUPERUSER'];
     if (opts.password !== undefined) attrs.push(`PASSWORD ${quoteLiteral(opts.password)}`);
     // Make sure the password is hashed with SCRAM whatever the server default.
     const client = await this.connect();
@@ -512,9 +494,7 @@ export class PgCluster {
 
   /** Current WAL position: insert/write LSN on a primary, replay LSN on a standby. */
   async currentLsn(): Promise<string> {
-    const [row] = await this.query<{ lsn: string }>(
-      'select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn',
-    );
+    const [row] = await this.query<{ lsn: string }>('select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text as lsn');
     if (!row?.lsn) throw new Error(`${this.name}: no current LSN`);
     return row.lsn;
   }
@@ -540,10 +520,7 @@ export class PgCluster {
       await client.query('create table if not exists walstream_filler (id bigint, pad text)');
       const start = (await client.query<{ lsn: string }>('select pg_current_wal_lsn()::text as lsn')).rows[0]?.lsn ?? '0/0';
       for (;;) {
-        const res = await client.query<{ done: string; lsn: string }>(
-          'select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint::text as done, pg_current_wal_lsn()::text as lsn',
-          [start],
-        );
+        const res = await client.query<{ done: string; lsn: string }>('select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint::text as done, pg_current_wal_lsn()::text as lsn', [start]);
         const row = res.rows[0];
         if (!row) throw new Error('generateWal: no row');
         const remaining = bytes - Number(row.done);
@@ -595,10 +572,7 @@ export class PgCluster {
     const sb = await PgCluster.allocate(name, this.version, this.walSegmentSizeMB, { ...this.#conf, ...(opts.conf ?? {}) });
     try {
       if (opts.slot !== undefined) {
-        await this.query(
-          'select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)',
-          [opts.slot],
-        );
+        await this.query('select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)', [opts.slot]);
       }
       const useBasebackup = this.version === SYSTEM_PG_VERSION;
       let release: () => Promise<void> = async () => {};
@@ -606,10 +580,21 @@ export class PgCluster {
         await runAsPg(
           path.join(toolBinDir(), 'pg_basebackup'),
           [
-            '-h', HOST, '-p', String(this.#port), '-U', 'postgres',
-            '-D', sb.dataDir,
-            '-X', 'stream', '-c', 'fast', '--no-sync',
-            '-l', `walstream harness ${name}`,
+            '-h',
+            HOST,
+            '-p',
+            String(this.#port),
+            '-U',
+            'postgres',
+            '-D',
+            sb.dataDir,
+            '-X',
+            'stream',
+            '-c',
+            'fast',
+            '--no-sync',
+            '-l',
+            `walstream harness ${name}`,
             ...(opts.slot !== undefined ? ['-S', opts.slot] : []),
           ],
           { cwd: sb.baseDir, logFile: this.logFile, what: `${name}: pg_basebackup`, timeoutMs: 180_000 },

@@ -95,10 +95,7 @@ interface S3rverStore {
   existsObject(bucket: string, key: string): Promise<boolean>;
   deleteObject(bucket: string, key: string): Promise<void>;
   getBucket(bucket: string): Promise<object | null>;
-  listObjects(
-    bucket: string,
-    options: { prefix: string; delimiter: string; startAfter: string; maxKeys: number },
-  ): Promise<{ objects: S3rverObject[]; commonPrefixes: string[]; isTruncated: boolean }>;
+  listObjects(bucket: string, options: { prefix: string; delimiter: string; startAfter: string; maxKeys: number }): Promise<{ objects: S3rverObject[]; commonPrefixes: string[]; isTruncated: boolean }>;
 }
 
 interface S3rverApp {
@@ -345,12 +342,7 @@ async function startBuiltIn(): Promise<S3TestServer> {
     const key = decodeURIComponent(keyParts.join('/'));
     const emulated =
       (req.method === 'GET' && bucketName !== '' && key === '' && url.searchParams.get('list-type') === '2') ||
-      (req.method === 'PUT' &&
-        key !== '' &&
-        req.headers['if-none-match'] === '*' &&
-        req.headers['x-amz-copy-source'] === undefined &&
-        !url.searchParams.has('uploadId') &&
-        server.conditionalWrites);
+      (req.method === 'PUT' && key !== '' && req.headers['if-none-match'] === '*' && req.headers['x-amz-copy-source'] === undefined && !url.searchParams.has('uploadId') && server.conditionalWrites);
     if (!emulated) {
       // S3 shows a PUT whole or not at all; s3rver writes the object in place, so a read of a key
       // while a (conditional) PUT of it runs waits for that PUT, as if it had come just after.

@@ -58,7 +58,7 @@ describe('an archive in Azure Blob Storage (Azurite)', () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  it('receive into azure:// with gzip and pieces; fetch gives back the server\'s bytes; status, verify and cleanup work on it', async () => {
+  it("receive into azure:// with gzip and pieces; fetch gives back the server's bytes; status, verify and cleanup work on it", async () => {
     const first = await slot('to_azure');
     const spool = newDir('spool');
     const proc = startCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'to_azure', '--archive', url('e2e'), '-Z', 'gzip', '--partial-interval', '1', '-v'], {

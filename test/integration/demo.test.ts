@@ -84,7 +84,11 @@ describe('walstream demo', () => {
     // What it printed is there: both data directories, the archive with segments, the server logs.
     // (Plus its own copies of Node and walstream when the server's OS user cannot reach the originals,
     // as when CI runs Node from a private temporary directory.)
-    expect(readdirSync(dir).filter((n) => n !== 'node' && n !== 'walstream').sort()).toEqual(['archive', 'primary', 'spool', 'standby']);
+    expect(
+      readdirSync(dir)
+        .filter((n) => n !== 'node' && n !== 'walstream')
+        .sort(),
+    ).toEqual(['archive', 'primary', 'spool', 'standby']);
     expect(readdirSync(join(dir, 'archive')).filter((n) => /^[0-9A-F]{24}$/.test(n)).length).toBeGreaterThan(0);
     expect(readFileSync(join(dir, 'standby', 'postgres.log'), 'utf8')).toMatch(/restored log file "[0-9A-F]{24}" from archive/);
     expect(existsSync(join(dir, 'standby', 'data', 'standby.signal'))).toBe(true);

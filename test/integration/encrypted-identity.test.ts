@@ -22,7 +22,8 @@ import { readIdentity } from '../../src/archive/identity.js';
 
 const KEY = randomBytes(32);
 const KEYRING = new Keyring([{ id: 'id1', key: KEY }], 'test');
-const REFUSAL = /^walstream: error: the archive \S+ is encrypted \(its identity record walstream\.json says so\) and no encryption key was given: writing to it needs its key \(--encryption-key-file or WALSTREAM_ENCRYPTION_KEY\); nothing was written$/;
+const REFUSAL =
+  /^walstream: error: the archive \S+ is encrypted \(its identity record walstream\.json says so\) and no encryption key was given: writing to it needs its key \(--encryption-key-file or WALSTREAM_ENCRYPTION_KEY\); nothing was written$/;
 const PLANTED = /is corrupt: it is not encrypted, and the archive's identity record \(walstream\.json\) says its objects are encrypted/;
 const HISTORY = '00000002.history';
 
@@ -110,8 +111,7 @@ function oneLine(r: CliResult): string {
 
 describe.each(backends)('an encrypted archive on $name', (b) => {
   const keyless = (): Record<string, string | undefined> => ({ ...b.env, WALSTREAM_ENCRYPTION_KEY: undefined, WALSTREAM_ENCRYPTION_KEY_FILE: undefined });
-  const push = (tag: string, file: string, extra: string[] = []): Promise<CliResult> =>
-    runCli(['push', join(walDir, file), '--archive', b.url(tag), ...b.args, ...extra], { env: keyless(), cwd: root });
+  const push = (tag: string, file: string, extra: string[] = []): Promise<CliResult> => runCli(['push', join(walDir, file), '--archive', b.url(tag), ...b.args, ...extra], { env: keyless(), cwd: root });
   const fetch = (tag: string, name: string, cwd: string, extra: string[] = []): Promise<CliResult> =>
     runCli(['fetch', name, join(cwd, 'RECOVERYXLOG'), '--archive', b.url(tag), ...b.args, ...extra], { env: keyless(), cwd });
   const names = async (st: ArchiveStore): Promise<string[]> => [...(await st.list()).map((o) => o.name), ...(await st.list('quarantine/')).map((o) => o.name)].sort();

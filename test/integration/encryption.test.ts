@@ -98,7 +98,11 @@ describe('an encrypted archive with real servers', () => {
       expect(bytes.subarray(0, 8).equals(SEALED_MAGIC), f).toBe(true);
       expect(bytes.includes('plaintext-marker-'), f).toBe(false);
     }
-    const ids = new Set(readdirSync(archive).filter((f) => SEG_RE.test(f.replace(/\.gz$/, ''))).map((f) => keyIdOf(archive, f.replace(/\.gz$/, ''))));
+    const ids = new Set(
+      readdirSync(archive)
+        .filter((f) => SEG_RE.test(f.replace(/\.gz$/, '')))
+        .map((f) => keyIdOf(archive, f.replace(/\.gz$/, ''))),
+    );
     expect([...ids].sort()).toEqual(['k2025', 'k2026']);
     expect(keyIdOf(archive, last)).toBe('k2026');
 
@@ -145,8 +149,7 @@ describe('an encrypted archive with real servers', () => {
       .sort();
     const [a, b, c] = [names[1]!, names[2]!, names[3]!];
     const dest = join(cwd, 'RECOVERYXLOG');
-    const fetch = (name: string, extra: string[] = [], env: Record<string, string> = {}): ReturnType<typeof runCli> =>
-      runCli(['fetch', name, dest, '--archive', copy, ...extra], { cwd, env });
+    const fetch = (name: string, extra: string[] = [], env: Record<string, string> = {}): ReturnType<typeof runCli> => runCli(['fetch', name, dest, '--archive', copy, ...extra], { cwd, env });
     const withKey = ['--encryption-key-file', keyFile];
 
     // Intact: served.

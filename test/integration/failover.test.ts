@@ -38,7 +38,12 @@ function timelineFiles(dir: string, tli: number): Map<string, string> {
   const out = new Map<string, string>();
   for (const n of readdirSync(dir).sort()) {
     if (!n.startsWith(prefix)) continue;
-    out.set(n, createHash('sha256').update(readFileSync(join(dir, n))).digest('hex'));
+    out.set(
+      n,
+      createHash('sha256')
+        .update(readFileSync(join(dir, n)))
+        .digest('hex'),
+    );
   }
   return out;
 }
@@ -133,7 +138,7 @@ async function restoreFromArchive(s: Setup): Promise<number> {
 }
 
 describe('failover with the archive ahead of the fork', () => {
-  it('keeps the old timeline, names the range lost, follows timeline 2 as pg_receivewal writes it, and restores to the new primary\'s rows', async () => {
+  it("keeps the old timeline, names the range lost, follows timeline 2 as pg_receivewal writes it, and restores to the new primary's rows", async () => {
     const s = await setup('fo-ahead');
     await s.a.query("select pg_create_physical_replication_slot('ws', true)");
     const r = receiver(s, ['--create-slot-if-missing', '--metrics-listen', '127.0.0.1:0']);
@@ -145,7 +150,10 @@ describe('failover with the archive ahead of the fork', () => {
     expect(before.size).toBeGreaterThan(0);
     s.proxy.setUpstream(s.b.port);
     s.proxy.drop();
-    await r.waitForOutput(/timeline 1 continues past the fork to timeline 2 at [0-9A-F]+\/[0-9A-F]+ by .* \(to [0-9A-F]+\/[0-9A-F]+\), WAL the new timeline does not have: transactions lost in the failover; kept as it is, following timeline 2/, 120_000);
+    await r.waitForOutput(
+      /timeline 1 continues past the fork to timeline 2 at [0-9A-F]+\/[0-9A-F]+ by .* \(to [0-9A-F]+\/[0-9A-F]+\), WAL the new timeline does not have: transactions lost in the failover; kept as it is, following timeline 2/,
+      120_000,
+    );
     expect(r.stderr).toContain(`at ${fmt(fork)} by`);
     expect(r.stderr).toMatch(/replication slot "ws" did not exist on the server .*: created it \(--create-slot-if-missing\)/);
     await s.b.query("insert into rows select g, 'new primary' from generate_series(5001, 6000) g");
@@ -301,7 +309,9 @@ describe('switchover and the archive behind the fork', () => {
     const res = await runCli(['receive', '-D', s.spool, '--archive', s.archive, '-d', `host=127.0.0.1 port=${s.proxy.port} user=postgres`, '-n']);
     expect(res.code).toBe(1);
     expect(res.stderr.trim().split('\n')).toHaveLength(1);
-    expect(res.stderr).toMatch(/the server no longer has timeline 1 from [0-9A-F]+\/[0-9A-F]+ to the fork at [0-9A-F]+\/[0-9A-F]+, which walstream does not hold yet\. Copy those segments from the old primary's pg_wal/);
+    expect(res.stderr).toMatch(
+      /the server no longer has timeline 1 from [0-9A-F]+\/[0-9A-F]+ to the fork at [0-9A-F]+\/[0-9A-F]+, which walstream does not hold yet\. Copy those segments from the old primary's pg_wal/,
+    );
   });
 });
 
@@ -346,11 +356,7 @@ describe('failover into an S3 archive', () => {
     const client = s3.client();
     try {
       const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
-      await s.b.waitFor(
-        async () => ((await client.send(new ListObjectsV2Command({ Bucket: s3!.bucket, Prefix: `${s3!.prefix}fo/${last}` }))).KeyCount ?? 0) > 0,
-        60_000,
-        `${last} in S3`,
-      );
+      await s.b.waitFor(async () => ((await client.send(new ListObjectsV2Command({ Bucket: s3!.bucket, Prefix: `${s3!.prefix}fo/${last}` }))).KeyCount ?? 0) > 0, 60_000, `${last} in S3`);
       const listed = await client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: `${s3.prefix}fo/00000001` }));
       // Timeline 1's pieces of its last segment in progress are kept, beside its complete segments.
       expect((listed.Contents ?? []).some((o) => /\.partial\.[0-9A-F]{8}$/.test(o.Key ?? ''))).toBe(true);

@@ -28,10 +28,7 @@ for (const version of pgVersionsUnderTest()) {
       const p = need(primary, 'primary');
       const before = await p.currentLsn();
       const end = await p.generateWal(3 * 1024 * 1024);
-      const [row] = await p.query<{ diff: string }>('select pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::bigint::text as diff', [
-        end,
-        before,
-      ]);
+      const [row] = await p.query<{ diff: string }>('select pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::bigint::text as diff', [end, before]);
       expect(Number(row?.diff)).toBeGreaterThanOrEqual(3 * 1024 * 1024);
       const switched = await p.switchWal();
       expect(switched).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
@@ -50,9 +47,7 @@ for (const version of pgVersionsUnderTest()) {
       const rows = await standby.query<{ note: string }>('select note from harness_check where id = 1');
       expect(rows).toEqual([{ note: 'hello standby' }]);
 
-      const [rep] = await p.query<{ application_name: string; state: string }>(
-        'select application_name, state from pg_stat_replication',
-      );
+      const [rep] = await p.query<{ application_name: string; state: string }>('select application_name, state from pg_stat_replication');
       expect(rep?.application_name).toBe(`harness${version}-sb`);
       expect(rep?.state).toBe('streaming');
     });
@@ -101,12 +96,8 @@ for (const version of pgVersionsUnderTest()) {
       } finally {
         await ok.end();
       }
-      await expect(primary.connect({ user: 'repl_user', password: 'wrong', replication: true })).rejects.toThrow(
-        /password authentication failed/,
-      );
-      await expect(primary.connect({ user: 'nohba_user', password: 's3cr3t', replication: true })).rejects.toThrow(
-        /pg_hba\.conf rejects/,
-      );
+      await expect(primary.connect({ user: 'repl_user', password: 'wrong', replication: true })).rejects.toThrow(/password authentication failed/);
+      await expect(primary.connect({ user: 'nohba_user', password: 's3cr3t', replication: true })).rejects.toThrow(/pg_hba\.conf rejects/);
     });
 
     it('creates a slot-based standby started later', async () => {
@@ -116,10 +107,14 @@ for (const version of pgVersionsUnderTest()) {
       await standby.start();
       const lsn = await p.switchWal();
       await standby.waitForReplay(lsn);
-      await p.waitFor(async () => {
-        const [slot] = await p.query<{ active: boolean }>("select active from pg_replication_slots where slot_name = 'harness_slot'");
-        return slot?.active === true;
-      }, 30_000, 'slot to become active');
+      await p.waitFor(
+        async () => {
+          const [slot] = await p.query<{ active: boolean }>("select active from pg_replication_slots where slot_name = 'harness_slot'");
+          return slot?.active === true;
+        },
+        30_000,
+        'slot to become active',
+      );
     });
 
     it('survives kill9 and restart', async () => {

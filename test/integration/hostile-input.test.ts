@@ -44,10 +44,8 @@ function oneLine(res: CliResult, max = 400): string {
   return line;
 }
 
-const push = (path: string, archive: string, extra: string[] = [], cwd?: string): Promise<CliResult> =>
-  runCli(['push', path, '--archive', archive, ...extra], cwd !== undefined ? { cwd } : {});
-const fetch = (name: string, dest: string, archive: string, cwd?: string): Promise<CliResult> =>
-  runCli(['fetch', name, dest, '--archive', archive], cwd !== undefined ? { cwd } : {});
+const push = (path: string, archive: string, extra: string[] = [], cwd?: string): Promise<CliResult> => runCli(['push', path, '--archive', archive, ...extra], cwd !== undefined ? { cwd } : {});
+const fetch = (name: string, dest: string, archive: string, cwd?: string): Promise<CliResult> => runCli(['fetch', name, dest, '--archive', archive], cwd !== undefined ? { cwd } : {});
 
 /** An archive made by `walstream push` of the real segment. */
 async function archiveWithSegment(name: string, extra: string[] = []): Promise<string> {
@@ -103,7 +101,23 @@ describe('hostile names', () => {
   });
 
   // A copy of the segment one level up, so that a fetch which followed "../" would find something.
-  const pathNames = [`../${SEG}`, `./${SEG}`, `${SEG}/`, `${SEG}/.`, `/${SEG}`, `names-archive/${SEG}`, '..', '.', `${SEG}\n`, `\n${SEG}`, `${SEG.slice(0, 12)}\n${SEG.slice(12)}`, `${SEG}\r`, `\t${SEG}`, `${SEG}\u001b[2J`, `${SEG.slice(0, 23)}\u0001`];
+  const pathNames = [
+    `../${SEG}`,
+    `./${SEG}`,
+    `${SEG}/`,
+    `${SEG}/.`,
+    `/${SEG}`,
+    `names-archive/${SEG}`,
+    '..',
+    '.',
+    `${SEG}\n`,
+    `\n${SEG}`,
+    `${SEG.slice(0, 12)}\n${SEG.slice(12)}`,
+    `${SEG}\r`,
+    `\t${SEG}`,
+    `${SEG}\u001b[2J`,
+    `${SEG.slice(0, 23)}\u0001`,
+  ];
 
   it('fetch: %f that is a path or holds "..", "/" or control characters: exit 1, one line, nothing written', async () => {
     writeFileSync(join(root, SEG), segment);
@@ -170,7 +184,11 @@ describe('archive locations with odd characters', () => {
       }),
     );
     // Nothing was written under any other name.
-    expect(readdirSync(base).filter((f) => !f.endsWith('.out')).sort()).toEqual([...names].sort());
+    expect(
+      readdirSync(base)
+        .filter((f) => !f.endsWith('.out'))
+        .sort(),
+    ).toEqual([...names].sort());
   });
 
   it('file:// URLs: percent-encoding names the decoded directory; "?" and "#" are refused, nothing created', async () => {
@@ -245,7 +263,11 @@ describe('symbolic links', () => {
     expect(foreign.code).toBe(1);
     expect(oneLine(foreign)).toMatch(/system/i);
     expect(readFileSync(join(target, SEG)).equals(segment)).toBe(true);
-    expect(readdirSync(target).filter((f) => !f.startsWith('.')).sort()).toEqual([SEG, 'walstream.json']);
+    expect(
+      readdirSync(target)
+        .filter((f) => !f.startsWith('.'))
+        .sort(),
+    ).toEqual([SEG, 'walstream.json']);
   });
 
   it('an object in the archive that is a symbolic link (to /etc/passwd, to another segment) is never served: corrupt-object exit codes', async () => {
@@ -300,7 +322,10 @@ describe('wrong sizes', () => {
       const res = await push(join(scratch, SEG), archive);
       expect(res.code, what).toBe(1);
       expect(oneLine(res)).toMatch(new RegExp(`${SEG}: file has ${bytes.length} bytes`));
-      expect(tree(archive).filter((f) => f.includes(SEG)), what).toEqual([]);
+      expect(
+        tree(archive).filter((f) => f.includes(SEG)),
+        what,
+      ).toEqual([]);
     }
   });
 

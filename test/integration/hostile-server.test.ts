@@ -114,7 +114,7 @@ describe('receive against a server that lies', () => {
     return { res, start, lieAt };
   };
 
-  it('control: through the proxy telling no lie, the receiver follows the timeline switch and writes the servers\' bytes', async () => {
+  it("control: through the proxy telling no lie, the receiver follows the timeline switch and writes the servers' bytes", async () => {
     const dir = newDir('truthful');
     const from = segStart(switchPoint);
     writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
@@ -125,24 +125,26 @@ describe('receive against a server that lies', () => {
     expect(res.stderr).toMatch(/switched to timeline 2/);
     expect(proxy.tampered).toBe(0);
     expect(readFileSync(join(dir, '00000002.history'))).toEqual(readFileSync(join(promoted.walDir, '00000002.history')));
-    await verify([{ tli: 1, from, to: switchPoint }, { tli: 2, from: segStart(switchPoint), to: endpos }], dir);
+    await verify(
+      [
+        { tli: 1, from, to: switchPoint },
+        { tli: 2, from: segStart(switchPoint), to: endpos },
+      ],
+      dir,
+    );
   });
 
-  it('XLogData that skips bytes (dataStart jumps ahead): exit 1, the directory holds the server\'s bytes up to the gap', async () => {
+  it("XLogData that skips bytes (dataStart jumps ahead): exit 1, the directory holds the server's bytes up to the gap", async () => {
     const dir = newDir('skip');
     const { res, start, lieAt } = await lieWhileStreaming((at) => once(xlogFrom(at, (x) => ({ ...x, dataStart: x.dataStart + BigInt(2 * PAGE) }))), dir);
     oneLineError(res, /^walstream: error: received WAL at \S+ but expected \S+: the server skipped or repeated data; nothing after this point was published$/);
     await verify([{ tli: 1, from: start, to: lieAt }], dir);
   });
 
-  it('XLogData that repeats bytes (dataStart goes backwards), with --archive: exit 1, spool and archive hold the server\'s bytes', async () => {
+  it("XLogData that repeats bytes (dataStart goes backwards), with --archive: exit 1, spool and archive hold the server's bytes", async () => {
     const dir = newDir('repeat-spool');
     const archive = newDir('repeat-archive');
-    const { res, start, lieAt } = await lieWhileStreaming(
-      (at) => once(xlogFrom(at, (x) => ({ ...x, dataStart: x.dataStart - BigInt(PAGE) }))),
-      dir,
-      ['--archive', archive, '--partial-interval', '1'],
-    );
+    const { res, start, lieAt } = await lieWhileStreaming((at) => once(xlogFrom(at, (x) => ({ ...x, dataStart: x.dataStart - BigInt(PAGE) }))), dir, ['--archive', archive, '--partial-interval', '1']);
     oneLineError(res, /^walstream: error: received WAL at \S+ but expected \S+: the server skipped or repeated data; nothing after this point was published$/);
     await verify([{ tli: 1, from: start, to: lieAt }], dir, archive);
     // The finished segment before the lie reached the archive.
@@ -182,7 +184,10 @@ describe('receive against a server that lies', () => {
     // A server behind on timelines may be a standby that has not followed the promotion yet
     // (an address moved during a failover): like pg_receivewal, the daemon tries again later,
     // writing nothing meanwhile; with -n it exits 1.
-    const { proxy, conn } = await proxyTo(promoted, rowOf('IDENTIFY_SYSTEM', (row) => [row[0]!, '1', row[2]!, row[3] ?? null]));
+    const { proxy, conn } = await proxyTo(
+      promoted,
+      rowOf('IDENTIFY_SYSTEM', (row) => [row[0]!, '1', row[2]!, row[3] ?? null]),
+    );
     const res = await runCli(['receive', '-D', dir, '-d', conn, '-n']);
     oneLineError(res, /^walstream: error: .*timeline 2.*not present in the server.*timeline 1/);
     expect(snapshot(dir)).toEqual(before);
@@ -201,7 +206,10 @@ describe('receive against a server that lies', () => {
     // Streaming timeline 1 from the segment of the switch: the server ends it there.
     const from = segStart(switchPoint);
     writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
-    const { proxy, conn } = await proxyTo(promoted, rowWithField('next_tli', (row) => ['1', row[1]!]));
+    const { proxy, conn } = await proxyTo(
+      promoted,
+      rowWithField('next_tli', (row) => ['1', row[1]!]),
+    );
     const res = await runCli(['receive', '-D', dir, '-d', conn]);
     oneLineError(res, /^walstream: error: server reported unexpected next timeline 1, following timeline 1; nothing after this point was published$/);
     expect(proxy.tampered).toBe(1);
@@ -214,9 +222,17 @@ describe('receive against a server that lies', () => {
     const from = segStart(switchPoint);
     writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
     const elsewhere = formatLsn(switchPoint - 0x100n);
-    const { proxy, conn } = await proxyTo(promoted, rowOf('TIMELINE_HISTORY', (row) => [row[0]!, row[1]!.replace(/^1\t\S+/, `1\t${elsewhere}`)]));
+    const { proxy, conn } = await proxyTo(
+      promoted,
+      rowOf('TIMELINE_HISTORY', (row) => [row[0]!, row[1]!.replace(/^1\t\S+/, `1\t${elsewhere}`)]),
+    );
     const res = await runCli(['receive', '-D', dir, '-d', conn]);
-    oneLineError(res, new RegExp(`^walstream: error: the server sent a history file 00000002\\.history that ends timeline 1 at ${elsewhere}, but it ended timeline 1 at ${formatLsn(switchPoint)}; nothing after this point was published$`));
+    oneLineError(
+      res,
+      new RegExp(
+        `^walstream: error: the server sent a history file 00000002\\.history that ends timeline 1 at ${elsewhere}, but it ended timeline 1 at ${formatLsn(switchPoint)}; nothing after this point was published$`,
+      ),
+    );
     expect(proxy.tampered).toBe(1);
     expect(readdirSync(dir).filter((f) => f.endsWith('.history') || f.startsWith('00000002'))).toEqual([]);
     await verify([{ tli: 1, from, to: switchPoint }], dir);
@@ -224,7 +240,10 @@ describe('receive against a server that lies', () => {
 
   it('a history file that does not parse, at startup: exit 1, nothing written', async () => {
     const dir = newDir('history-start');
-    const { proxy, conn } = await proxyTo(promoted, rowOf('TIMELINE_HISTORY', (row) => [row[0]!, '1\tnot-an-lsn\tgarbled\n']));
+    const { proxy, conn } = await proxyTo(
+      promoted,
+      rowOf('TIMELINE_HISTORY', (row) => [row[0]!, '1\tnot-an-lsn\tgarbled\n']),
+    );
     const res = await runCli(['receive', '-D', dir, '-d', conn]);
     oneLineError(res, /^walstream: error: .*timeline history .*malformed/);
     expect(proxy.tampered).toBe(1);
@@ -236,7 +255,10 @@ describe('receive against a server that lies', () => {
     const archive = newDir('history-switch-archive');
     const from = segStart(switchPoint);
     writeFileSync(join(dir, `${segName(1, from, SEG)}.partial`), '');
-    const { proxy, conn } = await proxyTo(promoted, rowOf('TIMELINE_HISTORY', (row) => [row[0]!, Buffer.from([0xff, 0xfe, 0x00, 0x31, 0x0a])]));
+    const { proxy, conn } = await proxyTo(
+      promoted,
+      rowOf('TIMELINE_HISTORY', (row) => [row[0]!, Buffer.from([0xff, 0xfe, 0x00, 0x31, 0x0a])]),
+    );
     const res = await runCli(['receive', '-D', dir, '-d', conn, '--archive', archive]);
     oneLineError(res, /^walstream: error: .*timeline history .*(malformed|no entries)/);
     expect(proxy.tampered).toBe(1);

@@ -96,7 +96,9 @@ describe('receive against a server with lc_messages = de_DE.UTF-8', () => {
     const d = dir('removed');
     const first = await runCli(['receive', '-D', d, '-d', pg.connectionString(), '-E', await pg.currentLsn(), '-n']);
     expect(first.code, first.stderr).toBe(0);
-    const resumeFrom = readdirSync(d).find((n) => n.endsWith('.partial'))!.slice(0, 24);
+    const resumeFrom = readdirSync(d)
+      .find((n) => n.endsWith('.partial'))!
+      .slice(0, 24);
     // No slot and wal_keep_size = 0: the server recycles what walstream has not got yet.
     await pg.generateWal(3 * SEG);
     for (let i = 0; i < 3; i++) {
@@ -105,7 +107,11 @@ describe('receive against a server with lc_messages = de_DE.UTF-8', () => {
     }
     expect(existsSync(join(pg.walDir, resumeFrom)), `${resumeFrom} still in the server's pg_wal`).toBe(false);
     const line = permanent(await recv(['-D', d]));
-    expect(line).toMatch(new RegExp(`das angeforderte WAL-Segment ${resumeFrom} wurde schon entfernt \\(on the server\\): the WAL between this archive's end and the server's oldest segment is gone from the server\\. Fill the gap`));
+    expect(line).toMatch(
+      new RegExp(
+        `das angeforderte WAL-Segment ${resumeFrom} wurde schon entfernt \\(on the server\\): the WAL between this archive's end and the server's oldest segment is gone from the server\\. Fill the gap`,
+      ),
+    );
   });
 
   it('a slot that does not exist: the clear slot error (receive and --drop-slot)', async () => {
@@ -149,10 +155,7 @@ describe('failover with a German-speaking new primary', () => {
     const spool = tmp('fo-spool');
     cleanup.push(async () => rmSync(spool, { recursive: true, force: true }));
     await a.query("select pg_create_physical_replication_slot('ws', true)");
-    const r: CliProcess = startCli(
-      ['receive', '-D', spool, '-d', `host=127.0.0.1 port=${proxy.port} user=postgres`, '-S', 'ws', '--create-slot-if-missing', '-v'],
-      { timeoutMs: 300_000 },
-    );
+    const r: CliProcess = startCli(['receive', '-D', spool, '-d', `host=127.0.0.1 port=${proxy.port} user=postgres`, '-S', 'ws', '--create-slot-if-missing', '-v'], { timeoutMs: 300_000 });
     cleanup.push(async () => {
       r.kill('SIGTERM');
       await r.done;
@@ -182,7 +185,9 @@ describe('failover with a German-speaking new primary', () => {
     proxy.setUpstream(b.port);
     proxy.drop();
     await r.waitForOutput(
-      new RegExp(`timeline 1 continues past the fork to timeline 2 at ${fmt(fork).replace('/', '\\/')} by .* \\(to [0-9A-F]+\\/[0-9A-F]+\\), WAL the new timeline does not have: transactions lost in the failover; kept as it is, following timeline 2`),
+      new RegExp(
+        `timeline 1 continues past the fork to timeline 2 at ${fmt(fork).replace('/', '\\/')} by .* \\(to [0-9A-F]+\\/[0-9A-F]+\\), WAL the new timeline does not have: transactions lost in the failover; kept as it is, following timeline 2`,
+      ),
       120_000,
     );
     // The server refused timeline 1 past the fork in German (its log has what it sent); the fork

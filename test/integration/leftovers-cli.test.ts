@@ -79,11 +79,15 @@ describe('leftovers on the command line (local archive)', () => {
     await live.stop();
   });
 
-  it('cleanup as archive_cleanup_command (%r): silent, the WAL before %r and the gone writers\' leftovers removed', async () => {
+  it("cleanup as archive_cleanup_command (%r): silent, the WAL before %r and the gone writers' leftovers removed", async () => {
     const res = await runCli(['cleanup', seg(1, 3), '--archive', dir]);
     expect(res.code, res.stderr).toBe(0);
     expect(res.stdout).toBe('');
-    expect(readdirSync(dir).filter((f) => !f.startsWith('.')).sort()).toEqual([seg(1, 3), seg(1, 4)]);
+    expect(
+      readdirSync(dir)
+        .filter((f) => !f.startsWith('.'))
+        .sort(),
+    ).toEqual([seg(1, 3), seg(1, 4)]);
     expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
     expect(readdirSync(tmp)).toEqual([liveName]);
     await live.stop();
@@ -122,7 +126,7 @@ describe('leftovers on the command line (local archive)', () => {
     await live.stop();
   });
 
-  it('push, a writer, removes them before it writes, never the live writer\'s', async () => {
+  it("push, a writer, removes them before it writes, never the live writer's", async () => {
     const src = mkdtempSync(join(tmpdir(), 'walstream-leftovers-src-'));
     dirs.push(src);
     writeFileSync(join(src, seg(1, 5)), makeSegment({ tli: 1, segNo: 5 }));

@@ -138,8 +138,7 @@ for (const version of pgVersionsUnderTest()) {
       const noStandby = await fails(conninfo([down, primary.port], 'target_session_attrs=standby'));
       expect(noStandby).toBeInstanceOf(AllHostsFailedError);
       expect(noStandby.message).toBe(
-        `connection to server at "${HOST}", port ${down} failed: connect ECONNREFUSED ${HOST}:${down}; ` +
-          `connection to server at "${HOST}", port ${primary.port} failed: server is not in hot standby mode`,
+        `connection to server at "${HOST}", port ${down} failed: connect ECONNREFUSED ${HOST}:${down}; ` + `connection to server at "${HOST}", port ${primary.port} failed: server is not in hot standby mode`,
       );
       const readOnly = await fails(conninfo([standby.port], 'target_session_attrs=read-write'));
       expect(readOnly).toBeInstanceOf(AllHostsFailedError);
@@ -214,8 +213,7 @@ for (const version of pgVersionsUnderTest()) {
     it('walstream status goes through the same conninfo (a URI here): the host target_session_attrs picks is asked', async () => {
       await primary.query("select pg_create_physical_replication_slot('mh_slot')");
       const archive = newDir('status-archive');
-      const uri = (attrs: string): string =>
-        `postgresql://postgres@${HOST}:${down},${HOST}:${standby.port},${HOST}:${primary.port}/postgres?sslmode=disable&target_session_attrs=${attrs}`;
+      const uri = (attrs: string): string => `postgresql://postgres@${HOST}:${down},${HOST}:${standby.port},${HOST}:${primary.port}/postgres?sslmode=disable&target_session_attrs=${attrs}`;
       const status = async (attrs: string): Promise<StatusReport> => {
         const res = await runCli(['status', '--archive', archive, '--json', '-S', 'mh_slot', '-d', uri(attrs)]);
         expect(res.code, res.stderr).toBe(0);

@@ -79,11 +79,7 @@ describe('receive --metrics-listen and --log-format json', () => {
     await primary.query("select pg_create_physical_replication_slot('observe', true)");
     const dir = mkdtempSync(join(tmpdir(), 'walstream-observe-'));
     dirs.push(dir);
-    receiver = startCli([
-      '--log-format', 'json',
-      'receive', '-D', dir, '-d', primary.connectionString(), '-S', 'observe', '-s', '1', '-v',
-      '--metrics-listen', '127.0.0.1:0',
-    ]);
+    receiver = startCli(['--log-format', 'json', 'receive', '-D', dir, '-d', primary.connectionString(), '-S', 'observe', '-s', '1', '-v', '--metrics-listen', '127.0.0.1:0']);
     await receiver.waitForOutput(/serving metrics at/);
     const url = /serving metrics at (http:\/\/127\.0\.0\.1:\d+)\/metrics/.exec(receiver.stderr)?.[1];
     if (!url) throw new Error(`no metrics URL in: ${receiver.stderr}`);
@@ -147,10 +143,14 @@ describe('receive --metrics-listen and --log-format json', () => {
     expect(await res.text()).toMatch(/^unavailable: /);
     const down = await scrape();
     expect(value(down, 'walstream_streaming')).toBe(0);
-    await waitUntil('a failed reconnection to be counted', async () => {
-      const s = await scrape();
-      return value(s, 'walstream_reconnects_total') > value(before, 'walstream_reconnects_total') && value(s, 'walstream_errors_total{kind="connection"}') > 0;
-    }, 15_000);
+    await waitUntil(
+      'a failed reconnection to be counted',
+      async () => {
+        const s = await scrape();
+        return value(s, 'walstream_reconnects_total') > value(before, 'walstream_reconnects_total') && value(s, 'walstream_errors_total{kind="connection"}') > 0;
+      },
+      15_000,
+    );
 
     await primary.start();
     await waitUntil('/health to recover', async () => (await health()) === 200, 45_000);

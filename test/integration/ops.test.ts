@@ -155,8 +155,7 @@ describe('status, verify and cleanup on real archives', () => {
     const live = startCli(['receive', '-D', spool, '-d', primary.connectionString(), '--application-name', 'ops-live', '-s', '1']);
     try {
       await primary.waitFor(
-        async () =>
-          (await primary.query<{ s: string; w: string | null }>("select state as s, write_lsn::text as w from pg_stat_replication where application_name = 'ops-live'"))[0]?.w != null,
+        async () => (await primary.query<{ s: string; w: string | null }>("select state as s, write_lsn::text as w from pg_stat_replication where application_name = 'ops-live'"))[0]?.w != null,
         30_000,
         'the receiver to stream and report its position',
       );
@@ -243,7 +242,7 @@ describe('status, verify and cleanup on real archives', () => {
     expect(refused.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^walstream: error: cannot list the archive completely, so nothing was removed: /)]);
   });
 
-  it('cleanup as the standby\'s archive_cleanup_command removes what precedes its restart point', async () => {
+  it("cleanup as the standby's archive_cleanup_command removes what precedes its restart point", async () => {
     const dir = pgOwnedDir('cleanup-cmd');
     dirs.push(dir);
     cpSync(base, dir, { recursive: true });
@@ -296,11 +295,16 @@ describe('status, verify and cleanup on real archives', () => {
     ]);
     expect(report.timelines[0]!.neededLast).toBe(segName(1, lsnOf(switchPoint) - (lsnOf(switchPoint) % BigInt(SEG)) - 1n, SEG));
     const st = await statusJson(timelines);
-    expect(st.timelines.map((t) => [t.timeline, t.parent, t.gaps])).toEqual([[1, null, []], [2, 1, []]]);
+    expect(st.timelines.map((t) => [t.timeline, t.parent, t.gaps])).toEqual([
+      [1, null, []],
+      [2, 1, []],
+    ]);
 
     // cleanup before the newest segment of timeline 2: everything older on 2, and on 1 up to the switch.
     const dir = copyOf(timelines, 'tl-cleanup');
-    const newest = segmentsIn(dir).filter((n) => n.startsWith('00000002')).pop()!;
+    const newest = segmentsIn(dir)
+      .filter((n) => n.startsWith('00000002'))
+      .pop()!;
     const expected = files.filter((n) => !n.endsWith('.history') && n.slice(8, 24) < newest.slice(8));
     expect(expected.some((n) => n.startsWith('00000001'))).toBe(true);
     const dry = await cli(['cleanup', newest, '--archive', dir, '--dry-run', '--json']);

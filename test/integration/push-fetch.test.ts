@@ -15,7 +15,6 @@ import { LocalStore } from '../../src/storage/local.js';
 
 const SEG_RE = /^[0-9A-F]{24}$/;
 
-
 describe('push and fetch with a real archiver and a real standby', () => {
   let primary: PgCluster;
   let standby: PgCluster;
@@ -82,7 +81,7 @@ describe('push and fetch with a real archiver and a real standby', () => {
     }
   });
 
-  it('a standby behind the primary\'s pg_wal catches up from the archive, then streams again', async () => {
+  it("a standby behind the primary's pg_wal catches up from the archive, then streams again", async () => {
     // The WAL the standby needs is gone from the primary: it must come through restore_command.
     await primary.checkpoint();
     await primary.switchWal();
@@ -264,11 +263,7 @@ describe('timelines through the archive', () => {
     );
     expect(readFileSync(join(archive, '00000002.history')).equals(readFileSync(join(promoted.walDir, '00000002.history')))).toBe(true);
     // The other standby, whose primary is gone, finds timeline 2 in the archive and replays it.
-    await follower.waitFor(
-      async () => (await follower.query<{ n: string }>('select count(*)::text as n from tl'))[0]?.n === '2',
-      120_000,
-      'the follower to replay timeline 2 from the archive',
-    );
+    await follower.waitFor(async () => (await follower.query<{ n: string }>('select count(*)::text as n from tl'))[0]?.n === '2', 120_000, 'the follower to replay timeline 2 from the archive');
     expect(readFileSync(follower.logFile, 'utf8')).toMatch(/restored log file "00000002\.history" from archive|new target timeline is 2/);
   });
 });
@@ -283,7 +278,7 @@ describe('a standby catching up from what walstream receive archived', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('replays the receiver\'s directory through fetch, then streams from the primary', async () => {
+  it("replays the receiver's directory through fetch, then streams from the primary", async () => {
     dir = pgOwnedDir('received');
     primary = await PgCluster.create({ name: 'recv-catchup', conf: { min_wal_size: '2MB', max_wal_size: '8MB', wal_keep_size: 0 } });
     standby = await primary.createStandby({ name: 'recv-catchup-standby', restoreCommand: walstreamCommand(['fetch', '%f', '%p', '--archive', dir]) });

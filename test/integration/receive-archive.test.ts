@@ -68,15 +68,12 @@ describe('receive --archive', () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  it('archives every finished segment into S3, identical to the server\'s, up to --endpos', async () => {
+  it("archives every finished segment into S3, identical to the server's, up to --endpos", async () => {
     const first = await slot('to_s3');
     await primary.generateWal(4 * SEG);
     const endpos = await primary.currentLsn();
     const spool = newDir('spool');
-    const res = await runCli(
-      ['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'to_s3', '-E', endpos, '-n', '--archive', s3Url('plain'), '--s3-endpoint', s3.endpoint],
-      { env: s3Env() },
-    );
+    const res = await runCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'to_s3', '-E', endpos, '-n', '--archive', s3Url('plain'), '--s3-endpoint', s3.endpoint], { env: s3Env() });
     expect(res.code, res.stderr).toBe(0);
     const store = await open(s3Url('plain'));
     expect(await expectArchived(store, first, endpos)).toBeGreaterThanOrEqual(4);
@@ -108,8 +105,7 @@ describe('receive --archive', () => {
       await proc.waitForOutput(/could not archive/);
       await proc.waitForOutput(/pausing the stream/);
       // While paused, walstream reads nothing more, so the slot stays put and holds the new WAL on the server.
-      const slotPos = async (): Promise<bigint> =>
-        lsnOf((await primary.query<{ lsn: string }>("select restart_lsn::text as lsn from pg_replication_slots where slot_name = 'outage'"))[0]!.lsn);
+      const slotPos = async (): Promise<bigint> => lsnOf((await primary.query<{ lsn: string }>("select restart_lsn::text as lsn from pg_replication_slots where slot_name = 'outage'"))[0]!.lsn);
       await new Promise((r) => setTimeout(r, 1000));
       const held = await slotPos();
       await primary.generateWal(3 * SEG);
@@ -147,15 +143,12 @@ describe('receive --archive', () => {
     await s3.resume();
     await primary.generateWal(SEG);
     const endpos = await primary.currentLsn();
-    const res = await runCli(
-      ['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'kill_upload', '-E', endpos, '-n', '--archive', s3Url('kill9'), '--s3-endpoint', s3.endpoint],
-      { env: s3Env() },
-    );
+    const res = await runCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'kill_upload', '-E', endpos, '-n', '--archive', s3Url('kill9'), '--s3-endpoint', s3.endpoint], { env: s3Env() });
     expect(res.code, res.stderr).toBe(0);
     await expectArchived(await open(s3Url('kill9')), first, endpos);
   });
 
-  it('ships the segment in progress as pieces that add up to the server\'s bytes, removed once the segment is archived', async () => {
+  it("ships the segment in progress as pieces that add up to the server's bytes, removed once the segment is archived", async () => {
     await slot('pieces');
     const url = s3Url('pieces');
     const proc = receiver(newDir('spool'), url, ['-S', 'pieces', '--partial-interval', '1']);
@@ -220,7 +213,7 @@ describe('receive --archive', () => {
     }
   });
 
-  it('resumes after the archive\'s newest segment when the spool is empty (a new host)', async () => {
+  it("resumes after the archive's newest segment when the spool is empty (a new host)", async () => {
     const first = await slot('newhost');
     await primary.generateWal(2 * SEG);
     const mid = await primary.currentLsn();

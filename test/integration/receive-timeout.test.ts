@@ -90,10 +90,10 @@ describe('receive --receive-timeout', () => {
     const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
     const dir = newDir();
     const url = `s3://${s3.bucket}/${s3.prefix}paused/`;
-    const proc = startCli(
-      ['receive', '-D', dir, '-d', through(), '--archive', url, '--s3-endpoint', s3.endpoint, '--spool-max', '1MB', '--partial-interval', '0', '--receive-timeout', '2', '-s', '1', '-v'],
-      { env, timeoutMs: 120_000 },
-    );
+    const proc = startCli(['receive', '-D', dir, '-d', through(), '--archive', url, '--s3-endpoint', s3.endpoint, '--spool-max', '1MB', '--partial-interval', '0', '--receive-timeout', '2', '-s', '1', '-v'], {
+      env,
+      timeoutMs: 120_000,
+    });
     try {
       await proc.waitForOutput(/starting log streaming/);
       // The archive refuses connections: finished segments pile up in the spool past --spool-max,

@@ -13,10 +13,7 @@ import { run } from '../harness/exec.js';
 const SEG = 1024 * 1024;
 
 async function decompressPrefix(data: Buffer, method: 'gzip' | 'zstd'): Promise<Buffer> {
-  const z =
-    method === 'gzip'
-      ? zlib.createGunzip()
-      : (zlib as unknown as { createZstdDecompress(): NodeJS.ReadWriteStream }).createZstdDecompress();
+  const z = method === 'gzip' ? zlib.createGunzip() : (zlib as unknown as { createZstdDecompress(): NodeJS.ReadWriteStream }).createZstdDecompress();
   const out: Buffer[] = [];
   return new Promise((resolve) => {
     z.on('data', (c: Buffer) => out.push(c));
@@ -93,7 +90,7 @@ for (const version of pgVersionsUnderTest()) {
       }
     });
 
-    it('compresses with -Z gzip (and zstd where Node has it) to files that decompress to the server\'s bytes', async () => {
+    it("compresses with -Z gzip (and zstd where Node has it) to files that decompress to the server's bytes", async () => {
       await primary.query("select pg_create_physical_replication_slot('gz', true)");
       await primary.generateWal(2 * SEG + SEG / 3);
       const endpos = await primary.currentLsn();
@@ -172,10 +169,7 @@ for (const version of pgVersionsUnderTest()) {
       await primary
         .waitFor(
           async () => {
-            const rows = await primary.query<{ ok: boolean }>(
-              "select flush_lsn >= $1::pg_lsn as ok from pg_stat_replication where application_name = 'walstream'",
-              [target],
-            );
+            const rows = await primary.query<{ ok: boolean }>("select flush_lsn >= $1::pg_lsn as ok from pg_stat_replication where application_name = 'walstream'", [target]);
             return rows[0]?.ok === true;
           },
           60_000,
@@ -241,7 +235,7 @@ for (const version of pgVersionsUnderTest()) {
       } finally {
         proc.kill('SIGINT');
         await proc.done;
-        await primary.query("alter system reset synchronous_standby_names");
+        await primary.query('alter system reset synchronous_standby_names');
         await primary.reload();
       }
     });
@@ -269,8 +263,16 @@ for (const version of pgVersionsUnderTest()) {
         const names = completeSegments(dir);
         expect(names.some((n) => n.startsWith('00000001'))).toBe(true);
         expect(names.some((n) => n.startsWith('00000002'))).toBe(true);
-        assertSegmentsMatch(dir, standby.walDir, names.filter((n) => n.startsWith('00000002')));
-        assertSegmentsMatch(dir, primary.walDir, names.filter((n) => n.startsWith('00000001')));
+        assertSegmentsMatch(
+          dir,
+          standby.walDir,
+          names.filter((n) => n.startsWith('00000002')),
+        );
+        assertSegmentsMatch(
+          dir,
+          primary.walDir,
+          names.filter((n) => n.startsWith('00000001')),
+        );
         const partial = `${segName(2, lsnOf(endpos), SEG)}.partial`;
         expect(listDir(dir)).toContain(partial);
       } finally {
@@ -279,4 +281,3 @@ for (const version of pgVersionsUnderTest()) {
     });
   });
 }
-

@@ -68,7 +68,9 @@ describe('push --parallel as archive_command', () => {
   });
 
   it('refuses a segment of another database system, naming both', async () => {
-    const name = readdirSync(archive).filter((n) => SEG_RE.test(n)).pop()!;
+    const name = readdirSync(archive)
+      .filter((n) => SEG_RE.test(n))
+      .pop()!;
     const scratch = mkdtempSync(join(tmpdir(), 'walstream-foreign-'));
     try {
       const bytes = readFileSync(join(archive, name));
@@ -99,10 +101,7 @@ describe('a standby catching up from S3 through fetch --prefetch', () => {
   let s3: S3TestServer;
   const dirs: string[] = [];
   beforeAll(async () => {
-    [primary, s3] = await Promise.all([
-      PgCluster.create({ name: 's3-catchup', conf: { min_wal_size: '2MB', max_wal_size: '8MB', wal_keep_size: 0 } }),
-      startS3({ builtIn: true }),
-    ]);
+    [primary, s3] = await Promise.all([PgCluster.create({ name: 's3-catchup', conf: { min_wal_size: '2MB', max_wal_size: '8MB', wal_keep_size: 0 } }), startS3({ builtIn: true })]);
   });
   afterAll(async () => {
     await standby?.destroy();
@@ -148,7 +147,10 @@ describe('a standby catching up from S3 through fetch --prefetch', () => {
     expect(await standby.query(q)).toEqual(await primary.query(q));
     // The spool keeps nothing recovery has passed (the worker may still be finishing: wait for its lock).
     await standby.waitFor(async () => !existsSync(join(spool, '.lock')), 30_000, 'the prefetch worker to finish');
-    const lastRestored = [...log.matchAll(/restored log file "([0-9A-F]{24})" from archive/g)].map((m) => m[1]!).sort().pop()!;
+    const lastRestored = [...log.matchAll(/restored log file "([0-9A-F]{24})" from archive/g)]
+      .map((m) => m[1]!)
+      .sort()
+      .pop()!;
     for (const f of readdirSync(spool).filter((n) => SEG_RE.test(n))) expect(f > lastRestored, f).toBe(true);
   });
 });
@@ -230,7 +232,10 @@ async function listNames(archive: string): Promise<string[]> {
 
 /** The segment whose pieces the archive holds (the one that was in progress). */
 function inProgressName(names: string[]): string {
-  const piece = names.filter((n) => /\.partial\.[0-9A-F]{8}$/.test(n)).sort().pop();
+  const piece = names
+    .filter((n) => /\.partial\.[0-9A-F]{8}$/.test(n))
+    .sort()
+    .pop();
   if (!piece) throw new Error(`no pieces in the archive: ${names.join(' ')}`);
   return piece.slice(0, 24);
 }

@@ -49,11 +49,7 @@ describe('receive: TLS and password authentication', () => {
    * its own: HOME is an empty directory unless given, no PG* variable leaks in. Returns the
    * result and the application_name used, to find the connection in the server log.
    */
-  const receive = async (
-    conninfo: string,
-    env: Record<string, string | undefined> = {},
-    extra: string[] = [],
-  ): Promise<{ res: CliResult; app: string; dir: string }> => {
+  const receive = async (conninfo: string, env: Record<string, string | undefined> = {}, extra: string[] = []): Promise<{ res: CliResult; app: string; dir: string }> => {
     const app = `sec_${++appSeq}`;
     const dir = tempDir('walstream-sec-wal-');
     const lsn = await pg.currentLsn();
@@ -182,10 +178,7 @@ describe('receive: TLS and password authentication', () => {
     });
 
     it('verify-full refuses a host name the certificate does not carry (hostaddr connects, host is checked)', async () => {
-      const { res } = await receive(
-        `host=db.wrong.example hostaddr=127.0.0.1 port=${pg.port} user=ssl_user sslmode=verify-full sslrootcert=${pki.caCert}`,
-        { PGPASSWORD: SECRETS.ssl_user },
-      );
+      const { res } = await receive(`host=db.wrong.example hostaddr=127.0.0.1 port=${pg.port} user=ssl_user sslmode=verify-full sslrootcert=${pki.caCert}`, { PGPASSWORD: SECRETS.ssl_user });
       oneLineError(res, /server certificate for "localhost" \(and 1 other name\) does not match host name "db\.wrong\.example"/);
       // verify-ca does not check the name.
       ok(
@@ -204,22 +197,14 @@ describe('receive: TLS and password authentication', () => {
       ok((await receive(`host=localhost port=${pg.port} user=ssl_user sslmode=verify-full`, { HOME: home, PGPASSWORD: SECRETS.ssl_user })).res);
       // A default root.crt of another CA makes even sslmode=require fail, as in libpq.
       copyFileSync(pki.otherCaCert, join(home, '.postgresql', 'root.crt'));
-      oneLineError(
-        (await receive(`${tcp()} user=ssl_user sslmode=require`, { HOME: home, PGPASSWORD: SECRETS.ssl_user })).res,
-        /certificate verify failed/,
-      );
+      oneLineError((await receive(`${tcp()} user=ssl_user sslmode=require`, { HOME: home, PGPASSWORD: SECRETS.ssl_user })).res, /certificate verify failed/);
     });
 
     it('client certificate authentication (cert) with sslcert/sslkey, and without one it is refused', async () => {
-      const { res, app } = await receive(
-        `${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert} sslcert=${pki.clientCert} sslkey=${pki.clientKey}`,
-      );
+      const { res, app } = await receive(`${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert} sslcert=${pki.clientCert} sslkey=${pki.clientKey}`);
       ok(res);
       expect(authorizedLine(app)).toMatch(/SSL enabled/);
-      oneLineError(
-        (await receive(`${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert}`)).res,
-        /connection requires a valid client certificate/,
-      );
+      oneLineError((await receive(`${tcp()} user=cert_user sslmode=verify-full sslrootcert=${pki.caCert}`)).res, /connection requires a valid client certificate/);
     });
 
     it('client certificate and key from ~/.postgresql by default; PGSSLCERT/PGSSLKEY read', async () => {
@@ -266,11 +251,9 @@ describe('receive: TLS and password authentication', () => {
 
     it('~/.pgpass (mode 0600) and PGPASSFILE, matched on host, port, "replication" and user', async () => {
       const home = tempDir('walstream-sec-home-');
-      writeFileSync(
-        join(home, '.pgpass'),
-        [`# walstream`, `127.0.0.1:${pg.port}:postgres:scram_user:not-this-one`, `127.0.0.1:${pg.port}:replication:scram_user:${SECRETS.scram_user}`, ''].join('\n'),
-        { mode: 0o600 },
-      );
+      writeFileSync(join(home, '.pgpass'), [`# walstream`, `127.0.0.1:${pg.port}:postgres:scram_user:not-this-one`, `127.0.0.1:${pg.port}:replication:scram_user:${SECRETS.scram_user}`, ''].join('\n'), {
+        mode: 0o600,
+      });
       chmodSync(join(home, '.pgpass'), 0o600);
       const res = (await receive(`${tcp()} user=scram_user`, { HOME: home })).res;
       ok(res);
@@ -296,10 +279,7 @@ describe('receive: TLS and password authentication', () => {
     });
 
     it('a wrong password is one line without the password; from the password file it says so', async () => {
-      oneLineError(
-        (await receive(`${tcp()} user=scram_user password=wrong-pw-123`)).res,
-        /could not connect to 127\.0\.0\.1:\d+ as scram_user: password authentication failed for user "scram_user"$/,
-      );
+      oneLineError((await receive(`${tcp()} user=scram_user password=wrong-pw-123`)).res, /could not connect to 127\.0\.0\.1:\d+ as scram_user: password authentication failed for user "scram_user"$/);
       const wrong = await receive(`${tcp()} user=md5_user sslmode=disable`, { PGPASSWORD: 'wrong-pw-456' });
       oneLineError(wrong.res, /password authentication failed for user "md5_user"/);
       expect(wrong.res.stderr).not.toContain('wrong-pw-456');
@@ -323,10 +303,7 @@ describe('receive: TLS and password authentication', () => {
         (await receive(`${tcp()} user=md5_user sslmode=require channel_binding=require`, { PGPASSWORD: SECRETS.md5_user })).res,
         /channel binding required, but server authenticated client without channel binding/,
       );
-      oneLineError(
-        (await receive(`${tcp()} user=scram_user sslmode=disable channel_binding=require`, { PGPASSWORD: SECRETS.scram_user })).res,
-        /channel binding required, but SSL not in use/,
-      );
+      oneLineError((await receive(`${tcp()} user=scram_user sslmode=disable channel_binding=require`, { PGPASSWORD: SECRETS.scram_user })).res, /channel binding required, but SSL not in use/);
     });
 
     it('--create-slot over TLS with a password', async () => {
@@ -476,10 +453,7 @@ describe('receive: TLS and password authentication', () => {
     pg.configure({ ssl: false });
     await pg.reload();
     await pg.waitFor(async () => (await pg.query<{ ssl: string }>('show ssl'))[0]?.ssl === 'off', 10_000, 'ssl = off');
-    oneLineError(
-      (await receive(`${tcp()} user=scram_user sslmode=require`, { PGPASSWORD: SECRETS.scram_user })).res,
-      /could not connect to .*: server does not support SSL, but SSL was required/,
-    );
+    oneLineError((await receive(`${tcp()} user=scram_user sslmode=require`, { PGPASSWORD: SECRETS.scram_user })).res, /could not connect to .*: server does not support SSL, but SSL was required/);
     const { res, app } = await receive(`${tcp()} user=scram_user`, { PGPASSWORD: SECRETS.scram_user });
     ok(res);
     expect(authorizedLine(app)).not.toMatch(/SSL enabled/);

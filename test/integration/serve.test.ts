@@ -63,10 +63,14 @@ async function walReceiver(standby: PgCluster): Promise<{ status: string; port: 
 }
 
 async function waitStreamingFrom(standby: PgCluster, port: number): Promise<void> {
-  await standby.waitFor(async () => {
-    const r = await walReceiver(standby);
-    return r?.status === 'streaming' && Number(r.port) === port;
-  }, 60_000, `the standby to stream from port ${port}`);
+  await standby.waitFor(
+    async () => {
+      const r = await walReceiver(standby);
+      return r?.status === 'streaming' && Number(r.port) === port;
+    },
+    60_000,
+    `the standby to stream from port ${port}`,
+  );
 }
 
 async function rowCount(c: PgCluster): Promise<number> {
@@ -179,12 +183,14 @@ for (const version of pgVersionsUnderTest()) {
       expect(st.code, st.stderr).toBe(0);
       expect(st.stdout).toMatch(/^clients +1 client of this walstream serve$/m);
       expect(st.stdout).toMatch(/live 127\.0\.0\.1 pid \d+ (streaming|catchup) on timeline 1: sent [0-9A-F]+\/[0-9A-F]+, flushed [0-9A-F]+\/[0-9A-F]+/);
-      const js = JSON.parse((await runCli(['status', '--archive', archive, '-d', `host=127.0.0.1 port=${receiver!.port} user=postgres`, '--json'])).stdout) as { server: { walstream: { clients: { application_name: string }[] } } };
+      const js = JSON.parse((await runCli(['status', '--archive', archive, '-d', `host=127.0.0.1 port=${receiver!.port} user=postgres`, '--json'])).stdout) as {
+        server: { walstream: { clients: { application_name: string }[] } };
+      };
       expect(js.server.walstream.clients.map((x) => x.application_name)).toEqual(['live']);
     });
 
     if (version === 15) {
-      it('feeds pg_receivewal the primary\'s bytes, segment for segment', async () => {
+      it("feeds pg_receivewal the primary's bytes, segment for segment", async () => {
         // A slot keeps the new segments in the primary's pg_wal to compare against.
         const [kept] = await primary.query<{ lsn: string }>("select lsn::text from pg_create_physical_replication_slot('keep_for_compare', true)");
         try {
@@ -201,7 +207,10 @@ for (const version of pgVersionsUnderTest()) {
           // once it has received past --endpos, so one byte before that end.
           const endLsn = (lsnOf(switched) / BigInt(SEG) + 1n) * BigInt(SEG) - 1n;
           const endpos = `${(endLsn >> 32n).toString(16).toUpperCase()}/${(endLsn & 0xffffffffn).toString(16).toUpperCase()}`;
-          const res = await run([join(toolBinDir(), 'pg_receivewal'), '-D', dir, '-d', `host=127.0.0.1 port=${archiveServe!.port} user=postgres`, '-E', endpos, '-n', '--no-sync'], { timeoutMs: 120_000, check: false });
+          const res = await run([join(toolBinDir(), 'pg_receivewal'), '-D', dir, '-d', `host=127.0.0.1 port=${archiveServe!.port} user=postgres`, '-E', endpos, '-n', '--no-sync'], {
+            timeoutMs: 120_000,
+            check: false,
+          });
           expect(res.exitCode, res.stderr).toBe(0);
           const got = completeSegments(dir).filter((n) => n > from && n <= last);
           expect(got.length).toBeGreaterThanOrEqual(4);
@@ -380,13 +389,20 @@ describe('who may connect, and what a client can do', () => {
     writeFileSync(file, `# copied from pg_authid\n${rows.map((r) => `${r.rolname}:${r.rolpassword}`).join('\n')}\n`, { mode: 0o600 });
     const server = await startServe(['--archive', archive, '--password-file', file, '-v']);
     procs.push(server);
-    for (const [user, password] of [['alice', 'alice-secret'], ['bob', 'bob-secret']]) {
+    for (const [user, password] of [
+      ['alice', 'alice-secret'],
+      ['bob', 'bob-secret'],
+    ]) {
       const c = replicationClient(server.port, { user, password });
       await c.connect();
       expect((await c.query('IDENTIFY_SYSTEM')).rows).toHaveLength(1);
       await c.end();
     }
-    for (const [user, password] of [['alice', 'wrong-one'], ['bob', 'wrong-two'], ['mallory', 'alice-secret']]) {
+    for (const [user, password] of [
+      ['alice', 'wrong-one'],
+      ['bob', 'wrong-two'],
+      ['mallory', 'alice-secret'],
+    ]) {
       const c = replicationClient(server.port, { user, password });
       await expect(c.connect()).rejects.toThrow(new RegExp(`password authentication failed for user "${user}"`));
     }

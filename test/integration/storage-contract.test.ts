@@ -18,17 +18,7 @@ import { LocalStore, META_DIR } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { openArchive } from '../../src/storage/open.js';
 import { S3Store, type S3StoreOptions } from '../../src/storage/s3.js';
-import {
-  ConflictError,
-  IDENTITY_NAME,
-  IntegrityError,
-  KeyUnavailableError,
-  NotFoundError,
-  StorageError,
-  type ArchiveStore,
-  type Compression,
-  type PutResult,
-} from '../../src/storage/types.js';
+import { ConflictError, IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore, type Compression, type PutResult } from '../../src/storage/types.js';
 
 // --- helpers ---
 
@@ -378,7 +368,9 @@ function archiveContract(backend: () => Backend): void {
           const err = await rejection(s.put(name, payload(18), { compression: c }));
           expect(err).toBeInstanceOf(ConflictError);
           expect((err as ConflictError).objectName).toBe(name);
-          expect((err as Error).message).toMatch(new RegExp(`^"${name}" is already in the archive, but the stored file .* cannot be kept: it (fails its recorded checksum|cannot be decompressed); a local archive never replaces a stored file`));
+          expect((err as Error).message).toMatch(
+            new RegExp(`^"${name}" is already in the archive, but the stored file .* cannot be kept: it (fails its recorded checksum|cannot be decompressed); a local archive never replaces a stored file`),
+          );
           expect((await backend().rawStored(s, name)).equals(before)).toBe(true);
           expect(await rejection(s.get(name))).toBeInstanceOf(IntegrityError);
           expect((await s.get((err as ConflictError).quarantinedAs)).data.equals(payload(18))).toBe(true);
@@ -477,7 +469,7 @@ function archiveContract(backend: () => Backend): void {
       }
     });
 
-    it('two objects swapped under each other\'s names (records and all) are refused', async () => {
+    it("two objects swapped under each other's names (records and all) are refused", async () => {
       const [enc] = await views(keyA);
       await enc!.put(seg(53), payload(53), { compression: 'gzip' });
       await enc!.put(seg(54), payload(54), { compression: 'gzip' });
@@ -593,7 +585,10 @@ function archiveContract(backend: () => Backend): void {
 
     it('an encryption header of an unknown format version or algorithm (a newer writer) is a conflict, never replaced', async () => {
       const [enc] = await views(keyA);
-      for (const [i, offset] of [[71, 8], [72, 9]] as const) {
+      for (const [i, offset] of [
+        [71, 8],
+        [72, 9],
+      ] as const) {
         const name = seg(i);
         await enc!.put(name, payload(i));
         await backend().mutate(enc!, name, (b) => {
@@ -1052,7 +1047,10 @@ describe('S3Store', () => {
       const st = open();
       const c = local.client();
       try {
-        for (const [i, compression] of [[1, 'none'], [2, 'gzip']] as const) {
+        for (const [i, compression] of [
+          [1, 'none'],
+          [2, 'gzip'],
+        ] as const) {
           const data = payload(33 + i);
           local.requests.length = 0;
           await st.put(seg(i), data, { compression });
@@ -1251,7 +1249,10 @@ describe('AzureStore', () => {
   });
   const blob = (store: ArchiveStore, name: string) => {
     const st = store as AzureStore;
-    return az.client().getContainerClient(st.container).getBlockBlobClient(st.prefix + name);
+    return az
+      .client()
+      .getContainerClient(st.container)
+      .getBlockBlobClient(st.prefix + name);
   };
   const readRaw = async (store: ArchiveStore, name: string): Promise<{ body: Buffer; meta: Record<string, string> | undefined }> => {
     const b = blob(store, name);

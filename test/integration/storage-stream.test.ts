@@ -146,7 +146,10 @@ describe('AzureStore', () => {
     make: async (keys) => new AzureStore({ container: az.container, prefix: `s${n++}/`, connectionString: az.connectionString, ...(keys ? { keyring: keys } : {}) }),
     damage: async (store, name) => {
       const st = store as AzureStore;
-      const blob = az.client().getContainerClient(st.container).getBlockBlobClient(st.prefix + name);
+      const blob = az
+        .client()
+        .getContainerClient(st.container)
+        .getBlockBlobClient(st.prefix + name);
       const b = await blob.downloadToBuffer();
       const meta = (await blob.getProperties()).metadata;
       b[Math.floor(b.length / 2)] = b[Math.floor(b.length / 2)]! ^ 0x55;

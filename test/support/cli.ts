@@ -37,7 +37,10 @@ export class CliProcess {
   stdout = '';
   stderr = '';
   readonly done: Promise<CliResult>;
-  constructor(readonly child: ChildProcess, timeoutMs: number) {
+  constructor(
+    readonly child: ChildProcess,
+    timeoutMs: number,
+  ) {
     child.stdout?.on('data', (b: Buffer) => (this.stdout += b.toString()));
     child.stderr?.on('data', (b: Buffer) => (this.stderr += b.toString()));
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);

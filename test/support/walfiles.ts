@@ -5,7 +5,9 @@ import { join } from 'node:path';
 export const SEG_RE = /^[0-9A-F]{24}$/;
 
 export function listDir(dir: string): string[] {
-  return readdirSync(dir).filter((n) => !n.startsWith('.')).sort();
+  return readdirSync(dir)
+    .filter((n) => !n.startsWith('.'))
+    .sort();
 }
 
 export function completeSegments(dir: string): string[] {

@@ -6,16 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { Keyring } from '../../src/storage/encryption.js';
 import { ENCRYPTED_MARKER_NAME, IDENTITY_NAME, IntegrityError, StorageError, type ArchiveStore, type GetResult } from '../../src/storage/types.js';
-import {
-  ArchiveEncryptedError,
-  EncryptedArchiveGuard,
-  archiveEncrypted,
-  checkWriter,
-  claimArchive,
-  decodeIdentity,
-  encodeIdentity,
-  readIdentity,
-} from '../../src/archive/identity.js';
+import { ArchiveEncryptedError, EncryptedArchiveGuard, archiveEncrypted, checkWriter, claimArchive, decodeIdentity, encodeIdentity, readIdentity } from '../../src/archive/identity.js';
 
 const KEY = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 7) }], 'test');
 const OTHER = new Keyring([{ id: 'k2', key: Buffer.alloc(32, 9) }], 'test');

@@ -112,7 +112,7 @@ describe('classifyError by SQLSTATE', () => {
     }
   });
 
-  it('the codes walstream names are PostgreSQL\'s', () => {
+  it("the codes walstream names are PostgreSQL's", () => {
     expect(SQLSTATE).toMatchObject({
       UNDEFINED_FILE: '58P01',
       UNDEFINED_OBJECT: '42704',

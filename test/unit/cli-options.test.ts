@@ -18,7 +18,7 @@ describe('the command line option table', () => {
   const program = buildProgram();
   const visible = program.commands.filter((c) => c.name() !== 'fetch-prefetch');
 
-  it('the version is package.json\'s', () => {
+  it("the version is package.json's", () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
     expect(packageVersion()).toBe(pkg.version);
     expect(program.version()).toBe(pkg.version);
@@ -46,7 +46,7 @@ describe('the command line option table', () => {
     expect(command(program, 'push').helpInformation().replace(/\s+/g, ' ')).toContain('default: none');
   });
 
-  it('options of the visible commands come from WALSTREAM_ variables; the hidden worker\'s do not', () => {
+  it("options of the visible commands come from WALSTREAM_ variables; the hidden worker's do not", () => {
     expect(option(command(program, 'receive'), '--spool-max')?.envVar).toBe('WALSTREAM_SPOOL_MAX');
     expect(option(command(program, 'push'), '--compress')?.envVar).toBe('WALSTREAM_COMPRESS');
     expect(option(command(program, 'status'), '--port')?.envVar).toBe('WALSTREAM_PORT');

@@ -13,8 +13,22 @@ import { AllHostsFailedError, hostLabel, ReplicationConnection, resolveCredentia
 import { ServerError } from '../../src/session/errors.js';
 
 const ENV_KEYS = [
-  'PGHOST', 'PGHOSTADDR', 'PGPORT', 'PGUSER', 'PGPASSWORD', 'PGPASSFILE', 'PGSSLMODE', 'PGSSLROOTCERT', 'PGSSLCERT', 'PGSSLKEY', 'PGSSLCRL',
-  'PGCHANNELBINDING', 'PGCONNECT_TIMEOUT', 'PGTARGETSESSIONATTRS', 'PGLOADBALANCEHOSTS', 'HOME',
+  'PGHOST',
+  'PGHOSTADDR',
+  'PGPORT',
+  'PGUSER',
+  'PGPASSWORD',
+  'PGPASSFILE',
+  'PGSSLMODE',
+  'PGSSLROOTCERT',
+  'PGSSLCERT',
+  'PGSSLKEY',
+  'PGSSLCRL',
+  'PGCHANNELBINDING',
+  'PGCONNECT_TIMEOUT',
+  'PGTARGETSESSIONATTRS',
+  'PGLOADBALANCEHOSTS',
+  'HOME',
 ];
 let savedEnv: Record<string, string | undefined> = {};
 let home: string;
@@ -78,7 +92,7 @@ describe('host and port lists in keyword/value strings', () => {
     refused('port=1,2', 'could not match 2 port numbers to 1 hosts');
   });
 
-  it('a port list that does not match the hosts is refused with libpq\'s words', () => {
+  it("a port list that does not match the hosts is refused with libpq's words", () => {
     refused('host=a,b port=1,2,3', 'could not match 3 port numbers to 2 hosts');
     refused('host=a,b,c port=1,2', 'could not match 2 port numbers to 3 hosts');
     refused('host=a port=5432,5433', 'could not match 2 port numbers to 1 hosts');
@@ -134,7 +148,7 @@ describe('hostaddr lists', () => {
     ]);
   });
 
-  it('host must have as many entries as hostaddr (libpq\'s words)', () => {
+  it("host must have as many entries as hostaddr (libpq's words)", () => {
     refused('host=a,b,c hostaddr=10.0.0.1,10.0.0.2', 'could not match 3 host names to 2 hostaddr values');
     refused('host=a,b hostaddr=10.0.0.1', 'could not match 2 host names to 1 hostaddr values');
     refused('hostaddr=10.0.0.1,10.0.0.2 port=1,2,3', 'could not match 3 port numbers to 2 hosts');
@@ -177,7 +191,7 @@ describe('URIs with several host:port', () => {
     expect(hostsIn('postgresql://[::1]?sslmode=disable')).toEqual([{ address: '::1', port: 5432 }]);
   });
 
-  it('malformed IPv6 and parameters are refused with libpq\'s words', () => {
+  it("malformed IPv6 and parameters are refused with libpq's words", () => {
     refused('postgresql://[::1:5432/db', /end of string reached when looking for matching "\]" in IPv6 host address in URI/);
     refused('postgresql://[]:5432/db', /IPv6 host address may not be empty in URI/);
     refused('postgresql://[::1]x/db', /unexpected character "x" at position \d+ in URI \(expected ":" or "\/"\)/);
@@ -395,7 +409,7 @@ describe('the password file, per host', () => {
   });
 });
 
-describe('libpq\'s words for a host in an error', () => {
+describe("libpq's words for a host in an error", () => {
   it('TCP and Unix-domain socket', () => {
     expect(hostLabel({ address: '10.0.0.1', port: 5432 })).toBe('connection to server at "10.0.0.1", port 5432');
     expect(hostLabel({ address: '/var/run/postgresql', port: 5433 })).toBe('connection to server on socket "/var/run/postgresql/.s.PGSQL.5433"');
@@ -473,14 +487,13 @@ describe('ReplicationConnection.connect walks the host list', () => {
     const err = (await connectTo([a, b]).catch((e: unknown) => e)) as AllHostsFailedError;
     expect(err).toBeInstanceOf(AllHostsFailedError);
     expect(err.message).toBe(
-      `connection to server at "127.0.0.1", port ${a} failed: connect ECONNREFUSED 127.0.0.1:${a}; ` +
-        `connection to server at "127.0.0.1", port ${b} failed: connect ECONNREFUSED 127.0.0.1:${b}`,
+      `connection to server at "127.0.0.1", port ${a} failed: connect ECONNREFUSED 127.0.0.1:${a}; ` + `connection to server at "127.0.0.1", port ${b} failed: connect ECONNREFUSED 127.0.0.1:${b}`,
     );
     expect(err.message).not.toContain('\n');
     expect(err.failures.map((f) => f.host.port)).toEqual([a, b]);
   });
 
-  it('one host down: the error is that host\'s, as it always was', async () => {
+  it("one host down: the error is that host's, as it always was", async () => {
     const a = await closedPort();
     const err = (await connectTo([a]).catch((e: unknown) => e)) as Error;
     expect(err.message).toBe(`connect ECONNREFUSED 127.0.0.1:${a}`);

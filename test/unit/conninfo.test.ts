@@ -187,9 +187,7 @@ describe('buildClientConfig', () => {
 
   it('options and wal_sender_timeout', () => {
     expect(buildClientConfig({ walSenderTimeout: '60s', applicationName: 'a' }).options).toBe('-c wal_sender_timeout=60s');
-    expect(buildClientConfig({ dbname: "options='-c work_mem=1MB'", walSenderTimeout: '10s', applicationName: 'a' }).options).toBe(
-      '-c work_mem=1MB -c wal_sender_timeout=10s',
-    );
+    expect(buildClientConfig({ dbname: "options='-c work_mem=1MB'", walSenderTimeout: '10s', applicationName: 'a' }).options).toBe('-c work_mem=1MB -c wal_sender_timeout=10s');
     expect(buildClientConfig({ dbname: "options='-c work_mem=1MB'", applicationName: 'a' }).options).toBe('-c work_mem=1MB');
   });
 
@@ -229,9 +227,7 @@ describe('buildClientConfig', () => {
 
   it('sslrootcert=system: verify-full by default, and no weaker mode', () => {
     expect(buildClientConfig({ dbname: 'sslrootcert=system', applicationName: 'a' }).sslSettings.mode).toBe('verify-full');
-    expect(() => buildClientConfig({ dbname: 'sslrootcert=system sslmode=require', applicationName: 'a' })).toThrow(
-      /weak sslmode "require" may not be used with sslrootcert=system/,
-    );
+    expect(() => buildClientConfig({ dbname: 'sslrootcert=system sslmode=require', applicationName: 'a' })).toThrow(/weak sslmode "require" may not be used with sslrootcert=system/);
   });
 
   it('hostaddr is where to connect, host stays the name (for verify-full and the password file)', () => {

@@ -76,7 +76,7 @@ describe('CopyFramer', () => {
     }
   });
 
-  it('hands XLogData on as views of the socket\'s chunks, never copies', () => {
+  it("hands XLogData on as views of the socket's chunks, never copies", () => {
     const chunk = Buffer.from(c.stream);
     const pieces: Buffer[] = [];
     new CopyFramer({ wal: (_l, _e, p) => pieces.push(p), copyData: () => undefined, other: () => undefined }).push(chunk);

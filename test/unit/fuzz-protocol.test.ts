@@ -446,7 +446,10 @@ class FakeServer {
       this.handlers.set(event, [...(this.handlers.get(event) ?? []), fn]);
     },
     removeListener: (event: string, fn: (...args: unknown[]) => void): void => {
-      this.handlers.set(event, (this.handlers.get(event) ?? []).filter((f) => f !== fn));
+      this.handlers.set(
+        event,
+        (this.handlers.get(event) ?? []).filter((f) => f !== fn),
+      );
     },
     stream: {
       listeners: (): ((chunk: Buffer) => void)[] => [],

@@ -210,7 +210,7 @@ const REAL_COMMANDS = [
   'START_REPLICATION 0/B00000 TIMELINE 2',
   'START_REPLICATION PHYSICAL 1A/2C000000',
   "START_REPLICATION SLOT \"sub\" LOGICAL 0/0 (proto_version '1', publication_names 'p')",
-  "CREATE_REPLICATION_SLOT \"sub\" LOGICAL pgoutput (SNAPSHOT 'nothing')",
+  'CREATE_REPLICATION_SLOT "sub" LOGICAL pgoutput (SNAPSHOT \'nothing\')',
   "BASE_BACKUP (LABEL 'x', PROGRESS)",
   'SELECT 1',
   'identify_system',
@@ -342,7 +342,12 @@ describe('serve fuzz: framing', () => {
         whole = runFramer(input, [], maxLength, (p) => check(p <= Math.max(bound, input.length), 'buffering', i, input));
         pieces = runFramer(input, cuts, maxLength, (p) => check(p <= Math.max(bound, input.length), 'buffering', i, input));
         // one byte at a time: nothing is ever held beyond the bound
-        const bytewise = runFramer(input, Array.from({ length: Math.min(input.length, 400) }, (_, k) => k + 1), maxLength, (p) => check(p <= bound, `${p} bytes buffered one byte at a time`, i, input));
+        const bytewise = runFramer(
+          input,
+          Array.from({ length: Math.min(input.length, 400) }, (_, k) => k + 1),
+          maxLength,
+          (p) => check(p <= bound, `${p} bytes buffered one byte at a time`, i, input),
+        );
         check(JSON.stringify(bytewise.events) === JSON.stringify(whole.events) && bytewise.error === whole.error, 'byte-at-a-time framing differs', i, input);
       } catch (err) {
         fail('FrontendFramer', i, input, err);
@@ -392,12 +397,14 @@ describe('serve fuzz: framing', () => {
     const r = rngFor(3);
     let accepted = 0;
     for (let i = 0; i < CASES; i++) {
-      const valid = r.pick([
-        serialize.query(r.pick(REAL_COMMANDS)),
-        serialize.password('md5abc'),
-        serialize.sendSASLInitialResponseMessage(SCRAM_MECHANISM, 'n,,n=,r=abc'),
-        serialize.sendSCRAMClientFinalMessage('c=biws,r=abc,p=xyz'),
-      ]).subarray(5);
+      const valid = r
+        .pick([
+          serialize.query(r.pick(REAL_COMMANDS)),
+          serialize.password('md5abc'),
+          serialize.sendSASLInitialResponseMessage(SCRAM_MECHANISM, 'n,,n=,r=abc'),
+          serialize.sendSCRAMClientFinalMessage('c=biws,r=abc,p=xyz'),
+        ])
+        .subarray(5);
       const body = hostile(r, valid);
       try {
         const q = parseQuery(body);
@@ -431,7 +438,38 @@ describe('serve fuzz: framing', () => {
 // ---------------------------------------------------------------------------------------------
 
 const ALPHABET = ['"', "'", '/', ';', '(', ')', ',', '.', ' ', '\t', '\n', '0', '9', 'A', 'F', 'f', 'x', '_', '$', '-', '*', 'é', '\u0000', '\u00ff', '\ud83d\ude00'];
-const WORDS = ['IDENTIFY_SYSTEM', 'SHOW', 'START_REPLICATION', 'SLOT', 'PHYSICAL', 'LOGICAL', 'TIMELINE', 'TEMPORARY', 'RESERVE_WAL', 'WAIT', 'TIMELINE_HISTORY', 'CREATE_REPLICATION_SLOT', 'DROP_REPLICATION_SLOT', 'READ_REPLICATION_SLOT', '0/0', 'FFFFFFFF/FFFFFFFF', '123456789/1', '0', '1', '4294967296', '"s"', '""', "'x'", "''", '(', ')', ',', ';', 'x', 'x.y'];
+const WORDS = [
+  'IDENTIFY_SYSTEM',
+  'SHOW',
+  'START_REPLICATION',
+  'SLOT',
+  'PHYSICAL',
+  'LOGICAL',
+  'TIMELINE',
+  'TEMPORARY',
+  'RESERVE_WAL',
+  'WAIT',
+  'TIMELINE_HISTORY',
+  'CREATE_REPLICATION_SLOT',
+  'DROP_REPLICATION_SLOT',
+  'READ_REPLICATION_SLOT',
+  '0/0',
+  'FFFFFFFF/FFFFFFFF',
+  '123456789/1',
+  '0',
+  '1',
+  '4294967296',
+  '"s"',
+  '""',
+  "'x'",
+  "''",
+  '(',
+  ')',
+  ',',
+  ';',
+  'x',
+  'x.y',
+];
 
 function mutateText(r: Rng, text: string): string {
   let s = text;
@@ -502,7 +540,12 @@ describe('serve fuzz: replication grammar', () => {
       parsed++;
       check(wellFormed(cmd), `ill-formed ${JSON.stringify(cmd, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`, i, text);
       const again = parseReplicationCommand(text);
-      check(JSON.stringify(again, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) === JSON.stringify(cmd, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)), 'nondeterministic', i, text);
+      check(
+        JSON.stringify(again, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) === JSON.stringify(cmd, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+        'nondeterministic',
+        i,
+        text,
+      );
       if (!text.trimEnd().endsWith(';')) {
         // the optional semicolon changes nothing
         let withSemi: ReplCommand | undefined;
@@ -511,7 +554,12 @@ describe('serve fuzz: replication grammar', () => {
         } catch (err) {
           fail('a trailing semicolon broke a command', i, text, err);
         }
-        check(JSON.stringify(withSemi, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) === JSON.stringify(cmd, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)), 'a trailing semicolon changed the command', i, text);
+        check(
+          JSON.stringify(withSemi, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) === JSON.stringify(cmd, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)),
+          'a trailing semicolon changed the command',
+          i,
+          text,
+        );
       }
     }
     expect(parsed).toBeGreaterThan(CASES / 20);
@@ -641,14 +689,13 @@ beforeAll(async () => {
   const store = new LocalStore(root);
   await store.put(FIXTURE_NAME, fixtureSegment());
   source = await openSource({ archive: store, log: recordingLogger, pollIntervalMs: 50 });
-  const book = PasswordBook.parse(
-    [`replicator:${formatVerifier()}`, `legacy:${md5Secret('old', 'legacy')}`].join('\n'),
-    'fuzz',
-  );
+  const book = PasswordBook.parse([`replicator:${formatVerifier()}`, `legacy:${md5Secret('old', 'legacy')}`].join('\n'), 'fuzz');
   // the password server also speaks TLS: SSLRequest is answered 'S' and what follows must be a handshake
   const keyFile = join(root, 'key.pem');
   const certFile = join(root, 'cert.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-sha256', '-days', '1', '-subj', '/CN=localhost', '-keyout', keyFile, '-out', certFile], { stdio: 'pipe' });
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-sha256', '-days', '1', '-subj', '/CN=localhost', '-keyout', keyFile, '-out', certFile], {
+    stdio: 'pipe',
+  });
   const cert = readFileSync(certFile);
   const tls = { context: createSecureContext({ cert, key: readFileSync(keyFile) }), endPointHash: certificateEndPointHash(cert), required: false };
   for (const [name, auth, withTls] of [
@@ -677,7 +724,9 @@ function conversation(r: Rng): Buffer {
   const parts: Buffer[] = [];
   if (r.bool(0.2)) parts.push(Buffer.from('0000000804d21630', 'hex'));
   if (r.bool(0.3)) parts.push(serialize.requestSsl());
-  parts.push(serialize.startup({ user: r.pick(['replicator', 'replicator', 'legacy', 'nobody']), database: 'replication', replication: 'true', ...(r.bool(0.3) ? { options: '-c wal_sender_timeout=200ms' } : {}) }));
+  parts.push(
+    serialize.startup({ user: r.pick(['replicator', 'replicator', 'legacy', 'nobody']), database: 'replication', replication: 'true', ...(r.bool(0.3) ? { options: '-c wal_sender_timeout=200ms' } : {}) }),
+  );
   if (r.bool(0.3)) parts.push(serialize.sendSASLInitialResponseMessage(SCRAM_MECHANISM, 'n,,n=,r=fuzznonce'), serialize.sendSCRAMClientFinalMessage('c=biws,r=fuzznonce,p=AAAA'));
   const slot = `fz_${r.int(1000)}`;
   for (let n = r.int(9); n > 0; n--) {
@@ -692,7 +741,17 @@ function conversation(r: Rng): Buffer {
         parts.push(serialize.query(`CREATE_REPLICATION_SLOT "${slot}" TEMPORARY PHYSICAL (RESERVE_WAL)`));
         break;
       case 3:
-        parts.push(serialize.query(r.pick(['START_REPLICATION 0/7F0000 TIMELINE 1', 'START_REPLICATION 0/800000', `START_REPLICATION SLOT "${slot}" 0/7FF000 TIMELINE 1`, 'START_REPLICATION 0/900000', 'START_REPLICATION 0/700000 TIMELINE 3'])));
+        parts.push(
+          serialize.query(
+            r.pick([
+              'START_REPLICATION 0/7F0000 TIMELINE 1',
+              'START_REPLICATION 0/800000',
+              `START_REPLICATION SLOT "${slot}" 0/7FF000 TIMELINE 1`,
+              'START_REPLICATION 0/900000',
+              'START_REPLICATION 0/700000 TIMELINE 3',
+            ]),
+          ),
+        );
         for (let k = r.int(4); k > 0; k--) parts.push(typedMessage(r));
         if (r.bool(0.7)) parts.push(serialize.copyDone());
         break;
@@ -806,7 +865,10 @@ describe('serve fuzz: whole connections to an in-process WalServer', () => {
       await new Promise((res) => setTimeout(res, 300));
       const slots = (server as unknown as { ctx: { slots: SlotRegistry } }).ctx.slots;
       expect(
-        slots.list().filter((s) => s.temporary).map((s) => ({ ...s, restartLsn: s.restartLsn?.toString(16) })),
+        slots
+          .list()
+          .filter((s) => s.temporary)
+          .map((s) => ({ ...s, restartLsn: s.restartLsn?.toString(16) })),
         `temporary slots outliving their connections on the ${name} server (WALSTREAM_FUZZ_SEED=${SEED})`,
       ).toEqual([]);
     }

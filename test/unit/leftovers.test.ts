@@ -8,17 +8,7 @@ import { once } from 'node:events';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  DEFAULT_LEFTOVER_AGE_MS,
-  THIS_WRITER,
-  judgeLeftover,
-  parseTempName,
-  processStart,
-  scanDirectory,
-  sweepDirectory,
-  tempName,
-  type WriterId,
-} from '../../src/storage/leftovers.js';
+import { DEFAULT_LEFTOVER_AGE_MS, THIS_WRITER, judgeLeftover, parseTempName, processStart, scanDirectory, sweepDirectory, tempName, type WriterId } from '../../src/storage/leftovers.js';
 import { writeFileAtomic } from '../../src/sink/fsutil.js';
 import { LocalStore, META_DIR, TEMP_DIR } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
@@ -141,7 +131,7 @@ describe('whose writer is gone', () => {
 });
 
 describe('directory sweeps', () => {
-  it('remove exactly the temp files of gone writers: never a live one\'s, another host\'s young one, or anything else', async () => {
+  it("remove exactly the temp files of gone writers: never a live one's, another host's young one, or anything else", async () => {
     const dir = tmp();
     const live = await liveProcess();
     const dead = await deadWriter();
@@ -198,7 +188,7 @@ describe('directory sweeps', () => {
     expect((await sweepDirectory(dir, { maxAgeMs: 60_000 })).removed.map((l) => l.name)).toEqual([files.otherYoung]);
   });
 
-  it('writeFileAtomic removes the dead writers\' temp files of its own target only, and writes the file', async () => {
+  it("writeFileAtomic removes the dead writers' temp files of its own target only, and writes the file", async () => {
     const dir = tmp();
     const live = await liveProcess();
     const dead = await deadWriter();
@@ -224,7 +214,7 @@ describe('the local archive', () => {
     expect((await s.scanLeftovers()).leftovers).toEqual([]);
   });
 
-  it('the next put removes the temp files of dead writers, never a live writer\'s', async () => {
+  it("the next put removes the temp files of dead writers, never a live writer's", async () => {
     const dir = tmp();
     const s = new LocalStore(dir);
     await s.put('000000010000000000000001', Buffer.from('one'));
@@ -256,16 +246,10 @@ describe('the local archive', () => {
     // A store told a shorter leftover age removes another host's young one too; then the directory goes.
     await new LocalStore(dir, { leftoverAgeMs: 60_000 }).put('000000010000000000000006', Buffer.from('six'));
     expect(existsSync(tmpDir)).toBe(false);
-    expect((await next.list()).map((o) => o.name)).toEqual([
-      '000000010000000000000001',
-      '000000010000000000000004',
-      '000000010000000000000005',
-      '000000010000000000000006',
-      FIXTURE_NAME,
-    ]);
+    expect((await next.list()).map((o) => o.name)).toEqual(['000000010000000000000001', '000000010000000000000004', '000000010000000000000005', '000000010000000000000006', FIXTURE_NAME]);
   });
 
-  it('scanLeftovers finds temp files in every place, older versions\' too; removeLeftovers removes the gone writers\' ones', async () => {
+  it("scanLeftovers finds temp files in every place, older versions' too; removeLeftovers removes the gone writers' ones", async () => {
     const dir = tmp();
     const s = new LocalStore(dir);
     await s.put('000000010000000000000001', Buffer.from('one'));
@@ -294,7 +278,11 @@ describe('the local archive', () => {
     expect(dry.removed).toHaveLength(6);
     expect((await s.scanLeftovers()).leftovers).toHaveLength(8);
     const r = await s.removeLeftovers();
-    expect(r.removed.map((l) => l.name).sort()).toEqual(Object.keys(placed).filter((k) => ['dead', 'stale'].includes(placed[k as keyof typeof placed][0])).sort());
+    expect(r.removed.map((l) => l.name).sort()).toEqual(
+      Object.keys(placed)
+        .filter((k) => ['dead', 'stale'].includes(placed[k as keyof typeof placed][0]))
+        .sort(),
+    );
     expect((await s.scanLeftovers()).leftovers.map((l) => l.state).sort()).toEqual(['live', 'recent']);
     expect((await s.get('000000010000000000000001')).data.toString()).toBe('one');
     await live.stop();
@@ -302,7 +290,7 @@ describe('the local archive', () => {
 });
 
 describe('the spools', () => {
-  it('the receiver\'s spool: the uploader removes dead writers\' temp files at start, and uploads the finished files', async () => {
+  it("the receiver's spool: the uploader removes dead writers' temp files at start, and uploads the finished files", async () => {
     const spool = tmp();
     const dead = await deadWriter();
     const live = await liveProcess();
@@ -323,7 +311,7 @@ describe('the spools', () => {
     await live.stop();
   });
 
-  it('the prefetch spool: the worker removes dead writers\' downloads, never a live fetch\'s', async () => {
+  it("the prefetch spool: the worker removes dead writers' downloads, never a live fetch's", async () => {
     const spool = tmp();
     const store = new MemoryStore();
     await prepareSpool(spool, 'archive-a');

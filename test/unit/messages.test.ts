@@ -110,9 +110,7 @@ describe('keepalive', () => {
 
 describe('standby status update', () => {
   it('encodes to the golden bytes', () => {
-    expect(encodeStandbyStatus({ write: 0x3000000n, flush: 0x2ffff00n, apply: 0n, clientTime: SEND_TIME, replyRequested: false }).toString('hex')).toBe(
-      STATUS_HEX,
-    );
+    expect(encodeStandbyStatus({ write: 0x3000000n, flush: 0x2ffff00n, apply: 0n, clientTime: SEND_TIME, replyRequested: false }).toString('hex')).toBe(STATUS_HEX);
     const v = 0x123456789abcdef0n;
     expect(encodeStandbyStatus({ write: v, flush: v, apply: v, clientTime: -2n, replyRequested: true }).toString('hex')).toBe(STATUS2_HEX);
   });
@@ -214,13 +212,7 @@ describe('CopyData stream split at every offset', () => {
   const expected = payloads.map((p) => decodeServerCopyData(p));
   // A compact, exact rendering of decoded messages: cheap to compare thousands of times.
   const render = (ms: ServerCopyMessage[]): string =>
-    ms
-      .map((m) =>
-        m.kind === 'xlogdata'
-          ? `w ${m.dataStart} ${m.walEnd} ${m.sendTime} ${m.data.toString('hex')}`
-          : `k ${m.walEnd} ${m.sendTime} ${m.replyRequested}`,
-      )
-      .join('|');
+    ms.map((m) => (m.kind === 'xlogdata' ? `w ${m.dataStart} ${m.walEnd} ${m.sendTime} ${m.data.toString('hex')}` : `k ${m.walEnd} ${m.sendTime} ${m.replyRequested}`)).join('|');
   const expectedText = render(expected);
 
   it('the whole stream decodes to the five messages', () => {

@@ -140,7 +140,11 @@ describe('ReceiverMetrics', () => {
   it('follows a stream: positions, lag, byte count, segments, errors, health', () => {
     let now = 10_000;
     const m = new ReceiverMetrics({ now: () => now, staleAfterMs: 5000 });
-    const line = (name: string): string => m.render().split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`)) ?? `${name} (absent)`;
+    const line = (name: string): string =>
+      m
+        .render()
+        .split('\n')
+        .find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`)) ?? `${name} (absent)`;
     expect(m.health()).toEqual({ ok: false, reason: 'not connected to the server' });
     m.connection(true);
     expect(m.health().ok).toBe(false);

@@ -41,26 +41,22 @@ describe('cleanup', () => {
     expect(await names(store)).toEqual([seg(1, 5), seg(1, 6), `${seg(1, 6)}.00000028.backup`, seg(1, 7), seg(1, 8), '00000002.history'].sort());
   });
 
-  it('on a later timeline: its own older WAL, and its ancestors\' only up to their switch points', async () => {
+  it("on a later timeline: its own older WAL, and its ancestors' only up to their switch points", async () => {
     const store = await branches();
     const res = await cleanupArchive({ store, rule: before(seg(2, 8)), dryRun: false });
-    expect(res.plan.remove.map((f) => f.name)).toEqual([
-      seg(1, 1), seg(1, 2), seg(1, 3), seg(1, 4),
-      seg(1, 5), `${seg(1, 5)}.partial`, seg(2, 5),
-      seg(2, 6), `${seg(2, 6)}.00000028.backup`, seg(2, 7),
-    ]);
+    expect(res.plan.remove.map((f) => f.name)).toEqual([seg(1, 1), seg(1, 2), seg(1, 3), seg(1, 4), seg(1, 5), `${seg(1, 5)}.partial`, seg(2, 5), seg(2, 6), `${seg(2, 6)}.00000028.backup`, seg(2, 7)]);
     const left = await names(store);
     // Timeline 1 after the branch (6-9) and the sibling timeline 3 are not timeline 2's past.
     expect(left).toEqual(['00000002.history', '00000003.history', seg(1, 6), seg(1, 7), seg(1, 8), seg(1, 9), seg(2, 8), seg(2, 9), seg(3, 7), seg(3, 8)].sort());
   });
 
-  it('a switch point on a segment boundary keeps the parent\'s segment that starts there', async () => {
+  it("a switch point on a segment boundary keeps the parent's segment that starts there", async () => {
     const store = await branches();
     const res = await cleanupArchive({ store, rule: before(seg(3, 8)), dryRun: true });
     expect(res.plan.remove.map((f) => f.name)).toEqual([seg(1, 1), seg(1, 2), seg(1, 3), seg(1, 4), seg(1, 5), `${seg(1, 5)}.partial`, seg(1, 6), seg(3, 7)]);
   });
 
-  it('without the timeline\'s history file only that timeline is cleaned, with a warning', async () => {
+  it("without the timeline's history file only that timeline is cleaned, with a warning", async () => {
     const store = await branches();
     await store.delete('00000002.history');
     const warnings: string[] = [];

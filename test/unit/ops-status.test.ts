@@ -120,11 +120,7 @@ describe('status', () => {
       server: { systemIdentifier: 1n, timeline: 2, position: BigInt(3 * SEG), segSize: SEG, slot: { name: 'gone', exists: false, restartLsn: null, restartTimeline: null } },
     });
     expect(r.server!.sameSystem).toBe(false);
-    expect(r.warnings).toEqual([
-      '00000002.history is missing',
-      `the server is database system 1, the archive holds WAL of system ${SYSID}`,
-      'replication slot "gone" does not exist on the server',
-    ]);
+    expect(r.warnings).toEqual(['00000002.history is missing', `the server is database system 1, the archive holds WAL of system ${SYSID}`, 'replication slot "gone" does not exist on the server']);
   });
 
   it('an empty archive', async () => {
@@ -136,9 +132,7 @@ describe('status', () => {
 describe('inventory', () => {
   it('classifies names and leaves out what is not WAL', () => {
     const info = (name: string) => ({ name, size: 1, storedSize: 1, checksum: undefined, compression: undefined, modified: NOW });
-    const inv = buildInventory(
-      [seg(1, 1), `${seg(1, 1)}.partial`, `${seg(1, 2)}.partial.00001000`, `${seg(1, 1)}.00000028.backup`, '00000002.history', 'quarantine/x', 'walstream.json'].map(info),
-    );
+    const inv = buildInventory([seg(1, 1), `${seg(1, 1)}.partial`, `${seg(1, 2)}.partial.00001000`, `${seg(1, 1)}.00000028.backup`, '00000002.history', 'quarantine/x', 'walstream.json'].map(info));
     expect(inv.files.map((f) => [f.name, f.kind, f.tli, f.position ?? null, f.offset ?? null])).toEqual([
       [seg(1, 1), 'segment', 1, seg(1, 1).slice(8), null],
       [`${seg(1, 1)}.00000028.backup`, 'backup', 1, seg(1, 1).slice(8), null],

@@ -29,9 +29,7 @@ describe('verify', () => {
     expect(r.segmentSize).toBe(SEG);
     expect(r.systemIdentifier).toBe(SYSID.toString());
     expect(r.checked).toMatchObject({ objects: 7, segments: 7, bytes: 7 * SEG, withoutChecksum: 0 });
-    expect(r.timelines).toEqual([
-      expect.objectContaining({ timeline: 1, firstSegment: seg(1, 3), lastSegment: seg(1, 9), segments: 7, neededFirst: seg(1, 3), neededLast: seg(1, 9) }),
-    ]);
+    expect(r.timelines).toEqual([expect.objectContaining({ timeline: 1, firstSegment: seg(1, 3), lastSegment: seg(1, 9), segments: 7, neededFirst: seg(1, 3), neededLast: seg(1, 9) })]);
     expect(formatVerify(r)).toMatch(/^OK: /m);
   });
 
@@ -128,7 +126,13 @@ describe('verify', () => {
 
     const s3 = new MemoryStore();
     await putSegments(s3, 1, 1, 3);
-    await s3.put('00000003.history', historyText([[1, lsnAt(4)], [2, lsnAt(6)]]));
+    await s3.put(
+      '00000003.history',
+      historyText([
+        [1, lsnAt(4)],
+        [2, lsnAt(6)],
+      ]),
+    );
     await putSegments(s3, 2, 4, 5);
     await putSegments(s3, 3, 6, 7);
     const r3 = await verifyArchive({ store: s3 });
@@ -139,7 +143,13 @@ describe('verify', () => {
     const store = new MemoryStore();
     await putSegments(store, 1, 1, 4);
     await store.put('00000002.history', historyText([[1, lsnAt(5)]]));
-    await store.put('00000003.history', historyText([[1, lsnAt(4)], [2, lsnAt(7)]]));
+    await store.put(
+      '00000003.history',
+      historyText([
+        [1, lsnAt(4)],
+        [2, lsnAt(7)],
+      ]),
+    );
     await putSegments(store, 2, 3, 6); // 3 and 4 precede timeline 2's start at segment 5
     await putSegments(store, 3, 7, 8);
     const r = await verifyArchive({ store });

@@ -12,16 +12,7 @@ import {
   XLP_BKP_REMOVABLE,
   type SegmentExpectation,
 } from '../../src/wal/page.js';
-import {
-  fixtureSegment,
-  fixtureSystemId,
-  rng,
-  FIXTURE_BLOCK_SIZE,
-  FIXTURE_MAGIC,
-  FIXTURE_SEG_NO,
-  FIXTURE_SEG_SIZE,
-  FIXTURE_TLI,
-} from './fixture.js';
+import { fixtureSegment, fixtureSystemId, rng, FIXTURE_BLOCK_SIZE, FIXTURE_MAGIC, FIXTURE_SEG_NO, FIXTURE_SEG_SIZE, FIXTURE_TLI } from './fixture.js';
 
 const BS = FIXTURE_BLOCK_SIZE;
 const PAGES = FIXTURE_SEG_SIZE / BS;
@@ -117,9 +108,7 @@ describe('page header layout (little-endian)', () => {
   it('reads the real first page of segment 7', () => {
     const seg = fixtureSegment();
     // The bytes, as dumped from the file.
-    expect(seg.subarray(0, 40).toString('hex')).toBe(
-      '10d1' + '0700' + '01000000' + '0000700000000000' + '67000000' + '00000000' + 'bb22525c2478026b' + '00001000' + '00200000',
-    );
+    expect(seg.subarray(0, 40).toString('hex')).toBe('10d1' + '0700' + '01000000' + '0000700000000000' + '67000000' + '00000000' + 'bb22525c2478026b' + '00001000' + '00200000');
     const h = readLongPageHeader(seg);
     expect(h).toEqual({
       magic: 0xd110,
@@ -321,7 +310,13 @@ describe('IncrementalPageChecker on the real PG15 segment', () => {
 
   it('passes fed in random-sized pieces', () => {
     const seg = fixtureSegment();
-    for (const [seed, max] of [[1, 50], [2, 700], [3, 9000], [4, 40000], [5, 200000]] as const) {
+    for (const [seed, max] of [
+      [1, 50],
+      [2, 700],
+      [3, 9000],
+      [4, 40000],
+      [5, 200000],
+    ] as const) {
       const checker = new IncrementalPageChecker(expectation());
       expect(feedPieces(checker, seg, randomSizes(seed, max)), `seed ${seed}`).toEqual({});
       expect(checker.sawLongHeader).toBe(true);

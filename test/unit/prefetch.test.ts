@@ -33,11 +33,7 @@ function fakeSegment(fill = 0): Buffer {
 
 describe('prefetch window', () => {
   it('names the next segments on the same timeline, across an xlogid boundary', () => {
-    expect(windowNames({ name: '0000000200000000000000FE', segSize: 16 * 1024 * 1024, count: 3 })).toEqual([
-      '0000000200000000000000FF',
-      '000000020000000100000000',
-      '000000020000000100000001',
-    ]);
+    expect(windowNames({ name: '0000000200000000000000FE', segSize: 16 * 1024 * 1024, count: 3 })).toEqual(['0000000200000000000000FF', '000000020000000100000000', '000000020000000100000001']);
     expect(windowNames({ name: '000000010000000000000FFF', segSize: 1024 * 1024, count: 1 })).toEqual(['000000010000000100000000']);
   });
 });
@@ -171,7 +167,7 @@ describe('prefetch spool', () => {
 });
 
 describe('partial copies for fetch --partial', () => {
-  it('reassembles the receiver\'s pieces and pads them to a whole segment', async () => {
+  it("reassembles the receiver's pieces and pads them to a whole segment", async () => {
     const store = new MemoryStore();
     const seg = fixtureSegment();
     await store.put(pieceName(FIXTURE_NAME, 0), seg.subarray(0, 20000));
@@ -183,7 +179,7 @@ describe('partial copies for fetch --partial', () => {
     expect(got!.subarray(50000).every((b) => b === 0)).toBe(true);
   });
 
-  it('prefers the segment\'s .partial object, and has nothing to offer without one', async () => {
+  it("prefers the segment's .partial object, and has nothing to offer without one", async () => {
     const store = new MemoryStore();
     expect(await readPartialSegment(store, FIXTURE_NAME)).toBeUndefined();
     await store.put(`${FIXTURE_NAME}.partial`, fixtureSegment());

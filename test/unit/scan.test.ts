@@ -17,8 +17,7 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const put = (name: string, data: Buffer | number): Promise<void> =>
-  writeFile(join(dir, name), typeof data === 'number' ? Buffer.alloc(data) : data);
+const put = (name: string, data: Buffer | number): Promise<void> => writeFile(join(dir, name), typeof data === 'number' ? Buffer.alloc(data) : data);
 
 describe('findStreamingStart', () => {
   it('an empty directory has no start', async () => {

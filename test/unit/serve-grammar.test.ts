@@ -35,8 +35,16 @@ describe('the texts real clients send', () => {
     ['walreceiver', 'IDENTIFY_SYSTEM', { kind: 'identify_system' }],
     ['walreceiver', 'TIMELINE_HISTORY 2', { kind: 'timeline_history', tli: 2 }],
     ['walreceiver', 'TIMELINE_HISTORY 17', { kind: 'timeline_history', tli: 17 }],
-    ['walreceiver >= 15 to server >= 15', 'CREATE_REPLICATION_SLOT "pg_walreceiver_4743" TEMPORARY PHYSICAL (RESERVE_WAL)', { kind: 'create_replication_slot', slot: 'pg_walreceiver_4743', temporary: true, logical: false, reserveWal: true }],
-    ['walreceiver 13/14 or server < 15', 'CREATE_REPLICATION_SLOT "pg_walreceiver_4743" TEMPORARY PHYSICAL RESERVE_WAL', { kind: 'create_replication_slot', slot: 'pg_walreceiver_4743', temporary: true, logical: false, reserveWal: true }],
+    [
+      'walreceiver >= 15 to server >= 15',
+      'CREATE_REPLICATION_SLOT "pg_walreceiver_4743" TEMPORARY PHYSICAL (RESERVE_WAL)',
+      { kind: 'create_replication_slot', slot: 'pg_walreceiver_4743', temporary: true, logical: false, reserveWal: true },
+    ],
+    [
+      'walreceiver 13/14 or server < 15',
+      'CREATE_REPLICATION_SLOT "pg_walreceiver_4743" TEMPORARY PHYSICAL RESERVE_WAL',
+      { kind: 'create_replication_slot', slot: 'pg_walreceiver_4743', temporary: true, logical: false, reserveWal: true },
+    ],
     ['walreceiver with a slot', 'START_REPLICATION SLOT "pg_walreceiver_4743" 0/900000 TIMELINE 1', slot('pg_walreceiver_4743', 0x900000n, 1)],
     ['walreceiver without a slot', 'START_REPLICATION 0/B00000 TIMELINE 1', slot(undefined, 0xb00000n, 1)],
     ['walreceiver after a switch', 'START_REPLICATION 0/B00000 TIMELINE 2', slot(undefined, 0xb00000n, 2)],
@@ -56,7 +64,7 @@ describe('the texts real clients send', () => {
     ['PHYSICAL keyword, no timeline', 'START_REPLICATION PHYSICAL 1/2C000000', slot(undefined, 0x12c000000n, undefined)],
     ['SLOT and PHYSICAL', 'START_REPLICATION SLOT s PHYSICAL 0/0 TIMELINE 4294967295', slot('s', 0n, 4294967295)],
     ['RESERVE_WAL true', 'CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL true)', { kind: 'create_replication_slot', slot: 's', temporary: false, logical: false, reserveWal: true }],
-    ['RESERVE_WAL \'off\'', "CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL 'off')", { kind: 'create_replication_slot', slot: 's', temporary: false, logical: false, reserveWal: false }],
+    ["RESERVE_WAL 'off'", "CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL 'off')", { kind: 'create_replication_slot', slot: 's', temporary: false, logical: false, reserveWal: false }],
     ['reserve_wal 0', 'CREATE_REPLICATION_SLOT s PHYSICAL (reserve_wal 0)', { kind: 'create_replication_slot', slot: 's', temporary: false, logical: false, reserveWal: false }],
     ['reserve_wal 1', 'CREATE_REPLICATION_SLOT s TEMPORARY PHYSICAL (reserve_wal 1)', { kind: 'create_replication_slot', slot: 's', temporary: true, logical: false, reserveWal: true }],
   ])('%s: %s', (_who, text, want) => {
@@ -69,7 +77,7 @@ describe('the texts real clients send', () => {
   });
 
   it('logical and base-backup commands parse (the server refuses them with a clear error)', () => {
-    expect(parse("CREATE_REPLICATION_SLOT \"sub\" LOGICAL pgoutput (SNAPSHOT 'nothing')")).toMatchObject({ kind: 'create_replication_slot', logical: true });
+    expect(parse('CREATE_REPLICATION_SLOT "sub" LOGICAL pgoutput (SNAPSHOT \'nothing\')')).toMatchObject({ kind: 'create_replication_slot', logical: true });
     expect(parse('CREATE_REPLICATION_SLOT sub TEMPORARY LOGICAL test_decoding NOEXPORT_SNAPSHOT')).toMatchObject({ kind: 'create_replication_slot', logical: true, temporary: true });
     expect(parse("START_REPLICATION SLOT \"sub\" LOGICAL 0/0 (proto_version '1', publication_names 'p')")).toMatchObject({ kind: 'start_replication', logical: true, slot: 'sub' });
     expect(parse("BASE_BACKUP (LABEL 'x', PROGRESS)")).toEqual({ kind: 'base_backup' });

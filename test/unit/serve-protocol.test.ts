@@ -53,13 +53,7 @@ import {
   parseSASLInitialResponse,
   type FirstPacket,
 } from '../../src/protocol/frontend.js';
-import {
-  decodeHotStandbyFeedback,
-  decodeServerCopyData,
-  decodeStandbyStatus,
-  encodeHotStandbyFeedback,
-  encodeStandbyStatus,
-} from '../../src/protocol/messages.js';
+import { decodeHotStandbyFeedback, decodeServerCopyData, decodeStandbyStatus, encodeHotStandbyFeedback, encodeStandbyStatus } from '../../src/protocol/messages.js';
 import { rng } from './fixture.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +115,9 @@ function pgParseOne(b: Buffer): Record<string, unknown> {
 
 /** A plain comparable form of parsed messages (Buffers as hex). */
 function plain(msgs: BackendMessage[]): unknown[] {
-  return msgs.map((m) => JSON.parse(JSON.stringify(m, (_k, v: unknown) => (v && typeof v === 'object' && (v as { type?: string }).type === 'Buffer' ? Buffer.from((v as { data: number[] }).data).toString('hex') : v))));
+  return msgs.map((m) =>
+    JSON.parse(JSON.stringify(m, (_k, v: unknown) => (v && typeof v === 'object' && (v as { type?: string }).type === 'Buffer' ? Buffer.from((v as { data: number[] }).data).toString('hex') : v))),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,16 +188,12 @@ describe('backend encoders: golden bytes', () => {
   it('ErrorResponse and NoticeResponse: S, V, C, M, then D and H, and a zero byte', () => {
     const m = 'unrecognized configuration parameter "x"'; // 40 bytes
     // S ERROR\0 (7) + V ERROR\0 (7) + C 42704\0 (7) + M msg\0 (42) + \0 (1) = 64; + 4 = 68
-    expect(errorResponse({ severity: 'ERROR', code: '42704', message: m })).toEqual(
-      hex('45', '00000044', t('S'), cs('ERROR'), t('V'), cs('ERROR'), t('C'), cs('42704'), t('M'), cs(m), '00'),
-    );
+    expect(errorResponse({ severity: 'ERROR', code: '42704', message: m })).toEqual(hex('45', '00000044', t('S'), cs('ERROR'), t('V'), cs('ERROR'), t('C'), cs('42704'), t('M'), cs(m), '00'));
     const full = errorResponse({ severity: 'FATAL', code: '28P01', message: 'm', detail: 'd', hint: 'h' });
     // S FATAL\0 (7) V FATAL\0 (7) C 28P01\0 (7) M m\0 (3) D d\0 (3) H h\0 (3) \0 (1) = 31; + 4 = 35
     expect(full).toEqual(hex('45', '00000023', t('S'), cs('FATAL'), t('V'), cs('FATAL'), t('C'), cs('28P01'), t('M'), cs('m'), t('D'), cs('d'), t('H'), cs('h'), '00'));
     // S WARNING\0 (9) V WARNING\0 (9) C 01000\0 (7) M w\0 (3) \0 (1) = 29; + 4 = 33
-    expect(noticeResponse({ severity: 'WARNING', code: '01000', message: 'w' })).toEqual(
-      hex('4e', '00000021', t('S'), cs('WARNING'), t('V'), cs('WARNING'), t('C'), cs('01000'), t('M'), cs('w'), '00'),
-    );
+    expect(noticeResponse({ severity: 'WARNING', code: '01000', message: 'w' })).toEqual(hex('4e', '00000021', t('S'), cs('WARNING'), t('V'), cs('WARNING'), t('C'), cs('01000'), t('M'), cs('w'), '00'));
     expect(() => errorResponse({ severity: 'ERROR', code: '4270', message: 'x' })).toThrow(RangeError);
     expect(() => errorResponse({ severity: 'ERROR', code: '42p01', message: 'x' })).toThrow(RangeError);
   });
@@ -225,9 +217,7 @@ describe('backend encoders: golden bytes', () => {
     // 'd', Int32 4 + 25 + 3 = 32, 'w', dataStart, walEnd, sendTime
     expect(h).toEqual(hex('64', '00000020', '77', '0000000000700000', '0000000000800000', '0102030405060708'));
     // the largest values a header can hold
-    expect(xlogDataFrameHeader(0xffffffffffffffffn, 0xfedcba9876543210n, -1n, 128 * 1024)).toEqual(
-      hex('64', '0002001d', '77', 'ffffffffffffffff', 'fedcba9876543210', 'ffffffffffffffff'),
-    );
+    expect(xlogDataFrameHeader(0xffffffffffffffffn, 0xfedcba9876543210n, -1n, 128 * 1024)).toEqual(hex('64', '0002001d', '77', 'ffffffffffffffff', 'fedcba9876543210', 'ffffffffffffffff'));
     // header + data, read by pg-protocol and by walstream's own client decoder
     const frame = Buffer.concat([h, hex('aabbcc')]);
     const msg = pgParseOne(frame);
@@ -437,7 +427,12 @@ describe('FrontendFramer: the same messages whatever the pieces', () => {
         },
       },
     ]);
-    expect(whole.slice(3).map((e) => (e as { type: string }).type).join('')).toBe('ppQQQQddcpPBDEHSfQQX');
+    expect(
+      whole
+        .slice(3)
+        .map((e) => (e as { type: string }).type)
+        .join(''),
+    ).toBe('ppQQQQddcpPBDEHSfQQX');
     const q = whole[8] as { body: string };
     expect(parseQuery(Buffer.from(q.body, 'hex'))).toBe('START_REPLICATION SLOT "pg_walreceiver_4743" 0/900000 TIMELINE 1');
     const sasl = whole[3] as { body: string };
@@ -450,13 +445,19 @@ describe('FrontendFramer: the same messages whatever the pieces', () => {
 
   it('split at every offset', () => {
     for (let cut = 1; cut < stream.length; cut++) {
-      expect(frame(stream, (i) => (i === 0 ? cut : stream.length)), `cut at ${cut}`).toEqual(whole);
+      expect(
+        frame(stream, (i) => (i === 0 ? cut : stream.length)),
+        `cut at ${cut}`,
+      ).toEqual(whole);
     }
   });
 
   it('in pieces of every size from 1 byte to the whole stream', () => {
     for (let size = 1; size <= stream.length; size++) {
-      expect(frame(stream, () => size), `pieces of ${size}`).toEqual(whole);
+      expect(
+        frame(stream, () => size),
+        `pieces of ${size}`,
+      ).toEqual(whole);
     }
   });
 
@@ -605,7 +606,16 @@ describe('parseFirstPacket: startup layout', () => {
 
   it('reads parameters as name/value C strings ending with an empty name', () => {
     const p = parseFirstPacket(startupBody(PROTOCOL_3_0, 'user\0rep\0replication\0true\0options\0\0\0'));
-    expect(p).toEqual({ kind: 'startup', major: 3, minor: 0, params: new Map([['user', 'rep'], ['replication', 'true'], ['options', '']]) });
+    expect(p).toEqual({
+      kind: 'startup',
+      major: 3,
+      minor: 0,
+      params: new Map([
+        ['user', 'rep'],
+        ['replication', 'true'],
+        ['options', ''],
+      ]),
+    });
     // a name given twice keeps the last value
     const d = parseFirstPacket(startupBody(PROTOCOL_3_0, 'user\0a\0user\0b\0\0'));
     expect(d.kind === 'startup' && d.params.get('user')).toBe('b');
@@ -617,7 +627,15 @@ describe('parseFirstPacket: startup layout', () => {
     // what pg-protocol writes
     const f = new FrontendFramer();
     f.push(serialize.startup({ user: 'u', database: 'replication', replication: 'true' }));
-    expect(parseFirstPacket(f.nextFirstPacket()!)).toMatchObject({ kind: 'startup', params: new Map([['user', 'u'], ['database', 'replication'], ['replication', 'true'], ['client_encoding', 'UTF8']]) });
+    expect(parseFirstPacket(f.nextFirstPacket()!)).toMatchObject({
+      kind: 'startup',
+      params: new Map([
+        ['user', 'u'],
+        ['database', 'replication'],
+        ['replication', 'true'],
+        ['client_encoding', 'UTF8'],
+      ]),
+    });
   });
 
   it.each([

@@ -406,21 +406,20 @@ let historic: { server: WalServer; port: number };
 let password: { server: WalServer; port: number };
 let tls: { server: WalServer; port: number; certPem: string };
 
-const PASSWORD_FILE = (): string =>
-  [
-    `replicator:${formatScramVerifier(buildScramVerifier('s3cret'))}`,
-    `legacy:${md5Secret('old-secret', 'legacy')}`,
-    'plainuser:plain-secret',
-  ].join('\n');
+const PASSWORD_FILE = (): string => [`replicator:${formatScramVerifier(buildScramVerifier('s3cret'))}`, `legacy:${md5Secret('old-secret', 'legacy')}`, 'plainuser:plain-secret'].join('\n');
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'walstream-serve-server-'));
   trust = await startServer(await localSource());
   historic = await startServer(await localSource(true));
   password = await startServer(await localSource(), { auth: { trust: false, book: PasswordBook.parse(PASSWORD_FILE(), 'test') } });
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-sha256', '-days', '1', '-subj', '/CN=localhost', '-keyout', join(root, 'key.pem'), '-out', join(root, 'cert.pem')], {
-    stdio: 'pipe',
-  });
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-sha256', '-days', '1', '-subj', '/CN=localhost', '-keyout', join(root, 'key.pem'), '-out', join(root, 'cert.pem')],
+    {
+      stdio: 'pipe',
+    },
+  );
   const certPem = readFileSync(join(root, 'cert.pem'), 'utf8');
   const keyPem = readFileSync(join(root, 'key.pem'), 'utf8');
   const t = await startServer(await localSource(), {
@@ -572,7 +571,19 @@ describe("what a walsender of each major reports (the WAL's page magic tells the
     const { port } = await startServer(source);
     const { c, startup } = await session(port);
     const names = startup.filter((m) => m.type === 'S').map((m) => m.body.toString('utf8', 0, m.body.indexOf(0)));
-    const want = ['application_name', 'client_encoding', 'DateStyle', 'integer_datetimes', 'IntervalStyle', 'is_superuser', 'server_encoding', 'server_version', 'session_authorization', 'standard_conforming_strings', 'TimeZone'];
+    const want = [
+      'application_name',
+      'client_encoding',
+      'DateStyle',
+      'integer_datetimes',
+      'IntervalStyle',
+      'is_superuser',
+      'server_encoding',
+      'server_version',
+      'session_authorization',
+      'standard_conforming_strings',
+      'TimeZone',
+    ];
     if (major >= 14) want.push('default_transaction_read_only', 'in_hot_standby');
     if (major >= 16) want.push('scram_iterations');
     if (major >= 18) want.push('search_path');
@@ -702,7 +713,11 @@ describe('commands', () => {
   it('READ_REPLICATION_SLOT of a missing slot is one row of NULLs; a temporary slot lives as long as its connection', async () => {
     const { c, startup } = await session(trust.port);
     const pid = startup.find((m) => m.type === 'K')!.body.readInt32BE(0);
-    const readCols: [string, number, number][] = [['slot_type', TEXT, -1], ['restart_lsn', TEXT, -1], ['restart_tli', INT8, 8]];
+    const readCols: [string, number, number][] = [
+      ['slot_type', TEXT, -1],
+      ['restart_lsn', TEXT, -1],
+      ['restart_tli', INT8, 8],
+    ];
     expect(bytes(await ask(c, 'READ_REPLICATION_SLOT nope'))).toEqual(Buffer.concat([T(...readCols), D(null, null, null), C('READ_REPLICATION_SLOT'), Z]));
     const name = `pg_walreceiver_${pid}`;
     // what a 15 walreceiver sends with wal_receiver_create_temp_slot=on [V15]
@@ -836,7 +851,7 @@ describe('START_REPLICATION over the fixture segment', () => {
     c.close();
   });
 
-  it("a short 'r' is ERROR 08P01 \"insufficient data left in message\"; COPY ends and the session stays", async () => {
+  it('a short \'r\' is ERROR 08P01 "insufficient data left in message"; COPY ends and the session stays', async () => {
     const { c, startup } = await session(trust.port);
     const pid = startup.find((m) => m.type === 'K')!.body.readInt32BE(0);
     const idle = (): Promise<void> => waitFor(() => trust.server.clients().find((x) => x.pid === pid)?.state === 'idle', 'the stream to end');
@@ -921,7 +936,12 @@ describe('START_REPLICATION over the fixture segment', () => {
     expect(c.closed).toBe(false);
     c.write(serialize.copyDone());
     // a keepalive ('d') may come first on a loaded machine, when a pause between updates passed half the timeout
-    expect((await c.until('Z')).map((m) => m.type).join('').replace(/^d+/, '')).toBe('cCCZ');
+    expect(
+      (await c.until('Z'))
+        .map((m) => m.type)
+        .join('')
+        .replace(/^d+/, ''),
+    ).toBe('cCCZ');
     c.close();
   });
 
@@ -1279,7 +1299,12 @@ describe('hostile clients', () => {
     expect((await streamUntil(quick, start, start + 2n * BigInt(SYNTH_SEG))).equals(expected(start, 2 * SYNTH_SEG))).toBe(true);
     quick.write(serialize.copyDone());
     const tail = await quick.until('Z', 10_000);
-    expect(tail.slice(-4).map((m) => m.type).join('')).toBe('cCCZ');
+    expect(
+      tail
+        .slice(-4)
+        .map((m) => m.type)
+        .join(''),
+    ).toBe('cCCZ');
     quick.close();
     // the slow client is still where it was
     expect(sentOf()).toBe(last);
@@ -1297,7 +1322,12 @@ describe('hostile clients', () => {
       at += BigInt(d.data.length);
     }
     slow.write(serialize.copyDone());
-    expect((await slow.until('Z', 10_000)).slice(-4).map((m) => m.type).join('')).toBe('cCCZ');
+    expect(
+      (await slow.until('Z', 10_000))
+        .slice(-4)
+        .map((m) => m.type)
+        .join(''),
+    ).toBe('cCCZ');
     slow.close();
   });
 });

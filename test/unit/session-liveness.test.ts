@@ -42,7 +42,7 @@ describe('SilenceClock', () => {
     expect(c.tick(10_000)).toBe('dead');
   });
 
-  it('a late tick (this process did not run) is not counted as the server\'s silence', () => {
+  it("a late tick (this process did not run) is not counted as the server's silence", () => {
     const c = new SilenceClock(10_000, 1000, 0);
     c.tick(1000);
     // The event loop was blocked for 30 s: messages may be waiting unread.
@@ -64,10 +64,9 @@ describe('connection bounds from conninfo', () => {
     if (saved === undefined) delete process.env['PGCONNECT_TIMEOUT'];
     else process.env['PGCONNECT_TIMEOUT'] = saved;
   });
-  const cfg = (dbname: string | undefined, extra: { connectTimeout?: number; defaultConnectTimeout?: number } = {}) =>
-    buildClientConfig({ dbname, applicationName: 'a', ...extra });
+  const cfg = (dbname: string | undefined, extra: { connectTimeout?: number; defaultConnectTimeout?: number } = {}) => buildClientConfig({ dbname, applicationName: 'a', ...extra });
 
-  it('connect_timeout: from the string, else PGCONNECT_TIMEOUT, else the caller\'s default, else 30 s', () => {
+  it("connect_timeout: from the string, else PGCONNECT_TIMEOUT, else the caller's default, else 30 s", () => {
     delete process.env['PGCONNECT_TIMEOUT'];
     expect(cfg('host=h connect_timeout=5', { defaultConnectTimeout: 60 }).connectionTimeoutMillis).toBe(5000);
     expect(cfg('postgresql://u@h/db?connect_timeout=7', { defaultConnectTimeout: 60 }).connectionTimeoutMillis).toBe(7000);

@@ -38,9 +38,7 @@ describe('verify-full host name check', () => {
   });
 
   it('counts the other names in the message', () => {
-    expect(verifyPeerName('x', cert('cn', 'DNS:a, DNS:b, IP Address:10.0.0.1'))?.message).toBe(
-      'server certificate for "a" (and 2 other names) does not match host name "x"',
-    );
+    expect(verifyPeerName('x', cert('cn', 'DNS:a, DNS:b, IP Address:10.0.0.1'))?.message).toBe('server certificate for "a" (and 2 other names) does not match host name "x"');
     expect(verifyPeerName('x', cert(undefined, 'DNS:a, DNS:b'))?.message).toBe('server certificate for "a" (and 1 other name) does not match host name "x"');
   });
 
@@ -56,9 +54,7 @@ describe('verify-full host name check', () => {
     expect(verifyPeerName('127.0.0.1', cert(undefined, 'DNS:localhost, IP Address:127.0.0.1'))).toBeUndefined();
     expect(verifyPeerName('::1', cert(undefined, 'IP Address:0:0:0:0:0:0:0:1'))).toBeUndefined();
     expect(verifyPeerName('127.0.0.2', cert(undefined, 'IP Address:127.0.0.1'))).toBeInstanceOf(Error);
-    expect(verifyPeerName('localhost', cert(undefined, 'IP Address:127.0.0.1'))?.message).toBe(
-      'server certificate for "127.0.0.1" does not match host name "localhost"',
-    );
+    expect(verifyPeerName('localhost', cert(undefined, 'IP Address:127.0.0.1'))?.message).toBe('server certificate for "127.0.0.1" does not match host name "localhost"');
   });
 
   it('wildcards: "*." as the whole first label, one label only', () => {
@@ -74,7 +70,7 @@ describe('verify-full host name check', () => {
     expect(verifyPeerName('a', cert(undefined, 'DNS:"a\\u0000.evil"'))?.message).toBe("SSL certificate's name contains embedded null");
   });
 
-  it('parses Node\'s subjectaltname text, quoted values included', () => {
+  it("parses Node's subjectaltname text, quoted values included", () => {
     expect(parseSubjectAltNames('DNS:localhost, IP Address:127.0.0.1, DNS:"a, DNS:b"')).toEqual([
       { type: 'DNS', value: 'localhost' },
       { type: 'IP Address', value: '127.0.0.1' },
@@ -116,9 +112,7 @@ describe('TLS options from the ssl settings', () => {
     expect(buildTlsOptions({ mode: 'require' }, 'h')).toMatchObject({ rejectUnauthorized: false, servername: 'h' });
     expect(buildTlsOptions({ mode: 'prefer' }, '127.0.0.1').servername).toBeUndefined();
     expect(() => buildTlsOptions({ mode: 'verify-ca' }, 'h')).toThrow(TlsSetupError);
-    expect(() => buildTlsOptions({ mode: 'verify-full', rootCert: join(dir, 'missing.crt') }, 'h')).toThrow(
-      `root certificate file "${join(dir, 'missing.crt')}" does not exist`,
-    );
+    expect(() => buildTlsOptions({ mode: 'verify-full', rootCert: join(dir, 'missing.crt') }, 'h')).toThrow(`root certificate file "${join(dir, 'missing.crt')}" does not exist`);
   });
 
   it('the default ~/.postgresql/root.crt makes even sslmode=require verify the chain (libpq)', () => {
@@ -172,7 +166,7 @@ describe('password file', () => {
     expect(findPassword('db1:5432:replication:walstream:pw:extra', key)).toBe('pw');
   });
 
-  it('a file others can read is ignored with libpq\'s warning', () => {
+  it("a file others can read is ignored with libpq's warning", () => {
     const file = join(dir, 'pgpass');
     writeFileSync(file, 'db1:5432:replication:walstream:secret-pw\n', { mode: 0o600 });
     chmodSync(file, 0o600);

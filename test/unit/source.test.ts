@@ -130,7 +130,7 @@ describe('WalSource over an archive', () => {
   });
 });
 
-describe('the segment in progress in a receiver\'s directory', () => {
+describe("the segment in progress in a receiver's directory", () => {
   it('serves a pre-padded .partial up to the last page known complete', async () => {
     const data = makeSegment({ tli: 1, segNo: 3 });
     data.fill(0, 10 * BLOCK); // the writer is in page 9: pages 0-8 are complete

@@ -6,18 +6,7 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
-import {
-  Keyring,
-  SEALED_MAGIC,
-  derivedKeyId,
-  isSealed,
-  loadKeyring,
-  parseKeyFile,
-  parseKeyVariable,
-  readKeyFile,
-  seal,
-  unseal,
-} from '../../src/storage/encryption.js';
+import { Keyring, SEALED_MAGIC, derivedKeyId, isSealed, loadKeyring, parseKeyFile, parseKeyVariable, readKeyFile, seal, unseal } from '../../src/storage/encryption.js';
 import { IntegrityError, KeyUnavailableError, StorageError } from '../../src/storage/types.js';
 
 const KEY = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
@@ -33,7 +22,11 @@ const GOLDEN =
   '8e7d10412aeb75de0e' + // ciphertext of "hello wal"
   '3ad87585a4555eb25d0614000b0dc6a0'; // tag
 
-const ring = (...keys: [string, Buffer][]): Keyring => new Keyring(keys.map(([id, key]) => ({ id, key })), 'test');
+const ring = (...keys: [string, Buffer][]): Keyring =>
+  new Keyring(
+    keys.map(([id, key]) => ({ id, key })),
+    'test',
+  );
 
 function rejectionOf(fn: () => unknown): unknown {
   try {

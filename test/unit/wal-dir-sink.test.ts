@@ -5,16 +5,7 @@ import { join } from 'node:path';
 import { gunzipSync, constants as zconst } from 'node:zlib';
 import { WalDirSink, WalValidationError, type WalDirSinkOptions, type SinkListener } from '../../src/sink/wal-dir.js';
 import type { Lsn } from '../../src/wal/lsn.js';
-import {
-  fixtureSegment,
-  fixtureSystemId,
-  FIXTURE_BLOCK_SIZE,
-  FIXTURE_MAGIC,
-  FIXTURE_NAME,
-  FIXTURE_SEG_SIZE,
-  FIXTURE_START,
-  FIXTURE_TLI,
-} from './fixture.js';
+import { fixtureSegment, fixtureSystemId, FIXTURE_BLOCK_SIZE, FIXTURE_MAGIC, FIXTURE_NAME, FIXTURE_SEG_SIZE, FIXTURE_START, FIXTURE_TLI } from './fixture.js';
 
 const SEG = FIXTURE_SEG_SIZE;
 const CHUNK = 128 * 1024;
@@ -203,9 +194,7 @@ describe('WalDirSink, plain files', () => {
     sink.begin(FIXTURE_START, FIXTURE_TLI);
     sink.write(FIXTURE_START, seg.subarray(0, CHUNK));
     expect(() => sink.write(FIXTURE_START + BigInt(CHUNK), bad.subarray(CHUNK, 2 * CHUNK))).toThrow(WalValidationError);
-    expect(() => sink.write(FIXTURE_START + BigInt(CHUNK), bad.subarray(CHUNK, 2 * CHUNK))).toThrow(
-      /segment 000000010000000000000007: page at offset 172032: address/,
-    );
+    expect(() => sink.write(FIXTURE_START + BigInt(CHUNK), bad.subarray(CHUNK, 2 * CHUNK))).toThrow(/segment 000000010000000000000007: page at offset 172032: address/);
     expect(sink.receivedLsn).toBe(FIXTURE_START + BigInt(CHUNK));
     await sink.endStream();
 

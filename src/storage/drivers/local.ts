@@ -177,7 +177,14 @@ export class LocalDriver implements Driver {
   }
 
   async create(key: string, body: Buffer, meta: NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
-    return this.publish(key, opts.noSync ?? false, false, (base, noSync) => this.writeTemp(base, body, noSync), () => meta, body);
+    return this.publish(
+      key,
+      opts.noSync ?? false,
+      false,
+      (base, noSync) => this.writeTemp(base, body, noSync),
+      () => meta,
+      body,
+    );
   }
 
   /** create from a stream: written to the temp file as it comes (memory: one piece), then published the same way. */
@@ -212,14 +219,7 @@ export class LocalDriver implements Driver {
    * this file). `drain`: a streamed body is consumed also when the key is taken (its checksum is
    * wanted). `ours`: the bytes, to tell a file of exactly them (a whole-buffer create).
    */
-  private async publish(
-    key: string,
-    noSync: boolean,
-    drain: boolean,
-    writeTmp: (base: string, noSync: boolean) => Promise<string>,
-    metaNow: () => NewMeta,
-    ours: Buffer | undefined,
-  ): Promise<CreateResult> {
+  private async publish(key: string, noSync: boolean, drain: boolean, writeTmp: (base: string, noSync: boolean) => Promise<string>, metaNow: () => NewMeta, ours: Buffer | undefined): Promise<CreateResult> {
     await this.sweepTemps();
     return this.guard(`cannot store "${key}"`, async () => {
       if (!drain && (await this.locate(key))) return { created: false };

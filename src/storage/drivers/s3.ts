@@ -73,7 +73,6 @@ export interface S3DriverOptions {
   description?: string;
 }
 
-
 interface SdkErrorShape {
   name?: string;
   Code?: string;
@@ -97,18 +96,7 @@ const THROTTLING = new Set([
   'OperationAborted',
 ]);
 
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ECONNABORTED',
-  'ETIMEDOUT',
-  'EPIPE',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENETDOWN',
-]);
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN']);
 
 // A credential source that did not answer (instance metadata, SSO, web identity) is retried like
 // the network: those fail for a moment far more often than they are missing for good, and every
@@ -208,7 +196,6 @@ function safeEndpoint(endpoint: string): string {
   u.password = '';
   return u.toString().replace(/\/$/, '');
 }
-
 
 /** The record as object metadata: what a GET or HEAD returns of it. */
 function metaOf(m: Record<string, string> | undefined): ObjectMeta {
@@ -379,7 +366,6 @@ export class S3Driver implements Driver {
     });
   }
 
-
   /**
    * The multipart uploads under the prefix that were started and never completed or aborted, with
    * their bytes and when their newest part arrived (ListParts; when the store cannot list parts:
@@ -418,9 +404,7 @@ export class S3Driver implements Driver {
       if (unsupported) {
         return {
           leftovers: [],
-          unavailable:
-            `${this.description} does not list incomplete multipart uploads (${unsupported}): a bucket lifecycle rule ` +
-            'AbortIncompleteMultipartUpload removes those of killed writers',
+          unavailable: `${this.description} does not list incomplete multipart uploads (${unsupported}): a bucket lifecycle rule ` + 'AbortIncompleteMultipartUpload removes those of killed writers',
         };
       }
       throw err;
@@ -500,10 +484,7 @@ export class S3Driver implements Driver {
       do {
         const page = await this.request('LIST PARTS', key, async (abortSignal) => {
           try {
-            return await this.client.send(
-              new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: id, ...(marker !== undefined ? { PartNumberMarker: marker } : {}) }),
-              { abortSignal },
-            );
+            return await this.client.send(new ListPartsCommand({ Bucket: this.bucket, Key: key, UploadId: id, ...(marker !== undefined ? { PartNumberMarker: marker } : {}) }), { abortSignal });
           } catch (err) {
             if (this.isNotFound(err)) return 'gone' as const;
             throw err;
@@ -522,7 +503,6 @@ export class S3Driver implements Driver {
     }
     return { bytes, newest };
   }
-
 
   private putInput(key: string, body: Buffer, meta: NewMeta, bodySha256: string | undefined, ifNoneMatch: boolean): PutObjectCommandInput {
     return {
@@ -575,7 +555,7 @@ export class S3Driver implements Driver {
       let hint = '';
       if (status === 403) hint = ' (check the credentials and that they may access this bucket and prefix)';
       else if (code === 'NoSuchBucket') hint = ` (bucket "${this.bucket}" does not exist)`;
-      else if (status === 301 || code === 'PermanentRedirect' || code === 'AuthorizationHeaderMalformed') hint = ' (set AWS_REGION to the bucket\'s region)';
+      else if (status === 301 || code === 'PermanentRedirect' || code === 'AuthorizationHeaderMalformed') hint = " (set AWS_REGION to the bucket's region)";
       else if (status === 501 && op === 'PUT') hint = ' (the store may not support If-None-Match conditional writes: use conditionalWrites: false)';
       const detail = e.message && e.message !== code && e.message !== 'UnknownError' ? `: ${e.message}` : '';
       text = `${where}: ${code} (HTTP ${status})${detail}${hint}`;
@@ -589,4 +569,3 @@ export class S3Driver implements Driver {
     return out;
   }
 }
-
