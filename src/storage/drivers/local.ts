@@ -313,7 +313,7 @@ export class LocalDriver implements Driver {
     });
     const one = async ([key, b]: [string, { file: string; compression: Compression }]): Promise<DriverObject | undefined> => {
       const st = await statOrUndefined(join(dir, b.file));
-      if (!st || !st.isFile()) return undefined; // deleted since, or not a file
+      if (!st?.isFile()) return undefined; // deleted since, or not a file
       const found: Found = { path: join(dir, b.file), file: b.file, compression: b.compression, stat: st };
       // One damaged record must not hide the whole archive: get reports it.
       const rec = await this.readRecord(key).catch((err: unknown) => {
