@@ -676,14 +676,16 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
 
 /**
  * Every `intervalMs`, make the open segment durable in the spool and ship what is new of it.
- * Returns a handle whose stop() ends the timer and waits for a shipment in flight.
+ * Returns a handle whose stop() ends the timer, waits for a shipment in flight, and ships once
+ * more what came since: a stream that ends (the server gone, a new timeline, a signal) leaves
+ * its last durable bytes in the archive, not only those of the last tick.
  */
 function shipPartials(shipper: PartialShipper, sink: WalDirSink, segSize: number, intervalMs: number): { stop(): Promise<void> } {
   let inFlight: Promise<void> = Promise.resolve();
   let lastReceived = -1n;
-  const timer = setInterval(() => {
+  const ship = (): Promise<void> => {
     const seg = sink.openSegmentName;
-    if (seg === undefined || sink.receivedLsn === lastReceived) return;
+    if (seg === undefined || sink.receivedLsn === lastReceived) return inFlight;
     lastReceived = sink.receivedLsn;
     inFlight = (async () => {
       await sink.sync();
@@ -691,11 +693,14 @@ function shipPartials(shipper: PartialShipper, sink: WalDirSink, segSize: number
       const offset = sink.durableLsn - segStart;
       if (offset > 0n && offset < BigInt(segSize)) await shipper.ship(seg, Number(offset));
     })().catch(() => undefined);
-  }, intervalMs);
+    return inFlight;
+  };
+  const timer = setInterval(() => void ship(), intervalMs);
   return {
     async stop() {
       clearInterval(timer);
       await inFlight;
+      await ship();
     },
   };
 }

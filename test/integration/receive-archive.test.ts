@@ -184,6 +184,38 @@ describe('receive --archive', () => {
     }
   });
 
+  it('ships the last durable bytes of the segment in progress when the stream ends, whatever the piece interval', async () => {
+    await slot('pieces_end');
+    const url = s3Url('pieces-end');
+    // No tick in the test's time: only the end of the stream can ship a piece.
+    const proc = receiver(newDir('spool'), url, ['-S', 'pieces_end', '--partial-interval', '3600', '--synchronous']);
+    try {
+      await proc.waitForOutput(/starting log streaming/);
+      await primary.query('create table if not exists pieces_end (id int)');
+      await primary.query('insert into pieces_end select generate_series(1, 1000)');
+      const lsn = lsnOf(await primary.currentLsn());
+      const seg = segName(1, lsn, SEG);
+      const offset = Number(lsn % BigInt(SEG));
+      await primary.waitFor(
+        async () => {
+          const [r] = await primary.query<{ f: string | null }>("select flush_lsn::text as f from pg_replication_slots s join pg_stat_replication r on r.pid = s.active_pid where slot_name = 'pieces_end'");
+          return r?.f != null && lsnOf(r.f) >= lsn;
+        },
+        30_000,
+        'the receiver to report the insert durable',
+      );
+      const store = await open(url);
+      expect(await listPieces(store, seg)).toEqual([]);
+      proc.kill('SIGTERM');
+      expect((await proc.done).code).toBe(0);
+      const assembled = await assemblePieces(store, seg);
+      expect(assembled.length).toBeGreaterThanOrEqual(offset);
+      expect(assembled.equals(readFileSync(join(primary.walDir, seg)).subarray(0, assembled.length))).toBe(true);
+    } finally {
+      proc.kill('SIGKILL');
+    }
+  });
+
   it('archives the history file and both timelines across a promotion', async () => {
     const standby = await primary.createStandby({ name: 'archive-tl' });
     try {
