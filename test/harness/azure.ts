@@ -124,7 +124,11 @@ export async function startAzurite(): Promise<AzuriteServer> {
     client,
     createContainer,
     pause: kill,
-    resume: launch,
+    // a resume while it runs is nothing: a second emulator on the port would leave the first behind
+    resume: async () => {
+      if (child && child.exitCode === null) return;
+      await launch();
+    },
     stop: async () => {
       await kill();
       rmSync(dir, { recursive: true, force: true });
