@@ -3,7 +3,7 @@
 // and durable, whole reads, stat, listing by prefix in pages, delete and a few metadata fields.
 // It knows nothing of WAL names, compression, encryption, checksums or quarantine: the archive's
 // policy (storage/archive.ts) owns those, once, over any driver.
-import type { Compression, LeftoverOptions, LeftoverRemoval, LeftoverScan } from './types.js';
+import { StorageError, type Compression, type LeftoverOptions, type LeftoverRemoval, type LeftoverScan } from './types.js';
 
 /**
  * The small record the archive keeps with each object. A driver stores and returns it as it can
@@ -103,4 +103,19 @@ export interface Driver {
   scanLeftovers?(opts?: LeftoverOptions): Promise<LeftoverScan>;
   removeLeftovers?(opts?: LeftoverOptions & { dryRun?: boolean }): Promise<LeftoverRemoval>;
   close(): Promise<void>;
+}
+
+/**
+ * One request of a driver under a deadline: `fn` gets the signal that aborts it after
+ * `timeoutMs`; whatever it throws that is not already a StorageError is turned into one by
+ * `failure` (told whether the deadline passed).
+ */
+export async function withDeadline<T>(timeoutMs: number, fn: (abortSignal: AbortSignal) => Promise<T>, failure: (err: unknown, timedOut: boolean) => StorageError): Promise<T> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    return await fn(signal);
+  } catch (err) {
+    if (err instanceof StorageError) throw err;
+    throw failure(err, signal.aborted);
+  }
 }

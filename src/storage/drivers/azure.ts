@@ -12,7 +12,7 @@ import type { BlobServiceClient, ContainerClient, StoragePipelineOptions } from 
 import { randomBytes } from 'node:crypto';
 import { rechunk } from '../../util/chunks.js';
 import { StorageError, isCompression } from '../types.js';
-import type { CreateOptions, CreateResult, Driver, DriverObject, ListPageOptions, NewMeta, ObjectMeta, ReadResult } from '../driver.js';
+import { withDeadline, type CreateOptions, type CreateResult, type Driver, type DriverObject, type ListPageOptions, type NewMeta, type ObjectMeta, type ReadResult } from '../driver.js';
 
 /** Bytes per staged block of a streamed create (memory held: one block). */
 const BLOCK_SIZE = 8 * 1024 * 1024;
@@ -53,6 +53,12 @@ interface RestErrorShape {
 }
 
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'REQUEST_SEND_ERROR']);
+
+/** A create-if-absent that found the blob there (If-None-Match: * answered 409 or 412). */
+function alreadyThere(err: unknown): boolean {
+  const e = shape(err);
+  return (e.statusCode === 409 && e.code === 'BlobAlreadyExists') || e.statusCode === 412;
+}
 
 function shape(err: unknown): RestErrorShape {
   return typeof err === 'object' && err !== null ? (err as RestErrorShape) : { message: String(err) };
@@ -141,8 +147,7 @@ export class AzureDriver implements Driver {
         });
         return { created: true, modified: new Date() };
       } catch (err) {
-        const e = shape(err);
-        if ((e.statusCode === 409 && e.code === 'BlobAlreadyExists') || e.statusCode === 412) return { created: false };
+        if (alreadyThere(err)) return { created: false };
         throw err;
       }
     });
@@ -174,8 +179,7 @@ export class AzureDriver implements Driver {
         });
         return { created: true, modified: new Date() };
       } catch (err) {
-        const e = shape(err);
-        if ((e.statusCode === 409 && e.code === 'BlobAlreadyExists') || e.statusCode === 412) return { created: false };
+        if (alreadyThere(err)) return { created: false };
         throw err;
       }
     });
@@ -329,14 +333,8 @@ export class AzureDriver implements Driver {
   }
 
   /** Run one request under the deadline; anything it throws becomes a StorageError. */
-  private async request<T>(op: string, key: string, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
-    const signal = AbortSignal.timeout(this.timeoutMs);
-    try {
-      return await fn(signal);
-    } catch (err) {
-      if (err instanceof StorageError) throw err;
-      throw this.failure(err, op, key, signal.aborted);
-    }
+  private request<T>(op: string, key: string, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    return withDeadline(this.timeoutMs, fn, (err, timedOut) => this.failure(err, op, key, timedOut));
   }
 
   private failure(err: unknown, op: string, key: string, timedOut: boolean): StorageError {

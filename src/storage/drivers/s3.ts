@@ -29,7 +29,7 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { mapLimit } from '../../util/concurrency.js';
 import { judgeLeftover, removable } from '../leftovers.js';
-import type { CreateOptions, CreateResult, Driver, DriverObject, ListPageOptions, NewMeta, ObjectMeta, ReadResult } from '../driver.js';
+import { withDeadline, type CreateOptions, type CreateResult, type Driver, type DriverObject, type ListPageOptions, type NewMeta, type ObjectMeta, type ReadResult } from '../driver.js';
 import { StorageError, isCompression, type Leftover, type LeftoverOptions, type LeftoverRemoval, type LeftoverScan } from '../types.js';
 
 export const META_SHA256 = 'walstream-sha256';
@@ -522,14 +522,8 @@ export class S3Driver implements Driver {
     };
   }
 
-  private async request<T>(op: string, key: string, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
-    const signal = AbortSignal.timeout(this.timeoutMs);
-    try {
-      return await fn(signal);
-    } catch (err) {
-      if (err instanceof StorageError) throw err;
-      throw this.failure(err, op, key, signal.aborted);
-    }
+  private request<T>(op: string, key: string, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    return withDeadline(this.timeoutMs, fn, (err, timedOut) => this.failure(err, op, key, timedOut));
   }
 
   private failure(err: unknown, op: string, key: string, timedOut: boolean): StorageError {
