@@ -27,6 +27,7 @@ import {
   IntegrityError,
   NotFoundError,
   QUARANTINE_PREFIX,
+  BACKUP_PREFIX,
   StorageError,
   assertArchiveName,
   type ArchiveStore,
@@ -161,8 +162,8 @@ export class Archive implements ArchiveStore {
   }
 
   async list(prefix = '', opts: ListOptions = {}): Promise<ObjectInfo[]> {
-    // Names are flat; only quarantine copies live below a "/".
-    if (!prefix.startsWith(QUARANTINE_PREFIX) && prefix.includes('/')) return [];
+    // WAL names are flat; only quarantine copies and base backups live below a "/".
+    if (!prefix.startsWith(QUARANTINE_PREFIX) && !prefix.startsWith(BACKUP_PREFIX) && prefix.includes('/')) return [];
     const accept = (key: string): boolean => isArchiveName(key) && listedUnder(key, prefix);
     const out: ObjectInfo[] = [];
     for await (const page of this.driver.list(prefix, { accept })) {

@@ -275,6 +275,17 @@ export const RESERVED_NAMES: ReadonlySet<string> = new Set([IDENTITY_NAME, ENCRY
  */
 export const ARCHIVE_NAME_RE = /^(?:[0-9A-F]{24}(?:\.partial(?:\.[0-9A-F]{8})?|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$/;
 
+/** Where base backups live (backup/layout.ts): one level below the WAL, so WAL listings never see them. */
+export const BACKUP_PREFIX = 'backups/';
+
+/**
+ * The objects of a base backup (backup/layout.ts): `backups/<backup name>.<part>`, the backup
+ * name its start time in UTC (YYYYMMDDTHHMMSSZ) with an optional "-N" when two start in one
+ * second, the part "base.tar", "<tablespace oid>.tar", "backup_manifest" or "json" (its record,
+ * written last).
+ */
+export const BACKUP_OBJECT_RE = /^backups\/\d{8}T\d{6}Z(?:-\d{1,3})?\.(?:base\.tar|\d{1,10}\.tar|backup_manifest|json)$/;
+
 /**
  * A name from the command line or an archive, fit for a one-line message: at most 80 characters
  * (longer ones are cut, with "..."), quoted, control characters and newlines escaped.
@@ -284,10 +295,10 @@ export function shownName(name: string): string {
 }
 
 export function assertArchiveName(name: string): void {
-  if (RESERVED_NAMES.has(name)) return;
+  if (RESERVED_NAMES.has(name) || BACKUP_OBJECT_RE.test(name)) return;
   if (name.startsWith(QUARANTINE_PREFIX)) {
     const original = name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, '');
-    if (ARCHIVE_NAME_RE.test(original) || RESERVED_NAMES.has(original)) return;
+    if (ARCHIVE_NAME_RE.test(original) || RESERVED_NAMES.has(original) || BACKUP_OBJECT_RE.test(original)) return;
   }
   if (!ARCHIVE_NAME_RE.test(name)) throw new StorageError(`${shownName(name)} is not a WAL file name`, false);
 }
