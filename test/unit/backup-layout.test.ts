@@ -68,7 +68,7 @@ const stores: [string, () => Promise<ArchiveStore>][] = [
     async () => {
       const d = await mkdtemp(join(tmpdir(), 'ws-backup-layout-'));
       dirs.push(d);
-      return new LocalStore(d, { noSync: true });
+      return new LocalStore(d);
     },
   ],
 ];
