@@ -244,7 +244,7 @@ export function buildProgram(): Command {
         onServing: (running) => {
           void import('../observe/serve.js').then(({ ServeMetrics }) => {
             const m = new ServeMetrics({ clients: () => running.clients(), end: () => running.source.endOfCurrent(), timeline: () => running.source.timelineNow() });
-            observation.metrics.alsoRender(() => m.render());
+            observation.metrics.alsoExpose(m.registry);
           });
         },
       }).finally(() => observation.stop());

@@ -1,15 +1,19 @@
-// The observation endpoint of `walstream receive --metrics-listen`: a plain node:http server with
-// GET /metrics (Prometheus text format) and GET /health (200 while streaming is live, else 503,
-// with the reason as the body). Nothing else is served; it never changes what receive does.
+// The observation endpoint of `walstream receive --metrics-listen` (and serve's): a plain node:http
+// server with GET /metrics (Prometheus text format, rendered by prom-client, with prom-client's
+// default process, GC and event-loop metrics after walstream's own) and GET /health (200 while
+// streaming is live, else 503, with the reason as the body). Nothing else is served; it never
+// changes what receive does.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { ListenAddress } from './listen.js';
 export { parseListenAddress, type ListenAddress } from './listen.js';
-import { PROMETHEUS_CONTENT_TYPE, type HealthStatus } from './metrics.js';
+import { collectDefaultMetrics } from 'prom-client';
+import { PROMETHEUS_CONTENT_TYPE, Registry, renderRegistries, type HealthStatus } from './metrics.js';
 
-/** What the server exposes: any object with these two (ReceiverMetrics). */
+/** What the server exposes: any object with these two (ReceiverMetrics, ServeMetrics). */
 export interface Observable {
-  render(): string;
+  /** The registries /metrics renders, read at each scrape. */
+  registries(): Registry[];
   health(): HealthStatus;
 }
 
@@ -26,7 +30,14 @@ function respond(res: ServerResponse, status: number, type: string, body: string
   res.end(head ? undefined : body);
 }
 
-function handle(target: Observable, req: IncomingMessage, res: ServerResponse): void {
+/** prom-client's default metrics (process_*, nodejs_*), on a registry of this endpoint's own. */
+function processMetrics(): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  return registry;
+}
+
+async function handle(target: Observable, processRegistry: Registry, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
   const head = req.method === 'HEAD';
   if (req.method !== 'GET' && !head) {
@@ -36,7 +47,7 @@ function handle(target: Observable, req: IncomingMessage, res: ServerResponse): 
   }
   try {
     if (path === '/metrics') {
-      respond(res, 200, PROMETHEUS_CONTENT_TYPE, target.render(), head);
+      respond(res, 200, PROMETHEUS_CONTENT_TYPE, await renderRegistries([...target.registries(), processRegistry]), head);
     } else if (path === '/health') {
       const h = target.health();
       respond(res, h.ok ? 200 : 503, 'text/plain; charset=utf-8', `${h.ok ? 'ok' : 'unavailable'}: ${h.reason}\n`, head);
@@ -50,7 +61,10 @@ function handle(target: Observable, req: IncomingMessage, res: ServerResponse): 
 
 /** Start serving; rejects (one line) when the address cannot be bound. */
 export function startObserveServer(addr: ListenAddress, target: Observable): Promise<ObserveServer> {
-  const server: Server = createServer((req, res) => handle(target, req, res));
+  const processRegistry = processMetrics();
+  const server: Server = createServer((req, res) => {
+    handle(target, processRegistry, req, res).catch(() => res.destroy());
+  });
   // A scraper that keeps its connection open must not hold up the receiver's exit.
   server.keepAliveTimeout = 5000;
   return new Promise((resolve, reject) => {

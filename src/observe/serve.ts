@@ -5,7 +5,8 @@ import type { ClientInfo } from '../server/client.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { Logger } from '../util/log.js';
 import { startObserveServer, type ListenAddress, type ObserveServer } from './http.js';
-import { Registry, type HealthStatus, type Labels, type MetricValue } from './metrics.js';
+import { Gauge } from 'prom-client';
+import { Registry, renderRegistries, scrapedGauge, type HealthStatus } from './metrics.js';
 
 export interface ServeView {
   clients(): ClientInfo[];
@@ -14,7 +15,10 @@ export interface ServeView {
   timeline(): number;
 }
 
-function clientLabels(c: ClientInfo): Labels {
+const CLIENT_LABELS = ['pid', 'application_name', 'client_addr', 'state'] as const;
+type ClientLabel = (typeof CLIENT_LABELS)[number];
+
+function clientLabels(c: ClientInfo): Record<ClientLabel, string> {
   return { pid: String(c.pid), application_name: c.applicationName ?? '', client_addr: c.address, state: c.state };
 }
 
@@ -23,23 +27,32 @@ export class ServeMetrics {
 
   constructor(private readonly view: ServeView) {
     const r = this.registry;
-    const perClient = (name: string, help: string, value: (c: ClientInfo) => MetricValue | undefined): void => {
-      r.gauge(name, help).setSeriesCollector(() =>
-        view
-          .clients()
-          .filter((c) => c.state !== 'startup')
-          .flatMap((c) => {
+    const connected = (): ClientInfo[] => view.clients().filter((c) => c.state !== 'startup');
+    // One series per connected client, rebuilt at each scrape: clients come and go.
+    const perClient = (name: string, help: string, value: (c: ClientInfo) => number | bigint | undefined): void => {
+      new Gauge({
+        name,
+        help,
+        labelNames: CLIENT_LABELS,
+        registers: [r],
+        collect() {
+          this.reset();
+          for (const c of connected()) {
             const v = value(c);
-            return v === undefined ? [] : [{ labels: clientLabels(c), value: v }];
-          }),
-      );
+            if (v !== undefined) this.set(clientLabels(c), Number(v));
+          }
+        },
+      });
     };
-    r.gauge('walstream_serve_clients', 'Replication clients connected and authenticated.').setCollector(() => view.clients().filter((c) => c.state !== 'startup').length);
-    r.gauge('walstream_serve_streaming_clients', 'Clients streaming WAL now (catching up or at the end of WAL).').setCollector(
+    scrapedGauge(r, 'walstream_serve_clients', 'Replication clients connected and authenticated.', () => connected().length);
+    scrapedGauge(
+      r,
+      'walstream_serve_streaming_clients',
+      'Clients streaming WAL now (catching up or at the end of WAL).',
       () => view.clients().filter((c) => c.state === 'catchup' || c.state === 'streaming').length,
     );
-    r.gauge('walstream_serve_end_lsn_bytes', 'End of the WAL walstream serves on its current timeline, as a byte offset (LSN).').setCollector(() => view.end());
-    r.gauge('walstream_serve_timeline', 'The newest timeline served.').setCollector(() => view.timeline());
+    scrapedGauge(r, 'walstream_serve_end_lsn_bytes', 'End of the WAL walstream serves on its current timeline, as a byte offset (LSN).', () => view.end());
+    scrapedGauge(r, 'walstream_serve_timeline', 'The newest timeline served.', () => view.timeline());
     perClient('walstream_serve_client_sent_lsn_bytes', 'Position up to which WAL was sent to the client (LSN as a byte offset).', (c) => c.sent);
     perClient('walstream_serve_client_write_lsn_bytes', 'Write position the client last reported.', (c) => c.write);
     perClient('walstream_serve_client_flush_lsn_bytes', 'Flush position the client last reported (what it holds durably).', (c) => c.flush);
@@ -60,8 +73,13 @@ export class ServeMetrics {
     return { ok: true, reason: `serving ${n} client${n === 1 ? '' : 's'}` };
   }
 
-  render(): string {
-    return this.registry.render();
+  /** What /metrics serves (besides the process metrics the endpoint adds). */
+  registries(): Registry[] {
+    return [this.registry];
+  }
+
+  render(): Promise<string> {
+    return renderRegistries(this.registries());
   }
 }
 

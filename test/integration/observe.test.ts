@@ -15,7 +15,7 @@ function parseMetrics(text: string): Scrape {
   const out: Scrape = new Map();
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-z_]+(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
     if (!m) throw new Error(`not a sample line: ${line}`);
     out.set(m[1]!, Number(m[2]));
   }
@@ -101,6 +101,8 @@ describe('receive --metrics-listen and --log-format json', () => {
     expect(value(before, 'walstream_streaming')).toBe(1);
     expect(value(before, 'walstream_timeline')).toBe(1);
     expect(value(before, 'walstream_received_lsn_bytes')).toBeGreaterThan(0);
+    // prom-client's process metrics ride along.
+    expect(value(before, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
 
     const end = await primary.generateWal(3 * SEG);
     await primary.switchWal();

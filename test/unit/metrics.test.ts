@@ -1,10 +1,11 @@
-// The Prometheus text format of walstream's metrics (golden output), the receiver's metric
+// walstream's metrics as prom-client renders them (golden output), the /metrics endpoint, the receiver's metric
 // semantics (lag, health, byte counting), the listen-address parser, the JSON log lines and the
 // progress line.
 import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
-import { Registry, ReceiverMetrics, formatValue } from '../../src/observe/metrics.js';
-import { parseListenAddress } from '../../src/observe/http.js';
+import { register } from 'prom-client';
+import { ReceiverMetrics } from '../../src/observe/metrics.js';
+import { parseListenAddress, startObserveServer } from '../../src/observe/http.js';
 import { progressLine, formatDuration, startProgress } from '../../src/observe/progress.js';
 import { stderrLogger, jsonLogLine, formatFatal } from '../../src/util/log.js';
 
@@ -21,102 +22,89 @@ class Capture extends Writable {
   }
 }
 
-describe('Prometheus text format', () => {
-  it('renders counters and gauges with HELP, TYPE, escaped labels and exact values', () => {
-    const r = new Registry();
-    const c = r.counter('demo_events_total', 'Events seen.\nSecond line with a \\ backslash.');
-    c.inc({ kind: 'a' });
-    c.inc({ kind: 'a' }, 2);
-    c.inc({ kind: 'quote"back\\slash\nnewline' });
-    const g = r.gauge('demo_position_bytes', 'A position.');
-    g.set(2n ** 64n - 1n);
-    const f = r.gauge('demo_ratio', 'A ratio.');
-    f.set(0.25, { side: 'left' });
-    f.set(NaN, { side: 'right' });
-    const live = r.gauge('demo_live', 'Read at scrape time.');
-    let n = 1;
-    live.setCollector(() => n);
-    n = 7;
-    expect(r.render()).toBe(
-      [
-        '# HELP demo_events_total Events seen.\\nSecond line with a \\\\ backslash.',
-        '# TYPE demo_events_total counter',
-        'demo_events_total{kind="a"} 3',
-        'demo_events_total{kind="quote\\"back\\\\slash\\nnewline"} 1',
-        '# HELP demo_position_bytes A position.',
-        '# TYPE demo_position_bytes gauge',
-        'demo_position_bytes 18446744073709551615',
-        '# HELP demo_ratio A ratio.',
-        '# TYPE demo_ratio gauge',
-        'demo_ratio{side="left"} 0.25',
-        'demo_ratio{side="right"} NaN',
-        '# HELP demo_live Read at scrape time.',
-        '# TYPE demo_live gauge',
-        'demo_live 7',
-        '',
-      ].join('\n'),
-    );
-  });
-
-  it('formats special values and refuses bad names, duplicates and decreasing counters', () => {
-    expect(formatValue(Infinity)).toBe('+Inf');
-    expect(formatValue(-Infinity)).toBe('-Inf');
-    expect(formatValue(1e21)).toBe('1e+21');
-    expect(formatValue(12n)).toBe('12');
-    const r = new Registry();
-    expect(() => r.counter('bad-name', 'x')).toThrow(/invalid metric name/);
-    r.counter('ok_total', 'x');
-    expect(() => r.gauge('ok_total', 'x')).toThrow(/registered twice/);
-    const c = r.counter('other_total', 'x');
-    expect(() => c.inc({}, -1)).toThrow(/cannot decrease/);
-    expect(() => c.inc({ 'bad-label': 'v' })).toThrow(/invalid label name/);
+describe('the /metrics endpoint', () => {
+  it("serves walstream's metrics, then prom-client's process, GC and event-loop metrics, and leaves the global registry alone", async () => {
+    const m = new ReceiverMetrics();
+    m.error('archive');
+    const server = await startObserveServer({ host: '127.0.0.1', port: 0 }, m);
+    try {
+      const res = await fetch(`${server.url}/metrics`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toBe('text/plain; version=0.0.4; charset=utf-8');
+      const text = await res.text();
+      expect(text).toMatch(/^# HELP walstream_connected /);
+      expect(text).toContain('walstream_errors_total{kind="archive"} 1\n');
+      for (const name of ['process_cpu_user_seconds_total', 'process_resident_memory_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_gc_duration_seconds', 'nodejs_heap_size_used_bytes']) {
+        expect(text).toContain(`# TYPE ${name} `);
+      }
+      expect(text.indexOf('walstream_timeline_fork_lost_bytes')).toBeLessThan(text.indexOf('process_cpu_user_seconds_total'));
+      expect((await fetch(`${server.url}/health`)).status).toBe(503);
+      expect((await fetch(`${server.url}/metrics`, { method: 'POST' })).status).toBe(405);
+      expect((await fetch(`${server.url}/nothing`)).status).toBe(404);
+    } finally {
+      await server.close();
+    }
+    expect(register.getMetricsAsArray()).toEqual([]);
   });
 });
 
 describe('ReceiverMetrics', () => {
-  it('starts with every series at its initial value (golden)', () => {
+  it('starts with every series at its initial value (golden)', async () => {
     const m = new ReceiverMetrics({ now: () => 1000 });
-    expect(m.render()).toBe(
+    expect(await m.render()).toBe(
       [
         '# HELP walstream_connected Whether a replication connection to the server is open (1) or not (0).',
         '# TYPE walstream_connected gauge',
         'walstream_connected 0',
+        '',
         '# HELP walstream_streaming Whether WAL streaming is live (1): connected and a server message received within the health bound.',
         '# TYPE walstream_streaming gauge',
         'walstream_streaming 0',
+        '',
         '# HELP walstream_received_lsn_bytes Position after the last WAL byte received, as a byte offset (LSN).',
         '# TYPE walstream_received_lsn_bytes gauge',
         'walstream_received_lsn_bytes 0',
+        '',
         '# HELP walstream_flushed_lsn_bytes Position up to which received WAL is durable on disk (fsynced), as a byte offset (LSN).',
         '# TYPE walstream_flushed_lsn_bytes gauge',
         'walstream_flushed_lsn_bytes 0',
+        '',
         "# HELP walstream_server_wal_end_lsn_bytes The server's WAL end as last reported in its messages and keepalives, as a byte offset (LSN).",
         '# TYPE walstream_server_wal_end_lsn_bytes gauge',
         'walstream_server_wal_end_lsn_bytes 0',
+        '',
         '# HELP walstream_lag_bytes Bytes of WAL the server has reported that the receiver has not received yet.',
         '# TYPE walstream_lag_bytes gauge',
         'walstream_lag_bytes 0',
+        '',
         '# HELP walstream_lag_seconds Seconds since the receiver last held everything the server had reported (0 while caught up; grows while disconnected).',
         '# TYPE walstream_lag_seconds gauge',
         'walstream_lag_seconds 0',
+        '',
         '# HELP walstream_last_message_age_seconds Seconds since the last message from the server (-1 before the first).',
         '# TYPE walstream_last_message_age_seconds gauge',
         'walstream_last_message_age_seconds -1',
+        '',
         '# HELP walstream_timeline Timeline being streamed (0 before the first stream).',
         '# TYPE walstream_timeline gauge',
         'walstream_timeline 0',
+        '',
         '# HELP walstream_received_bytes_total WAL bytes received from the server.',
         '# TYPE walstream_received_bytes_total counter',
         'walstream_received_bytes_total 0',
+        '',
         '# HELP walstream_segments_completed_total WAL segments completed: verified, fsynced and renamed to their final name.',
         '# TYPE walstream_segments_completed_total counter',
         'walstream_segments_completed_total 0',
+        '',
         '# HELP walstream_segments_archived_total WAL segments confirmed by the archive (with --archive).',
         '# TYPE walstream_segments_archived_total counter',
         'walstream_segments_archived_total 0',
+        '',
         '# HELP walstream_upload_queue_files Finished files waiting for or in upload to the archive (with --archive).',
         '# TYPE walstream_upload_queue_files gauge',
         'walstream_upload_queue_files 0',
+        '',
         '# HELP walstream_errors_total Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.',
         '# TYPE walstream_errors_total counter',
         'walstream_errors_total{kind="connection"} 0',
@@ -124,12 +112,15 @@ describe('ReceiverMetrics', () => {
         'walstream_errors_total{kind="archive"} 0',
         'walstream_errors_total{kind="permanent"} 0',
         'walstream_errors_total{kind="other"} 0',
+        '',
         '# HELP walstream_reconnects_total Reconnection attempts after a lost connection.',
         '# TYPE walstream_reconnects_total counter',
         'walstream_reconnects_total 0',
+        '',
         '# HELP walstream_timeline_forks_lost_total Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).',
         '# TYPE walstream_timeline_forks_lost_total counter',
         'walstream_timeline_forks_lost_total 0',
+        '',
         '# HELP walstream_timeline_fork_lost_bytes Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).',
         '# TYPE walstream_timeline_fork_lost_bytes gauge',
         '',
@@ -137,36 +128,32 @@ describe('ReceiverMetrics', () => {
     );
   });
 
-  it('follows a stream: positions, lag, byte count, segments, errors, health', () => {
+  it('follows a stream: positions, lag, byte count, segments, errors, health', async () => {
     let now = 10_000;
     const m = new ReceiverMetrics({ now: () => now, staleAfterMs: 5000 });
-    const line = (name: string): string =>
-      m
-        .render()
-        .split('\n')
-        .find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`)) ?? `${name} (absent)`;
+    const line = async (name: string): Promise<string> => (await m.render()).split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`)) ?? `${name} (absent)`;
     expect(m.health()).toEqual({ ok: false, reason: 'not connected to the server' });
     m.connection(true);
     expect(m.health().ok).toBe(false);
     m.streamStarting(1, 0x1000000n);
     m.activity({ kind: 'data', received: 0x1000100n, durable: 0n, serverEnd: 0x3000000n });
     expect(m.health()).toEqual({ ok: true, reason: 'streaming' });
-    expect(line('walstream_received_lsn_bytes')).toBe(`walstream_received_lsn_bytes ${0x1000100}`);
-    expect(line('walstream_server_wal_end_lsn_bytes')).toBe(`walstream_server_wal_end_lsn_bytes ${0x3000000}`);
-    expect(line('walstream_lag_bytes')).toBe(`walstream_lag_bytes ${0x3000000 - 0x1000100}`);
-    expect(line('walstream_timeline')).toBe('walstream_timeline 1');
-    expect(line('walstream_streaming')).toBe('walstream_streaming 1');
+    expect(await line('walstream_received_lsn_bytes')).toBe(`walstream_received_lsn_bytes ${0x1000100}`);
+    expect(await line('walstream_server_wal_end_lsn_bytes')).toBe(`walstream_server_wal_end_lsn_bytes ${0x3000000}`);
+    expect(await line('walstream_lag_bytes')).toBe(`walstream_lag_bytes ${0x3000000 - 0x1000100}`);
+    expect(await line('walstream_timeline')).toBe('walstream_timeline 1');
+    expect(await line('walstream_streaming')).toBe('walstream_streaming 1');
     now += 2500;
-    expect(line('walstream_lag_seconds')).toBe('walstream_lag_seconds 2.5');
-    expect(line('walstream_last_message_age_seconds')).toBe('walstream_last_message_age_seconds 2.5');
+    expect(await line('walstream_lag_seconds')).toBe('walstream_lag_seconds 2.5');
+    expect(await line('walstream_last_message_age_seconds')).toBe('walstream_last_message_age_seconds 2.5');
     m.activity({ kind: 'durable', received: 0x2000000n, durable: 0x2000000n, serverEnd: 0x3000000n });
     m.segmentCompleted();
     m.activity({ kind: 'data', received: 0x3000000n, durable: 0x2000000n, serverEnd: 0x3000000n });
-    expect(line('walstream_lag_bytes')).toBe('walstream_lag_bytes 0');
-    expect(line('walstream_lag_seconds')).toBe('walstream_lag_seconds 0');
-    expect(line('walstream_flushed_lsn_bytes')).toBe(`walstream_flushed_lsn_bytes ${0x2000000}`);
-    expect(line('walstream_received_bytes_total')).toBe(`walstream_received_bytes_total ${0x2000000}`);
-    expect(line('walstream_segments_completed_total')).toBe('walstream_segments_completed_total 1');
+    expect(await line('walstream_lag_bytes')).toBe('walstream_lag_bytes 0');
+    expect(await line('walstream_lag_seconds')).toBe('walstream_lag_seconds 0');
+    expect(await line('walstream_flushed_lsn_bytes')).toBe(`walstream_flushed_lsn_bytes ${0x2000000}`);
+    expect(await line('walstream_received_bytes_total')).toBe(`walstream_received_bytes_total ${0x2000000}`);
+    expect(await line('walstream_segments_completed_total')).toBe('walstream_segments_completed_total 1');
     // A keepalive keeps the stream healthy; silence past the bound does not.
     now += 4000;
     m.activity({ kind: 'keepalive', received: 0x3000000n, durable: 0x3000000n, serverEnd: 0x3000000n });
@@ -174,7 +161,7 @@ describe('ReceiverMetrics', () => {
     expect(m.health().ok).toBe(true);
     now += 2000;
     expect(m.health()).toEqual({ ok: false, reason: 'no message from the server for 6 s' });
-    expect(line('walstream_streaming')).toBe('walstream_streaming 0');
+    expect(await line('walstream_streaming')).toBe('walstream_streaming 0');
     // Disconnected: unhealthy at once, and lag_seconds counts from the disconnection.
     m.error('connection');
     m.streamEnded();
@@ -182,24 +169,24 @@ describe('ReceiverMetrics', () => {
     m.reconnect();
     expect(m.health().ok).toBe(false);
     now += 3000;
-    expect(line('walstream_lag_seconds')).toBe('walstream_lag_seconds 3');
-    expect(m.render()).toContain('walstream_errors_total{kind="connection"} 1\n');
-    expect(line('walstream_reconnects_total')).toBe('walstream_reconnects_total 1');
+    expect(await line('walstream_lag_seconds')).toBe('walstream_lag_seconds 3');
+    expect(await m.render()).toContain('walstream_errors_total{kind="connection"} 1\n');
+    expect(await line('walstream_reconnects_total')).toBe('walstream_reconnects_total 1');
     m.fork(1, 2, 0x6000000n, 48n * 1024n * 1024n);
-    expect(line('walstream_timeline_forks_lost_total')).toBe('walstream_timeline_forks_lost_total 1');
-    expect(m.render()).toContain('walstream_timeline_fork_lost_bytes{timeline="1",next_timeline="2"} 50331648\n');
+    expect(await line('walstream_timeline_forks_lost_total')).toBe('walstream_timeline_forks_lost_total 1');
+    expect(await m.render()).toContain('walstream_timeline_fork_lost_bytes{timeline="1",next_timeline="2"} 50331648\n');
     let queue = 3;
     m.uploadQueueFrom(() => queue);
     m.segmentArchived();
     queue = 2;
-    expect(line('walstream_upload_queue_files')).toBe('walstream_upload_queue_files 2');
-    expect(line('walstream_segments_archived_total')).toBe('walstream_segments_archived_total 1');
+    expect(await line('walstream_upload_queue_files')).toBe('walstream_upload_queue_files 2');
+    expect(await line('walstream_segments_archived_total')).toBe('walstream_segments_archived_total 1');
     // A new stream (re-streaming the .partial from its start) counts its bytes again.
     m.connection(true);
     m.streamStarting(2, 0x3000000n);
     m.activity({ kind: 'data', received: 0x3000010n, durable: 0x3000000n, serverEnd: 0x3000010n });
-    expect(line('walstream_received_bytes_total')).toBe(`walstream_received_bytes_total ${0x2000010}`);
-    expect(line('walstream_timeline')).toBe('walstream_timeline 2');
+    expect(await line('walstream_received_bytes_total')).toBe(`walstream_received_bytes_total ${0x2000010}`);
+    expect(await line('walstream_timeline')).toBe('walstream_timeline 2');
     expect(m.snapshot()).toMatchObject({ received: 0x3000010n, serverEnd: 0x3000010n, lagBytes: 0n, streaming: true, segmentsCompleted: 1, segmentsArchived: 1 });
   });
 });
