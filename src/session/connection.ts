@@ -33,6 +33,7 @@ import { passfilePath, passwordFromFile } from './pgpass.js';
 import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { userInfo } from 'node:os';
 import { CopyBothStream, type StreamEvents } from './copyboth.js';
+import { directReadSocket } from './direct-read.js';
 import type { Lsn } from '../wal/lsn.js';
 import { startReplicationCommand } from '../protocol/commands.js';
 
@@ -370,6 +371,8 @@ export class ReplicationConnection {
         return creds.password;
       },
       ssl,
+      // Without TLS, the socket reads into one reused buffer (session/direct-read.ts).
+      ...(ssl === false ? { stream: () => directReadSocket() } : {}),
       types: textOnly,
     } as pg.ClientConfig);
     let reachedServer = false;

@@ -13,6 +13,7 @@
 import { parseEndOfTimeline, type TextRow } from '../protocol/commands.js';
 import { MSG_XLOG_DATA, ProtocolError, XLOG_DATA_HEADER_SIZE } from '../protocol/messages.js';
 import { toServerError } from './errors.js';
+import { directReaderOf } from './direct-read.js';
 
 export interface StreamEvents {
   /** Called synchronously for each CopyData payload but XLogData: `payload` is a view, copy what you keep. */
@@ -220,11 +221,15 @@ export class CopyBothStream {
   private takeOver(stream: DataStream): void {
     const pgListeners = stream.listeners('data');
     for (const l of pgListeners) stream.removeListener('data', l);
+    // A socket reading into one reused buffer hands its reads over as views (session/direct-read.ts).
+    const direct = directReaderOf(stream);
+    let releaseDirect: (() => void) | undefined;
     let givenBack = false;
     const giveBack = (): void => {
       if (givenBack) return;
       givenBack = true;
-      stream.removeListener('data', onData);
+      if (releaseDirect) releaseDirect();
+      else stream.removeListener('data', onData);
       for (const l of pgListeners) stream.on('data', l);
     };
     const framer = new CopyFramer({
@@ -241,7 +246,9 @@ export class CopyBothStream {
         // The command's end: pg takes the connection back before it reads ReadyForQuery, so
         // that whatever follows (the next command's answers) goes to it directly.
         if (message[0] === READY_FOR_QUERY) giveBack();
-        for (const l of pgListeners) l(message);
+        // pg may keep what it is given: never a view of a buffer the next read overwrites.
+        const own = direct ? Buffer.from(message) : message;
+        for (const l of pgListeners) l(own);
       },
     });
     const onData = (chunk: Buffer): void => {
@@ -256,7 +263,8 @@ export class CopyBothStream {
         this.fail(err instanceof Error ? err : new Error(String(err)));
       }
     };
-    stream.on('data', onData);
+    if (direct) releaseDirect = direct.take(onData);
+    else stream.on('data', onData);
   }
 
   handleCopyData(msg: CopyDataMsg): void {
