@@ -1,22 +1,40 @@
 // npm run bench:receive — walstream receive against pg_receivewal draining the same backlog.
-// A PostgreSQL 15 primary holds BENCH_WAL_MB (default 1024) of WAL with two slots; each tool
+// A PostgreSQL 15 primary holds BENCH_WAL_MB (default 1024) of WAL with a slot; each case
 // streams it from the first retained segment to --endpos into a fresh directory with fsync on,
-// the order alternating between runs. Prints medians and the walstream/pg_receivewal ratios.
+// the order of the cases turning from one run to the next. Prints every run, the medians with
+// their spread, and each walstream case against pg_receivewal and issue 13's targets (wall at most
+// 0.9 and CPU at most 1.5 times pg_receivewal's, peak RSS at most 100 MB).
+// Knobs: BENCH_WAL_MB, BENCH_RUNS (default 5), BENCH_ARCHIVE=1 (also walstream receive --archive
+// DIR into a fresh archive directory), BENCH_COMPARE_BIN (another build's bin/walstream: its
+// cases run alternated with this one's), BENCH_CPU_PROF (a directory: walstream runs under
+// node --cpu-prof, one profile per run there).
 import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir } from '../test/harness/pg.js';
 import { BIN } from '../test/support/cli.js';
 import { lsnOf, segName as walSegName } from '../test/support/walfiles.js';
-import { measure, printTable, requireGnuTime, summarize, type Measurement } from './common.js';
+import { measure, median, requireGnuTime, type Measurement } from './common.js';
 
 const WAL_MB = Number(process.env['BENCH_WAL_MB'] ?? 1024);
-const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
+const RUNS = Number(process.env['BENCH_RUNS'] ?? 5);
 const SEG_MB = Number(process.env['BENCH_SEG_MB'] ?? 16);
+const ARCHIVE = /^(1|true|yes)$/i.test(process.env['BENCH_ARCHIVE'] ?? '');
+const COMPARE_BIN = process.env['BENCH_COMPARE_BIN'];
+const CPU_PROF = process.env['BENCH_CPU_PROF'];
+/** Issue 13's targets, against pg_receivewal in the same run. */
+const TARGET = { wall: 0.9, cpu: 1.5, rssMb: 100 };
 
 /** Segment holding `lsn` on timeline 1. */
 function segName(lsn: string, segBytes: number): string {
   return walSegName(1, lsnOf(lsn), segBytes);
+}
+
+interface Case {
+  name: string;
+  /** The command for a fresh directory (and a fresh archive directory, for --archive cases). */
+  argv: (dir: string, archive: string) => string[];
+  archive: boolean;
 }
 
 async function main(): Promise<void> {
@@ -24,12 +42,11 @@ async function main(): Promise<void> {
   const primary = await PgCluster.create({
     name: 'bench-receive',
     walSegmentSizeMB: SEG_MB,
-    conf: { max_wal_size: '4GB', checkpoint_timeout: '30min', wal_keep_size: 0 },
+    conf: { max_wal_size: `${Math.max(4, Math.ceil((2 * WAL_MB) / 1024))}GB`, checkpoint_timeout: '30min', wal_keep_size: 0 },
   });
   const dirs: string[] = [];
   try {
     const [slot] = await primary.query<{ lsn: string }>("select lsn::text from pg_create_physical_replication_slot('bench_a', true)");
-    await primary.query("select pg_create_physical_replication_slot('bench_b', true)");
     process.stdout.write(`generating ${WAL_MB} MB of WAL... `);
     const t0 = Date.now();
     await primary.generateWal(WAL_MB * 1024 * 1024);
@@ -41,41 +58,86 @@ async function main(): Promise<void> {
     const first = segName(slot!.lsn, SEG_MB * 1024 * 1024);
     const conn = `host=127.0.0.1 port=${primary.port} user=postgres`;
 
-    // Both start at the first retained segment: an empty .partial there is where each resumes.
+    // Every case starts at the first retained segment: an empty .partial there is where each resumes.
     const fresh = (): string => {
       const d = mkdtempSync(join(tmpdir(), 'walstream-bench-recv-'));
       dirs.push(d);
       writeFileSync(join(d, `${first}.partial`), '');
       return d;
     };
-    const tools: Record<string, (dir: string) => string[]> = {
-      walstream: (dir) => [process.execPath, BIN, 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'],
-      pg_receivewal: (dir) => [join(toolBinDir(), 'pg_receivewal'), '-D', dir, '-d', conn, '-E', endpos, '-n'],
+    const freshArchive = (): string => {
+      const d = mkdtempSync(join(tmpdir(), 'walstream-bench-archive-'));
+      dirs.push(d);
+      return d;
     };
-    // One unmeasured pass so both tools read the server's WAL from a warm page cache.
-    await measure(tools['pg_receivewal']!(fresh()));
-    const results: Record<string, Measurement[]> = { walstream: [], pg_receivewal: [] };
-    let segments = 0;
-    for (let i = 0; i < RUNS; i++) {
-      const order = i % 2 === 0 ? ['walstream', 'pg_receivewal'] : ['pg_receivewal', 'walstream'];
-      for (const name of order) {
-        const dir = fresh();
-        const m = await measure(tools[name]!(dir));
-        segments = readdirSync(dir).length;
-        results[name]!.push(m);
-        console.log(`run ${i + 1} ${name}: wall ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, peak RSS ${m.maxRssMb.toFixed(1)} MB`);
+    let profiles = 0;
+    const node = (): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF, '--cpu-prof-name', `receive-${++profiles}.cpuprofile`] : [])];
+    const walstream = (bin: string, label: string): Case[] => {
+      const base = (dir: string): string[] => [...node(), bin, 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'];
+      const cases: Case[] = [{ name: `walstream${label}`, argv: base, archive: false }];
+      if (ARCHIVE) cases.push({ name: `walstream --archive${label}`, argv: (dir, archive) => [...base(dir), '--archive', archive], archive: true });
+      return cases;
+    };
+    const cases: Case[] = [
+      ...walstream(BIN, ''),
+      ...(COMPARE_BIN ? walstream(COMPARE_BIN, ' (compare)') : []),
+      { name: 'pg_receivewal', argv: (dir) => [join(toolBinDir(), 'pg_receivewal'), '-D', dir, '-d', conn, '-E', endpos, '-n'], archive: false },
+    ];
+    const runCase = async (c: Case): Promise<{ m: Measurement; files: number }> => {
+      const dir = fresh();
+      const archive = c.archive ? freshArchive() : '';
+      try {
+        const m = await measure(c.argv(dir, archive));
+        return { m, files: readdirSync(dir).length };
+      } finally {
         rmSync(dir, { recursive: true, force: true });
+        if (archive) rmSync(archive, { recursive: true, force: true });
+      }
+    };
+    // One unmeasured pass so every case reads the server's WAL from a warm page cache.
+    await runCase(cases[cases.length - 1]!);
+    const results = new Map<string, Measurement[]>(cases.map((c) => [c.name, []]));
+    const files = new Map<string, number>();
+    for (let i = 0; i < RUNS; i++) {
+      // Each case takes each place in the order in turn.
+      const order = cases.map((_, k) => cases[(k + i) % cases.length]!);
+      for (const c of order) {
+        const { m, files: n } = await runCase(c);
+        files.set(c.name, n);
+        results.get(c.name)!.push(m);
+        console.log(`run ${i + 1} ${c.name}: wall ${m.wallS.toFixed(2)} s, CPU ${m.cpuS.toFixed(2)} s, peak RSS ${m.maxRssMb.toFixed(1)} MB`);
       }
     }
-    const w = summarize('walstream receive', results['walstream']!);
-    const p = summarize('pg_receivewal', results['pg_receivewal']!);
-    console.log('');
-    printTable([w, p], {
-      'files per run': String(segments),
-      'wall ratio walstream/pg_receivewal (median)': (w.wall / p.wall).toFixed(3),
-      'CPU ratio walstream/pg_receivewal (median)': (w.cpu / p.cpu).toFixed(3),
-      'throughput walstream MB/s (median)': (WAL_MB / w.wall).toFixed(1),
+
+    const stats = (runs: Measurement[]) => ({
+      wall: median(runs.map((r) => r.wallS)),
+      cpu: median(runs.map((r) => r.cpuS)),
+      rss: Math.max(...runs.map((r) => r.maxRssMb)),
+      spread: (f: (r: Measurement) => number) => `${Math.min(...runs.map(f)).toFixed(2)}-${Math.max(...runs.map(f)).toFixed(2)}`,
     });
+    const pg = stats(results.get('pg_receivewal')!);
+    console.log('');
+    const pad = (s: string, n: number): string => s.padEnd(n);
+    console.log(`${pad('case', 30)}${pad('wall s median (range)', 24)}${pad('CPU s median (range)', 24)}${pad('peak RSS MB', 13)}${pad('wall ratio', 12)}${pad('CPU ratio', 11)}files`);
+    for (const c of cases) {
+      const s = stats(results.get(c.name)!);
+      const ratios = c.name === 'pg_receivewal' ? ['', ''] : [(s.wall / pg.wall).toFixed(3), (s.cpu / pg.cpu).toFixed(3)];
+      console.log(
+        `${pad(c.name, 30)}${pad(`${s.wall.toFixed(2)} (${s.spread((r) => r.wallS)})`, 24)}${pad(`${s.cpu.toFixed(2)} (${s.spread((r) => r.cpuS)})`, 24)}${pad(s.rss.toFixed(1), 13)}${pad(ratios[0]!, 12)}${pad(ratios[1]!, 11)}${files.get(c.name)}`,
+      );
+    }
+    console.log('');
+    for (const c of cases) {
+      if (c.name === 'pg_receivewal') continue;
+      const s = stats(results.get(c.name)!);
+      const verdict = (ok: boolean): string => (ok ? 'met' : 'NOT met');
+      console.log(
+        `${c.name}: wall ratio ${(s.wall / pg.wall).toFixed(3)} (target <= ${TARGET.wall}: ${verdict(s.wall / pg.wall <= TARGET.wall)}), ` +
+          `CPU ratio ${(s.cpu / pg.cpu).toFixed(3)} (target <= ${TARGET.cpu}: ${verdict(s.cpu / pg.cpu <= TARGET.cpu)}), ` +
+          `peak RSS ${s.rss.toFixed(1)} MB (target <= ${TARGET.rssMb}: ${verdict(s.rss <= TARGET.rssMb)}), ` +
+          `${(WAL_MB / s.wall).toFixed(1)} MB/s, ${((s.cpu * 1024) / WAL_MB).toFixed(2)} CPU s per GB`,
+      );
+    }
   } finally {
     await primary.destroy();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
