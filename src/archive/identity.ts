@@ -282,13 +282,34 @@ export class EncryptedArchiveGuard implements ArchiveStore {
 
   async get(name: string): Promise<GetResult> {
     const got = await this.inner.get(name);
-    if (got.info.keyId !== undefined || RESERVED_NAMES.has(name)) return got;
+    await this.refusePlain(name, got.info);
+    return got;
+  }
+
+  /** IntegrityError when `info` is of a plain object in an archive recorded as encrypted. */
+  private async refusePlain(name: string, info: ObjectInfo): Promise<void> {
+    if (info.keyId !== undefined || RESERVED_NAMES.has(name)) return;
     const by = await this.recordedBy();
     if (by !== undefined) {
       const what = by === 'record' ? `the archive's identity record (${IDENTITY_NAME})` : `the archive's marker ${ENCRYPTED_MARKER_NAME}`;
       throw new IntegrityError(name, `it is not encrypted, and ${what} says its objects are encrypted`);
     }
-    return got;
+  }
+
+  /** Streamed reads, under the same rule as get (checked before a byte is read). */
+  get getStream(): ArchiveStore['getStream'] {
+    const inner = this.inner.getStream?.bind(this.inner);
+    if (!inner) return undefined;
+    return async (name: string) => {
+      const got = await inner(name);
+      try {
+        await this.refusePlain(name, got.info);
+      } catch (err) {
+        await (got.stream as AsyncGenerator<Buffer>).return?.(undefined);
+        throw err;
+      }
+      return got;
+    };
   }
 
   put(name: string, data: Buffer, opts?: PutOptions): Promise<PutResult> {
