@@ -12,6 +12,7 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import type { ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
+import { registerRestoreCommand } from './restore.js';
 import {
   addArchiveOptions,
   addConnectionOptions,
@@ -366,6 +367,7 @@ export function buildProgram(): Command {
     });
   registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals });
   registerOpsCommands(program);
+  registerRestoreCommand(program, { logger: stderrLogger });
   optionsFromEnvironment(program);
   return program;
 }

@@ -255,6 +255,15 @@ export class PgCluster {
     }
   }
 
+  /**
+   * A cluster whose data directory does not exist yet (`dataDir`, in a directory the server's OS
+   * user owns), for a tool that makes one (walstream restore). Write it, then configure() (its own
+   * port and socket directory in the harness conf) and start().
+   */
+  static async forNewDataDir(opts: { name: string; version?: number; walSegmentSizeMB?: number; conf?: ConfMap }): Promise<PgCluster> {
+    return PgCluster.allocate(opts.name, opts.version ?? SYSTEM_PG_VERSION, opts.walSegmentSizeMB ?? 1, opts.conf ?? {});
+  }
+
   // -- configuration --------------------------------------------------------
 
   private writeHarnessConf(): void {

@@ -37,6 +37,11 @@ function stage(): { node: string; bin: string } {
   return staged;
 }
 
+/** node and walstream's bin as the PostgreSQL OS user can run them (`walstream restore` writes these into restore_command). */
+export function walstreamProgram(): { node: string; bin: string } {
+  return stage();
+}
+
 /** A shell command line running walstream with `args`, for postgresql.conf (args are shell-quoted). */
 export function walstreamCommand(args: string[]): string {
   const { node, bin } = stage();

@@ -1,0 +1,182 @@
+// walstream restore against real PostgreSQL 15 servers: a base backup in a local archive (put
+// there as walstream backup stores one: test/support/backup-fixture.ts), WAL archived by walstream
+// push; restored directories started with pg_ctl and nothing else recover to the end of the
+// archive, to a target LSN and to a target time with exactly the rows before it, or come up as a
+// standby that streams from the primary. Refusals leave one-line errors and nothing that starts.
+import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync, chownSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupRecord } from '../../src/backup/layout.js';
+import { LocalStore } from '../../src/storage/local.js';
+import { PG_OS_USER, pgOsUser, run, runAsPg } from '../harness/exec.js';
+import { PgCluster } from '../harness/pg.js';
+import { putBasebackup } from '../support/backup-fixture.js';
+import { pgOwnedDir, walstreamCommand, walstreamProgram } from '../support/pgcommand.js';
+import { waitArchived, waitStreaming } from '../support/standby.js';
+
+describe('walstream restore', () => {
+  let primary: PgCluster;
+  let archive: string;
+  let tsLocation: string;
+  let backup: BackupRecord;
+  let lsnB: string;
+  let timeB: string;
+  const clusters: PgCluster[] = [];
+  const dirs: string[] = [];
+
+  async function walFile(): Promise<string> {
+    return (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+  }
+
+  beforeAll(async () => {
+    archive = pgOwnedDir('restore-archive');
+    tsLocation = join(pgOwnedDir('restore-ts'), 'space');
+    dirs.push(archive, tsLocation);
+    primary = await PgCluster.create({ name: 'restore-primary', conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) } });
+    mkdirSync(tsLocation);
+    const user = pgOsUser();
+    if (user) chownSync(tsLocation, user.uid, user.gid);
+    await primary.query(`create tablespace space location '${tsLocation}'`);
+    await primary.query('create table t (id int primary key)');
+    await primary.query('create table in_space (id int) tablespace space');
+    await primary.query('insert into t select generate_series(1, 100)');
+    await primary.query('insert into in_space select generate_series(1, 50)');
+    const store = new LocalStore(archive);
+    backup = await putBasebackup(primary, store);
+    await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
+    await primary.query('insert into t select generate_series(101, 200)');
+    lsnB = await primary.currentLsn();
+    await new Promise((r) => setTimeout(r, 1100));
+    timeB = (await primary.query<{ t: string }>('select clock_timestamp()::text as t'))[0]!.t;
+    await new Promise((r) => setTimeout(r, 1100));
+    await primary.query('insert into t select generate_series(201, 300)');
+    const last = await walFile();
+    await primary.switchWal();
+    await waitArchived(primary, last);
+  }, 240_000);
+
+  afterAll(async () => {
+    for (const c of clusters) await c.destroy();
+    await primary?.destroy();
+    const { rmSync } = await import('node:fs');
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  /** Run walstream restore as the server's OS user (as an operator would), into `dir`. */
+  async function restoreCli(dir: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const { node, bin } = walstreamProgram();
+    const r = await runAsPg(node, [bin, 'restore', '--archive', archive, '-D', dir, ...args], { check: false, timeoutMs: 120_000 });
+    return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  /** A new cluster restored from the backup (its tablespace mapped to a new place), started with pg_ctl. */
+  async function restored(name: string, args: string[], waitPromoted = true): Promise<PgCluster> {
+    const c = await PgCluster.forNewDataDir({ name });
+    clusters.push(c);
+    const newTs = join(c.baseDir, 'space');
+    const r = await restoreCli(c.dataDir, ['-T', `${tsLocation}=${newTs}`, ...args]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`next: pg_ctl -D ${c.dataDir} start`));
+    // The port and socket directory of this test cluster (the restored harness.conf was the primary's).
+    c.configure({});
+    await c.start();
+    if (waitPromoted) await c.waitFor(async () => !(await c.isInRecovery()), 120_000, 'the end of recovery');
+    return c;
+  }
+
+  async function count(c: PgCluster, table = 't'): Promise<number> {
+    return Number((await c.query<{ n: string }>(`select count(*)::text as n from ${table}`))[0]!.n);
+  }
+
+  it('restores the latest backup and recovers to the end of the archived WAL: every row, the tablespace at its new place', async () => {
+    const c = await restored('restore-end', []);
+    expect(await count(c)).toBe(300);
+    expect(await count(c, 'in_space')).toBe(50);
+    const oid = backup.objects.find((o) => o.kind === 'tablespace')!.oid!;
+    expect(readlinkSync(join(c.dataDir, 'pg_tblspc', String(oid)))).toBe(join(c.baseDir, 'space'));
+    expect(existsSync(join(c.dataDir, 'WALSTREAM_RESTORE_INCOMPLETE'))).toBe(false);
+    expect(readFileSync(join(c.dataDir, 'postgresql.auto.conf'), 'utf8')).toMatch(/^restore_command = '.* fetch %f %p --archive /m);
+  });
+
+  it('recovers to a target LSN, and to a target time, with exactly the rows before it', async () => {
+    const byLsn = await restored('restore-lsn', ['--backup', backup.name, '--target-lsn', lsnB, '--target-action', 'promote']);
+    expect(await count(byLsn)).toBe(200);
+    const byTime = await restored('restore-time', ['--backup', backup.name, '--target-time', timeB, '--target-action', 'promote']);
+    expect(await count(byTime)).toBe(200);
+  });
+
+  it('comes up as a standby that streams from the primary', async () => {
+    const conninfo = `host=${primary.host} port=${primary.port} user=postgres application_name=restored`;
+    const sb = await restored('restore-standby', ['--backup', backup.name, '--standby', '--primary-conninfo', conninfo], false);
+    expect(existsSync(join(sb.dataDir, 'standby.signal'))).toBe(true);
+    await waitStreaming(sb);
+    await primary.query('insert into t values (1000)');
+    await sb.waitForReplay(await primary.currentLsn());
+    expect(await count(sb)).toBe(301);
+  });
+
+  it('refuses a non-empty directory, a target before the end of the backup, and a tablespace left unmapped onto a location in use', async () => {
+    const dir = join(pgOwnedDir('restore-refused'), 'data');
+    dirs.push(dir);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'something'), 'x');
+    const user = pgOsUser();
+    if (user) chownSync(dir, user.uid, user.gid);
+    let r = await restoreCli(dir, []);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/data directory .* is not empty/);
+
+    const fresh = join(pgOwnedDir('restore-refused'), 'data');
+    dirs.push(fresh);
+    r = await restoreCli(fresh, ['--target-lsn', '0/10']);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/target LSN 0\/10 is before the end of backup/);
+    r = await restoreCli(fresh, ['--target-time', '2000-01-01 00:00:00+00']);
+    expect(r.stderr).toMatch(/target time .* is before the end of backup/);
+    expect(existsSync(fresh)).toBe(false);
+    r = await restoreCli(fresh, []);
+    expect(r.stderr).toMatch(/tablespace \d+'s location .* is not an empty directory/);
+    expect(existsSync(fresh)).toBe(false);
+  });
+
+  it('refuses a tampered stored tar naming it, and leaves a directory that cannot start', async () => {
+    const c = await PgCluster.forNewDataDir({ name: 'restore-tampered' });
+    clusters.push(c);
+    const file = join(archive, backup.objects.find((o) => o.kind === 'base')!.name);
+    const original = readFileSync(file);
+    const damaged = Buffer.from(original);
+    damaged[Math.floor(damaged.length / 2)] ^= 0x01;
+    writeFileSync(file, damaged);
+    try {
+      const r = await restoreCli(c.dataDir, ['-T', `${tsLocation}=${join(c.baseDir, 'space')}`]);
+      expect(r.code).toBe(1);
+      expect(
+        r.stderr.split('\n').filter((l) => l.startsWith('walstream: error')),
+        r.stderr,
+      ).toHaveLength(1);
+      expect(r.stderr).toMatch(/base\.tar (?:does not match the backup's manifest|.*corrupt)/);
+      expect(r.stderr).toMatch(/cannot start: delete it/);
+      expect(existsSync(join(c.dataDir, 'WALSTREAM_RESTORE_INCOMPLETE'))).toBe(true);
+      expect(existsSync(join(c.dataDir, 'recovery.signal'))).toBe(false);
+      expect(existsSync(join(c.dataDir, 'global', 'pg_control'))).toBe(false);
+    } finally {
+      writeFileSync(file, original);
+    }
+  });
+
+  it("refuses another system's backup in the archive", async () => {
+    const foreign = await PgCluster.create({ name: 'restore-foreign' });
+    clusters.push(foreign);
+    const other = await putBasebackup(foreign, new LocalStore(archive));
+    await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
+    const dir = join(pgOwnedDir('restore-foreign'), 'data');
+    dirs.push(dir);
+    const r = await restoreCli(dir, ['--backup', other.name]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(new RegExp(`backup ${other.name} is of database system ${other.systemId}, but .* holds WAL of system ${backup.systemId}`));
+    expect(existsSync(dir)).toBe(false);
+  });
+});
