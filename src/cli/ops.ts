@@ -3,7 +3,7 @@
 import { type Command, InvalidArgumentError } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, type LogFormat, type Logger } from '../util/log.js';
-import { addArchiveOptions, addConnectionOptions, parsePositiveInt, type ArchiveCliOptions, type ConnectionCliOptions } from './options.js';
+import { addArchiveOptions, addConnectionOptions, helpExamples, parsePositiveInt, type ArchiveCliOptions, type ConnectionCliOptions } from './options.js';
 import { openReadArchive } from './keys.js';
 
 function archiveOptions(cmd: Command): Command {
@@ -72,6 +72,13 @@ export function registerOpsCommands(program: Command): void {
       '\nThe server is asked only when -d, -h, -p, -U or -S is given (other settings from PG* variables and ~/.pgpass).\n' +
         'Exit status: 0 when the status was printed; 1 when the archive cannot be listed or the server cannot be asked.',
     )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['what the archive holds', 'walstream status --archive /mnt/wal-archive'],
+        ["how far the archive is behind the server and its receiver's slot, as JSON", "walstream status --archive s3://wal-bucket/db1 -d 'host=db1 user=replicator' -S walstream --json"],
+      ]),
+    )
     .action(async (opts: StatusCliOptions) => {
       const [{ archiveStatus, formatStatus, statusJson }, { probeServer }] = await Promise.all([import('../ops/status.js'), import('../ops/server.js')]);
       const wantsServer = [opts.dbname, opts.host, opts.port, opts.username, opts.slot].some((v) => v !== undefined);
@@ -92,6 +99,13 @@ export function registerOpsCommands(program: Command): void {
     .addHelpText(
       'after',
       '\nExit status: 0 only when every needed segment and history file is there and intact; 1 when any problem was\n' + 'found (each is listed with the object it concerns) or the archive cannot be read.',
+    )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['check the whole archive', 'walstream verify --archive /mnt/wal-archive'],
+        ['check from the first segment of the oldest base backup kept, 16 objects at a time', 'walstream verify --archive s3://wal-bucket/db1 --from 000000010000000A00000000 --parallel 16'],
+      ]),
     )
     .action(async (opts: VerifyCliOptions) => {
       const { verifyArchive, formatVerify, verifyJson } = await import('../ops/verify.js');
@@ -123,6 +137,13 @@ export function registerOpsCommands(program: Command): void {
         'live writer may still publish. As archive_cleanup_command (the WAL file argument) it prints nothing unless -v.\n' +
         'Exit status: 0 when done (also when there was nothing to remove); 1 on any error, with nothing or only\n' +
         'the oldest part of the plan removed.',
+    )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['in postgresql.conf of a standby: remove what no restart point needs any more', "archive_cleanup_command = 'walstream cleanup --archive /mnt/wal-archive %r'"],
+        ['show what a 14-day retention would remove, removing nothing', 'walstream cleanup --archive s3://wal-bucket/db1 --older-than 14d --dry-run'],
+      ]),
     )
     .action(async (walfile: string | undefined, opts: CleanupCliOptions) => {
       const { cleanupArchive, cutoffSegment, parseDuration, CleanupError } = await import('../ops/cleanup.js');

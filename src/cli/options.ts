@@ -125,3 +125,11 @@ export function addConnectionOptions(cmd: Command, o: { password: boolean }): Co
 export function metricsListenOption(): Option {
   return new Option('--metrics-listen <[host:]port>', 'serve Prometheus metrics at /metrics and a health check at /health (host defaults to 127.0.0.1)').argParser(parseListen);
 }
+
+/**
+ * The "Examples:" section that ends a command's --help: each example a comment line saying what
+ * it does, then the command line (or the postgresql.conf line) itself.
+ */
+export function helpExamples(examples: [what: string, line: string][]): string {
+  return `\nExamples:\n${examples.map(([what, line]) => `  # ${what}\n  ${line}`).join('\n')}`;
+}

@@ -2,7 +2,7 @@
 import { Option, InvalidArgumentError, type Command } from 'commander';
 import type { ListenAddress } from '../observe/listen.js';
 import type { ServerSettings } from '../commands/serve.js';
-import { addArchiveOptions, metricsListenOption, parseListen, type ArchiveCliOptions } from './options.js';
+import { addArchiveOptions, helpExamples, metricsListenOption, parseListen, type ArchiveCliOptions } from './options.js';
 
 export interface ServerCliOptions {
   passwordFile?: string;
@@ -90,6 +90,16 @@ export function registerServeCommand(
       "\nClients connect with replication=true as to a primary: primary_conninfo = 'host=... port=... user=...' on a standby,\n" +
         "pg_receivewal -d 'host=... port=...'. Passwords: --password-file or WALSTREAM_SERVE_PASSWORD (any user name), or --trust.\n" +
         'Exit status: 0 when stopped by SIGINT or SIGTERM; 1 on any error.',
+    )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['serve the archive on port 5433 to clients with a password from the file', 'walstream serve --listen 5433 --archive /mnt/wal-archive --password-file /etc/walstream/passwords'],
+        [
+          "serve a receiver's directory and its S3 archive to other hosts, over TLS only",
+          'walstream serve --listen 0.0.0.0:5433 -D /var/lib/walstream/spool --archive s3://wal-bucket/db1 --password-file /etc/walstream/passwords --tls-cert server.crt --tls-key server.key --tls-required',
+        ],
+      ]),
     )
     .action(async (opts: ServeCliOptions) => {
       const [{ serve }, { openReadArchive }] = await Promise.all([import('../commands/serve.js'), import('./keys.js')]);
