@@ -1,0 +1,424 @@
+// walstream backup: a base backup taken with BASE_BACKUP over a replication connection
+// (session/basebackup.ts) and streamed into the archive (ArchiveStore.putStream: compressed,
+// encrypted, its SHA-256 recorded) without touching local disk, as pg_basebackup -Ft -X none
+// would write it (pg_basebackup.c BaseBackup), then verified and recorded (backup/layout.ts).
+//
+// Guarantees:
+// - memory stays bounded whatever the database size: the socket is read only as fast as the
+//   archive takes the bytes;
+// - the record that makes a backup usable is written last, only after every object is stored, read
+//   back and checked against the server's manifest (each file's size and checksum), and after the
+//   WAL from the backup's start to its end is in the archive; a run stopped anywhere before that
+//   leaves an interrupted backup, which listBackups never shows as usable and the next run removes
+//   once its writer is gone;
+// - the archive's identity is checked and claimed as receive does: a backup of another system, or
+//   without the key of an encrypted archive, writes nothing.
+import { claimArchive, readIdentity, ArchiveEncryptedError, IdentityMismatchError } from '../archive/identity.js';
+import { backupName, baseTarName, encodeRecord, listBackups, manifestName, parseBackupObjectName, recordName, tablespaceTarName, RECORD_FORMAT, type BackupObject, type BackupRecord } from '../backup/layout.js';
+import { ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries } from '../backup/manifest.js';
+import { readTar } from '../backup/tar.js';
+import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
+import { ReplicationConnection } from '../session/connection.js';
+import { startBaseBackup } from '../session/basebackup.js';
+import { DEFAULT_LEFTOVER_AGE_MS, parseTempName, removable } from '../storage/leftovers.js';
+import { BACKUP_PREFIX, KeyUnavailableError, type ArchiveStore, type Compression, type ObjectInfo } from '../storage/types.js';
+import type { Keyring } from '../storage/encryption.js';
+import { zstdAvailable } from '../sink/segment-file.js';
+import { formatLsn, type Lsn } from '../wal/lsn.js';
+import { lsnToSegNo, walFileName, WAL_NAME_RE } from '../wal/segment.js';
+import type { Logger } from '../util/log.js';
+
+export interface BackupOptions {
+  connection: ConnectionOptions;
+  /** The archive: a URL (opened and closed here) or an open store. */
+  archive: string | ArchiveStore;
+  s3Endpoint?: string;
+  /** Encrypt what is stored (storage/encryption.ts); with requireEncrypted, record the archive as encrypted. */
+  keyring?: Keyring;
+  compression: Compression;
+  /** CHECKPOINT 'fast' (pg_basebackup -c fast); default spread. */
+  fastCheckpoint?: boolean;
+  /** MAX_RATE in kB/s (32 to 1048576). */
+  maxRateKb?: number;
+  /** The backup label (default "walstream backup <name>"). */
+  label?: string;
+  /** How the WAL from the backup's start to its end reaches the archive: 'none' (archived by others: receive or archive_command). */
+  wal: 'none';
+  /** How long to wait after the backup for its WAL to be archived (default 60 s). */
+  walTimeoutMs?: number;
+  /** Interrupted backups of earlier runs are removed once their newest object is this old (default storage/leftovers.ts's hour). */
+  leftoverAgeMs?: number;
+  log: Logger;
+  /** Archive bytes done and the server's estimate of the total (PROGRESS). */
+  onProgress?: (done: number, total: number | undefined) => void;
+  /** Resolves to stop the backup (SIGINT, SIGTERM): nothing is recorded. */
+  stop?: Promise<void>;
+  /** Clock (tests). */
+  now?: () => Date;
+}
+
+export interface BackupResult {
+  record: BackupRecord;
+  durationMs: number;
+  /** Interrupted backups of earlier runs removed at the start. */
+  removed: string[];
+}
+
+/** A condition the user must fix: one line, exit status 1. */
+export class BackupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BackupError';
+  }
+}
+
+const POLL_MS = 500;
+
+export function validateBackupOptions(o: BackupOptions): void {
+  if (o.compression === 'zstd' && !zstdAvailable()) throw new BackupError('zstd compression needs Node.js 22.15 or newer');
+  if (o.wal !== 'none') throw new BackupError(`--wal ${String(o.wal)} is not supported (use --wal none)`);
+  if (o.walTimeoutMs !== undefined && (!Number.isInteger(o.walTimeoutMs) || o.walTimeoutMs < 0)) throw new BackupError('invalid WAL timeout');
+}
+
+/** The WAL file names from the segment of `start` to the one holding the byte before `end` (XLByteToPrevSeg), on `tli`. */
+export function walRange(tli: number, start: Lsn, end: Lsn, segSize: number): string[] {
+  const first = lsnToSegNo(start, segSize);
+  const last = end > start ? lsnToSegNo(end - 1n, segSize) : first;
+  const out: string[] = [];
+  for (let s = first; s <= last; s++) out.push(walFileName(tli, s, segSize));
+  return out;
+}
+
+/** The backup a leftover (a temp file, a multipart upload) is being written for, if any. */
+function backupOfLeftover(name: string): string | undefined {
+  const file = name.slice(name.lastIndexOf('/') + 1);
+  const target = parseTempName(file)?.target ?? file;
+  return /^(\d{8}T\d{6}Z(?:-\d{1,3})?)\.(?:base\.tar|\d{1,10}\.tar|backup_manifest|json)$/.exec(target)?.[1];
+}
+
+/**
+ * Remove interrupted backups (objects without a record) left by earlier runs: those whose newest
+ * object is older than `maxAgeMs` and for which no writer may still be at work (a temp file or
+ * multipart upload of one of its objects that is not known to be abandoned). Returns their names.
+ */
+export async function removeInterruptedBackups(store: ArchiveStore, o: { maxAgeMs: number; now: Date; log: Logger; keep?: string }): Promise<string[]> {
+  // From one listing (no record is read: an encrypted one needs no key here).
+  const byBackup = new Map<string, ObjectInfo[]>();
+  for (const info of await store.list(BACKUP_PREFIX)) {
+    const p = parseBackupObjectName(info.name);
+    if (!p) continue;
+    const l = byBackup.get(p.backup) ?? [];
+    l.push(info);
+    byBackup.set(p.backup, l);
+  }
+  const incomplete = [...byBackup].filter(([b, objs]) => !objs.some((x) => x.name === recordName(b)));
+  if (incomplete.length === 0) return [];
+  const busy = new Set<string>();
+  if (store.scanLeftovers) {
+    const scan = await store.scanLeftovers({ maxAgeMs: o.maxAgeMs, now: o.now });
+    for (const l of scan.leftovers) {
+      const b = backupOfLeftover(l.name);
+      if (b !== undefined && !removable(l.state)) busy.add(b);
+    }
+  }
+  const removed: string[] = [];
+  for (const [backup, objects] of incomplete.sort(([a], [b]) => (a < b ? -1 : 1))) {
+    if (backup === o.keep || busy.has(backup)) continue;
+    const newest = Math.max(...objects.map((x) => x.modified.getTime()));
+    if (o.now.getTime() - newest < o.maxAgeMs) continue;
+    for (const x of objects) await store.delete(x.name);
+    o.log.info(`removed interrupted backup ${backup} (${objects.length} object${objects.length === 1 ? '' : 's'})`);
+    removed.push(backup);
+  }
+  return removed;
+}
+
+/** The first free backup name for a start at `when`: "-2", "-3"... when a record or object of that name exists. */
+async function freeName(store: ArchiveStore, when: Date): Promise<string> {
+  for (let attempt = 1; attempt < 1000; attempt++) {
+    const name = backupName(when, attempt);
+    if ((await store.list(`${BACKUP_PREFIX}${name}.`, { limit: 1 })).length === 0) return name;
+  }
+  throw new BackupError(`no free backup name for ${backupName(when)} in ${store.description}`);
+}
+
+/** Which of `names` the archive lacks (one listing per timeline prefix). */
+async function missingWal(store: ArchiveStore, names: string[]): Promise<string[]> {
+  if (names.length === 0) return [];
+  const have = new Set<string>();
+  const prefixes = new Set(names.map((n) => n.slice(0, 16)));
+  for (const p of prefixes) for (const o of await store.list(p)) have.add(o.name);
+  return names.filter((n) => !have.has(n));
+}
+
+function stopped(stop: Promise<void> | undefined): { promise: Promise<never>; done: () => boolean } {
+  let is = false;
+  const promise = new Promise<never>((_, reject) => {
+    void stop?.then(() => {
+      is = true;
+      reject(new BackupError('backup stopped by a signal: nothing was recorded'));
+    });
+  });
+  promise.catch(() => undefined);
+  return { promise, done: () => is };
+}
+
+/** Read each stored tar back and check every file against the manifest (size and checksum). */
+async function verifyStored(store: ArchiveStore, manifestData: Buffer, objects: BackupObject[], systemId: string): Promise<{ files: number; bytes: number }> {
+  const manifest = parseManifest(manifestData, 'the backup_manifest the server sent');
+  if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== systemId) {
+    throw new BackupError(`the backup's manifest names database system ${manifest.systemIdentifier}, but the server identified itself as ${systemId}`);
+  }
+  const verifier = new ManifestVerifier(manifest);
+  for (const o of objects) {
+    if (o.kind === 'manifest') continue;
+    if (!store.getStream) throw new BackupError(`${store.description} cannot read streamed objects`);
+    const { stream } = await store.getStream(o.name);
+    await verifyTarEntries(readTar(stream, { label: o.name }), verifier, o.kind === 'tablespace' ? tablespacePrefix(o.oid!) : '');
+  }
+  const result = verifier.finish();
+  if (!result.ok) {
+    const shown = result.problems.slice(0, 3).map((p) => p.message);
+    const more = result.problems.length > 3 ? ` and ${result.problems.length - 3} more` : '';
+    throw new BackupError(`the stored backup does not match its manifest: ${shown.join('; ')}${more}; nothing was recorded`);
+  }
+  return { files: result.checked, bytes: result.bytes };
+}
+
+export async function backup(o: BackupOptions): Promise<BackupResult> {
+  validateBackupOptions(o);
+  const now = o.now ?? (() => new Date());
+  const log = o.log;
+  const stop = stopped(o.stop);
+  const t0 = Date.now();
+  let store: ArchiveStore;
+  const ownStore = typeof o.archive === 'string';
+  if (typeof o.archive === 'string') {
+    const { openArchive } = await import('../storage/open.js');
+    try {
+      store = await openArchive(o.archive, { s3Endpoint: o.s3Endpoint, ...(o.keyring ? { keyring: o.keyring } : {}) });
+    } catch (err) {
+      throw new BackupError(`cannot use archive "${o.archive}": ${(err as Error).message}`);
+    }
+  } else {
+    store = o.archive;
+  }
+  if (!store.putStream) throw new BackupError(`${store.description} cannot store streamed objects`);
+  const cfg = buildClientConfig(o.connection);
+  let conn: ReplicationConnection | undefined;
+  /** What this run stored so far: removed again when it fails (a killed run's objects wait for the next run). */
+  const stored: string[] = [];
+  try {
+    try {
+      conn = await ReplicationConnection.connect(cfg);
+    } catch (err) {
+      throw new BackupError(`could not connect to ${describeTarget(cfg)}: ${(err as Error).message}`);
+    }
+    const version = conn.serverVersionNum;
+    if (version < 130000) throw new BackupError(`walstream backup needs PostgreSQL 13 or newer (backup manifests); the server is ${version}`);
+    const id = await conn.identifySystem();
+    const segSize = await conn.walSegmentSize();
+    const systemId = id.systemId;
+
+    // The archive: this system's, and (with --wal none) fed with its WAL by someone.
+    const nothingArchives = `nothing archives this server's WAL into ${store.description}: run walstream receive or set archive_command (walstream push) first`;
+    let hasRecord: boolean;
+    try {
+      hasRecord = (await readIdentity(store)) !== undefined;
+    } catch (err) {
+      // Encrypted with a key not given: claimArchive says so below.
+      if (!(err instanceof KeyUnavailableError)) throw err;
+      hasRecord = true;
+    }
+    if (!hasRecord) throw new BackupError(nothingArchives);
+    try {
+      await claimArchive(store, { systemIdentifier: systemId, segmentSize: segSize }, 'the server', { encrypts: o.keyring !== undefined, requireEncrypted: o.keyring?.requireEncrypted === true });
+    } catch (err) {
+      if (err instanceof IdentityMismatchError || err instanceof ArchiveEncryptedError) throw new BackupError(err.message);
+      throw err;
+    }
+    const walHeld = (await store.list('', { limit: 200 })).some((x) => WAL_NAME_RE.test(x.name));
+    if (!walHeld) throw new BackupError(nothingArchives);
+
+    const removed = await removeInterruptedBackups(store, { maxAgeMs: o.leftoverAgeMs ?? DEFAULT_LEFTOVER_AGE_MS, now: now(), log });
+
+    const startTime = now();
+    const name = await freeName(store, startTime);
+    const label = o.label ?? `walstream backup ${name}`;
+    log.verbose(`starting base backup ${name}: waiting for the checkpoint (${o.fastCheckpoint ? 'fast' : 'spread'})`);
+    const run = startBaseBackup(conn, { label, progress: o.onProgress !== undefined, fastCheckpoint: o.fastCheckpoint === true, maxRateKb: o.maxRateKb, wait: false }, { onProgress: o.onProgress });
+    const abortOnStop = stop.promise.catch((err: Error) => run.abort(err));
+    void abortOnStop;
+    const start = await run.start;
+    log.verbose(`backup ${name} starts at ${formatLsn(start.lsn)} on timeline ${start.timeline}`);
+
+    const objects: BackupObject[] = [];
+    for (;;) {
+      const a = await run.nextArchive();
+      if (!a) break;
+      let objectName: string;
+      if (a.name === 'base.tar') objectName = baseTarName(name);
+      else if (a.oid !== undefined && a.name === `${a.oid}.tar`) objectName = tablespaceTarName(name, a.oid);
+      else {
+        run.abort(new BackupError(`the server sent an archive named "${a.name}", which walstream does not store`));
+        throw new BackupError(`the server sent an archive named "${a.name}", which walstream does not store`);
+      }
+      log.verbose(`storing ${a.name} as ${objectName}`);
+      let put;
+      try {
+        put = await store.putStream(objectName, a.data, { compression: o.compression });
+      } catch (err) {
+        run.abort(err as Error);
+        throw err;
+      }
+      if (put.status === 'created') stored.push(objectName);
+      if (put.status !== 'created') {
+        run.abort(new BackupError(`${objectName} already existed in the archive`));
+        throw new BackupError(`${objectName} already existed in the archive`);
+      }
+      objects.push({
+        name: objectName,
+        kind: a.oid === undefined ? 'base' : 'tablespace',
+        ...(a.oid !== undefined ? { oid: a.oid, location: a.location ?? '' } : {}),
+        size: put.info.size,
+        sha256: put.info.checksum!,
+        storedSize: put.info.storedSize,
+        compression: o.compression,
+      });
+    }
+    const manifestData = await run.manifest();
+    if (!manifestData) throw new BackupError('the server sent no backup manifest');
+    const endPos = await run.end;
+    const endTime = now();
+    await conn.close();
+    conn = undefined;
+    const mname = manifestName(name);
+    const mput = await store.put(mname, manifestData, { compression: o.compression });
+    if (mput.status === 'created') stored.push(mname);
+    objects.push({ name: mname, kind: 'manifest', size: mput.info.size, sha256: mput.info.checksum!, storedSize: mput.info.storedSize, compression: o.compression });
+    log.verbose(`backup ${name} ends at ${formatLsn(endPos.lsn)} on timeline ${endPos.timeline}`);
+    if (stop.done()) throw new BackupError('backup stopped by a signal: nothing was recorded');
+
+    // The WAL from the start to the end: archived by others; wait for it, bounded.
+    const wal = walRange(start.timeline, start.lsn, endPos.lsn, segSize);
+    if (endPos.timeline !== start.timeline) wal.push(walFileName(endPos.timeline, lsnToSegNo(endPos.lsn - 1n, segSize), segSize));
+    const deadline = Date.now() + (o.walTimeoutMs ?? 60_000);
+    let missing = await missingWal(store, wal);
+    if (missing.length > 0) log.verbose(`waiting for ${missing.length} WAL file${missing.length === 1 ? '' : 's'} to reach the archive (up to ${missing.at(-1)})`);
+    while (missing.length > 0) {
+      if (Date.now() >= deadline) {
+        throw new BackupError(
+          `the WAL this backup needs is not all in ${store.description} after ${Math.round((o.walTimeoutMs ?? 60_000) / 1000)} s: ` +
+            `${missing.length} file${missing.length === 1 ? '' : 's'} missing (${missing[0]}${missing.length > 1 ? ` ... ${missing.at(-1)}` : ''}); is WAL archiving working? Nothing was recorded`,
+        );
+      }
+      await Promise.race([new Promise((r) => setTimeout(r, POLL_MS)), stop.promise]);
+      missing = await missingWal(store, missing);
+    }
+
+    // Read back what was stored and check it against the manifest.
+    const checked = await Promise.race([verifyStored(store, manifestData, objects, systemId.toString()), stop.promise]);
+    log.verbose(`verified ${checked.files} files (${checked.bytes} bytes) of backup ${name} against its manifest`);
+
+    const record: BackupRecord = {
+      format: RECORD_FORMAT,
+      name,
+      label,
+      systemId: systemId.toString(),
+      serverVersion: version,
+      walSegmentSize: segSize,
+      timeline: start.timeline,
+      startLsn: formatLsn(start.lsn),
+      endLsn: formatLsn(endPos.lsn),
+      startWal: wal[0]!,
+      endWal: wal.at(-1)!,
+      startTime: startTime.toISOString(),
+      endTime: endTime.toISOString(),
+      walMethod: 'archive',
+      size: objects.reduce((n, x) => n + x.size, 0),
+      objects,
+    };
+    if (stop.done()) throw new BackupError('backup stopped by a signal: nothing was recorded');
+    await store.put(recordName(name), encodeRecord(record));
+    // A cleaner that judged this backup abandoned (a run idle past the leftover age) may have
+    // removed objects meanwhile: then the record must not stay.
+    for (const x of objects) {
+      if ((await store.head(x.name)) === undefined) {
+        await store.delete(recordName(name));
+        throw new BackupError(`${x.name} disappeared from ${store.description} while the backup was being recorded (removed as an interrupted backup by another run?); nothing was recorded`);
+      }
+    }
+    return { record, durationMs: Date.now() - t0, removed };
+  } catch (err) {
+    if (stored.length > 0) {
+      const left = await Promise.allSettled(stored.map((n) => store.delete(n)));
+      const failed = left.filter((r) => r.status === 'rejected').length;
+      log.verbose(failed === 0 ? `removed the ${stored.length} objects this run stored` : `could not remove ${failed} of the objects this run stored: a later backup removes them`);
+    }
+    throw err;
+  } finally {
+    if (conn) conn.destroy();
+    if (ownStore) await store.close();
+  }
+}
+
+/** What `backup list` says of one backup. */
+export interface BackupListing {
+  name: string;
+  complete: boolean;
+  record?: BackupRecord;
+  /** Complete backups: every WAL file from startWal to endWal is in the archive. */
+  walToConsistency?: boolean;
+  /** Complete backups: no WAL file is missing from startWal to the newest segment archived on its timeline. */
+  walToNow?: boolean;
+  /** Complete backups: the first missing WAL file, if any. */
+  firstMissingWal?: string;
+  /** Interrupted backups: their objects. */
+  objects?: string[];
+}
+
+/** The backups in the archive (oldest first), complete and interrupted, with whether the WAL to restore each is there. */
+export async function listArchiveBackups(store: ArchiveStore): Promise<BackupListing[]> {
+  const inv = await listBackups(store);
+  const out: BackupListing[] = [];
+  const segmentsByTli = new Map<number, Set<string>>();
+  const segmentsOf = async (tli: number): Promise<Set<string>> => {
+    let s = segmentsByTli.get(tli);
+    if (!s) {
+      const prefix = tli.toString(16).toUpperCase().padStart(8, '0');
+      s = new Set((await store.list(prefix)).map((x) => x.name).filter((n) => WAL_NAME_RE.test(n)));
+      segmentsByTli.set(tli, s);
+    }
+    return s;
+  };
+  for (const r of inv.complete) {
+    const have = await segmentsOf(r.timeline);
+    const seg = BigInt(r.walSegmentSize);
+    const perId = 0x100000000n / seg;
+    const segno = (n: string): bigint => BigInt(`0x${n.slice(8, 16)}`) * perId + BigInt(`0x${n.slice(16, 24)}`);
+    const first = segno(r.startWal);
+    const last = segno(r.endWal);
+    let newest = last;
+    for (const n of have) if (segno(n) > newest) newest = segno(n);
+    let firstMissing: string | undefined;
+    let missingToEnd = false;
+    for (let s = first; s <= newest; s++) {
+      const n = walFileName(r.timeline, s, r.walSegmentSize);
+      if (!have.has(n)) {
+        firstMissing = n;
+        missingToEnd = s <= last;
+        break;
+      }
+    }
+    out.push({
+      name: r.name,
+      complete: true,
+      record: r,
+      walToConsistency: !missingToEnd,
+      walToNow: firstMissing === undefined,
+      ...(firstMissing !== undefined ? { firstMissingWal: firstMissing } : {}),
+    });
+  }
+  for (const i of inv.incomplete) out.push({ name: i.backup, complete: false, objects: i.objects });
+  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
