@@ -14,5 +14,3 @@ export { restoreBackup, RestoreError, type RestoreOptions, type RestoreResult, t
 export { restore, type RestoreCommandOptions } from './commands/restore.js';
 export { backup, listArchiveBackups, removeInterruptedBackups, BackupError, type BackupOptions, type BackupResult, type BackupListing } from './commands/backup.js';
 export { startBaseBackup, BaseBackupRun, type BaseBackupStart, type BackupArchiveStream } from './session/basebackup.js';
-export { backup, listArchiveBackups, removeInterruptedBackups, BackupError, type BackupOptions, type BackupResult, type BackupListing } from './commands/backup.js';
-export { startBaseBackup, BaseBackupRun, type BaseBackupStart, type BackupArchiveStream } from './session/basebackup.js';
