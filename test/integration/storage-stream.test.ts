@@ -1,5 +1,6 @@
 // Streamed objects through the archive's policy (ArchiveStore.putStream / getStream) on every
-// backend that stores them: memory, a directory and Azure Blob Storage (Azurite). Compressed on
+// backend: memory, a directory, Azure Blob Storage (Azurite) and S3 (s3rver, or the store named by
+// WALSTREAM_TEST_S3_ENDPOINT; objects of several parts in s3-stream.test.ts). Compressed on
 // the fly, encrypted in authenticated chunks, the checksum recorded as the bytes went by; the
 // same never-overwrite rules as whole objects; whole reads and streamed reads of either kind.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,10 +9,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { harnessTmpRoot } from '../harness/exec.js';
 import { startAzurite, type AzuriteServer } from '../harness/azure.js';
+import { startS3, type S3TestServer } from '../harness/s3.js';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { AzureStore } from '../../src/storage/azure.js';
 import { Keyring, isSealed } from '../../src/storage/encryption.js';
 import { LocalStore } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
+import { S3Store } from '../../src/storage/s3.js';
 import { ConflictError, IntegrityError, type ArchiveStore } from '../../src/storage/types.js';
 
 const keyring = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 3) }], 'test');
@@ -154,6 +158,32 @@ describe('AzureStore', () => {
       const meta = (await blob.getProperties()).metadata;
       b[Math.floor(b.length / 2)] = b[Math.floor(b.length / 2)]! ^ 0x55;
       await blob.upload(b, b.length, { metadata: meta });
+    },
+  }));
+});
+
+describe('S3Store', () => {
+  let s3: S3TestServer;
+  let n = 0;
+  beforeAll(async () => {
+    s3 = await startS3();
+  });
+  afterAll(async () => {
+    await s3?.stop();
+  });
+  streamed('S3', () => ({
+    make: async (keys) => new S3Store({ bucket: s3.bucket, prefix: `${s3.prefix}s${n++}/`, endpoint: s3.endpoint, region: s3.region, credentials: s3.credentials, ...(keys ? { keyring: keys } : {}) }),
+    damage: async (store, name) => {
+      const st = store as S3Store;
+      const c = s3.client();
+      try {
+        const got = await c.send(new GetObjectCommand({ Bucket: s3.bucket, Key: st.prefix + name }));
+        const b = Buffer.from(await got.Body!.transformToByteArray());
+        b[Math.floor(b.length / 2)] = b[Math.floor(b.length / 2)]! ^ 0x55;
+        await c.send(new PutObjectCommand({ Bucket: s3.bucket, Key: st.prefix + name, Body: b, ContentLength: b.length, Metadata: got.Metadata ?? {} }));
+      } finally {
+        c.destroy();
+      }
     },
   }));
 });
