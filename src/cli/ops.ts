@@ -21,6 +21,53 @@ async function withArchive<T>(opts: ArchiveCliOptions, fn: (store: ArchiveStore)
   }
 }
 
+function parseRetain(v: string): number {
+  if (!/^\d{1,6}$/.test(v)) throw new InvalidArgumentError(`invalid number "${v}"`);
+  return Number(v);
+}
+
+/** cleanup --retain-backups / --retain-days: old base backups, interrupted ones, the WAL only they needed, and leftovers. */
+async function retainBackups(store: ArchiveStore, opts: CleanupCliOptions, log: Logger): Promise<void> {
+  const { cleanupBackups, cleanupLeftovers, parseDuration } = await import('../ops/cleanup.js');
+  const { formatBytes, plural } = await import('../ops/format.js');
+  const dryRun = opts.dryRun === true;
+  const say = (line: string): void => {
+    if (!opts.json && (opts.verbose || dryRun)) process.stdout.write(`${line}\n`);
+  };
+  const wal: string[] = [];
+  const r = await cleanupBackups({
+    store,
+    retain: { ...(opts.retainBackups !== undefined ? { backups: opts.retainBackups } : {}), ...(opts.retainDays !== undefined ? { days: opts.retainDays } : {}) },
+    dryRun,
+    log,
+    interruptedAgeMs: parseDuration(opts.leftoverAge ?? '1h'),
+    onRemoveBackup: (name, objects, why) => say(`${dryRun ? 'would remove' : 'removed'} ${why === 'interrupted' ? 'interrupted ' : ''}backup ${name} (${plural(objects.length, 'object')})`),
+    onRemove: (f) => {
+      wal.push(f.name);
+      say(`${dryRun ? 'would remove' : 'removed'} ${f.name}`);
+    },
+  });
+  const left = await cleanupLeftovers({ store, dryRun, leftoverAgeMs: parseDuration(opts.leftoverAge ?? '1h') }, log);
+  if (opts.json) {
+    const out = {
+      archive: store.description,
+      dryRun,
+      backups: { removed: r.removed, interrupted: r.interrupted, kept: r.kept },
+      walBefore: r.walBefore ?? null,
+      removed: wal,
+      count: wal.length,
+      bytes: r.wal?.bytes ?? 0,
+      leftovers: { removed: left.removed.map((l) => l.name), count: left.removed.length },
+    };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    return;
+  }
+  const verb = dryRun ? 'would remove' : 'removed';
+  process.stdout.write(
+    `${dryRun ? 'dry run: ' : ''}${verb} ${plural(r.removed.length, 'backup')}${r.interrupted.length ? ` and ${plural(r.interrupted.length, 'interrupted backup')}` : ''}, kept ${plural(r.kept.length, 'backup')}; ${verb} ${plural(wal.length, 'WAL object')} (${formatBytes(r.wal?.bytes ?? 0)})${r.walBefore ? ` before ${r.walBefore}, the first WAL file of the oldest backup kept` : ''}\n`,
+  );
+}
+
 function parseSegmentName(v: string): string {
   if (!/^[0-9A-F]{24}$/.test(v)) throw new InvalidArgumentError(`"${v.slice(0, 80)}" is not a WAL segment name (24 upper-case hexadecimal digits)`);
   return v;
@@ -53,6 +100,8 @@ interface CleanupCliOptions extends ArchiveCliOptions {
   olderThan?: string;
   leftoverAge?: string;
   keepSlots?: string;
+  retainBackups?: number;
+  retainDays?: number;
   dryRun?: boolean;
   json?: boolean;
   verbose?: boolean;
@@ -126,6 +175,8 @@ export function registerOpsCommands(program: Command): void {
     .option('--older-than <duration>', 'remove what was last modified longer ago than this (e.g. 7d, 12h, 1w2d)')
     .option('--leftover-age <duration>', 'temp files and multipart uploads of writers that cannot be checked (another host) are removed once idle this long', '1h')
     .option('--keep-slots <file>', 'keep every segment the replication slots in this walstream serve --slot-file still need (from their oldest restart_lsn on)')
+    .option('--retain-backups <n>', 'keep the newest n base backups, remove older ones and the WAL only they needed (instead of a WAL file, --before or --older-than)', parseRetain)
+    .option('--retain-days <days>', 'keep the base backups that ended less than this many days ago (the newest always), remove older ones and the WAL only they needed', parseRetain)
     .option('-n, --dry-run', 'print what would be removed; remove nothing')
     .option('--json', 'print the result as JSON (fields described in the README)')
     .option('-v, --verbose', 'print each object removed')
@@ -150,6 +201,11 @@ export function registerOpsCommands(program: Command): void {
       const { formatBytes, plural } = await import('../ops/format.js');
       const { leftoverWhat } = await import('../ops/inventory.js');
       const given = [walfile !== undefined, opts.before !== undefined, opts.olderThan !== undefined].filter(Boolean).length;
+      if (opts.retainBackups !== undefined || opts.retainDays !== undefined) {
+        if (given !== 0 || opts.keepSlots !== undefined) throw new CleanupError('--retain-backups and --retain-days decide which WAL goes: give no WAL file, --before, --older-than or --keep-slots with them');
+        await withArchive(opts, (store) => retainBackups(store, opts, stderrLogger(opts.verbose === true)));
+        return;
+      }
       if (given !== 1) throw new CleanupError('give exactly one of: a WAL file name (%r), --before SEGMENT, --older-than DURATION');
       const leftoverAgeMs = parseDuration(opts.leftoverAge ?? '1h');
       let keepFrom: { lsn: bigint; why: string } | undefined;

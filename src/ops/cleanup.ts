@@ -17,6 +17,7 @@
 // killed writers left behind: temp files whose writer is gone, and S3 multipart uploads idle for
 // longer than the leftover age (storage/leftovers.ts), never one a live writer may still publish.
 // That part never fails the run: what cannot be removed is a warning.
+import { listBackups, parseBackupObjectName, recordName } from '../backup/layout.js';
 import { StorageError, type ArchiveStore, type Leftover } from '../storage/types.js';
 import { DEFAULT_LEFTOVER_AGE_MS } from '../storage/leftovers.js';
 import { silentLogger, type Logger } from '../util/log.js';
@@ -267,4 +268,105 @@ async function cleanupWal(o: CleanupOptions, rule: CleanupRule, log: Logger): Pr
     }
   }
   return { plan, removed, bytes };
+}
+
+/** Backup retention: keep the newest N complete backups and/or those that ended within D days. */
+export interface BackupRetention {
+  /** Keep the newest this many complete backups (at least 1). */
+  backups?: number;
+  /** Keep the complete backups that ended less than this many days ago. */
+  days?: number;
+}
+
+export interface BackupCleanupOptions {
+  store: ArchiveStore;
+  retain: BackupRetention;
+  dryRun: boolean;
+  log?: Logger;
+  /** The time ages are measured from (default now). */
+  now?: Date;
+  /**
+   * An interrupted backup (objects, no record) is removed once a complete backup that started
+   * after it exists and its newest object is older than this (default: the leftover age, 1 hour):
+   * by then its writer is gone.
+   */
+  interruptedAgeMs?: number;
+  /** Called for each backup removed (or, in a dry run, that would be), and each of its objects. */
+  onRemoveBackup?: (name: string, objects: string[], why: 'retention' | 'interrupted') => void;
+  /** Called for each WAL object removed (or that would be). */
+  onRemove?: (file: ArchivedFile) => void;
+}
+
+export interface BackupCleanupResult {
+  /** Backups removed (in a dry run: that would be), oldest first. */
+  removed: string[];
+  /** Interrupted backups removed. */
+  interrupted: string[];
+  /** Complete backups kept, oldest first. */
+  kept: string[];
+  /** The WAL cleanup below the oldest backup kept (undefined when no WAL could go). */
+  wal: Omit<CleanupResult, 'leftovers'> | undefined;
+  /** The segment before which WAL was removed: the oldest kept backup's first WAL file. */
+  walBefore: string | undefined;
+}
+
+/**
+ * Remove old backups by a retention rule, then the WAL only they needed: each backup's record
+ * first (so it stops being usable, and a cut-short run never leaves a usable-looking backup with
+ * objects missing), then its objects; then the WAL before the oldest kept backup's first segment,
+ * on its timeline and the part of its ancestors before their switch points (history files never).
+ * The newest complete backup is always kept. Interrupted backups are removed once their writer is
+ * gone (see interruptedAgeMs).
+ */
+export async function cleanupBackups(o: BackupCleanupOptions): Promise<BackupCleanupResult> {
+  const log = o.log ?? silentLogger;
+  const { backups, days } = o.retain;
+  if (backups === undefined && days === undefined) throw new CleanupError('give a retention: a number of backups, or of days');
+  if (backups !== undefined && (!Number.isSafeInteger(backups) || backups < 1)) throw new CleanupError(`invalid number of backups to keep: ${backups} (at least 1)`);
+  if (days !== undefined && (!Number.isFinite(days) || days < 0)) throw new CleanupError(`invalid number of days: ${days}`);
+  const now = (o.now ?? new Date()).getTime();
+  let inventory;
+  try {
+    inventory = await listBackups(o.store);
+  } catch (err) {
+    throw new CleanupError(`cannot read the archive's backups, so nothing was removed: ${(err as Error).message}`);
+  }
+  const { complete, incomplete } = inventory;
+  const keep = complete.filter((r, i) => {
+    if (i === complete.length - 1) return true;
+    if (backups !== undefined && i >= complete.length - backups) return true;
+    if (days !== undefined && now - new Date(r.endTime).getTime() < days * 86_400_000) return true;
+    return false;
+  });
+  const drop = complete.filter((r) => !keep.includes(r));
+  const removed: string[] = [];
+  const removeBackup = async (name: string, objects: string[], why: 'retention' | 'interrupted'): Promise<void> => {
+    o.onRemoveBackup?.(name, objects, why);
+    if (o.dryRun) return;
+    // The record first: from then on the backup is not listed as usable, whatever happens next.
+    const rec = recordName(name);
+    if (objects.includes(rec)) await o.store.delete(rec);
+    for (const obj of objects) if (obj !== rec) await o.store.delete(obj);
+  };
+  for (const r of drop) {
+    const objects = (await o.store.list(`backups/${r.name}.`)).map((x) => x.name).filter((n) => parseBackupObjectName(n)?.backup === r.name);
+    await removeBackup(r.name, objects, 'retention');
+    removed.push(r.name);
+  }
+  const interrupted: string[] = [];
+  const age = o.interruptedAgeMs ?? DEFAULT_LEFTOVER_AGE_MS;
+  for (const inc of incomplete) {
+    if (!complete.some((r) => r.name > inc.backup)) continue;
+    const infos = (await o.store.list(`backups/${inc.backup}.`)).filter((x) => inc.objects.includes(x.name));
+    if (infos.some((x) => now - x.modified.getTime() < age)) continue;
+    await removeBackup(inc.backup, inc.objects, 'interrupted');
+    interrupted.push(inc.backup);
+  }
+  // WAL: what the oldest backup kept needs starts at its first segment.
+  const oldest = keep[0];
+  let wal: Omit<CleanupResult, 'leftovers'> | undefined;
+  if (oldest) {
+    wal = await cleanupWal({ store: o.store, rule: undefined, dryRun: o.dryRun, ...(o.onRemove ? { onRemove: o.onRemove } : {}) }, { kind: 'before', segment: oldest.startWal }, log);
+  }
+  return { removed, interrupted, kept: keep.map((r) => r.name), wal, walBefore: oldest?.startWal };
 }
