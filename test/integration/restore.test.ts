@@ -1,17 +1,19 @@
 // walstream restore against real PostgreSQL 15 servers: a base backup in a local archive (put
 // there as walstream backup stores one: test/support/backup-fixture.ts), WAL archived by walstream
 // push; restored directories started with pg_ctl and nothing else recover to the end of the
-// archive, to a target LSN and to a target time with exactly the rows before it, or come up as a
-// standby that streams from the primary. Refusals leave one-line errors and nothing that starts.
+// archive, to a target LSN and to a target time with exactly the rows before it, or (from a backup
+// walstream backup made) come up as a standby that streams from the primary. Refusals leave one-line errors and nothing that starts.
 import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync, chownSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupRecord } from '../../src/backup/layout.js';
+import { findBackup } from '../../src/backup/layout.js';
 import { LocalStore } from '../../src/storage/local.js';
 import { PG_OS_USER, pgOsUser, run, runAsPg } from '../harness/exec.js';
 import { PgCluster } from '../harness/pg.js';
 import { putBasebackup } from '../support/backup-fixture.js';
 import { pgOwnedDir, walstreamCommand, walstreamProgram } from '../support/pgcommand.js';
+import { runCli } from '../support/cli.js';
 import { waitArchived, waitStreaming } from '../support/standby.js';
 
 describe('walstream restore', () => {
@@ -105,9 +107,14 @@ describe('walstream restore', () => {
     expect(await count(byTime)).toBe(200);
   });
 
-  it('comes up as a standby that streams from the primary', async () => {
+  it('restores what walstream backup stored as a standby that streams from the primary', async () => {
+    const made = await runCli(['backup', '--archive', archive, '-d', primary.connectionString(), '-c', 'fast']);
+    expect(made.code, made.stderr).toBe(0);
+    await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
     const conninfo = `host=${primary.host} port=${primary.port} user=postgres application_name=restored`;
-    const sb = await restored('restore-standby', ['--backup', backup.name, '--standby', '--primary-conninfo', conninfo], false);
+    const sb = await restored('restore-standby', ['--backup', 'latest', '--standby', '--primary-conninfo', conninfo], false);
+    const latest = (await findBackup(new LocalStore(archive), 'latest')).name;
+    expect(latest).not.toBe(backup.name);
     expect(existsSync(join(sb.dataDir, 'standby.signal'))).toBe(true);
     await waitStreaming(sb);
     await primary.query('insert into t values (1000)');
@@ -150,7 +157,7 @@ describe('walstream restore', () => {
     damaged[Math.floor(damaged.length / 2)] ^= 0x01;
     writeFileSync(file, damaged);
     try {
-      const r = await restoreCli(c.dataDir, ['-T', `${tsLocation}=${join(c.baseDir, 'space')}`]);
+      const r = await restoreCli(c.dataDir, ['--backup', backup.name, '-T', `${tsLocation}=${join(c.baseDir, 'space')}`]);
       expect(r.code).toBe(1);
       expect(
         r.stderr.split('\n').filter((l) => l.startsWith('walstream: error')),
