@@ -38,7 +38,7 @@ export interface RestoreCommandOptions {
 /** The archive as restore_command must name it: a local path made absolute (the server runs it in the data directory). */
 export function archiveForServer(archive: string): string {
   const loc = parseArchiveUrl(archive);
-  return loc.kind === 'local' ? loc.path : archive;
+  return loc.kind === 'local' ? resolve(loc.path) : archive;
 }
 
 /** The arguments after "fetch %f %p", and what PostgreSQL's environment must provide. */
