@@ -27,6 +27,7 @@ import { isValidSegSize, parseWalFileName, walFileName, WAL_NAME_RE } from '../w
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import { useHashThreads } from '../util/bulk.js';
+import { objectToFile } from './to-file.js';
 
 export interface PrefetchWant {
   /** The newest segment fetch has served. */
@@ -257,26 +258,12 @@ async function cleanup(dir: string, want: PrefetchWant): Promise<void> {
 }
 
 async function download(store: ArchiveStore, dir: string, name: string): Promise<'stored' | 'missing'> {
-  let data: Buffer;
   try {
-    data = (await store.get(name)).data;
+    // Verified, fsynced, then renamed; its temp file is named for this process, so a fetch
+    // filling the spool (prefetchFirst) never shares one with a worker.
+    await objectToFile(store, name, join(dir, name), { sync: true, headBytes: 0 });
   } catch (err) {
     if (err instanceof NotFoundError) return 'missing';
-    throw err;
-  }
-  // Named for this process: a fetch filling the spool (prefetchFirst) never shares a file with a worker.
-  const tmp = join(dir, tempName(name));
-  try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, join(dir, name));
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined); // the error is the one to report
     throw err;
   }
   return 'stored';

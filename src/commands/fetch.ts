@@ -19,6 +19,7 @@ import { isValidSegSize, POSTGRES_WAL_FILE_RE, WAL_NAME_RE } from '../wal/segmen
 import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import { prefetchFirst, prepareSpool, requestPrefetch, takeFromSpool, workerRunning } from '../archive/prefetch.js';
 import { readPartialSegment } from '../archive/partial.js';
+import { objectToFile, TargetWriteError } from '../archive/to-file.js';
 import type { Logger } from '../util/log.js';
 
 export interface FetchOptions {
@@ -64,7 +65,7 @@ export function failureExitCode(cwd: string = process.cwd()): number {
   return existsSync(join(cwd, 'standby.signal')) ? EXIT_NOT_AVAILABLE : EXIT_ABORT_RECOVERY;
 }
 
-async function getWithRetries(o: FetchOptions, what: string, get: () => Promise<Buffer | undefined>): Promise<Buffer | undefined> {
+async function getWithRetries<T>(o: FetchOptions, what: string, get: () => Promise<T>): Promise<T | undefined> {
   const attempts = o.attempts ?? 5;
   let delay = o.retryMinMs ?? 200;
   for (let attempt = 1; ; attempt++) {
@@ -72,6 +73,7 @@ async function getWithRetries(o: FetchOptions, what: string, get: () => Promise<
       return await get();
     } catch (err) {
       if (err instanceof NotFoundError) return undefined;
+      if (err instanceof TargetWriteError) throw writeFailure(o.dest, err.cause);
       const e = err as Error;
       const transient = !(err instanceof StorageError) || err.transient;
       if (!transient || attempt >= attempts) {
@@ -100,6 +102,16 @@ async function sweepDest(dest: string, log: Logger): Promise<void> {
   }
 }
 
+/**
+ * Not "not in the archive": the file is there but cannot be handed over (a wrong %p, a full
+ * disk), so a recovery that is not a standby stops rather than ends here.
+ */
+function writeFailure(dest: string, err: NodeJS.ErrnoException): FetchError {
+  const code = err.code;
+  const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'ENOTDIR' ? 'a part of its path is not a directory' : (code ?? err.message);
+  return new FetchError(`cannot write ${JSON.stringify(dest)}: ${why}`, failureExitCode());
+}
+
 /** Write next to %p under a temporary name, then rename: PostgreSQL never sees half a file. */
 async function writeDest(dest: string, data: Buffer): Promise<void> {
   const tmp = join(dirname(dest), tempName(basename(dest)));
@@ -113,11 +125,7 @@ async function writeDest(dest: string, data: Buffer): Promise<void> {
     await rename(tmp, dest);
   } catch (err) {
     await unlink(tmp).catch(() => undefined);
-    // Not "not in the archive": the file is there but cannot be handed over (a wrong %p, a full
-    // disk), so a recovery that is not a standby stops rather than ends here.
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'ENOTDIR' ? 'a part of its path is not a directory' : (code ?? (err as Error).message);
-    throw new FetchError(`cannot write ${JSON.stringify(dest)}: ${why}`, failureExitCode());
+    throw writeFailure(dest, err as NodeJS.ErrnoException);
   }
 }
 
@@ -144,14 +152,18 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
   if (source === 'archive') {
     store = await o.openStore();
     const archive = store;
-    let data = await getWithRetries(o, o.name, async () => (await archive.get(o.name)).data);
-    if (data === undefined && o.partial && segment) {
-      data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(archive, o.name));
-      if (data !== undefined) source = 'partial';
+    // Verified as it is written, through one small buffer (archive/to-file.ts); renamed to %p only then.
+    let head = await getWithRetries(o, o.name, () => objectToFile(archive, o.name, o.dest, { sync: false, headBytes: LONG_PAGE_HEADER_SIZE }));
+    if (head === undefined && o.partial && segment) {
+      const data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(archive, o.name));
+      if (data !== undefined) {
+        source = 'partial';
+        await writeDest(o.dest, data);
+        head = data;
+      }
     }
-    if (data === undefined) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);
-    await writeDest(o.dest, data);
-    if (segment && data.length >= LONG_PAGE_HEADER_SIZE) segSize = readLongPageHeader(data).segSize;
+    if (head === undefined) throw new FetchError(`${o.name} is not in the archive`, EXIT_NOT_AVAILABLE);
+    if (segment && head.length >= LONG_PAGE_HEADER_SIZE) segSize = readLongPageHeader(head).segSize;
   }
   o.log.verbose(`restored ${o.name}${source === 'spool' ? ' from the prefetch spool' : source === 'partial' ? ' from its partial copy (the newest WAL the archive has of it)' : ''}`);
   if (pf && source !== 'partial' && segSize !== undefined && isValidSegSize(segSize)) {

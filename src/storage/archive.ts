@@ -16,11 +16,12 @@
 //   (test/integration/archive-compat.test.ts);
 // - the whole-buffer path stays the fast one for segments: one compression, one seal, one hash,
 //   the driver's own fast read (S3: one buffer of the Content-Length).
+import { createHash } from 'node:crypto';
 import { sha256Owned } from '../util/bulk.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
-import { decodeStored, encodeStored, isSealed, type Keyring } from './encryption.js';
+import { SEALED_MAGIC, decodeStored, encodeStored, isSealed, type Keyring } from './encryption.js';
 import { Digesting, STREAM_VERSION, sealStream, transcode, unsealStream } from './stream.js';
 import {
   ConflictError,
@@ -62,6 +63,9 @@ interface Prepared {
 
 /** How a put came out before the policy acts on it. */
 type Outcome = PutResult | { kind: 'different' } | { kind: 'damaged'; read: ReadResult; why: string } | { kind: 'unauthenticated'; keyId: string };
+
+/** getTo reads an object this much at a time, into one buffer. */
+const PIECE_BYTES = 512 * 1024;
 
 /** Rounds of create-then-read before a name that keeps changing is given up (transient). */
 const STORE_ROUNDS = 6;
@@ -153,6 +157,43 @@ export class Archive implements ArchiveStore {
       data,
       info: { name, size: data.length, storedSize: read.storedSize, checksum: sha, compression, modified: read.modified, ...(keyId !== undefined ? { keyId } : {}) },
     };
+  }
+
+  async getTo(name: string, write: (piece: Buffer) => Promise<void>): Promise<ObjectInfo> {
+    assertArchiveName(name);
+    const whole = async (): Promise<ObjectInfo> => {
+      const got = await this.get(name);
+      await write(got.data);
+      return got.info;
+    };
+    if (!this.driver.readStream || this.driver.readsInto !== true || plainRefused(this.keyring?.requireEncrypted === true, name)) return whole();
+    const r = await this.driver.readStream(name, { into: Buffer.allocUnsafeSlow(PIECE_BYTES) });
+    if (!r) throw new NotFoundError(name);
+    const pieces = r.body[Symbol.asyncIterator]();
+    let ended = false;
+    try {
+      let next = await pieces.next();
+      const compression = r.meta.compression ?? 'none';
+      // Decompression and decryption take get()'s way (the first bytes tell a sealed object).
+      if (compression !== 'none' || (!next.done && (next.value.length < SEALED_MAGIC.length || isSealed(next.value)))) return await whole();
+      const sha = r.meta.sha256;
+      const hash = sha !== undefined ? createHash('sha256') : undefined;
+      let size = 0;
+      for (; !next.done; next = await pieces.next()) {
+        hash?.update(next.value);
+        size += next.value.length;
+        await write(next.value);
+      }
+      ended = true;
+      const hex = hash?.digest('hex');
+      if (hex !== sha) {
+        throw new IntegrityError(name, r.file !== undefined ? `SHA-256 of ${r.file} is ${hex}, the recorded one ${sha}` : `SHA-256 ${hex} does not match the recorded ${sha}`);
+      }
+      return { name, size, storedSize: r.object.storedSize, checksum: sha, compression, modified: r.object.modified };
+    } finally {
+      // A reader stopped early (a failed write, a sealed object) lets the driver's file or connection go.
+      if (!ended) await pieces.return?.();
+    }
   }
 
   async head(name: string): Promise<ObjectInfo | undefined> {

@@ -67,6 +67,11 @@ export interface Driver {
   /** Whether create wants `bodySha256` (a transfer checksum); the policy computes it only then. */
   readonly bodyChecksum: boolean;
   /**
+   * Whether readStream reads into the caller's buffer (`into`), and fails a read that stalls as
+   * read does: the policy's getTo streams an object only from such a driver (a local file).
+   */
+  readonly readsInto?: boolean;
+  /**
    * Store `body` under `key` unless the key holds an object: atomic (nothing readable under the
    * key before the whole object is stored) and durable when it resolves. `{ created: false }`
    * when the key is taken (by an earlier object or a concurrent writer that won).
@@ -86,8 +91,13 @@ export interface Driver {
    * is always consumed to its end, also when the key turns out to be taken.
    */
   createStream?(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts?: CreateOptions): Promise<CreateResult>;
-  /** The object as a stream (memory bounded by the driver's reads), or undefined when missing. */
-  readStream?(key: string): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer> } | undefined>;
+  /**
+   * The object as a stream (memory bounded by the driver's reads), or undefined when missing. With
+   * `into`, a driver may read into that buffer again and again: each piece is then a view of it,
+   * valid only until the next one is asked for (the caller copies what it keeps). `file`: as in
+   * ReadResult.
+   */
+  readStream?(key: string, opts?: { into?: Buffer }): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file?: string } | undefined>;
   /** Remove; a missing key is a no-op. */
   delete(key: string): Promise<void>;
   /**

@@ -170,6 +170,15 @@ export interface ArchiveStore {
    */
   getStream?(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }>;
   /**
+   * get, handing the bytes to `write` piece by piece as they are read, each piece valid only until
+   * the promise `write` returned settles (it may be a view of a buffer read into again): memory of
+   * one piece however large the object. The recorded checksum is checked as the bytes go by, so
+   * IntegrityError comes after the last piece: a caller acts on what it wrote only once this
+   * resolves. NotFoundError before any piece. An object stored compressed or encrypted may come
+   * whole, as one piece.
+   */
+  getTo?(name: string, write: (piece: Buffer) => Promise<void>): Promise<ObjectInfo>;
+  /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
    * object under a WAL file name treats it as damaged even when its contents are identical, since
