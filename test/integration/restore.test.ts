@@ -9,8 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupRecord } from '../../src/backup/layout.js';
 import { findBackup } from '../../src/backup/layout.js';
 import { LocalStore } from '../../src/storage/local.js';
+import { openArchive } from '../../src/storage/open.js';
 import { PG_OS_USER, pgOsUser, run, runAsPg } from '../harness/exec.js';
 import { PgCluster } from '../harness/pg.js';
+import { startS3, type S3TestServer } from '../harness/s3.js';
 import { putBasebackup } from '../support/backup-fixture.js';
 import { pgOwnedDir, walstreamCommand, walstreamProgram } from '../support/pgcommand.js';
 import { runCli } from '../support/cli.js';
@@ -185,5 +187,63 @@ describe('walstream restore', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(new RegExp(`backup ${other.name} is of database system ${other.systemId}, but .* holds WAL of system ${backup.systemId}`));
     expect(existsSync(dir)).toBe(false);
+  });
+});
+
+describe('walstream restore from S3', () => {
+  let primary: PgCluster;
+  let s3: S3TestServer;
+  const clusters: PgCluster[] = [];
+  const saved: Record<string, string | undefined> = {};
+  afterAll(async () => {
+    for (const c of clusters) await c.destroy();
+    await primary?.destroy();
+    await s3?.stop();
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+
+  it('restores a backup stored in S3; the restored server fetches its WAL from S3 with the credentials of its environment', async () => {
+    s3 = await startS3({ builtIn: true });
+    const url = `s3://${s3.bucket}/${s3.prefix}restore/`;
+    const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const envPrefix = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    primary = await PgCluster.create({
+      name: 'restore-s3-primary',
+      conf: { archive_mode: 'on', archive_command: `env ${envPrefix.join(' ')} ${walstreamCommand(['push', '%p', '--archive', url, '--s3-endpoint', s3.endpoint])}` },
+    });
+    await primary.query('create table t (id int)');
+    await primary.query('insert into t select generate_series(1, 10)');
+    // The test's own process (and so the servers it starts) gets the credentials, as a server's environment would.
+    for (const [k, v] of Object.entries(env)) {
+      saved[k] = process.env[k];
+      process.env[k] = v;
+    }
+    const store = await openArchive(url, { s3Endpoint: s3.endpoint });
+    try {
+      await putBasebackup(primary, store);
+    } finally {
+      await store.close();
+    }
+    await primary.query('insert into t select generate_series(11, 25)');
+    const last = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+    await primary.switchWal();
+    await waitArchived(primary, last);
+
+    const c = await PgCluster.forNewDataDir({ name: 'restore-s3' });
+    clusters.push(c);
+    const { node, bin } = walstreamProgram();
+    const r = await runAsPg(node, [bin, 'restore', '--archive', url, '--s3-endpoint', s3.endpoint, '-D', c.dataDir], { check: false, env, timeoutMs: 120_000 });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/note: restore_command runs in PostgreSQL's environment, which must provide S3 credentials/);
+    const conf = readFileSync(join(c.dataDir, 'postgresql.auto.conf'), 'utf8');
+    expect(conf).toContain(`--s3-endpoint ${s3.endpoint}`);
+    expect(conf).not.toContain(s3.secretAccessKey);
+    c.configure({});
+    await c.start();
+    await c.waitFor(async () => !(await c.isInRecovery()), 120_000, 'the end of recovery');
+    expect((await c.query<{ n: string }>('select count(*)::text as n from t'))[0]!.n).toBe('25');
   });
 });
