@@ -247,3 +247,50 @@ describe('walstream restore from S3', () => {
     expect((await c.query<{ n: string }>('select count(*)::text as n from t'))[0]!.n).toBe('25');
   });
 });
+
+describe.each([14, 17])('walstream restore of a PostgreSQL %i backup made by walstream backup', (version) => {
+  let primary: PgCluster;
+  const clusters: PgCluster[] = [];
+  const dirs: string[] = [];
+  afterAll(async () => {
+    for (const c of clusters) await c.destroy();
+    await primary?.destroy();
+    const { rmSync } = await import('node:fs');
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('recovers to the end of the archive with every row, its tablespace mapped', async () => {
+    const archive = pgOwnedDir(`restore-pg${version}`);
+    const space = join(pgOwnedDir(`restore-pg${version}-ts`), 'space');
+    dirs.push(archive, space);
+    primary = await PgCluster.create({ name: `restore-pg${version}`, version, conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) } });
+    mkdirSync(space);
+    const user = pgOsUser();
+    if (user) chownSync(space, user.uid, user.gid);
+    await primary.query(`create tablespace space location '${space}'`);
+    await primary.query('create table t (id int) tablespace space');
+    await primary.query('insert into t select generate_series(1, 10)');
+    // The archive's identity comes from the first segment pushed.
+    const first = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+    await primary.switchWal();
+    await waitArchived(primary, first);
+    const made = await runCli(['backup', '--archive', archive, '-d', primary.connectionString(), '-c', 'fast']);
+    expect(made.code, made.stderr).toBe(0);
+    await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
+    await primary.query('insert into t select generate_series(11, 30)');
+    const last = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+    await primary.switchWal();
+    await waitArchived(primary, last);
+
+    const c = await PgCluster.forNewDataDir({ name: `restored-pg${version}`, version });
+    clusters.push(c);
+    const { node, bin } = walstreamProgram();
+    const r = await runAsPg(node, [bin, 'restore', '--archive', archive, '-D', c.dataDir, '-T', `${space}=${join(c.baseDir, 'space')}`], { check: false, timeoutMs: 120_000 });
+    expect(r.exitCode, r.stderr).toBe(0);
+    c.configure({});
+    await c.start();
+    await c.waitFor(async () => !(await c.isInRecovery()), 120_000, 'the end of recovery');
+    expect((await c.query<{ n: string }>('select count(*)::text as n from t'))[0]!.n).toBe('30');
+    expect((await c.query<{ l: string }>("select pg_tablespace_location(oid) as l from pg_tablespace where spcname = 'space'"))[0]!.l).toBe(join(c.baseDir, 'space'));
+  });
+});
