@@ -98,6 +98,8 @@ export async function restore(o: RestoreCommandOptions): Promise<RestoreResult> 
   for (const t of result.tablespaces) o.out(`tablespace ${t.oid}: ${t.location}`);
   o.out(`recovery: ${describeTarget(o)}; ${result.signal} and restore_command written (postgresql.auto.conf)`);
   for (const e of environment) o.out(`note: restore_command runs in PostgreSQL's environment, which must provide ${e}`);
+  // PostgreSQL refuses a data directory its OS user does not own.
+  if (process.getuid?.() === 0) o.out(`note: the files are root's: chown -R the data directory${result.tablespaces.length ? ' and the tablespace directories' : ''} to the server's OS user before starting it`);
   o.out(`next: pg_ctl -D ${result.directory} start`);
   return result;
 }
