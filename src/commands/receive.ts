@@ -22,7 +22,7 @@ import type { Keyring } from '../storage/encryption.js';
 import { checkHistoryForTimeline, HistoryParseError, parseHistory, type TimelineHistoryEntry } from '../wal/timeline.js';
 import { heldPast } from '../archive/fork.js';
 import { formatBytes } from '../ops/format.js';
-import type { SlotInfo } from '../protocol/commands.js';
+import { assertSlotName, type SlotInfo } from '../protocol/commands.js';
 import { magicForServerVersion } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import type { ErrorKind, ReceiverMetrics } from '../observe/metrics.js';
@@ -77,6 +77,14 @@ export interface ReceiveOptions {
   onFork?: 'follow' | 'stop';
   /** After a reconnect to a server without the slot (a new primary): create it and go on. */
   createSlotIfMissing?: boolean;
+  /**
+   * Stream through a slot of this name created TEMPORARY with RESERVE_WAL on each streaming
+   * connection (as pg_basebackup's WAL stream does): the server keeps the WAL from the slot's
+   * reservation on for this receiver, and drops the slot with the connection. The stream starts
+   * where the slot reserves (PostgreSQL 15+; before, at the server's position), never after the
+   * archive's newest segment. Not with `slot`. Used by walstream backup --wal stream.
+   */
+  temporarySlot?: string;
   /** Also serve the WAL received (durable only) to standbys and replication clients (receive --serve). */
   serve?: ServerSettings;
   /** Called once serving (the metrics endpoint shows the clients). */
@@ -107,6 +115,7 @@ export function validateReceiveOptions(o: ReceiveOptions): void {
   if ((o.createSlot || o.dropSlot) && !o.slot) throw new UsageError(`--${o.createSlot ? 'create' : 'drop'}-slot needs a slot to be specified using --slot`);
   if (o.synchronous && o.noSync) throw new UsageError('cannot use --synchronous together with --no-sync');
   if (o.ifNotExists && !o.createSlot) throw new UsageError('--if-not-exists can only be used with --create-slot');
+  if (o.temporarySlot !== undefined && (o.slot !== undefined || o.createSlot || o.dropSlot)) throw new UsageError('a temporary slot cannot go with --slot');
   if (!o.dropSlot && !o.createSlot && !o.directory) throw new UsageError('no target directory specified (use -D/--directory)');
   if (o.compression === 'zstd' && !zstdAvailable()) throw new UsageError('zstd compression needs Node.js 22.15 or newer');
   if (!Number.isInteger(o.statusIntervalMs) || o.statusIntervalMs < 0) throw new UsageError('invalid status interval');
@@ -472,7 +481,12 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
 
   // Where to start: the directory, then (with --archive) the archive, then the slot, then the
   // server's position (pg_receivewal.c FindStreamingStart and StreamLog).
-  let slot = o.slot !== undefined ? await conn.readSlot(o.slot) : undefined;
+  if (o.temporarySlot !== undefined) {
+    assertSlotName(o.temporarySlot);
+    await conn.command(`CREATE_REPLICATION_SLOT "${o.temporarySlot}" TEMPORARY PHYSICAL RESERVE_WAL`);
+  }
+  const slotName = o.slot ?? o.temporarySlot;
+  let slot = slotName !== undefined ? await conn.readSlot(slotName) : undefined;
   let slotCreated = false;
   if (slot && slot.slotType === null) {
     if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot!, round.target));
@@ -483,7 +497,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
   let tli: number;
   let continuing = true;
   const resume = await findStreamingStart(dir, info.segSize);
-  const archived = !resume && store ? await archiveResumePoint(store, info.segSize) : undefined;
+  const archived = !resume && store && o.temporarySlot === undefined ? await archiveResumePoint(store, info.segSize) : undefined;
   if (resume) {
     const sysid = await readSegmentSystemId(join(dir, resume.entry.file), resume.entry.compression);
     if (sysid !== undefined && sysid !== info.systemId) {
@@ -580,14 +594,14 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         result = await runStream(conn, sink, {
           start,
           timeline: tli,
-          slot: o.slot,
+          slot: slotName,
           endPos: o.endPos,
           segSize: info.segSize,
           statusIntervalMs: o.statusIntervalMs,
           receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
           synchronous: o.synchronous,
           ...(serving ? { syncAfterMs: SERVE_SYNC_AFTER_MS } : {}),
-          reportFlush: o.slot !== undefined || o.synchronous,
+          reportFlush: slotName !== undefined || o.synchronous,
           stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
           backpressure: uploader,
           log,
