@@ -10,7 +10,7 @@ interface BackupCliOptions extends ArchiveCliOptions, ConnectionCliOptions {
   maxRate?: number;
   label?: string;
   progress?: boolean;
-  wal: 'none';
+  wal: 'none' | 'stream';
   walTimeout: number;
   leftoverAge: string;
   verbose?: boolean;
@@ -39,7 +39,11 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
     .addOption(new Option('-r, --max-rate <rate>', 'maximum transfer rate from the server (kB/s, or with k or M)').argParser(parseMaxRate))
     .option('-l, --label <label>', 'set the backup label (default "walstream backup <name>")')
     .option('-P, --progress', 'show progress information')
-    .addOption(new Option('--wal <method>', "how the backup's WAL reaches the archive: none = archived by walstream receive or archive_command").choices(['none']).default('none'))
+    .addOption(
+      new Option('--wal <method>', "how the backup's WAL reaches the archive: none = archived by walstream receive or archive_command; stream = streamed by the backup itself over a second connection")
+        .choices(['none', 'stream'])
+        .default('none'),
+    )
     .addOption(new Option('--wal-timeout <secs>', 'after the backup, wait this long for its WAL to be archived').argParser(parseWalTimeout).default(60_000, '60'))
     .option('--leftover-age <duration>', 'remove interrupted backups of earlier runs once their newest object is this old', '1h')
     .option('-v, --verbose', 'output verbose messages')

@@ -42,8 +42,12 @@ export interface BackupOptions {
   maxRateKb?: number;
   /** The backup label (default "walstream backup <name>"). */
   label?: string;
-  /** How the WAL from the backup's start to its end reaches the archive: 'none' (archived by others: receive or archive_command). */
-  wal: 'none';
+  /**
+   * How the WAL from the backup's start to its end reaches the archive: 'none' (archived by
+   * others: receive or archive_command), or 'stream' (the backup runs a receiver of its own over a
+   * second replication connection for as long as it lasts; needs `archive` as a URL).
+   */
+  wal: 'none' | 'stream';
   /** How long to wait after the backup for its WAL to be archived (default 60 s). */
   walTimeoutMs?: number;
   /** Interrupted backups of earlier runs are removed once their newest object is this old (default storage/leftovers.ts's hour). */
@@ -76,7 +80,8 @@ const POLL_MS = 500;
 
 export function validateBackupOptions(o: BackupOptions): void {
   if (o.compression === 'zstd' && !zstdAvailable()) throw new BackupError('zstd compression needs Node.js 22.15 or newer');
-  if (o.wal !== 'none') throw new BackupError(`--wal ${String(o.wal)} is not supported (use --wal none)`);
+  if (o.wal !== 'none' && o.wal !== 'stream') throw new BackupError(`--wal ${String(o.wal)} is not supported (use none or stream)`);
+  if (o.wal === 'stream' && typeof o.archive !== 'string') throw new BackupError('--wal stream needs the archive as a URL (its receiver opens it)');
   if (o.walTimeoutMs !== undefined && (!Number.isInteger(o.walTimeoutMs) || o.walTimeoutMs < 0)) throw new BackupError('invalid WAL timeout');
 }
 
@@ -163,6 +168,94 @@ function stopped(stop: Promise<void> | undefined): { promise: Promise<never>; do
   return { promise, done: () => is };
 }
 
+/** The receiver of --wal stream: walstream receive into a temporary spool and the archive, for the backup's duration. */
+interface WalStream {
+  /** Rejects when the receiver fails before end(). */
+  failed: Promise<never>;
+  /** Stop the receiver (after the backup's WAL is archived) and remove its spool. */
+  end(): Promise<void>;
+}
+
+/**
+ * Start a receiver (commands/receive.ts) on a connection of its own, from the server's current
+ * WAL position, and return once it streams: the backup's checkpoint, which comes after, starts at
+ * or after that position, so every segment from the backup's start on reaches the archive. Its
+ * spool holds only the segment in progress and those waiting for upload.
+ */
+async function startWalStream(o: BackupOptions, archive: string, log: Logger): Promise<WalStream> {
+  const [{ receive }, { ReceiverMetrics }, { mkdtemp, rm }, { tmpdir }, { join }] = await Promise.all([
+    import('./receive.js'),
+    import('../observe/metrics.js'),
+    import('node:fs/promises'),
+    import('node:os'),
+    import('node:path'),
+  ]);
+  const spool = await mkdtemp(join(tmpdir(), 'walstream-backup-wal-'));
+  let stopReceiver!: () => void;
+  const stop = new Promise<void>((r) => {
+    stopReceiver = r;
+  });
+  const metrics = new ReceiverMetrics();
+  const prefixed = (f: (m: string) => void) => (m: string) => f(`WAL stream: ${m}`);
+  const running = receive({
+    directory: spool,
+    createSlot: false,
+    dropSlot: false,
+    ifNotExists: false,
+    noLoop: true,
+    statusIntervalMs: 10_000,
+    synchronous: false,
+    noSync: false,
+    compression: o.compression,
+    connection: { ...o.connection, applicationName: 'walstream backup' },
+    archive,
+    ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}),
+    ...(o.keyring ? { keyring: o.keyring } : {}),
+    partialIntervalMs: 0,
+    // The WAL from the slot's reservation on is kept for the stream (a checkpoint may not recycle it), and the slot goes with the connection.
+    temporarySlot: `walstream_backup_${process.pid}_${Date.now().toString(36)}`,
+    log: { info: prefixed(log.info.bind(log)), verbose: prefixed(log.verbose.bind(log)), warn: prefixed(log.warn.bind(log)), error: prefixed(log.error.bind(log)) },
+    stop,
+    metrics,
+  });
+  let ended = false;
+  const failed = running.then(
+    () => {
+      if (!ended) throw new BackupError('the WAL stream ended before the backup did');
+      return new Promise<never>(() => undefined);
+    },
+    (err: Error) => {
+      throw new BackupError(`the WAL stream failed: ${err.message}`);
+    },
+  );
+  failed.catch(() => undefined);
+  let finished: Promise<void> | undefined;
+  const end = (): Promise<void> => {
+    finished ??= (async () => {
+      ended = true;
+      stopReceiver();
+      try {
+        await running;
+      } finally {
+        await rm(spool, { recursive: true, force: true });
+      }
+    })();
+    return finished;
+  };
+  const deadline = Date.now() + 60_000;
+  try {
+    while (metrics.snapshot().received === 0n) {
+      if (Date.now() > deadline) throw new BackupError('the WAL stream did not start within 60 s');
+      await Promise.race([new Promise((r) => setTimeout(r, 50)), failed]);
+    }
+  } catch (err) {
+    await end().catch(() => undefined);
+    throw err;
+  }
+  log.verbose(`WAL stream started at ${formatLsn(metrics.snapshot().received)}`);
+  return { failed, end };
+}
+
 /** Read each stored tar back and check every file against the manifest (size and checksum). */
 async function verifyStored(store: ArchiveStore, manifestData: Buffer, objects: BackupObject[], systemId: string): Promise<{ files: number; bytes: number }> {
   const manifest = parseManifest(manifestData, 'the backup_manifest the server sent');
@@ -208,6 +301,7 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
   let conn: ReplicationConnection | undefined;
   /** What this run stored so far: removed again when it fails (a killed run's objects wait for the next run). */
   const stored: string[] = [];
+  let walStream: WalStream | undefined;
   try {
     try {
       conn = await ReplicationConnection.connect(cfg);
@@ -221,7 +315,7 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
     const systemId = id.systemId;
 
     // The archive: this system's, and (with --wal none) fed with its WAL by someone.
-    const nothingArchives = `nothing archives this server's WAL into ${store.description}: run walstream receive or set archive_command (walstream push) first`;
+    const nothingArchives = `nothing archives this server's WAL into ${store.description}: run walstream receive or set archive_command (walstream push), or use --wal stream`;
     let hasRecord: boolean;
     try {
       hasRecord = (await readIdentity(store)) !== undefined;
@@ -230,15 +324,19 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
       if (!(err instanceof KeyUnavailableError)) throw err;
       hasRecord = true;
     }
-    if (!hasRecord) throw new BackupError(nothingArchives);
+    if (!hasRecord && o.wal === 'none') throw new BackupError(nothingArchives);
     try {
       await claimArchive(store, { systemIdentifier: systemId, segmentSize: segSize }, 'the server', { encrypts: o.keyring !== undefined, requireEncrypted: o.keyring?.requireEncrypted === true });
     } catch (err) {
       if (err instanceof IdentityMismatchError || err instanceof ArchiveEncryptedError) throw new BackupError(err.message);
       throw err;
     }
-    const walHeld = (await store.list('', { limit: 200 })).some((x) => WAL_NAME_RE.test(x.name));
-    if (!walHeld) throw new BackupError(nothingArchives);
+    if (o.wal === 'none') {
+      const walHeld = (await store.list('', { limit: 200 })).some((x) => WAL_NAME_RE.test(x.name));
+      if (!walHeld) throw new BackupError(nothingArchives);
+    } else {
+      walStream = await startWalStream(o, o.archive as string, log);
+    }
 
     const removed = await removeInterruptedBackups(store, { maxAgeMs: o.leftoverAgeMs ?? DEFAULT_LEFTOVER_AGE_MS, now: now(), log });
 
@@ -312,10 +410,14 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
             `${missing.length} file${missing.length === 1 ? '' : 's'} missing (${missing[0]}${missing.length > 1 ? ` ... ${missing.at(-1)}` : ''}); is WAL archiving working? Nothing was recorded`,
         );
       }
-      await Promise.race([new Promise((r) => setTimeout(r, POLL_MS)), stop.promise]);
+      await Promise.race([new Promise((r) => setTimeout(r, POLL_MS)), stop.promise, ...(walStream ? [walStream.failed] : [])]);
       missing = await missingWal(store, missing);
     }
 
+    if (walStream) {
+      await walStream.end();
+      walStream = undefined;
+    }
     // Read back what was stored and check it against the manifest.
     const checked = await Promise.race([verifyStored(store, manifestData, objects, systemId.toString()), stop.promise]);
     log.verbose(`verified ${checked.files} files (${checked.bytes} bytes) of backup ${name} against its manifest`);
@@ -334,7 +436,7 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
       endWal: wal.at(-1)!,
       startTime: startTime.toISOString(),
       endTime: endTime.toISOString(),
-      walMethod: 'archive',
+      walMethod: o.wal === 'stream' ? 'stream' : 'archive',
       size: objects.reduce((n, x) => n + x.size, 0),
       objects,
     };
@@ -357,6 +459,7 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
     }
     throw err;
   } finally {
+    await walStream?.end().catch(() => undefined);
     if (conn) conn.destroy();
     if (ownStore) await store.close();
   }

@@ -55,10 +55,13 @@ describe('walstream backup', () => {
   };
   const conn = (c: PgCluster): string[] => ['-d', c.connectionString()];
 
-  /** A walstream receive archiving `c`'s WAL into a new local archive. */
-  const feed = (c: PgCluster): { archive: string; proc: CliProcess } => {
+  /** A walstream receive archiving `c`'s WAL into a new local archive, through a slot of its own (a loaded machine may see it reconnect). */
+  let slots = 0;
+  const feed = async (c: PgCluster): Promise<{ archive: string; proc: CliProcess }> => {
     const a = newDir('archive');
-    const proc = startCli(['receive', '-D', newDir('spool'), ...conn(c), '--archive', a, '--partial-interval', '0']);
+    const slot = `feed_${++slots}`;
+    await c.query(`select pg_create_physical_replication_slot('${slot}', true)`);
+    const proc = startCli(['receive', '-D', newDir('spool'), ...conn(c), '-S', slot, '--archive', a, '--partial-interval', '0']);
     receivers.push(proc);
     return { archive: a, proc };
   };
@@ -80,7 +83,7 @@ describe('walstream backup', () => {
     await primary.query('select count(*) from in_extra');
     await primary.query('select count(*) from in_base');
     await primary.checkpoint();
-    ({ archive } = feed(primary));
+    ({ archive } = await feed(primary));
     await waitForIdentity(archive);
     await primary.switchWal();
   }, 180_000);
@@ -181,7 +184,7 @@ describe('walstream backup', () => {
   });
 
   it('waits for its WAL only --wal-timeout long, then records nothing and removes what it stored', async () => {
-    const fed = feed(primary);
+    const fed = await feed(primary);
     await waitForIdentity(fed.archive);
     await primary.switchWal();
     const deadline = Date.now() + 30_000;
@@ -198,6 +201,28 @@ describe('walstream backup', () => {
     expect(res.stderr).toMatch(/the WAL this backup needs is not all in .* after 2 s: .* missing .*Nothing was recorded/);
     const after = await listBackups(new LocalStore(fed.archive));
     expect(after).toEqual({ complete: [], incomplete: [] });
+  }, 120_000);
+
+  it('--wal stream: streams its own WAL into an archive nothing else feeds, and the backup is self-contained', async () => {
+    const fresh = newDir('stream');
+    const res = await runCli(['backup', ...conn(primary), '--archive', fresh, '-c', 'fast', '--wal', 'stream', '-Z', 'gzip']);
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+    const store = new LocalStore(fresh);
+    const { complete } = await listBackups(store);
+    expect(complete).toHaveLength(1);
+    const rec = complete[0]!;
+    expect(rec.walMethod).toBe('stream');
+    const names = new Set((await store.list('')).map((o) => o.name));
+    const seg = (n: string): number => Number.parseInt(n.slice(16), 16) + Number.parseInt(n.slice(8, 16), 16) * 4096;
+    for (let s = seg(rec.startWal); s <= seg(rec.endWal); s++) {
+      const n = `${rec.startWal.slice(0, 16)}${s.toString(16).toUpperCase().padStart(8, '0')}`;
+      expect(names.has(n), n).toBe(true);
+    }
+    const listed = JSON.parse((await runCli(['backup', 'list', '--archive', fresh, '--json'])).stdout) as { walToConsistency: boolean }[];
+    expect(listed[0]!.walToConsistency).toBe(true);
+    // Nothing of the receiver's is left behind.
+    expect(readdirSync(tmpdir()).filter((n) => n.startsWith('walstream-backup-wal-'))).toEqual([]);
   }, 120_000);
 
   it('gives one-line errors for bad options', async () => {
@@ -255,7 +280,7 @@ describe('walstream backup', () => {
       const foreign = await runCli(['backup', ...conn(c), '--archive', archive]);
       expect(foreign.code).toBe(1);
       expect(foreign.stderr).toMatch(/database system/);
-      const fed = feed(c);
+      const fed = await feed(c);
       await waitForIdentity(fed.archive);
       await c.switchWal();
       const res = await runCli(['backup', ...conn(c), '--archive', fed.archive, '-c', 'fast', '-l', `pg${version}`]);
