@@ -16,7 +16,7 @@
 import { claimArchive, readIdentity, ArchiveEncryptedError, IdentityMismatchError } from '../archive/identity.js';
 import { backupName, baseTarName, encodeRecord, listBackups, manifestName, parseBackupObjectName, recordName, tablespaceTarName, RECORD_FORMAT, type BackupObject, type BackupRecord } from '../backup/layout.js';
 import { ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries } from '../backup/manifest.js';
-import { readTar } from '../backup/tar.js';
+import { readTar, type TarEntry } from '../backup/tar.js';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
 import { ReplicationConnection } from '../session/connection.js';
 import { startBaseBackup } from '../session/basebackup.js';
@@ -256,19 +256,47 @@ async function startWalStream(o: BackupOptions, archive: string, log: Logger): P
   return { failed, end };
 }
 
-/** Read each stored tar back and check every file against the manifest (size and checksum). */
+/**
+ * Pass a tar's entries on, telling `found` the database system identifier global/pg_control holds
+ * (ControlFileData's first field, a uint64 in the server's byte order: little-endian here, the
+ * byte order of every platform walstream runs on).
+ */
+async function* watchControlFile(entries: AsyncIterable<TarEntry>, found: (systemId: string) => void): AsyncGenerator<TarEntry> {
+  for await (const e of entries) {
+    if (e.name !== 'global/pg_control' || e.type !== 'file') {
+      yield e;
+      continue;
+    }
+    const content = e.content;
+    let head = Buffer.alloc(0);
+    const watched = async function* (): AsyncGenerator<Buffer> {
+      for await (const b of content) {
+        if (head.length < 8) head = Buffer.concat([head, b.subarray(0, 8 - head.length)]);
+        yield b;
+      }
+      if (head.length === 8) found(head.readBigUInt64LE(0).toString());
+    };
+    yield { ...e, content: watched() };
+  }
+}
+
+/** Read each stored tar back and check every file against the manifest (size and checksum) and pg_control's system identifier against the server's. */
 async function verifyStored(store: ArchiveStore, manifestData: Buffer, objects: BackupObject[], systemId: string): Promise<{ files: number; bytes: number }> {
   const manifest = parseManifest(manifestData, 'the backup_manifest the server sent');
   if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== systemId) {
     throw new BackupError(`the backup's manifest names database system ${manifest.systemIdentifier}, but the server identified itself as ${systemId}`);
   }
   const verifier = new ManifestVerifier(manifest);
+  let controlSystemId: string | undefined;
   for (const o of objects) {
     if (o.kind === 'manifest') continue;
     if (!store.getStream) throw new BackupError(`${store.description} cannot read streamed objects`);
     const { stream } = await store.getStream(o.name);
-    await verifyTarEntries(readTar(stream, { label: o.name }), verifier, o.kind === 'tablespace' ? tablespacePrefix(o.oid!) : '');
+    const entries = o.kind === 'base' ? watchControlFile(readTar(stream, { label: o.name }), (id) => (controlSystemId = id)) : readTar(stream, { label: o.name });
+    await verifyTarEntries(entries, verifier, o.kind === 'tablespace' ? tablespacePrefix(o.oid!) : '');
   }
+  if (controlSystemId === undefined) throw new BackupError('the stored base.tar holds no global/pg_control');
+  if (controlSystemId !== systemId) throw new BackupError(`the backup's global/pg_control is of database system ${controlSystemId}, but the server identified itself as ${systemId}`);
   const result = verifier.finish();
   if (!result.ok) {
     const shown = result.problems.slice(0, 3).map((p) => p.message);
