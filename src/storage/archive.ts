@@ -269,11 +269,15 @@ export class Archive implements ArchiveStore {
     if (!r) throw new NotFoundError(name);
     const compression = r.meta.compression ?? 'none';
     const sha = r.meta.sha256;
-    const { head, rest } = await peek(r.body, 11);
+    // The encryption header with its key id (at most 64 bytes after the first 11).
+    const { head, rest } = await peek(r.body, 11 + 64);
     let payload: AsyncIterable<Buffer>;
     let keyId: string | undefined;
     if (isSealed(head) && head[8] === STREAM_VERSION) {
       payload = unsealStream(this.keyring, name, compression, rest);
+      // Its key id, as get reports it for a whole sealed object (unsealStream checks the header again, and authenticates every chunk).
+      const idLen = head[10] ?? 0;
+      if (idLen >= 1 && head.length >= 11 + idLen) keyId = head.subarray(11, 11 + idLen).toString('latin1');
     } else if (isSealed(head)) {
       // A whole object sealed in one piece (version 1): it authenticates only whole.
       const decoded = decodeStored(this.keyring, name, compression, await collect(rest), false);
