@@ -4,6 +4,7 @@
 // archive, to a target LSN and to a target time with exactly the rows before it, or (from a backup
 // walstream backup made) come up as a standby that streams from the primary. Refusals leave one-line errors and nothing that starts.
 import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync, chownSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupRecord } from '../../src/backup/layout.js';
@@ -248,7 +249,10 @@ describe('walstream restore from S3', () => {
   });
 });
 
-describe.each([14, 17])('walstream restore of a PostgreSQL %i backup made by walstream backup', (version) => {
+describe.each([
+  { version: 14, encrypted: false },
+  { version: 17, encrypted: true },
+])('walstream restore of a PostgreSQL $version backup made by walstream backup (encrypted and compressed: $encrypted)', ({ version, encrypted }) => {
   let primary: PgCluster;
   const clusters: PgCluster[] = [];
   const dirs: string[] = [];
@@ -263,7 +267,19 @@ describe.each([14, 17])('walstream restore of a PostgreSQL %i backup made by wal
     const archive = pgOwnedDir(`restore-pg${version}`);
     const space = join(pgOwnedDir(`restore-pg${version}-ts`), 'space');
     dirs.push(archive, space);
-    primary = await PgCluster.create({ name: `restore-pg${version}`, version, conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) } });
+    // 17: the WAL and the backup encrypted with a key file and compressed; restore_command carries the file's path.
+    const keys: string[] = [];
+    if (encrypted) {
+      const keyDir = pgOwnedDir('restore-keys');
+      dirs.push(keyDir);
+      const keyFile = join(keyDir, 'walstream.keys');
+      writeFileSync(keyFile, `k1=${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+      const user = pgOsUser();
+      if (user) chownSync(keyFile, user.uid, user.gid);
+      keys.push('--encryption-key-file', keyFile);
+    }
+    const compress = encrypted ? ['-Z', 'gzip'] : [];
+    primary = await PgCluster.create({ name: `restore-pg${version}`, version, conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive, ...keys, ...compress]) } });
     mkdirSync(space);
     const user = pgOsUser();
     if (user) chownSync(space, user.uid, user.gid);
@@ -274,7 +290,7 @@ describe.each([14, 17])('walstream restore of a PostgreSQL %i backup made by wal
     const first = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
     await primary.switchWal();
     await waitArchived(primary, first);
-    const made = await runCli(['backup', '--archive', archive, '-d', primary.connectionString(), '-c', 'fast']);
+    const made = await runCli(['backup', '--archive', archive, '-d', primary.connectionString(), '-c', 'fast', ...keys, ...compress]);
     expect(made.code, made.stderr).toBe(0);
     await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
     await primary.query('insert into t select generate_series(11, 30)');
@@ -285,8 +301,9 @@ describe.each([14, 17])('walstream restore of a PostgreSQL %i backup made by wal
     const c = await PgCluster.forNewDataDir({ name: `restored-pg${version}`, version });
     clusters.push(c);
     const { node, bin } = walstreamProgram();
-    const r = await runAsPg(node, [bin, 'restore', '--archive', archive, '-D', c.dataDir, '-T', `${space}=${join(c.baseDir, 'space')}`], { check: false, timeoutMs: 120_000 });
+    const r = await runAsPg(node, [bin, 'restore', '--archive', archive, ...keys, '-D', c.dataDir, '-T', `${space}=${join(c.baseDir, 'space')}`], { check: false, timeoutMs: 120_000 });
     expect(r.exitCode, r.stderr).toBe(0);
+    if (encrypted) expect(readFileSync(join(c.dataDir, 'postgresql.auto.conf'), 'utf8')).toContain(`--encryption-key-file ${keys[1]}`);
     c.configure({});
     await c.start();
     await c.waitFor(async () => !(await c.isInRecovery()), 120_000, 'the end of recovery');
