@@ -38,7 +38,14 @@ describe('restore_command', () => {
   it('carries the archive (a local one made absolute), the endpoint, the key file, never a key', () => {
     expect(archiveForServer('relative/archive')).toBe(`${process.cwd()}/relative/archive`);
     expect(archiveForServer('s3://bucket/p')).toBe('s3://bucket/p');
-    const s3 = fetchArguments({ archive: 's3://bucket/p', s3Endpoint: 'http://127.0.0.1:9000', encryptionKeyFile: 'keys', encryptionRequired: true, keyFromEnvironment: false, fetchOptions: ['--prefetch', '4'] });
+    const s3 = fetchArguments({
+      archive: 's3://bucket/p',
+      s3Endpoint: 'http://127.0.0.1:9000',
+      encryptionKeyFile: 'keys',
+      encryptionRequired: true,
+      keyFromEnvironment: false,
+      fetchOptions: ['--prefetch', '4'],
+    });
     expect(s3.args).toEqual(['--archive', 's3://bucket/p', '--s3-endpoint', 'http://127.0.0.1:9000', '--encryption-key-file', `${process.cwd()}/keys`, '--encryption-required', '--prefetch', '4']);
     expect(s3.environment.join(' ')).toMatch(/AWS_ACCESS_KEY_ID/);
     const env = fetchArguments({ archive: '/a', keyFromEnvironment: true });
