@@ -4,8 +4,8 @@
 // a received chunk costs a memcpy), so the caller's buffer is consumed before write() returns;
 // only fsync and close go to the thread pool. Compressed files feed a zlib stream whose output is
 // appended asynchronously; write() copies what it is given.
-import { close, closeSync, fstatSync, fsync, openSync, readFileSync, readSync, unlinkSync, write, writeSync } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { close, closeSync, fstatSync, fsync, ftruncateSync, openSync, readFileSync, readSync, unlinkSync, write, writeSync } from 'node:fs';
+import { rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { fsyncDir as fsyncPath } from './fsutil.js';
 import zlib from 'node:zlib';
@@ -41,11 +41,9 @@ function closeFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => close(fd, (err) => (err ? reject(err) : resolve())));
 }
 
-const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
-
 /** Whether the first `size` bytes of the file are all zero. */
 function zerosOnly(fd: number, size: number): boolean {
-  const buf = Buffer.alloc(Math.min(size, ZERO_CHUNK.length));
+  const buf = Buffer.alloc(Math.min(size, 1024 * 1024));
   for (let off = 0; off < size; ) {
     const n = readSync(fd, buf, 0, Math.min(buf.length, size - off), off);
     if (n === 0) return false;
@@ -55,28 +53,17 @@ function zerosOnly(fd: number, size: number): boolean {
   return true;
 }
 
-function padSync(fd: number, size: number): void {
-  for (let off = 0; off < size; ) {
-    off += writeSync(fd, ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, size - off), off);
-  }
-}
-
 /**
- * Create a zero-filled file of `size` bytes under `path` (fsynced unless noSync); fails if it
- * exists. Blocks are allocated up front, as pg_receivewal pads its files, so later writes only
- * overwrite and the fsync at segment end has no allocation to commit.
+ * Give the file its full size, the bytes past its end reading as zeros, without writing them
+ * (ftruncate): what a reader sees is pg_receivewal's padding (walmethods.c dir_open_for_write
+ * writes zeros up to the size and fsyncs them), as PostgreSQL's own WAL files with
+ * wal_init_zero = off. The zeros cost no memcpy and no disk write; blocks are allocated as WAL
+ * is written, so a full disk shows at a write instead of at the padding, and the stream fails
+ * and is retried the same way. Durability is unchanged: what is reported flushed was fsynced
+ * (file and, for a new file, its directory) after it was written.
  */
-export async function createPaddedFile(path: string, size: number, noSync: boolean): Promise<void> {
-  const fh = await open(path, 'wx', 0o600);
-  try {
-    for (let off = 0; off < size; ) {
-      const { bytesWritten } = await fh.write(ZERO_CHUNK, 0, Math.min(ZERO_CHUNK.length, size - off), off);
-      off += bytesWritten;
-    }
-    if (!noSync) await fh.sync();
-  } finally {
-    await fh.close();
-  }
+function padSync(fd: number, size: number): void {
+  ftruncateSync(fd, size);
 }
 
 export class PlainSegmentFile implements SegmentFile {

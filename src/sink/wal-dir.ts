@@ -1,16 +1,16 @@
 // Turns a stream of XLogData into segment files in a directory, exactly as pg_receivewal lays
 // them out (receivelog.c ProcessXLogDataMsg, open_walfile, close_walfile): `<name>.partial` while
 // in progress, fsync + rename + directory fsync when complete. Unlike pg_receivewal, finishing a
-// segment runs beside the writes of the next one, and the next segment's zero-filled file is
-// prepared in the background. The durable position only moves over segments whose rename is
-// durable, in order, so the flush we report never runs ahead of the disk.
-import { renameSync, unlinkSync, existsSync, readdirSync } from 'node:fs';
+// segment runs beside the writes of the next one, and a new segment file is given its full size
+// without writing zeros (segment-file.ts). The durable position only moves over segments whose
+// rename is durable, in order, so the flush we report never runs ahead of the disk.
+import { unlinkSync, readdirSync } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IncrementalPageChecker } from '../wal/page.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { segmentOffset, walFileName } from '../wal/segment.js';
-import { CompressedSegmentFile, PlainSegmentFile, createPaddedFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
+import { CompressedSegmentFile, PlainSegmentFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
 import { exists, fsyncDir, sameContent, writeFileAtomic } from './fsutil.js';
 
 export interface WalDirSinkOptions {
@@ -36,7 +36,7 @@ export interface SinkTap {
   data(lsn: Lsn, data: Buffer): void;
 }
 
-/** Zero-filled spare segment files being prepared: never a WAL name, removed when unused. */
+/** Zero-filled spare segment files earlier versions prepared: never a WAL name, removed at start. */
 export const SPARE_PREFIX = '.walstream-spare-';
 
 export class WalValidationError extends Error {
@@ -90,13 +90,10 @@ export class WalDirSink {
   private paused = false;
   /** The first segment of a stream may begin mid-segment when the start was not aligned. */
   private midSegmentStartAllowed = false;
-  private spare: string | undefined;
-  private spareInProgress: Promise<void> | undefined;
-  private spareSeq = 0;
 
   constructor(private readonly opts: WalDirSinkOptions) {
     this.highWater = opts.highWaterBytes ?? 32 * 1024 * 1024;
-    // Spares left by an earlier process are never WAL: remove them.
+    // Spares left by an earlier version are never WAL: remove them.
     for (const name of safeReaddir(opts.dir)) {
       if (name.startsWith(SPARE_PREFIX)) unlinkQuiet(join(opts.dir, name));
     }
@@ -197,20 +194,9 @@ export class WalDirSink {
     let file: SegmentFile;
     let created: boolean;
     if (this.opts.compression === 'none') {
-      // A zero-filled spare made in the background becomes the new .partial by a rename.
-      const spare = this.spare;
-      this.spare = undefined;
-      if (spare !== undefined && !existsSync(partialPath)) {
-        renameSync(spare, partialPath);
-        file = PlainSegmentFile.open(partialPath, this.opts.segSize).file;
-        created = true;
-      } else {
-        if (spare !== undefined) unlinkQuiet(spare);
-        const o = PlainSegmentFile.open(partialPath, this.opts.segSize);
-        file = o.file;
-        created = o.created;
-      }
-      this.prepareSpare();
+      const o = PlainSegmentFile.open(partialPath, this.opts.segSize);
+      file = o.file;
+      created = o.created;
     } else {
       file = CompressedSegmentFile.open(partialPath, this.opts.compression, this.opts.compressionLevel);
       created = true;
@@ -234,21 +220,6 @@ export class WalDirSink {
     };
     this.current = seg;
     return seg;
-  }
-
-  private prepareSpare(): void {
-    if (this.spareInProgress || this.spare !== undefined) return;
-    const path = join(this.opts.dir, `${SPARE_PREFIX}${process.pid}-${this.spareSeq++}`);
-    this.spareInProgress = createPaddedFile(path, this.opts.segSize, this.opts.noSync).then(
-      () => {
-        this.spareInProgress = undefined;
-        this.spare = path;
-      },
-      () => {
-        this.spareInProgress = undefined;
-        unlinkQuiet(path);
-      },
-    );
   }
 
   private track<T>(p: Promise<T>): Promise<T> {
@@ -279,7 +250,7 @@ export class WalDirSink {
 
   /**
    * End of a stream: fsync the open file (unless --no-sync) and close it under its .partial
-   * name, wait until every finished segment is published, and remove an unused spare.
+   * name, and wait until every finished segment is published.
    */
   async endStream(): Promise<void> {
     if (!this.failure) await this.sync().catch(() => undefined);
@@ -287,11 +258,6 @@ export class WalDirSink {
     this.current = undefined;
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
     await seg?.file.close().catch(() => undefined);
-    await this.spareInProgress;
-    if (this.spare !== undefined) {
-      await unlink(this.spare).catch(() => undefined);
-      this.spare = undefined;
-    }
     if (this.failure) throw this.failure;
   }
 

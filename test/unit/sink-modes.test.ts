@@ -1,10 +1,10 @@
 // Files the sink creates are 0600 whatever the umask; a spool others can write to is refused.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkSpoolDirectory, UnsafeDirectoryError, writeFileAtomic } from '../../src/sink/fsutil.js';
-import { CompressedSegmentFile, PlainSegmentFile, createPaddedFile } from '../../src/sink/segment-file.js';
+import { CompressedSegmentFile, PlainSegmentFile } from '../../src/sink/segment-file.js';
 
 const mode = (p: string): string => (statSync(p).mode & 0o7777).toString(8);
 
@@ -27,13 +27,12 @@ describe('sink file modes under umask 000', () => {
     expect(mode(join(dir, '00000002.history'))).toBe('600');
   });
 
-  it('segments: padded spares, new .partial files, compressed .partial files', async () => {
-    await createPaddedFile(join(dir, 'spare'), 8192, true);
-    expect(mode(join(dir, 'spare'))).toBe('600');
+  it('segments: new .partial files (padded to their size with zeros), compressed .partial files', async () => {
     const plain = PlainSegmentFile.open(join(dir, '000000010000000000000001.partial'), 8192);
     await plain.file.close();
     expect(plain.created).toBe(true);
     expect(mode(join(dir, '000000010000000000000001.partial'))).toBe('600');
+    expect(readFileSync(join(dir, '000000010000000000000001.partial'))).toEqual(Buffer.alloc(8192));
     const gz = CompressedSegmentFile.open(join(dir, '000000010000000000000002.gz.partial'), 'gzip', undefined);
     await gz.close();
     expect(mode(join(dir, '000000010000000000000002.gz.partial'))).toBe('600');
