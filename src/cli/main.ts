@@ -2,12 +2,8 @@
 // process.argv and process.exit. Errors are printed as one line; exit status 1 for every failure
 // (never above 125: see the archive/restore command contracts).
 import { Command, Option, InvalidArgumentError } from 'commander';
-import { createInterface } from 'node:readline';
 import { parseLsn } from '../wal/lsn.js';
-import type { Logger } from '../util/log.js';
-import { spawn } from 'node:child_process';
-import { closeSync, openSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import type { ArchiveStore } from '../storage/types.js';
 import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import type { ListenAddress } from '../observe/listen.js';
@@ -29,9 +25,7 @@ import {
 } from './options.js';
 import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
-
-/** The prefetch worker's log in its spool (archive/prefetch.ts PREFETCH_LOG; not imported, to keep startup light). */
-const PREFETCH_LOG_NAME = 'prefetch.log';
+import { prefetchSettings } from './fetch-spool.js';
 
 function parseEndPos(v: string): bigint {
   try {
@@ -61,6 +55,7 @@ export function parseByteSize(v: string): number {
 
 async function promptPassword(): Promise<string> {
   if (!process.stdin.isTTY) {
+    const { createInterface } = await import('node:readline');
     const rl = createInterface({ input: process.stdin });
     for await (const line of rl) {
       rl.close();
@@ -439,42 +434,6 @@ interface FetchCliOptions extends ArchiveCliOptions {
   spool?: string;
   partial?: boolean;
   verbose?: boolean;
-}
-
-/**
- * fetch --prefetch: the spool, and how to start the background worker: this program again,
- * detached, with its messages in the spool's prefetch.log.
- */
-function prefetchSettings(opts: FetchCliOptions, count: number, log: Logger): { count: number; spool: string; startWorker: () => number | undefined } {
-  const spool = resolve(opts.spool ?? '.walstream-prefetch');
-  const startWorker = (): number | undefined => {
-    const args = [...process.execArgv, process.argv[1]!, 'fetch-prefetch', '--spool', spool, '--archive', opts.archive!, '--verbose'];
-    if (opts.s3Endpoint) args.push('--s3-endpoint', opts.s3Endpoint);
-    // The key file's path only; a key in WALSTREAM_ENCRYPTION_KEY reaches the worker through its environment.
-    if (opts.encryptionKeyFile) args.push('--encryption-key-file', resolve(opts.encryptionKeyFile));
-    if (opts.encryptionRequired) args.push('--encryption-required');
-    let logFd: number | undefined;
-    try {
-      // Appended to, and started afresh once it passes 1 MB.
-      const logPath = join(spool, PREFETCH_LOG_NAME);
-      let size = 0;
-      try {
-        size = statSync(logPath).size;
-      } catch {
-        // not there yet
-      }
-      logFd = openSync(logPath, size > 1024 * 1024 ? 'w' : 'a', 0o600);
-      const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', logFd] });
-      child.unref();
-      return child.pid;
-    } catch (err) {
-      log.warn(`cannot start the prefetch worker: ${(err as Error).message}`);
-      return undefined;
-    } finally {
-      if (logFd !== undefined) closeSync(logFd);
-    }
-  };
-  return { count, spool, startWorker };
 }
 
 /** The --log-format in effect (text until parsed). */

@@ -1,5 +1,6 @@
-// Entry point used by bin/walstream.
-import { main } from './main.js';
+// Entry point used by bin/walstream. A fetch the prefetch spool answers is served before the
+// command line is built (fetch-spool.ts); every other call loads the full command line.
+import { fetchFromSpool } from './fetch-spool.js';
 
 // The AWS SDK warns on every start under Node 20 about its own future releases; walstream
 // supports Node 20, so keep its output to what the user asked for.
@@ -15,7 +16,15 @@ process.on('beforeExit', () => {
   }
 });
 
-main(process.argv).then(
+async function run(argv: string[]): Promise<number> {
+  // The fast path never fails a call: anything unexpected there is the full command's to do (and report).
+  const served = await fetchFromSpool(argv, process.env).catch(() => undefined);
+  if (served !== undefined) return served;
+  const { main } = await import('./main.js');
+  return main(argv);
+}
+
+run(process.argv).then(
   (code) => {
     finished = true;
     process.exitCode = code;

@@ -40,6 +40,12 @@ export interface FetchOptions {
   partial?: boolean;
   /** Keep the next segments ready in a spool directory (see archive/prefetch.ts). */
   prefetch?: { count: number; spool: string; startWorker: () => number | undefined };
+  /**
+   * Serve the segment only if the prefetch spool holds it (the command line's fast path,
+   * cli/fetch-spool.ts): otherwise return 'missed', having written and said nothing, for a
+   * full fetch to do everything again.
+   */
+  spoolOnly?: boolean;
 }
 
 /** How many segments the fetch that starts a prefetch worker downloads into the spool itself. */
@@ -129,13 +135,15 @@ async function writeDest(dest: string, data: Buffer): Promise<void> {
   }
 }
 
-export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'partial'> {
+export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'partial' | 'missed'> {
   if (!POSTGRES_WAL_FILE_RE.test(o.name)) {
+    if (o.spoolOnly) return 'missed';
     throw new FetchError(`${shownName(o.name)} is not a WAL file name`, EXIT_NOT_AVAILABLE);
   }
   const segment = WAL_NAME_RE.test(o.name);
   const pf = segment ? o.prefetch : undefined;
-  await sweepDest(o.dest, o.log);
+  if (o.spoolOnly && !pf) return 'missed';
+  if (!o.spoolOnly) await sweepDest(o.dest, o.log);
   let source: 'archive' | 'spool' | 'partial' = 'archive';
   let segSize: number | undefined;
   let store: ArchiveStore | undefined;
@@ -144,12 +152,15 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
       await prepareSpool(pf.spool, o.archiveKey);
       segSize = await takeFromSpool(pf.spool, o.name, o.dest);
     } catch (err) {
+      if (o.spoolOnly) return 'missed'; // the full fetch says why
       // The spool is only a cache: without it, fetch from the archive (and say why).
       o.log.warn(`prefetch spool ${pf.spool}: ${(err as Error).message}`);
     }
     if (segSize !== undefined) source = 'spool';
   }
+  if (source === 'spool' && o.spoolOnly) await sweepDest(o.dest, o.log);
   if (source === 'archive') {
+    if (o.spoolOnly) return 'missed';
     store = await o.openStore();
     const archive = store;
     // Verified as it is written, through one small buffer (archive/to-file.ts); renamed to %p only then.

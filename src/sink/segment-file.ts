@@ -8,8 +8,11 @@ import { close, closeSync, fstatSync, fsync, ftruncateSync, openSync, readFileSy
 import { rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { fsyncDir as fsyncPath } from './fsutil.js';
-import zlib from 'node:zlib';
 import type { Transform } from 'node:stream';
+import { builtin } from '../util/lazy.js';
+
+/** node:zlib, loaded for the first compressed segment. */
+const zlib = builtin<typeof import('node:zlib')>('node:zlib');
 
 export type Compression = 'none' | 'gzip' | 'zstd';
 
@@ -18,7 +21,7 @@ export function compressionSuffix(c: Compression): string {
 }
 
 export function zstdAvailable(): boolean {
-  return typeof (zlib as unknown as { createZstdCompress?: unknown }).createZstdCompress === 'function';
+  return typeof (zlib() as unknown as { createZstdCompress?: unknown }).createZstdCompress === 'function';
 }
 
 export interface SegmentFile {
@@ -146,8 +149,8 @@ function heldLength(path: string, compression: Exclude<Compression, 'none'>): nu
   }
   if (data.length === 0) return 0;
   try {
-    if (compression === 'gzip') return zlib.gunzipSync(data, { finishFlush: zlib.constants.Z_SYNC_FLUSH }).length;
-    const zz = zlib as unknown as { zstdDecompressSync(b: Buffer, o: object): Buffer; constants: Record<string, number> };
+    if (compression === 'gzip') return zlib().gunzipSync(data, { finishFlush: zlib().constants.Z_SYNC_FLUSH }).length;
+    const zz = zlib() as unknown as { zstdDecompressSync(b: Buffer, o: object): Buffer; constants: Record<string, number> };
     return zz.zstdDecompressSync(data, { finishFlush: zz.constants['ZSTD_e_flush'] }).length;
   } catch {
     return 0; // nothing readable to keep
@@ -199,10 +202,10 @@ export class CompressedSegmentFile implements SegmentFile {
     const replacing = held > 0 ? { held, temp: `${path}${REWRITE_SUFFIX}` } : undefined;
     const fd = openSync(replacing?.temp ?? path, 'w', 0o600);
     if (compression === 'gzip') {
-      const z = zlib.createGzip(level !== undefined ? { level } : {}) as unknown as Compressor;
-      return new CompressedSegmentFile(fd, z, zlib.constants.Z_SYNC_FLUSH, path, replacing);
+      const z = zlib().createGzip(level !== undefined ? { level } : {}) as unknown as Compressor;
+      return new CompressedSegmentFile(fd, z, zlib().constants.Z_SYNC_FLUSH, path, replacing);
     }
-    const zz = zlib as unknown as { createZstdCompress(o: object): Compressor; constants: Record<string, number> };
+    const zz = zlib() as unknown as { createZstdCompress(o: object): Compressor; constants: Record<string, number> };
     const params: Record<number, number> = {};
     if (level !== undefined) params[zz.constants['ZSTD_c_compressionLevel']!] = level;
     return new CompressedSegmentFile(fd, zz.createZstdCompress({ params }), zz.constants['ZSTD_e_flush']!, path, replacing);

@@ -3,9 +3,12 @@
 // Guarantees: compress/decompress round-trip exactly; zstd on a Node without it is a clear,
 // permanent StorageError rather than a TypeError.
 import { createHash } from 'node:crypto';
-import zlib from 'node:zlib';
+import { builtin } from '../util/lazy.js';
 import { zstdAvailable } from '../sink/segment-file.js';
 import { StorageError, isCompression, type Compression } from './types.js';
+
+/** node:zlib, loaded for the first compressed object. */
+const zlib = builtin<typeof import('node:zlib')>('node:zlib');
 
 type BufferCallback = (err: Error | null, result: Buffer) => void;
 
@@ -29,14 +32,14 @@ export function assertCompressionAvailable(c: Compression): void {
 
 /** A zstd constant from node:zlib (typed loosely: older @types/node do not list them). */
 function zstdConstant(name: 'ZSTD_c_compressionLevel' | 'ZSTD_e_flush'): number {
-  const v = (zlib.constants as unknown as Record<string, number | undefined>)[name];
+  const v = (zlib().constants as unknown as Record<string, number | undefined>)[name];
   if (v === undefined) throw new StorageError(ZSTD_MISSING, false);
   return v;
 }
 
 function zstd(): ZstdZlib {
   if (!zstdAvailable()) throw new StorageError(ZSTD_MISSING, false);
-  return zlib as unknown as ZstdZlib;
+  return zlib() as unknown as ZstdZlib;
 }
 
 function run(fn: (cb: BufferCallback) => void): Promise<Buffer> {
@@ -54,7 +57,7 @@ export async function compress(data: Buffer, c: Compression, level?: number): Pr
     case 'none':
       return data;
     case 'gzip':
-      return run((cb) => zlib.gzip(data, level === undefined ? {} : { level }, cb));
+      return run((cb) => zlib().gzip(data, level === undefined ? {} : { level }, cb));
     case 'zstd': {
       const params = level === undefined ? {} : { params: { [zstdConstant('ZSTD_c_compressionLevel')]: level } };
       return run((cb) => zstd().zstdCompress(data, params, cb));
@@ -77,7 +80,7 @@ export async function decompress(data: Buffer, c: Compression, opts: DecompressO
     case 'none':
       return data;
     case 'gzip':
-      return run((cb) => zlib.gunzip(data, opts.allowTruncated ? { finishFlush: zlib.constants.Z_SYNC_FLUSH } : {}, cb));
+      return run((cb) => zlib().gunzip(data, opts.allowTruncated ? { finishFlush: zlib().constants.Z_SYNC_FLUSH } : {}, cb));
     case 'zstd':
       // ZSTD_e_flush lets a decompressor return what it has when input ends mid-frame.
       return run((cb) => zstd().zstdDecompress(data, opts.allowTruncated ? { finishFlush: zstdConstant('ZSTD_e_flush') } : {}, cb));

@@ -19,12 +19,16 @@
 //   other tools), is removed only once it was last written longer ago than the leftover age (an
 //   hour by default): no walstream write leaves its temporary file untouched that long;
 // - nothing here follows a symbolic link or removes anything but regular files with temp names.
-import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { lstat, readdir, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { builtin } from '../util/lazy.js';
+import { sha256HexOfText } from '../util/sha256.js';
 import type { Leftover, LeftoverOptions, LeftoverRemoval, LeftoverState } from './types.js';
+
+/** node:crypto, only where /dev/urandom cannot be read. */
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 /** Leftovers whose writer cannot be checked are removed once last written longer ago than this. */
 export const DEFAULT_LEFTOVER_AGE_MS = 60 * 60_000;
@@ -62,17 +66,56 @@ function identify(): WriterId {
   const name = hostname();
   const boot = readOrUndefined(() => readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim()) ?? '';
   const pidNamespace = readOrUndefined(() => readlinkSync('/proc/self/ns/pid')) ?? '';
-  const space = createHash('sha256').update(`${name}\0${boot}\0${pidNamespace}`).digest('hex').slice(0, 8);
+  // In JavaScript, not node:crypto: a fetch served from the prefetch spool names one temp file and
+  // loads node:crypto for nothing else (util/sha256.ts). The same digest either way.
+  const space = sha256HexOfText(`${name}\0${boot}\0${pidNamespace}`).slice(0, 8);
   return { pid: process.pid, start: processStart(process.pid), host: name.replace(/[^A-Za-z0-9-]/g, '-').slice(0, 32), space };
 }
 
+let thisWriter: Readonly<WriterId> | undefined;
+
+/** This process, as the temporary files it writes name it: worked out on first use, then fixed for the life of the process. */
+function me(): Readonly<WriterId> {
+  thisWriter ??= Object.freeze(identify());
+  return thisWriter;
+}
+
 /** This process, as the temporary files it writes name it (fixed for the life of the process). */
-export const THIS_WRITER: Readonly<WriterId> = Object.freeze(identify());
+export const THIS_WRITER: Readonly<WriterId> = Object.freeze({
+  get pid() {
+    return me().pid;
+  },
+  get start() {
+    return me().start;
+  },
+  get host() {
+    return me().host;
+  },
+  get space() {
+    return me().space;
+  },
+});
+
+/** `n` random bytes in hex, from /dev/urandom (node:crypto where there is none). */
+function randomHex(n: number): string {
+  const bytes = Buffer.alloc(n);
+  try {
+    const fd = openSync('/dev/urandom', 'r');
+    try {
+      if (readSync(fd, bytes, 0, n, null) === n) return bytes.toString('hex');
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // no /dev/urandom here
+  }
+  return crypto().randomBytes(n).toString('hex');
+}
 
 /** The name of a new temporary file for `target` (a file name, no directory), written by this process. */
 export function tempName(target: string, writer: WriterId = THIS_WRITER): string {
   const who = `${writer.pid}${writer.start !== undefined ? `+${writer.start}` : ''}@${writer.host}-${writer.space}`;
-  return `.${target}.${who}.${randomBytes(4).toString('hex')}.tmp`;
+  return `.${target}.${who}.${randomHex(4)}.tmp`;
 }
 
 const TEMP_RE = /^\.(.+)\.([1-9]\d{0,9})(?:\+(\d{1,20}))?@([A-Za-z0-9-]{0,32})-([0-9a-f]{8})\.[0-9a-f]{8}\.tmp$/;

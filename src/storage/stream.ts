@@ -25,11 +25,14 @@
 // empty last chunk.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
-import zlib from 'node:zlib';
 import { zstdAvailable } from '../sink/segment-file.js';
 import { rechunk } from '../util/chunks.js';
 import { ALG_AES_256_GCM, SEALED_MAGIC, TAG_LENGTH, boundName, isSealed, type Keyring } from './encryption.js';
 import { IntegrityError, KeyUnavailableError, StorageError, type Compression } from './types.js';
+import { builtin } from '../util/lazy.js';
+
+/** node:zlib, loaded for the first compressed stream. */
+const zlib = builtin<typeof import('node:zlib')>('node:zlib');
 
 export { rechunk };
 
@@ -63,9 +66,9 @@ export class Digesting {
 
 function zlibStream(c: Compression, direction: 'compress' | 'decompress'): NodeJS.ReadWriteStream | undefined {
   if (c === 'none') return undefined;
-  if (c === 'gzip') return direction === 'compress' ? zlib.createGzip() : zlib.createGunzip();
+  if (c === 'gzip') return direction === 'compress' ? zlib().createGzip() : zlib().createGunzip();
   if (!zstdAvailable()) throw new StorageError(`zstd needs Node 22.15+ (this is Node ${process.versions.node})`, false);
-  const z = zlib as unknown as { createZstdCompress(): NodeJS.ReadWriteStream; createZstdDecompress(): NodeJS.ReadWriteStream };
+  const z = zlib() as unknown as { createZstdCompress(): NodeJS.ReadWriteStream; createZstdDecompress(): NodeJS.ReadWriteStream };
   return direction === 'compress' ? z.createZstdCompress() : z.createZstdDecompress();
 }
 

@@ -12,8 +12,11 @@
 // Linux reads and writes into a SharedArrayBuffer are several times slower.) If a thread fails,
 // the jobs it held fail with it (their memory went with it) and from then on every buffer is
 // hashed on the calling thread.
-import { createHash } from 'node:crypto';
-import { Worker } from 'node:worker_threads';
+import { builtin } from './lazy.js';
+
+// Loaded when first used: a call that hashes nothing (fetch from the prefetch spool) loads neither.
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
+const workerThreads = builtin<typeof import('node:worker_threads')>('node:worker_threads');
 
 const MAX_THREADS = 4;
 /** Below this a thread round trip costs more than the hash. */
@@ -34,7 +37,7 @@ parentPort.on('message', (m) => {
 `;
 
 function hashHere(data: Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
+  return crypto().createHash('sha256').update(data).digest('hex');
 }
 
 export interface Hashed {
@@ -51,7 +54,7 @@ interface Job {
 }
 
 interface Thread {
-  worker: Worker;
+  worker: import('node:worker_threads').Worker;
   jobs: Map<number, Job>;
 }
 
@@ -91,7 +94,7 @@ class HashThreads {
   }
 
   private start(): Thread {
-    const worker = new Worker(THREAD_SCRIPT, { eval: true });
+    const worker = new (workerThreads().Worker)(THREAD_SCRIPT, { eval: true });
     worker.unref();
     const thread: Thread = { worker, jobs: new Map() };
     worker.on('message', (m: { id: number; hex?: string; memory: ArrayBuffer }) => {

@@ -2,8 +2,11 @@
 // under src/ is newer than its compiled file in dist/ (or that is missing), build before the tests
 // start, so that no test file, however vitest is run, exercises yesterday's dist/.
 // `npm test` builds first anyway; this covers `npx vitest run <file>` and the other scripts.
+// Then, as npm run build does, dist/cli/run-bundle.js (bin/walstream's entry when it is current)
+// is made again when it is older than dist/cli/run.js: with the command package.json's "bundle"
+// script runs.
 import { execFileSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,7 +41,22 @@ export function staleSource(root = ROOT): string | undefined {
   return walk(src);
 }
 
+/** npm run bundle, without npm: package.json's "bundle" script (plain words, no quoting) run with esbuild's binary. */
+function bundle(): void {
+  const script = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts['bundle']!;
+  const [tool, ...args] = script.split(/\s+/);
+  if (tool !== 'esbuild') throw new Error(`package.json's bundle script does not start with esbuild: ${script}`);
+  execFileSync(createRequire(import.meta.url).resolve('esbuild/bin/esbuild'), args, { cwd: ROOT, stdio: 'inherit' });
+}
+
 export default function setup(): void {
+  build();
+  const entry = mtime(join(ROOT, 'dist', 'cli', 'run.js'));
+  const bundled = mtime(join(ROOT, 'dist', 'cli', 'run-bundle.js'));
+  if (entry !== undefined && (bundled === undefined || bundled < entry)) bundle();
+}
+
+function build(): void {
   const stale = staleSource();
   if (stale === undefined) return;
   process.stdout.write(`dist/ is older than ${stale}: building (npm run build) before the tests\n`);
