@@ -5,7 +5,7 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import { parseLsn } from '../wal/lsn.js';
 import { resolve } from 'node:path';
 import type { ArchiveStore } from '../storage/types.js';
-import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, type LogFormat } from '../util/log.js';
+import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, reportFailure, type LogFormat } from '../util/log.js';
 import type { ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
 import { registerRestoreCommand } from './restore.js';
@@ -25,7 +25,7 @@ import {
 } from './options.js';
 import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
-import { prefetchSettings } from './fetch-spool.js';
+import { prefetchSettings } from './fast-path.js';
 
 function parseEndPos(v: string): bigint {
   try {
@@ -421,7 +421,7 @@ export function optionsFromEnvironment(program: Command): void {
       const name = opt.name();
       const events = cmd as unknown as NodeJS.EventEmitter;
       events.on(`optionEnv:${name}`, (val: string | undefined) => events.emit(`option:${name}`, val));
-      if (opt.isBoolean()) {
+      if (opt.isBoolean() || opt.negate) {
         const v = process.env[opt.envVar];
         if (v !== undefined && /^(?:|0|false|no|off)$/i.test(v.trim())) delete process.env[opt.envVar];
       }
@@ -453,9 +453,6 @@ export async function main(argv: string[]): Promise<number> {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
       return 1;
     }
-    const message = (e.message ?? String(err)).split('\n')[0];
-    process.stderr.write(formatFatal(logFormatOf(program), message ?? ''));
-    // Commands that follow PostgreSQL's exit-status contract say which status they mean.
-    return typeof e.exitCode === 'number' && e.exitCode > 0 && e.exitCode < 128 ? e.exitCode : 1;
+    return reportFailure(err, logFormatOf(program));
   }
 }

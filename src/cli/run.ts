@@ -1,6 +1,7 @@
-// Entry point used by bin/walstream. A fetch the prefetch spool answers is served before the
-// command line is built (fetch-spool.ts); every other call loads the full command line.
-import { fetchFromSpool } from './fetch-spool.js';
+// Entry point used by bin/walstream. The calls PostgreSQL makes once per WAL file in their usual
+// forms (fetch and push on a local archive, fetch from the prefetch spool) run before the command
+// line is built (fast-path.ts); every other call loads the full command line.
+import { runFastPath } from './fast-path.js';
 
 // The AWS SDK warns on every start under Node 20 about its own future releases; walstream
 // supports Node 20, so keep its output to what the user asked for.
@@ -17,9 +18,8 @@ process.on('beforeExit', () => {
 });
 
 async function run(argv: string[]): Promise<number> {
-  // The fast path never fails a call: anything unexpected there is the full command's to do (and report).
-  const served = await fetchFromSpool(argv, process.env).catch(() => undefined);
-  if (served !== undefined) return served;
+  const status = await runFastPath(argv, process.env);
+  if (status !== undefined) return status;
   const { main } = await import('./main.js');
   return main(argv);
 }

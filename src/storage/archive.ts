@@ -16,8 +16,8 @@
 //   (test/integration/archive-compat.test.ts);
 // - the whole-buffer path stays the fast one for segments: one compression, one seal, one hash,
 //   the driver's own fast read (S3: one buffer of the Content-Length).
-import { createHash } from 'node:crypto';
 import { sha256Owned } from '../util/bulk.js';
+import { builtin } from '../util/lazy.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
@@ -63,6 +63,9 @@ interface Prepared {
 
 /** How a put came out before the policy acts on it. */
 type Outcome = PutResult | { kind: 'different' } | { kind: 'damaged'; read: ReadResult; why: string } | { kind: 'unauthenticated'; keyId: string };
+
+/** node:crypto, loaded at the first checksum. */
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 /** getTo reads an object this much at a time, into one buffer. */
 const PIECE_BYTES = 512 * 1024;
@@ -177,7 +180,7 @@ export class Archive implements ArchiveStore {
       // Decompression and decryption take get()'s way (the first bytes tell a sealed object).
       if (compression !== 'none' || (!next.done && (next.value.length < SEALED_MAGIC.length || isSealed(next.value)))) return await whole();
       const sha = r.meta.sha256;
-      const hash = sha !== undefined ? createHash('sha256') : undefined;
+      const hash = sha !== undefined ? crypto().createHash('sha256') : undefined;
       let size = 0;
       for (; !next.done; next = await pieces.next()) {
         hash?.update(next.value);

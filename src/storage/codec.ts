@@ -2,13 +2,13 @@
 // zstd where node:zlib has it) and the SHA-256 every object records of its uncompressed bytes.
 // Guarantees: compress/decompress round-trip exactly; zstd on a Node without it is a clear,
 // permanent StorageError rather than a TypeError.
-import { createHash } from 'node:crypto';
 import { builtin } from '../util/lazy.js';
 import { zstdAvailable } from '../sink/segment-file.js';
 import { StorageError, isCompression, type Compression } from './types.js';
 
-/** node:zlib, loaded for the first compressed object. */
+/** node:zlib, loaded for the first compressed object; node:crypto for the first checksum. */
 const zlib = builtin<typeof import('node:zlib')>('node:zlib');
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 type BufferCallback = (err: Error | null, result: Buffer) => void;
 
@@ -47,7 +47,7 @@ function run(fn: (cb: BufferCallback) => void): Promise<Buffer> {
 }
 
 export function sha256Hex(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
+  return crypto().createHash('sha256').update(data).digest('hex');
 }
 
 /** Compress a whole object. `level` is the format's own level (gzip 1-9, zstd 1-22); default when omitted. */

@@ -29,10 +29,13 @@
 // the first key encrypts new objects, every key decrypts (rotation: put the new key first, keep
 // the old ones below while objects written with them remain). A key given without an id gets
 // one derived from it: the first 8 hex digits of SHA-256("walstream key id\0" || key).
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { inspect } from 'node:util';
 import { IntegrityError, KeyUnavailableError, QUARANTINE_PREFIX, StorageError, type Compression } from './types.js';
+import { builtin } from '../util/lazy.js';
+
+/** node:crypto, loaded at the first key or sealed object (a call that meets neither never loads it). */
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 export const SEALED_MAGIC = Buffer.from([0x89, 0x57, 0x53, 0x45, 0x4e, 0x43, 0x0d, 0x0a]);
 export const SEALED_VERSION = 1;
@@ -153,13 +156,13 @@ export function sealedHeader(name: string, stored: Buffer): ParsedHeader {
 }
 
 /** Encrypt `payload` (the compressed bytes) for `name` with the keyring's current key. */
-export function seal(keyring: Keyring, name: string, compression: Compression, payload: Buffer, nonce: Buffer = randomBytes(NONCE_LENGTH)): Buffer {
+export function seal(keyring: Keyring, name: string, compression: Compression, payload: Buffer, nonce: Buffer = crypto().randomBytes(NONCE_LENGTH)): Buffer {
   const keyId = keyring.currentId;
   const key = keyring.keyFor(keyId)!;
   if (nonce.length !== NONCE_LENGTH) throw new Error('nonce must be 12 bytes');
   const idBytes = Buffer.from(keyId, 'latin1');
   const header = Buffer.concat([SEALED_MAGIC, Buffer.from([SEALED_VERSION, ALG_AES_256_GCM, idBytes.length]), idBytes, nonce]);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_LENGTH });
+  const cipher = crypto().createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_LENGTH });
   cipher.setAAD(aad(header, name, compression));
   const body = Buffer.concat([cipher.update(payload), cipher.final()]);
   return Buffer.concat([header, body, cipher.getAuthTag()]);
@@ -173,7 +176,7 @@ export function unseal(keyring: Keyring | undefined, name: string, compression: 
   const h = sealedHeader(name, stored);
   const key = keyring?.keyFor(h.keyId);
   if (!key) throw new KeyUnavailableError(name, h.keyId, keyring?.ids);
-  const decipher = createDecipheriv('aes-256-gcm', key, h.nonce, { authTagLength: TAG_LENGTH });
+  const decipher = crypto().createDecipheriv('aes-256-gcm', key, h.nonce, { authTagLength: TAG_LENGTH });
   decipher.setAAD(aad(h.header, name, compression));
   decipher.setAuthTag(stored.subarray(stored.length - TAG_LENGTH));
   try {
@@ -206,7 +209,7 @@ export function decodeStored(keyring: Keyring | undefined, name: string, compres
 
 /** Derived id of a key given without one. */
 export function derivedKeyId(key: Buffer): string {
-  return createHash('sha256').update('walstream key id\0').update(key).digest('hex').slice(0, 8);
+  return crypto().createHash('sha256').update('walstream key id\0').update(key).digest('hex').slice(0, 8);
 }
 
 /** Decode one key's text; undefined when it is not 32 bytes of hex or base64. Never echoes it. */

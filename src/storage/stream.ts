@@ -23,8 +23,6 @@
 // header || 0x00 || the object's name (a quarantine copy: the name it was written for) || 0x00 ||
 // its compression || 0x00 || i (4 bytes) || 1 for the last chunk, else 0. An empty object is one
 // empty last chunk.
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { Readable, pipeline } from 'node:stream';
 import { zstdAvailable } from '../sink/segment-file.js';
 import { rechunk } from '../util/chunks.js';
 import { ALG_AES_256_GCM, SEALED_MAGIC, TAG_LENGTH, boundName, isSealed, type Keyring } from './encryption.js';
@@ -33,6 +31,9 @@ import { builtin } from '../util/lazy.js';
 
 /** node:zlib, loaded for the first compressed stream. */
 const zlib = builtin<typeof import('node:zlib')>('node:zlib');
+/** node:crypto and node:stream, loaded when first used (not by a call that streams nothing). */
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
+const stream = builtin<typeof import('node:stream')>('node:stream');
 
 export { rechunk };
 
@@ -45,7 +46,7 @@ const PREFIX_LENGTH = 8;
 
 /** The SHA-256 and length of the bytes that pass through `src`, known once it is consumed. */
 export class Digesting {
-  #hash = createHash('sha256');
+  #hash = crypto().createHash('sha256');
   #hex: string | undefined;
   size = 0;
 
@@ -77,7 +78,7 @@ export function transcode(src: AsyncIterable<Buffer>, c: Compression, direction:
   const z = zlibStream(c, direction);
   if (!z) return src;
   // pipeline (not pipe): a failing source fails the output too, and nothing is left running.
-  pipeline(Readable.from(src), z, (err) => {
+  stream().pipeline(stream().Readable.from(src), z, (err) => {
     if (err) (z as unknown as { destroy(e: Error): void }).destroy(err);
   });
   return z as unknown as AsyncIterable<Buffer>;
@@ -103,14 +104,14 @@ export async function* sealStream(keyring: Keyring, name: string, compression: C
   const keyId = keyring.currentId;
   const key = keyring.keyFor(keyId)!;
   const idBytes = Buffer.from(keyId, 'latin1');
-  const prefix = randomBytes(PREFIX_LENGTH);
+  const prefix = crypto().randomBytes(PREFIX_LENGTH);
   const size = Buffer.alloc(4);
   size.writeUInt32BE(chunkSize, 0);
   const header = Buffer.concat([SEALED_MAGIC, Buffer.from([STREAM_VERSION, ALG_AES_256_GCM, idBytes.length]), idBytes, prefix, size]);
   yield header;
   const seal = (plain: Buffer, index: number, last: boolean): Buffer => {
     if (index > 0xffffffff) throw new StorageError(`"${name}" is too large to seal in one stream`, false);
-    const cipher = createCipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
+    const cipher = crypto().createCipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
     cipher.setAAD(chunkAad(header, name, compression, index, last));
     return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
   };
@@ -197,7 +198,7 @@ export async function* unsealStream(keyring: Keyring | undefined, name: string, 
       const n = more ? whole : r.available;
       if (n < TAG_LENGTH) throw bad(`it ends inside chunk ${index} (cut short)`);
       const sealed = r.take(n);
-      const decipher = createDecipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
+      const decipher = crypto().createDecipheriv('aes-256-gcm', key, chunkNonce(prefix, index), { authTagLength: TAG_LENGTH });
       decipher.setAAD(chunkAad(header, name, compression, index, !more));
       decipher.setAuthTag(sealed.subarray(n - TAG_LENGTH));
       let plain: Buffer;

@@ -98,4 +98,16 @@ export function formatFatal(format: LogFormat, message: string, prefix = 'walstr
   return format === 'json' ? `${jsonLogLine(new Date(), 'error', message)}\n` : `${prefix}: error: ${message}\n`;
 }
 
+/**
+ * A command's failure as the command line reports it: its message's first line on standard error,
+ * and the exit status, the error's own `exitCode` when it names one from 1 to 127 (the commands
+ * that follow PostgreSQL's exit-status contract say which they mean), else 1.
+ */
+export function reportFailure(err: unknown, format: LogFormat): number {
+  const e = err as { exitCode?: number; message?: string } | undefined;
+  const message = (e?.message ?? String(err)).split('\n')[0];
+  process.stderr.write(formatFatal(format, message ?? ''));
+  return typeof e?.exitCode === 'number' && e.exitCode > 0 && e.exitCode < 128 ? e.exitCode : 1;
+}
+
 export const silentLogger: Logger = { info() {}, verbose() {}, warn() {}, error() {} };
