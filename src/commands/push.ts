@@ -2,9 +2,9 @@
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
 import { availableParallelism } from 'node:os';
-import { mkdir, readdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { checkSegmentPages, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
+import { checkSegmentPages, IncrementalPageChecker, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import { shownName, type ArchiveStore, type Compression } from '../storage/types.js';
 import { mapLimit } from '../storage/common.js';
@@ -42,13 +42,19 @@ export class PushError extends Error {
   }
 }
 
+/** The long page header of a segment file of `size` bytes that starts with `start`, checked against that size. */
+function checkSegmentHead(name: string, start: Buffer, size: number): LongPageHeader {
+  if (start.length < LONG_PAGE_HEADER_SIZE) throw new PushError(`${name}: ${size} bytes is not a WAL segment`);
+  const head = readLongPageHeader(start);
+  if (!isValidSegSize(head.segSize)) throw new PushError(`${name}: its header names an invalid segment size ${head.segSize}`);
+  if (size !== head.segSize) throw new PushError(`${name}: file has ${size} bytes, but its segment size is ${head.segSize}`);
+  return head;
+}
+
 /** Check a segment (or a promotion's .partial) before it may enter the archive. */
 export function checkSegmentFile(name: string, data: Buffer): LongPageHeader {
   const segName = name.slice(0, 24);
-  if (data.length < LONG_PAGE_HEADER_SIZE) throw new PushError(`${name}: ${data.length} bytes is not a WAL segment`);
-  const head = readLongPageHeader(data);
-  if (!isValidSegSize(head.segSize)) throw new PushError(`${name}: its header names an invalid segment size ${head.segSize}`);
-  if (data.length !== head.segSize) throw new PushError(`${name}: file has ${data.length} bytes, but its segment size is ${head.segSize}`);
+  const head = checkSegmentHead(name, data, data.length);
   const { tli, segNo } = parseWalFileName(segName, head.segSize);
   // A .partial left by promotion may hold stale bytes past the switch point: check its first page only.
   const validLength = name.endsWith('.partial') ? LONG_PAGE_HEADER_SIZE : data.length;
@@ -122,6 +128,72 @@ async function takeMarker(dir: string, name: string): Promise<boolean> {
   }
 }
 
+/** Bytes of a segment read at a time by pushPieces. */
+const PIECE_BYTES = 512 * 1024;
+
+/**
+ * Push one segment a piece at a time through one buffer, each piece checked (page headers) and
+ * handed to the archive as it is read, where the archive writes pieces as they come (a local
+ * directory: ArchiveStore.putPieces). A segment-sized buffer is fresh memory, which on a virtual
+ * machine costs more than reading, hashing and writing the segment. Undefined when the archive
+ * cannot take pieces or already holds the name (nothing was stored: push() takes the whole-file
+ * way, which compares the copies); the same errors as that way otherwise.
+ */
+async function pushPieces(o: PushOptions, name: string, store: ArchiveStore): Promise<'created' | undefined> {
+  if (!store.putPieces) return undefined;
+  const cannotRead = (err: unknown): PushError => new PushError(`cannot read ${o.path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  let fh: FileHandle;
+  try {
+    fh = await open(o.path, 'r');
+  } catch (err) {
+    throw cannotRead(err);
+  }
+  try {
+    const buf = Buffer.allocUnsafeSlow(PIECE_BYTES);
+    const read = async (at: number): Promise<number> => {
+      try {
+        return (await fh.read(buf, 0, buf.length, at)).bytesRead;
+      } catch (err) {
+        throw cannotRead(err);
+      }
+    };
+    let size: number;
+    try {
+      size = (await fh.stat()).size;
+    } catch (err) {
+      throw cannotRead(err);
+    }
+    const first = await read(0);
+    const head = checkSegmentHead(name, buf.subarray(0, first), size);
+    const { tli, segNo } = parseWalFileName(name, head.segSize);
+    const checker = new IncrementalPageChecker({ segNo, segSize: head.segSize, tli, blockSize: head.blockSize });
+    const check = (at: number, piece: Buffer): void => {
+      const problem = checker.feed(at, piece);
+      if (problem !== undefined) throw new PushError(`${name}: not a valid WAL segment: ${problem}`);
+    };
+    // The first piece (its header page and those after it) is checked before the archive is claimed.
+    check(0, buf.subarray(0, first));
+    await claimArchive(store, { systemIdentifier: head.systemId, segmentSize: head.segSize }, name, o.encryption ?? { encrypts: false });
+    const pieces = async function* (): AsyncGenerator<Buffer> {
+      let at = 0;
+      for (let n = first; n > 0; n = await read(at)) {
+        const piece = buf.subarray(0, n);
+        if (at > 0) check(at, piece);
+        yield piece; // written before the buffer is read into again
+        at += n;
+      }
+      // Changed size since it was looked at: not the file PostgreSQL handed over.
+      if (at !== head.segSize) throw new PushError(`${name}: file has ${at} bytes, but its segment size is ${head.segSize}`);
+    };
+    const res = await store.putPieces(name, pieces(), { noSync: o.noSync });
+    if (res === undefined || res === 'taken') return undefined;
+    o.log.verbose(`${name}: archived`);
+    return 'created';
+  } finally {
+    await fh.close();
+  }
+}
+
 /** True when the archive already holds exactly these bytes under `name` (one HEAD, no upload). */
 async function alreadyArchived(store: ArchiveStore, name: string, file: Hashed): Promise<boolean> {
   const info = await store.head(name);
@@ -143,6 +215,11 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
       o.log.verbose(`${name}: archived by an earlier call's look-ahead`);
       return 'exists';
     }
+  }
+  // One plain segment: through one buffer, where the archive takes pieces.
+  if (parallel <= 1 && o.compression === 'none' && o.encryption?.encrypts !== true && WAL_NAME_RE.test(name)) {
+    const pushed = await pushPieces(o, name, await o.openStore());
+    if (pushed !== undefined) return pushed;
   }
   // This call read the file: its memory may go to a hashing thread and back.
   const file = await sha256Owned(await readWalFile(o.path));

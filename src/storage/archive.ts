@@ -199,6 +199,31 @@ export class Archive implements ArchiveStore {
     }
   }
 
+  async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: { noSync?: boolean } = {}): Promise<PutResult | 'taken' | undefined> {
+    assertArchiveName(name);
+    // Plain bytes only: compression and encryption hold on to pieces (and have put's way).
+    if (this.keyring !== undefined || !this.driver.createStream || this.driver.writesPieces !== true) return undefined;
+    const digest = new Digesting();
+    let failure: { err: unknown } | undefined;
+    const source = async function* (): AsyncGenerator<Buffer> {
+      try {
+        yield* digest.pass(pieces);
+      } catch (err) {
+        failure = { err };
+        throw err;
+      }
+    };
+    let r: Awaited<ReturnType<NonNullable<Driver['createStream']>>>;
+    try {
+      r = await this.driver.createStream(name, source(), () => ({ sha256: digest.hex, compression: 'none', size: digest.size }), { noSync: opts.noSync ?? false });
+    } catch (err) {
+      // The source's own error, not the driver's wrapping of it.
+      throw failure ? failure.err : err;
+    }
+    if (!r.created) return 'taken';
+    return { status: 'created', info: { name, size: digest.size, storedSize: digest.size, checksum: digest.hex, compression: 'none', modified: r.modified } };
+  }
+
   async head(name: string): Promise<ObjectInfo | undefined> {
     assertArchiveName(name);
     const o = await this.driver.stat(name);

@@ -72,6 +72,12 @@ export interface Driver {
    */
   readonly readsInto?: boolean;
   /**
+   * Whether createStream is done with each piece of the body before it asks for the next (it
+   * writes pieces to a file as they come), so that a body may reuse one buffer: the policy's
+   * putPieces stores through such a driver only (a local file).
+   */
+  readonly writesPieces?: boolean;
+  /**
    * Store `body` under `key` unless the key holds an object: atomic (nothing readable under the
    * key before the whole object is stored) and durable when it resolves. `{ created: false }`
    * when the key is taken (by an earlier object or a concurrent writer that won).

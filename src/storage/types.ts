@@ -179,6 +179,15 @@ export interface ArchiveStore {
    */
   getTo?(name: string, write: (piece: Buffer) => Promise<void>): Promise<ObjectInfo>;
   /**
+   * put for an uncompressed, unencrypted object whose bytes come as `pieces`, each valid only
+   * until the next is asked for (they may be views of one buffer read into again): memory of one
+   * piece however large the object. Only where the store writes pieces as they come (a local
+   * archive); undefined where it cannot (then use put), 'taken' when the name is already held
+   * (nothing was stored: use put, which compares the copies). The source may throw to abandon the
+   * object: nothing is stored then and that error comes back.
+   */
+  putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: { noSync?: boolean }): Promise<PutResult | 'taken' | undefined>;
+  /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
    * object under a WAL file name treats it as damaged even when its contents are identical, since
