@@ -591,26 +591,31 @@ function objectOf(key: string, found: Found, rec: ChecksumRecord | undefined): D
 
 /** Pieces gathered into one write of at least this many bytes (a write per small CopyData piece costs a syscall each). */
 const WRITE_CHUNK = 1024 * 1024;
+/** A piece this large is written as it is, not copied. */
+const DIRECT_WRITE = 256 * 1024;
 
 /**
  * A streamed body written in writes of at least WRITE_CHUNK bytes: small pieces are copied into
- * one reused buffer (before any await, so a piece that is a view into a reused buffer is safe);
- * a piece as large as the chunk goes straight to the file. The fsync stays the caller's, once.
+ * one buffer (before any await, so a piece that is a view into a reused buffer is safe); a piece
+ * of DIRECT_WRITE bytes or more goes straight to the file (push's 512 kB pieces: no copy, no
+ * fresh buffer). Done with each piece before asking for the next (writesPieces). The fsync stays
+ * the caller's, once.
  */
 async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>): Promise<void> {
-  const pending = Buffer.allocUnsafe(WRITE_CHUNK);
+  let pending: Buffer | undefined;
   let used = 0;
   const flush = async (): Promise<void> => {
-    for (let off = 0; off < used; ) off += (await fh.write(pending, off, used - off)).bytesWritten;
+    for (let off = 0; pending && off < used; ) off += (await fh.write(pending, off, used - off)).bytesWritten;
     used = 0;
   };
   for await (const b of body) {
-    if (b.length >= WRITE_CHUNK) {
+    if (b.length >= DIRECT_WRITE) {
       await flush();
       for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off)).bytesWritten;
       continue;
     }
     if (used + b.length > WRITE_CHUNK) await flush();
+    pending ??= Buffer.allocUnsafe(WRITE_CHUNK);
     b.copy(pending, used);
     used += b.length;
     if (used === WRITE_CHUNK) await flush();
