@@ -158,6 +158,12 @@ export interface FileCheck {
 
 class Digest {
   private crc = 0;
+  /** A CRC-32C computed elsewhere. */
+  static ofCrc32c(crc: number): Digest {
+    const d = new Digest('CRC32C');
+    d.crc = crc;
+    return d;
+  }
   private readonly hash: Hash | undefined;
   constructor(readonly algorithm: ChecksumAlgorithm) {
     this.hash = algorithm === 'NONE' || algorithm === 'CRC32C' ? undefined : createHash(algorithm.toLowerCase());
@@ -251,12 +257,7 @@ export class ManifestVerifier {
    */
   begin(path: string, size: number): FileCheck | undefined {
     if (this.isIgnored(path)) return undefined;
-    const m = this.files.get(path);
-    let early: VerifyProblem | undefined;
-    if (!m) early = this.record('extra', path, `"${path}" is in the backup but not in its manifest`);
-    else if (this.seen.has(path)) early = this.record('duplicate', path, `"${path}" appears twice in the backup`);
-    else if (m.size !== size) early = this.record('size', path, `"${path}" has size ${size} in the backup but ${m.size} in its manifest`);
-    this.seen.add(path);
+    const { m, early } = this.open(path, size);
     const digest = m && !early && !this.opts.skipChecksums && m.algorithm !== 'NONE' ? new Digest(m.algorithm) : undefined;
     let got = 0;
     let ended = false;
@@ -269,16 +270,51 @@ export class ManifestVerifier {
       end: (): VerifyProblem | undefined => {
         if (ended) throw new Error(`the check of "${path}" was ended twice`);
         ended = true;
-        if (early) return early;
-        if (got !== size) return this.record('size', path, `"${path}" ended after ${got} of its ${size} bytes`);
-        this.checked++;
-        this.bytes += got;
-        if (digest && m?.checksum && !digest.forms().includes(m.checksum)) {
-          return this.record('checksum', path, `"${path}" does not match its ${m.algorithm} checksum in the manifest`);
-        }
-        return undefined;
+        return early ?? this.close(path, size, got, m!, digest);
       },
     };
+  }
+
+  /**
+   * The same checks as begin() for a file whose bytes were seen elsewhere: `size` bytes whose
+   * CRC-32C is `crc` (computed as the backup was stored). Undefined when the file matches or is
+   * skipped. Throws when the manifest checks this file with another algorithm than CRC-32C (see
+   * needsOtherDigest).
+   */
+  checkCrc32c(path: string, size: number, crc: number): VerifyProblem | undefined {
+    if (this.isIgnored(path)) return undefined;
+    const { m, early } = this.open(path, size);
+    if (early) return early;
+    if (this.opts.skipChecksums || m!.algorithm === 'NONE') return this.close(path, size, size, m!, undefined);
+    if (m!.algorithm !== 'CRC32C') throw new Error(`"${path}" is checked with ${m!.algorithm} in the manifest, not CRC-32C`);
+    return this.close(path, size, size, m!, Digest.ofCrc32c(crc));
+  }
+
+  /** Whether some file of the manifest is checked with an algorithm other than CRC-32C (then checkCrc32c cannot check it). */
+  needsOtherDigest(): boolean {
+    return !this.opts.skipChecksums && this.manifest.files.some((f) => f.algorithm !== 'NONE' && f.algorithm !== 'CRC32C');
+  }
+
+  /** What is wrong before any byte is seen: not in the manifest, seen twice, another size. */
+  private open(path: string, size: number): { m: ManifestFile | undefined; early: VerifyProblem | undefined } {
+    const m = this.files.get(path);
+    let early: VerifyProblem | undefined;
+    if (!m) early = this.record('extra', path, `"${path}" is in the backup but not in its manifest`);
+    else if (this.seen.has(path)) early = this.record('duplicate', path, `"${path}" appears twice in the backup`);
+    else if (m.size !== size) early = this.record('size', path, `"${path}" has size ${size} in the backup but ${m.size} in its manifest`);
+    this.seen.add(path);
+    return { m, early };
+  }
+
+  /** After the last byte: `got` of `size` bytes seen, with their digest (undefined: not checked). */
+  private close(path: string, size: number, got: number, m: ManifestFile, digest: Digest | undefined): VerifyProblem | undefined {
+    if (got !== size) return this.record('size', path, `"${path}" ended after ${got} of its ${size} bytes`);
+    this.checked++;
+    this.bytes += got;
+    if (digest && m.checksum && !digest.forms().includes(m.checksum)) {
+      return this.record('checksum', path, `"${path}" does not match its ${m.algorithm} checksum in the manifest`);
+    }
+    return undefined;
   }
 
   /** After every tar: adds each file the manifest lists that no tar held, and returns everything found. */

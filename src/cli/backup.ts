@@ -13,6 +13,7 @@ interface BackupCliOptions extends ArchiveCliOptions, ConnectionCliOptions {
   wal: 'none' | 'stream';
   walTimeout: number;
   leftoverAge: string;
+  readBack?: boolean;
   verbose?: boolean;
 }
 
@@ -46,6 +47,7 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
     )
     .addOption(new Option('--wal-timeout <secs>', 'after the backup, wait this long for its WAL to be archived').argParser(parseWalTimeout).default(60_000, '60'))
     .option('--leftover-age <duration>', 'remove interrupted backups of earlier runs once their newest object is this old', '1h')
+    .option('--read-back', 'read every stored object back and check it against the manifest (default: each file is checked as it is stored)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText(
       'after',
@@ -88,6 +90,7 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
         wal: opts.wal,
         walTimeoutMs: opts.walTimeout,
         leftoverAgeMs: parseDuration(opts.leftoverAge),
+        readBack: opts.readBack === true,
         log,
         ...(onProgress ? { onProgress } : {}),
         stop: deps.stop(),

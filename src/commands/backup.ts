@@ -6,16 +6,18 @@
 // Guarantees:
 // - memory stays bounded whatever the database size: the socket is read only as fast as the
 //   archive takes the bytes;
-// - the record that makes a backup usable is written last, only after every object is stored, read
-//   back and checked against the server's manifest (each file's size and checksum), and after the
-//   WAL from the backup's start to its end is in the archive; a run stopped anywhere before that
+// - the record that makes a backup usable is written last, only after every object is stored and
+//   checked against the server's manifest (each file's size and CRC-32C, taken as the bytes go into
+//   the archive, or with readBack read back from it), and after the WAL from the backup's start to
+//   its end is in the archive; a run stopped anywhere before that
 //   leaves an interrupted backup, which listBackups never shows as usable and the next run removes
 //   once its writer is gone;
 // - the archive's identity is checked and claimed as receive does: a backup of another system, or
 //   without the key of an encrypted archive, writes nothing.
 import { claimArchive, readIdentity, ArchiveEncryptedError, IdentityMismatchError } from '../archive/identity.js';
 import { backupName, baseTarName, encodeRecord, listBackups, manifestName, parseBackupObjectName, recordName, tablespaceTarName, RECORD_FORMAT, type BackupObject, type BackupRecord } from '../backup/layout.js';
-import { ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries } from '../backup/manifest.js';
+import { ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries, type BackupManifest } from '../backup/manifest.js';
+import { crc32c } from '../backup/crc32c.js';
 import { readTar, type TarEntry } from '../backup/tar.js';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
 import { ReplicationConnection } from '../session/connection.js';
@@ -27,6 +29,7 @@ import { zstdAvailable } from '../sink/segment-file.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { lsnToSegNo, walFileName, WAL_NAME_RE } from '../wal/segment.js';
 import type { Logger } from '../util/log.js';
+import { tee } from '../util/tee.js';
 
 export interface BackupOptions {
   connection: ConnectionOptions;
@@ -50,6 +53,12 @@ export interface BackupOptions {
   wal: 'none' | 'stream';
   /** How long to wait after the backup for its WAL to be archived (default 60 s). */
   walTimeoutMs?: number;
+  /**
+   * Read every stored tar back from the archive and check it against the manifest before the
+   * record is written. Default: each file's size and CRC-32C are taken as the bytes are stored and
+   * checked against the manifest when it comes, without reading anything back.
+   */
+  readBack?: boolean;
   /** Interrupted backups of earlier runs are removed once their newest object is this old (default storage/leftovers.ts's hour). */
   leftoverAgeMs?: number;
   log: Logger;
@@ -280,13 +289,50 @@ async function* watchControlFile(entries: AsyncIterable<TarEntry>, found: (syste
   }
 }
 
-/** Read each stored tar back and check every file against the manifest (size and checksum) and pg_control's system identifier against the server's. */
-async function verifyStored(store: ArchiveStore, manifestData: Buffer, objects: BackupObject[], systemId: string): Promise<{ files: number; bytes: number }> {
+/** An entry of a tar as it went into the archive: its path in the manifest's terms, and a file's size and CRC-32C. */
+interface SeenEntry {
+  path: string;
+  type: TarEntry['type'];
+  size: number;
+  crc: number;
+}
+
+/**
+ * Read a tar as it is stored (the side of a tee): every entry with each file's size and CRC-32C,
+ * the checksum walstream asks the server's manifest for, and (`control`) the system identifier
+ * global/pg_control holds. `prefix`: '' for base.tar, tablespacePrefix(oid) for a tablespace's.
+ */
+async function digestTar(chunks: AsyncIterable<Buffer>, label: string, prefix: string, control?: (systemId: string) => void): Promise<SeenEntry[]> {
+  const seen: SeenEntry[] = [];
+  let entries: AsyncIterable<TarEntry> = readTar(chunks, { label });
+  if (control) entries = watchControlFile(entries, control);
+  for await (const e of entries) {
+    let crc = 0;
+    for await (const b of e.content) crc = crc32c(b, crc);
+    seen.push({ path: prefix + e.name, type: e.type, size: e.size, crc });
+  }
+  return seen;
+}
+
+/** The server's manifest, parsed and checked against the system the server identified itself as. */
+function manifestOf(manifestData: Buffer, systemId: string): BackupManifest {
   const manifest = parseManifest(manifestData, 'the backup_manifest the server sent');
   if (manifest.systemIdentifier !== undefined && manifest.systemIdentifier !== systemId) {
     throw new BackupError(`the backup's manifest names database system ${manifest.systemIdentifier}, but the server identified itself as ${systemId}`);
   }
-  const verifier = new ManifestVerifier(manifest);
+  return manifest;
+}
+
+/** Check the entries seen while the tars were stored against the manifest. */
+function checkSeen(verifier: ManifestVerifier, seen: readonly SeenEntry[]): void {
+  for (const e of seen) {
+    if (e.type !== 'file') verifier.nonFile(e.path, e.type);
+    else verifier.checkCrc32c(e.path, e.size, e.crc);
+  }
+}
+
+/** Read each stored tar back and check every file against the manifest (size and checksum); returns pg_control's system identifier. */
+async function verifyStored(store: ArchiveStore, verifier: ManifestVerifier, objects: BackupObject[]): Promise<string | undefined> {
   let controlSystemId: string | undefined;
   for (const o of objects) {
     if (o.kind === 'manifest') continue;
@@ -295,13 +341,18 @@ async function verifyStored(store: ArchiveStore, manifestData: Buffer, objects: 
     const entries = o.kind === 'base' ? watchControlFile(readTar(stream, { label: o.name }), (id) => (controlSystemId = id)) : readTar(stream, { label: o.name });
     await verifyTarEntries(entries, verifier, o.kind === 'tablespace' ? tablespacePrefix(o.oid!) : '');
   }
-  if (controlSystemId === undefined) throw new BackupError('the stored base.tar holds no global/pg_control');
+  return controlSystemId;
+}
+
+/** The verdict on a backup: pg_control of this system, and every file as its manifest says. */
+function judge(verifier: ManifestVerifier, controlSystemId: string | undefined, systemId: string, what: string): { files: number; bytes: number } {
+  if (controlSystemId === undefined) throw new BackupError(`the ${what} base.tar holds no global/pg_control`);
   if (controlSystemId !== systemId) throw new BackupError(`the backup's global/pg_control is of database system ${controlSystemId}, but the server identified itself as ${systemId}`);
   const result = verifier.finish();
   if (!result.ok) {
     const shown = result.problems.slice(0, 3).map((p) => p.message);
     const more = result.problems.length > 3 ? ` and ${result.problems.length - 3} more` : '';
-    throw new BackupError(`the stored backup does not match its manifest: ${shown.join('; ')}${more}; nothing was recorded`);
+    throw new BackupError(`the ${what} backup does not match its manifest: ${shown.join('; ')}${more}; nothing was recorded`);
   }
   return { files: result.checked, bytes: result.bytes };
 }
@@ -379,6 +430,9 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
     log.verbose(`backup ${name} starts at ${formatLsn(start.lsn)} on timeline ${start.timeline}`);
 
     const objects: BackupObject[] = [];
+    /** The tars' entries as they were stored (not with readBack). */
+    const seen: SeenEntry[] = [];
+    let controlSystemId: string | undefined;
     for (;;) {
       const a = await run.nextArchive();
       if (!a) break;
@@ -390,9 +444,14 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
         throw new BackupError(`the server sent an archive named "${a.name}", which walstream does not store`);
       }
       log.verbose(`storing ${a.name} as ${objectName}`);
+      // Unless the stored tars are to be read back, each file's size and CRC-32C are taken as the
+      // bytes go into the archive, to be checked against the manifest once it comes.
+      const check = o.readBack
+        ? undefined
+        : tee(a.data, (chunks) => digestTar(chunks, a.name, a.oid === undefined ? '' : tablespacePrefix(a.oid), a.oid === undefined ? (id) => (controlSystemId = id) : undefined));
       let put;
       try {
-        put = await store.putStream(objectName, a.data, { compression: o.compression });
+        put = await store.putStream(objectName, check ? check.passed : a.data, { compression: o.compression });
       } catch (err) {
         run.abort(err as Error);
         throw err;
@@ -401,6 +460,14 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
       if (put.status !== 'created') {
         run.abort(new BackupError(`${objectName} already existed in the archive`));
         throw new BackupError(`${objectName} already existed in the archive`);
+      }
+      if (check) {
+        try {
+          seen.push(...(await check.result));
+        } catch (err) {
+          run.abort(err as Error);
+          throw new BackupError(`${a.name} from the server is not a readable tar: ${(err as Error).message}; nothing was recorded`);
+        }
       }
       objects.push({
         name: objectName,
@@ -446,9 +513,14 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
       await walStream.end();
       walStream = undefined;
     }
-    // Read back what was stored and check it against the manifest.
-    const checked = await Promise.race([verifyStored(store, manifestData, objects, systemId.toString()), stop.promise]);
-    log.verbose(`verified ${checked.files} files (${checked.bytes} bytes) of backup ${name} against its manifest`);
+    // What was stored, against the manifest: as it went by, or read back (asked for, or when the
+    // manifest checks files with another algorithm than the CRC-32C taken on the way).
+    const verifier = new ManifestVerifier(manifestOf(manifestData, systemId.toString()));
+    const readBack = o.readBack === true || verifier.needsOtherDigest();
+    if (readBack) controlSystemId = await Promise.race([verifyStored(store, verifier, objects), stop.promise]);
+    else checkSeen(verifier, seen);
+    const checked = judge(verifier, controlSystemId, systemId.toString(), readBack ? 'stored' : 'streamed');
+    log.verbose(`verified ${checked.files} files (${checked.bytes} bytes) of backup ${name} against its manifest${readBack ? ', read back from the archive' : ''}`);
 
     const record: BackupRecord = {
       format: RECORD_FORMAT,

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir } from '../harness/pg.js';
 import { run } from '../harness/exec.js';
+import { TamperProxy } from '../harness/tamper-proxy.js';
 import { runCli, startCli, type CliProcess } from '../support/cli.js';
 import { pgOwnedDir } from '../support/pgcommand.js';
 import { LocalStore } from '../../src/storage/local.js';
@@ -145,6 +146,34 @@ describe('walstream backup', () => {
     const text = await runCli(['backup', 'list', '--archive', archive]);
     expect(text.stdout).toContain(`${rec.name}  start ${rec.startLsn}  end ${rec.endLsn}  timeline 1`);
   }, 180_000);
+
+  it('refuses bytes altered on their way from the server, checked as they are stored (and with --read-back), and records nothing', async () => {
+    const proxy = await TamperProxy.start(primary.port);
+    try {
+      const before = (await listBackups(new LocalStore(archive))).complete.length;
+      for (const extra of [[], ['--read-back']]) {
+        let data = 0;
+        const fired = proxy.tampered;
+        proxy.tamper((msg, ctx) => {
+          // The 20th archive-data CopyData of BASE_BACKUP (15+: its payload starts with 'd'): bytes flipped across it.
+          if (msg.type !== 'd' || !ctx.query.startsWith('BASE_BACKUP') || msg.body[0] !== 0x64 || ++data !== 20) return undefined;
+          const body = Buffer.from(msg.body);
+          for (let i = 1; i <= 8; i++) body[Math.floor((body.length * i) / 9)]! ^= 0x5a;
+          return [{ type: 'd', body }];
+        });
+        const res = await runCli(['backup', '-d', `host=127.0.0.1 port=${proxy.port} user=postgres sslmode=disable`, '--archive', archive, '-c', 'fast', ...extra]);
+        expect(proxy.tampered).toBe(fired + 1);
+        expect(res.code).toBe(1);
+        expect(res.stderr).toMatch(/does not match its manifest|is damaged/);
+        expect(res.stderr).toMatch(/nothing was recorded/);
+        const { complete, incomplete } = await listBackups(new LocalStore(archive));
+        expect(complete).toHaveLength(before);
+        expect(incomplete).toEqual([]);
+      }
+    } finally {
+      await proxy.stop();
+    }
+  }, 120_000);
 
   it('leaves a backup killed mid-way as interrupted, and the next run removes it', async () => {
     const before = new Set((await listBackups(new LocalStore(archive))).complete.map((r) => r.name));

@@ -168,4 +168,27 @@ describe('ManifestVerifier', () => {
     c.update(Buffer.from('15'));
     expect(c.end()?.message).toBe('"PG_VERSION" ended after 2 of its 3 bytes');
   });
+
+  it('checks a size and CRC-32C taken elsewhere (as a backup is stored) the same way, and says when the manifest uses another algorithm', () => {
+    const v = new ManifestVerifier(parseManifest(manifest(PG15_LINES)));
+    expect(v.needsOtherDigest()).toBe(false);
+    expect(v.checkCrc32c('PG_VERSION', 3, crc32c(Buffer.from('15\n')))).toBeUndefined();
+    expect(v.checkCrc32c('backup_label', 225, 0x12345678)?.kind).toBe('checksum');
+    expect(v.checkCrc32c('tablespace_map', 17, 0)?.message).toBe('"tablespace_map" has size 17 in the backup but 18 in its manifest');
+    expect(v.checkCrc32c('PG_VERSION', 3, crc32c(Buffer.from('15\n')))?.kind).toBe('duplicate');
+    expect(v.checkCrc32c('pg_wal/000000010000000000000002', 5, 0)).toBeUndefined();
+    const r = v.finish();
+    expect(r.problems.map((p) => [p.kind, p.path])).toEqual([
+      ['checksum', 'backup_label'],
+      ['size', 'tablespace_map'],
+      ['duplicate', 'PG_VERSION'],
+      ['missing', 'pg_tblspc/16384/PG_15_202209061/5/16385'],
+    ]);
+    expect(r.checked).toBe(2);
+
+    const sum = createHash('sha256').update('15\n').digest('hex');
+    const sha = new ManifestVerifier(parseManifest(manifest([`{ "Path": "PG_VERSION", "Size": 3, "Checksum-Algorithm": "SHA256", "Checksum": "${sum}" }`])));
+    expect(sha.needsOtherDigest()).toBe(true);
+    expect(() => sha.checkCrc32c('PG_VERSION', 3, 0)).toThrow(/SHA256/);
+  });
 });
