@@ -106,8 +106,11 @@ describe('secrets stay out of every output', () => {
     }
     keyRuns.push([['fetch', FIXTURE_NAME, join(dir, 'out'), '--archive', archive], { WALSTREAM_ENCRYPTION_KEY: `a=${keyA.toString('base64')}` }]);
     let outputs = 0;
-    // 128 runs, four at a time (several wait on retries against the closed port)
-    const jobs = keyRuns.flatMap(([args, extra]) => ['text', 'json'].map((format) => ({ args, extra, format })));
+    // Every run with text logs; JSON logs for the commands that fail fastest (push, verify, receive),
+    // which still meet every key source. 91 runs, six at a time (fetch waits on retries against
+    // the closed port).
+    const jsonToo = new Set(['push', 'verify', 'receive']);
+    const jobs = keyRuns.flatMap(([args, extra]) => (jsonToo.has(args[0]!) ? ['text', 'json'] : ['text']).map((format) => ({ args, extra, format })));
     const worker = async (): Promise<void> => {
       for (let job = jobs.shift(); job; job = jobs.shift()) {
         const { args, extra, format } = job;
@@ -117,7 +120,7 @@ describe('secrets stay out of every output', () => {
         for (const secret of secrets) expect(out, `${args.join(' ')} ${format}: ${out}`).not.toContain(secret);
       }
     };
-    await Promise.all([worker(), worker(), worker(), worker()]);
+    await Promise.all(Array.from({ length: 6 }, worker));
     expect(outputs).toBeGreaterThan(keyRuns.length);
     for (const cmd of ['receive', 'push', 'fetch', 'status', 'verify', 'cleanup']) {
       const res = await runCli([cmd, '--help'], { env: { ...env, WALSTREAM_ENCRYPTION_KEY: keyA.toString('base64'), WALSTREAM_ENCRYPTION_KEY_FILE: keyFile } });
