@@ -10,7 +10,7 @@
 import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sweepDirectory } from '../storage/leftovers.js';
-import { StorageError, type ArchiveStore, type Compression } from '../storage/types.js';
+import { StorageError, type ArchiveStore, type Compression, type PutResult } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
 import { HISTORY_NAME_RE, WAL_NAME_RE } from '../wal/segment.js';
 
@@ -43,6 +43,9 @@ function uploadOrder(a: string, b: string): number {
   if (ha !== hb) return ha ? -1 : 1;
   return a < b ? -1 : a > b ? 1 : 0;
 }
+
+/** Bytes per read when a spool file goes to the archive a piece at a time. */
+const PIECE_BYTES = 512 * 1024;
 
 /** Buffers at least this large are kept for reuse by the next upload. */
 const POOLED_MIN = 1024 * 1024;
@@ -91,6 +94,8 @@ export class SpoolUploader {
   private readonly retryNames = new Set<string>();
   uploadedCount = 0;
   private readonly buffers: ReadBuffers;
+  /** The buffers of piece-at-a-time uploads, reused. */
+  private readonly pieceBuffers: Buffer[] = [];
 
   constructor(private readonly o: UploaderOptions) {
     this.buffers = new ReadBuffers(o.concurrency);
@@ -185,7 +190,7 @@ export class SpoolUploader {
   private async upload(name: string, delay: number): Promise<void> {
     const path = join(this.o.spoolDir, name);
     try {
-      const res = await this.withContents(path, (data) => this.o.store.put(name, data, { compression: HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression, noSync: this.o.noSync }));
+      const res = await this.putFile(name, path, HISTORY_NAME_RE.test(name) ? 'none' : this.o.compression);
       if (res.replacedDamaged) {
         this.o.log.warn(`archive held a copy of ${name} it cannot keep (damaged, or not encrypted in an encrypted archive): kept as ${res.replacedDamaged} and replaced`);
       }
@@ -235,6 +240,42 @@ export class SpoolUploader {
         retry(Math.min(delay * 2, max))();
       }, wait);
       this.retries.set(t, retry(this.o.retryMinMs ?? 500));
+    }
+  }
+
+  /**
+   * Store a spool file under `name`: a piece at a time through one small buffer where the archive
+   * writes pieces as they come (plain bytes into a local directory: ArchiveStore.putPieces), else
+   * whole. When the archive already holds the name, the whole-file way judges the copy there.
+   */
+  private async putFile(name: string, path: string, compression: Compression): Promise<PutResult> {
+    if (compression === 'none' && this.o.store.putPieces) {
+      const r = await this.withPieces(path, (pieces) => this.o.store.putPieces!(name, pieces, { noSync: this.o.noSync }));
+      if (r !== undefined && r !== 'taken') return r;
+    }
+    return this.withContents(path, (data) => this.o.store.put(name, data, { compression, noSync: this.o.noSync }));
+  }
+
+  /** Run `fn` on the pieces of a spool file, each read into one reused buffer once `fn` is done with the one before. */
+  private async withPieces<T>(path: string, fn: (pieces: AsyncIterable<Buffer>) => Promise<T>): Promise<T> {
+    const fh = await open(path, 'r');
+    const buf = this.pieceBuffers.pop() ?? Buffer.allocUnsafeSlow(PIECE_BYTES);
+    try {
+      const { size } = await fh.stat();
+      const pieces = async function* (): AsyncGenerator<Buffer> {
+        let at = 0;
+        while (at < size) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - at), at);
+          if (bytesRead === 0) break;
+          at += bytesRead;
+          yield buf.subarray(0, bytesRead);
+        }
+        if (at !== size) throw new Error(`${path} changed size while being read (${at} of ${size} bytes)`);
+      };
+      return await fn(pieces());
+    } finally {
+      await fh.close();
+      if (this.pieceBuffers.length < this.o.concurrency) this.pieceBuffers.push(buf);
     }
   }
 
