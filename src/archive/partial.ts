@@ -4,7 +4,7 @@
 // whole segment again, never an overwrite); a reader concatenates the contiguous pieces. Only
 // bytes already durable in the spool are shipped. Once the complete segment is archived, its
 // pieces are deleted.
-import { open } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotFoundError, type ArchiveStore } from '../storage/types.js';
 import { checkSegmentPages, LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
@@ -73,7 +73,17 @@ export class PartialShipper {
       }
       if (durableEnd <= this.shipped) return;
       const data = Buffer.alloc(durableEnd - this.shipped);
-      const fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
+      let fh: FileHandle;
+      try {
+        fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
+      } catch (err) {
+        // Completed meanwhile (renamed to its final name): the uploader archives it whole.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await stat(join(this.o.spoolDir, segment)).catch(() => undefined))) {
+          this.o.log.verbose(`${segment} was completed before its newest bytes were shipped as a piece: it goes to the archive whole`);
+          return;
+        }
+        throw err;
+      }
       try {
         let got = 0;
         while (got < data.length) {
