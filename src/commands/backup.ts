@@ -453,7 +453,10 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
       try {
         put = await store.putStream(objectName, check ? check.passed : a.data, { compression: o.compression });
       } catch (err) {
+        // The server's end (its error, the connection lost), said as such rather than as the store's.
+        const server = run.failed;
         run.abort(err as Error);
+        if (server) throw new BackupError(`the server ended the backup while sending ${a.name}: ${server.message}; nothing was recorded`);
         throw err;
       }
       if (put.status === 'created') stored.push(objectName);

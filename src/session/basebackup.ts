@@ -346,6 +346,11 @@ export class BaseBackupRun {
     return Buffer.concat(parts);
   }
 
+  /** What ended the backup on the server's side (its error, the connection lost) or abort()'s error; undefined while it runs or once it finished well. */
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
   /** Stop: the connection is dropped and everything pending fails with `err`. */
   abort(err: Error): void {
     if (this.failure || this.finished) return;
