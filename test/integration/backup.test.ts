@@ -9,10 +9,10 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir } from '../harness/pg.js';
-import { run } from '../harness/exec.js';
+import { PG_OS_USER, run, runAsPg } from '../harness/exec.js';
 import { TamperProxy } from '../harness/tamper-proxy.js';
 import { runCli, startCli, type CliProcess } from '../support/cli.js';
-import { pgOwnedDir } from '../support/pgcommand.js';
+import { pgOwnedDir, walstreamProgram } from '../support/pgcommand.js';
 import { LocalStore } from '../../src/storage/local.js';
 import { listBackups, type BackupRecord } from '../../src/backup/layout.js';
 import { readTar, readAll } from '../../src/backup/tar.js';
@@ -55,6 +55,12 @@ describe('walstream backup', () => {
     return d;
   };
   const conn = (c: PgCluster): string[] => ['-d', c.connectionString()];
+  /** A cluster for a data directory walstream restore writes (destroyed at the end). */
+  const forNew = async (name: string, version: number): Promise<PgCluster> => {
+    const c = await PgCluster.forNewDataDir({ name, version });
+    others.push(c);
+    return c;
+  };
 
   /** A walstream receive archiving `c`'s WAL into a new local archive, through a slot of its own (a loaded machine may see it reconnect). */
   let slots = 0;
@@ -297,8 +303,8 @@ describe('walstream backup', () => {
     }
   }, 120_000);
 
-  for (const version of [14, 17]) {
-    it(`backs up PostgreSQL ${version} (${version < 15 ? 'one COPY per tablespace' : 'one COPY of typed messages'}), and refuses another system's archive`, async () => {
+  for (const version of [14, 16, 17, 18]) {
+    it(`backs up PostgreSQL ${version} (${version < 15 ? 'one COPY per tablespace' : 'one COPY of typed messages'}), refuses another system's archive${version === 14 || version === 18 ? ', and restores it to the end of the archive' : ''}`, async () => {
       const c = await PgCluster.create({ version, name: `backup${version}` });
       others.push(c);
       const t = pgOwnedDir(`tablespace${version}`);
@@ -322,6 +328,30 @@ describe('walstream backup', () => {
       expect(rec.objects.map((o) => o.kind).sort()).toEqual(['base', 'manifest', 'tablespace']);
       const files = await storedTar(new LocalStore(fed.archive), rec.objects.find((o) => o.kind === 'base')!.name);
       expect(readFileSync(join(c.dataDir, 'PG_VERSION'), 'utf8')).toBe(files.get('PG_VERSION')!.toString());
+
+      // Restored (as the server's OS user) and started with the same version: it recovers to the
+      // end of the archive, rows written after the backup included. The oldest and newest
+      // versions only (15's restore has test/integration/restore.test.ts), to keep the suite short.
+      if (version !== 14 && version !== 18) return;
+      await c.query('insert into in_extra select generate_series(1001, 1500)');
+      const last = (await c.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f'))[0]!.f;
+      await c.switchWal();
+      const deadline = Date.now() + 60_000;
+      while (!readdirSync(fed.archive).includes(last)) {
+        if (Date.now() > deadline) throw new Error(`${last} never reached the archive`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      fed.proc.kill('SIGTERM');
+      await fed.proc.done;
+      await run(['chown', '-R', `${PG_OS_USER}:`, fed.archive]);
+      const r = await forNew(`restored${version}`, version);
+      const { node, bin } = walstreamProgram();
+      const restored = await runAsPg(node, [bin, 'restore', '--archive', fed.archive, '-D', r.dataDir, '-T', `${t}=${join(r.baseDir, 'ts')}`], { check: false, timeoutMs: 120_000 });
+      expect(restored.exitCode, restored.stderr).toBe(0);
+      r.configure({});
+      await r.start();
+      await r.waitFor(async () => !(await r.isInRecovery()), 120_000, 'the end of recovery');
+      expect(await r.query('select count(*)::int as n, sum(id)::int as s from in_extra')).toEqual([{ n: 1500, s: 1125750 }]);
     }, 180_000);
   }
 });
