@@ -159,7 +159,12 @@ function anchorsOf(markdown: string): Set<string> {
 }
 
 describe('links in README.md and docs/', () => {
-  const pages = ['README.md', ...readdirSync(docs).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  const pages = [
+    'README.md',
+    ...readdirSync(docs)
+      .filter((f) => f.endsWith('.md'))
+      .map((f) => `docs/${f}`),
+  ];
 
   it.each(pages)('of %s point at files and headings that exist', (page) => {
     const text = readFileSync(join(root, page), 'utf8').replace(/```[\s\S]*?```/g, '');
