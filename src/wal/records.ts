@@ -161,6 +161,10 @@ export class WalRecordDecoder {
   /** Start of the last record read whole (xl_prev of the next); -1 when unknown. */
   private prevRecord = -1;
   private endedAt = -1;
+  /** Kept as numbers while decoding (exact below 2^53), made LSNs in summary(). */
+  private firstRecord = -1;
+  private lastRecord = -1;
+  private end = -1;
   /** The segment in which a bad page header was reported while lost. */
   private quietSegment = -1;
   /** The segment in which a non-zero byte after an XLOG_SWITCH was reported. */
@@ -428,18 +432,19 @@ export class WalRecordDecoder {
         const totLen = u32(b, i);
         this.recStart = at;
         if (!this.checkHeader(b, i, at)) continue;
-        this.recHdr.set(b.subarray(i, i + XLOG_RECORD_HEADER_SIZE));
-        this.recHdrGot = XLOG_RECORD_HEADER_SIZE;
         this.recTotLen = totLen;
-        this.inRecord = true;
         this.blind = false;
         if (totLen <= to - i) {
+          // The whole record is here: its header is read where it lies, not copied.
           this.crc = crc32cRange(b, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0);
           this.recGot = totLen;
+          this.finishRecord(b, i, i + totLen - from + this.segOff);
           i += totLen;
-          this.finishRecord(i - from + this.segOff);
           continue;
         }
+        for (let k = 0; k < XLOG_RECORD_HEADER_SIZE; k++) this.recHdr[k] = b[i + k]!;
+        this.recHdrGot = XLOG_RECORD_HEADER_SIZE;
+        this.inRecord = true;
         this.crc = crc32cRange(b, i + XLOG_RECORD_HEADER_SIZE, to, 0);
         this.recGot = to - i;
         i = to;
@@ -478,7 +483,7 @@ export class WalRecordDecoder {
         this.crc = 0;
       }
       i += k;
-      if (this.recGot === this.recTotLen && this.recHdrGot === XLOG_RECORD_HEADER_SIZE) this.finishRecord(i - from + this.segOff);
+      if (this.recGot === this.recTotLen && this.recHdrGot === XLOG_RECORD_HEADER_SIZE) this.finishRecord(this.recHdr, 0, i - from + this.segOff);
       return i;
     }
     const k = Math.min(this.recTotLen - this.recGot, to - i);
@@ -490,7 +495,7 @@ export class WalRecordDecoder {
         this.inRecord = false;
         this.blind = false;
         this.pad = align8(i - from + this.segOff) - (i - from + this.segOff);
-      } else this.finishRecord(i - from + this.segOff);
+      } else this.finishRecord(this.recHdr, 0, i - from + this.segOff);
     }
     return i;
   }
@@ -522,22 +527,25 @@ export class WalRecordDecoder {
   /** The whole header at h[j, j + 24), of the record at `at`. */
   private checkHeader(h: Uint8Array, j: number, at: number): boolean {
     if (!this.checkTotLen(u32(h, j), at)) return false;
-    const fail = (what: string): false => this.recordFails(at, what);
     const rmid = h[j + 17]!;
     const customOk = this.magic !== undefined && this.magic >= 0xd110;
-    if (rmid > RM_MAX_BUILTIN_ID && !(customOk && rmid >= RM_MIN_CUSTOM_ID)) return fail(`invalid resource manager ID ${rmid}`);
+    if (rmid > RM_MAX_BUILTIN_ID && !(customOk && rmid >= RM_MIN_CUSTOM_ID)) return this.recordFails(at, `invalid resource manager ID ${rmid}`);
     const prev = u32(h, j + 8) + u32(h, j + 12) * TWO32;
     if (this.prevRecord >= 0) {
-      if (prev !== this.prevRecord) return fail(`xl_prev ${lsnText(prev)}, but the previous record starts at ${lsnText(this.prevRecord)} (a record lost or bytes shifted?)`);
-    } else if (prev >= at) return fail(`xl_prev ${lsnText(prev)} does not point back`);
+      if (prev !== this.prevRecord) return this.recordFails(at, `xl_prev ${lsnText(prev)}, but the previous record starts at ${lsnText(this.prevRecord)} (a record lost or bytes shifted?)`);
+    } else if (prev >= at) return this.recordFails(at, `xl_prev ${lsnText(prev)} does not point back`);
     return true;
   }
 
-  /** The record's last byte was read: its CRC, then what follows it. `endOff` is its end in the segment. */
-  private finishRecord(endOff: number): void {
-    const h = this.recHdr;
-    const crc = crc32cJsRange(h, 0, CRC_OFFSET, this.crc);
-    const want = u32(h, CRC_OFFSET);
+  /**
+   * The record's last byte was read: its CRC (the header at h[j, j + 24) last), then what follows
+   * it. `endOff` is its end in the segment.
+   */
+  private finishRecord(h: Uint8Array, j: number, endOff: number): void {
+    const crc = crc32cJsRange(h, j, j + CRC_OFFSET, this.crc);
+    const want = u32(h, j + CRC_OFFSET);
+    const rmid = h[j + 17]!;
+    const info = h[j + 16]!;
     const start = this.recStart;
     const endLsn = this.segBase + endOff;
     this.inRecord = false;
@@ -546,10 +554,11 @@ export class WalRecordDecoder {
     if (crc !== want) {
       this.problem(
         start,
-        `record at ${lsnText(start)} (${this.recTotLen} bytes, resource manager ${h[17]}): CRC-32C 0x${crc.toString(16).padStart(8, '0')} where its header says 0x${want.toString(16).padStart(8, '0')}`,
+        `record at ${lsnText(start)} (${this.recTotLen} bytes, resource manager ${rmid}): CRC-32C 0x${crc.toString(16).padStart(8, '0')} where its header says 0x${want.toString(16).padStart(8, '0')}`,
       );
     }
-    for (const e of this.switchPoints) {
+    for (let k = 0; k < this.switchPoints.length; k++) {
+      const e = this.switchPoints[k]!;
       if (start < e && endLsn > e) {
         this.problem(start, `record at ${lsnText(start)} runs to ${lsnText(endLsn)}, across the switch point ${lsnText(e)} of the timeline history`);
       }
@@ -557,28 +566,28 @@ export class WalRecordDecoder {
     this.prevRecord = start;
     if (crc === want) {
       this.s.records++;
-      if (this.s.firstRecord === null) this.s.firstRecord = BigInt(start);
-      this.s.lastRecord = BigInt(start);
+      if (this.firstRecord < 0) this.firstRecord = start;
+      this.lastRecord = start;
       if (this.onRecord) {
         this.onRecord({
           lsn: BigInt(start),
           totLen: this.recTotLen,
-          xid: u32(h, 4),
-          prev: BigInt(u32(h, 8)) + (BigInt(u32(h, 12)) << 32n),
-          info: h[16]!,
-          rmid: h[17]!,
+          xid: u32(h, j + 4),
+          prev: BigInt(u32(h, j + 8)) + (BigInt(u32(h, j + 12)) << 32n),
+          info,
+          rmid,
           crc: want,
         });
       }
     }
-    if (h[17] === RM_XLOG_ID && (h[16]! & XLR_RMGR_INFO_MASK) === XLOG_SWITCH) {
+    if (rmid === RM_XLOG_ID && (info & XLR_RMGR_INFO_MASK) === XLOG_SWITCH) {
       this.s.switches++;
       this.mode = 'switch-zeros';
       this.pad = 0;
-      this.s.end = BigInt(this.segBase + this.segSize);
+      this.end = this.segBase + this.segSize;
       if (endOff >= this.segSize) this.mode = 'records';
     } else {
-      this.s.end = BigInt(next);
+      this.end = next;
     }
   }
 
@@ -586,6 +595,9 @@ export class WalRecordDecoder {
   summary(): RecordSummary {
     if (this.inSegment) this.endSegment();
     const s = { ...this.s, problems: [...this.s.problems], overwritten: [...this.s.overwritten] };
+    s.firstRecord = this.firstRecord >= 0 ? BigInt(this.firstRecord) : null;
+    s.lastRecord = this.lastRecord >= 0 ? BigInt(this.lastRecord) : null;
+    s.end = this.end >= 0 ? BigInt(this.end) : null;
     if (s.bytes === 0) s.endKind = 'empty';
     else if (this.mode === 'ended') s.endKind = 'zeros';
     else if (this.inRecord) s.endKind = 'incomplete-record';
