@@ -468,7 +468,11 @@ class Verification {
         reads.push(
           this.store.get(f.name).then(
             (g) => g.data,
-            () => undefined,
+            (err: unknown) => {
+              // Already a problem when readObjects could not read it either; else one now.
+              if (!this.problems.some((p) => p.object === f.name)) this.problem(f.name, 'read', `could not be read for the record check: ${err instanceof Error ? err.message : String(err)}`);
+              return undefined;
+            },
           ),
         );
       }
@@ -478,7 +482,9 @@ class Verification {
       start();
       const data = await reads.shift()!;
       if (!data) {
+        // its problem (checksum, read) is reported by readObjects; the check resumes after it
         unread++;
+        decoder.skipSegment(positionToSegNo(f.position!, segSize), f.tli);
         continue;
       }
       decoder.beginSegment(positionToSegNo(f.position!, segSize), f.tli);
@@ -488,7 +494,8 @@ class Verification {
     const s = decoder.summary();
     for (const p of s.problems) this.problem(p.segment, 'record', `offset ${p.offset} (${lsnText(p.lsn)}): ${p.message}`, { offset: p.offset, lsn: lsnText(p.lsn) });
     if (s.problemsNotKept > 0) this.problem(chain.files[chain.files.length - 1]?.name ?? this.store.description, 'record', `${s.problemsNotKept} more record problems not listed`);
-    if (unread > 0) this.notes.push(`${unread} segments could not be read again for the record check (listed above)`);
+    if (unread > 0)
+      this.notes.push(`${plural(unread, 'segment')} could not be read for the record check (see the problems): their records were not checked, and the check went on from the next segment's first page`);
     for (const lsn of s.overwritten) this.notes.push(`the record at ${lsnText(lsn)} was cut short and overwritten (XLOG_OVERWRITE_CONTRECORD): recovery skips it too`);
     this.report.records = {
       timeline: newest,

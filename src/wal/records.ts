@@ -242,6 +242,22 @@ export class WalRecordDecoder {
     }
   }
 
+  /**
+   * A segment that cannot be fed (unreadable: its problem is reported elsewhere): its records go
+   * unchecked, and the next segment is read from its first page header on, without a gap reported.
+   */
+  skipSegment(segNo: bigint, fileTli: number): void {
+    if (this.inSegment) this.endSegment();
+    this.prevFileTli = this.fileTli;
+    this.segNo = Number(segNo);
+    this.fileTli = fileTli;
+    this.segName = walFileName(fileTli, segNo, this.segSize);
+    this.segBase = this.segNo * this.segSize;
+    this.segOff = this.segSize;
+    this.lastSegmentShort = false;
+    this.lose();
+  }
+
   /** The end of the current segment (a segment fed short is allowed only as the last one). */
   endSegment(): void {
     if (!this.inSegment) return;

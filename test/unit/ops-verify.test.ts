@@ -302,3 +302,22 @@ describe('verify --records', () => {
     expect(r.problems.some((p) => p.kind === 'record' && p.object === seg(2, 2) && /history of timeline 2 puts/.test(p.message))).toBe(true);
   });
 });
+
+describe('verify --records past an unreadable segment', () => {
+  it('names the segment once (checksum) and checks the records after it', async () => {
+    const b = new WalBuilder({ segSize: SEG, firstSegNo: 1, systemId: SYSID });
+    b.fillTo(SEG * 4 + 1000, 300);
+    const w = b.build();
+    const store = new MemoryStore();
+    for (let i = 0; i < w.segments.length; i++) await store.put(seg(1, i + 1), w.segments[i]!);
+    store.corrupt(seg(1, 2));
+    const r = await verifyArchive({ store, records: true });
+    expect(problemsOf(r)).toEqual([`${seg(1, 2)} checksum`]);
+    expect(r.records).toMatchObject({ segments: 3, lastSegment: seg(1, 4) });
+    // the records of segments 3 and 4 (but for the one continued from segment 2) were read
+    const after = w.records.filter((l) => l >= 3 * SEG + 40).length;
+    const inFirst = w.records.filter((l) => l < 2 * SEG).length;
+    expect(r.records!.records).toBeGreaterThanOrEqual(inFirst - 1 + after - 1);
+    expect(r.notes.join('\n')).toMatch(/1 segment could not be read for the record check/);
+  });
+});
