@@ -162,6 +162,8 @@ describe('verify --records on WAL of PostgreSQL 15, against pg_waldump', () => {
       segments: chain.length,
       endKind: 'record-boundary',
     });
+    // the last record is the server's last XLOG_SWITCH (24 bytes), ending where pg_switch_wal() said
+    expect(report.records!.lastRecord).toBe(lsnText(lastSwitch - 24));
     const text = await runCli(['verify', '--archive', archive, '--records']);
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(new RegExp(`^records: ${dumped.length} records in ${chain.length} segments`, 'm'));
