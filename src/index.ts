@@ -9,7 +9,7 @@ export { findStreamingStart } from './sink/scan.js';
 export { receive, type ReceiveOptions } from './commands/receive.js';
 export { readTar, TarError, type TarEntry, type TarReadOptions } from './backup/tar.js';
 export { parseManifest, ManifestVerifier, ManifestError, verifyTarEntries, tablespacePrefix, type BackupManifest, type ManifestFile, type VerifyProblem, type VerifyResult } from './backup/manifest.js';
-export { crc32c } from './backup/crc32c.js';
+export { crc32c } from './util/crc32c.js';
 export { restoreBackup, RestoreError, type RestoreOptions, type RestoreResult, type RecoveryTarget } from './backup/restore.js';
 export { restore, type RestoreCommandOptions } from './commands/restore.js';
 export { backup, listArchiveBackups, removeInterruptedBackups, BackupError, type BackupOptions, type BackupResult, type BackupListing } from './commands/backup.js';

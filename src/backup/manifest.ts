@@ -8,7 +8,7 @@
 // relative paths). Paths in the manifest are relative to the data directory; a tablespace's are
 // pg_tblspc/<oid>/<path in its tar>.
 import { createHash, type Hash } from 'node:crypto';
-import { crc32c } from './crc32c.js';
+import { crc32c } from '../util/crc32c.js';
 import type { TarEntry } from './tar.js';
 
 export type ChecksumAlgorithm = 'NONE' | 'CRC32C' | 'SHA224' | 'SHA256' | 'SHA384' | 'SHA512';

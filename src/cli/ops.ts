@@ -90,6 +90,7 @@ interface StatusCliOptions extends ArchiveCliOptions, ConnectionCliOptions {
 
 interface VerifyCliOptions extends ArchiveCliOptions {
   from?: string;
+  records?: boolean;
   parallel: number;
   json?: boolean;
   verbose?: boolean;
@@ -142,24 +143,30 @@ export function registerOpsCommands(program: Command): void {
 
   archiveOptions(program.command('verify').description("prove the archive can be replayed: every object against its checksum, every segment's headers, no missing segment or history file"))
     .option('--from <segment>', 'start at this segment (e.g. the first segment of the oldest base backup you keep)', parseSegmentName)
+    .option(
+      '--records',
+      'also decode every WAL record of the segments recovery reads, in order: record headers, CRC-32C, xl_prev links, segment switches, timeline switches (reads those segments a second time)',
+    )
     .option('--parallel <n>', 'objects read at a time (1-64)', parsePositiveInt, 4)
     .option('--json', 'print the report as JSON (fields described in the README)')
     .option('-v, --verbose', 'report progress and each problem as it is found, on standard error')
     .addHelpText(
       'after',
-      '\nExit status: 0 only when every needed segment and history file is there and intact; 1 when any problem was\n' + 'found (each is listed with the object it concerns) or the archive cannot be read.',
+      '\nExit status: 0 only when every needed segment and history file is there and intact (with --records: and every\n' +
+        'record in them replays); 1 when any problem was found (each is listed with the object it concerns; a record\n' +
+        'problem with its offset and LSN) or the archive cannot be read.',
     )
     .addHelpText(
       'after',
       helpExamples([
-        ['check the whole archive', 'walstream verify --archive /mnt/wal-archive'],
+        ['check the whole archive, down to every WAL record', 'walstream verify --archive /mnt/wal-archive --records'],
         ['check from the first segment of the oldest base backup kept, 16 objects at a time', 'walstream verify --archive s3://wal-bucket/db1 --from 000000010000000A00000000 --parallel 16'],
       ]),
     )
     .action(async (opts: VerifyCliOptions) => {
       const { verifyArchive, formatVerify, verifyJson } = await import('../ops/verify.js');
       await withArchive(opts, async (store) => {
-        const report = await verifyArchive({ store, from: opts.from, parallel: opts.parallel, log: stderrLogger(opts.verbose === true) });
+        const report = await verifyArchive({ store, from: opts.from, records: opts.records === true, parallel: opts.parallel, log: stderrLogger(opts.verbose === true) });
         process.stdout.write(opts.json ? verifyJson(report) : formatVerify(report));
         if (!report.ok) throw new VerdictError(`${store.description}: verification failed with ${report.problems.length} problem${report.problems.length === 1 ? '' : 's'}`);
       });

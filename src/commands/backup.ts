@@ -17,7 +17,7 @@
 import { claimArchive, readIdentity, ArchiveEncryptedError, IdentityMismatchError } from '../archive/identity.js';
 import { backupName, baseTarName, encodeRecord, listBackups, manifestName, parseBackupObjectName, recordName, tablespaceTarName, RECORD_FORMAT, type BackupObject, type BackupRecord } from '../backup/layout.js';
 import { ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries, type BackupManifest } from '../backup/manifest.js';
-import { crc32c } from '../backup/crc32c.js';
+import { crc32c } from '../util/crc32c.js';
 import { readTar, type TarEntry } from '../backup/tar.js';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
 import { ReplicationConnection } from '../session/connection.js';

@@ -10,6 +10,7 @@
 // What killed writers left behind (temp files, incomplete multipart uploads) is reported in a
 // note, never as a problem: it is not WAL, and recovery never reads it.
 import { LONG_PAGE_HEADER_SIZE, checkSegmentPages } from '../wal/page.js';
+import { WalRecordDecoder, type WalEnd } from '../wal/records.js';
 import { historyFileName } from '../wal/segment.js';
 import { IDENTITY_NAME, IntegrityError, KeyUnavailableError, NotFoundError, StorageError, type ArchiveStore } from '../storage/types.js';
 import { readIdentity, type ArchiveIdentity } from '../archive/identity.js';
@@ -36,7 +37,7 @@ import {
   type LeftoverSummary,
 } from './inventory.js';
 
-export type ProblemKind = 'missing-segment' | 'missing-history' | 'checksum' | 'header' | 'system-identifier' | 'segment-size' | 'history' | 'timeline' | 'read' | 'empty' | 'unverified';
+export type ProblemKind = 'missing-segment' | 'missing-history' | 'checksum' | 'header' | 'system-identifier' | 'segment-size' | 'history' | 'timeline' | 'read' | 'empty' | 'unverified' | 'record';
 
 export interface VerifyProblem {
   /** The object (or missing object) the problem is about. */
@@ -47,6 +48,32 @@ export interface VerifyProblem {
   last?: string;
   /** For a run of missing segments: how many. */
   count?: number;
+  /** For a record problem: the offset in the segment. */
+  offset?: number;
+  /** For a record problem: the LSN. */
+  lsn?: string;
+}
+
+/** What --records found: the records of the segments recovery reads, in order. */
+export interface VerifyRecords {
+  /** The newest timeline, whose history was followed. */
+  timeline: number;
+  firstSegment: string | null;
+  lastSegment: string | null;
+  /** Segments decoded. */
+  segments: number;
+  /** Records read whole with a matching CRC. */
+  records: number;
+  /** XLOG_SWITCH records. */
+  switches: number;
+  firstRecord: string | null;
+  lastRecord: string | null;
+  /** Where the record after the last one read starts. */
+  end: string | null;
+  /** How the WAL read ends: at a record boundary, inside a record that goes on past the range, or in zeros. */
+  endKind: WalEnd;
+  /** Bytes decoded. */
+  bytes: number;
 }
 
 export interface VerifyTimeline {
@@ -88,6 +115,8 @@ export interface VerifyReport {
     encryptedWithoutKey: number;
   };
   timelines: VerifyTimeline[];
+  /** With --records: the record check; null without it. */
+  records: VerifyRecords | null;
   problems: VerifyProblem[];
   notes: string[];
   /** Temp files and incomplete uploads of writers (null for a store that keeps none): not WAL, never a problem. */
@@ -106,6 +135,8 @@ export interface VerifyOptions {
   /** Leftovers whose writer cannot be checked count as removable once older than this (default 1 hour). */
   leftoverAgeMs?: number;
   now?: Date;
+  /** Also decode every record of the segments recovery reads (verify --records). */
+  records?: boolean;
 }
 
 interface HeaderFacts {
@@ -155,211 +186,392 @@ function majority<T>(values: readonly T[]): T | undefined {
 }
 
 export async function verifyArchive(o: VerifyOptions): Promise<VerifyReport> {
-  const { store } = o;
-  const log = o.log ?? silentLogger;
-  const width = Math.max(1, o.parallel ?? 4);
-  const maxBytes = o.maxBytesInFlight ?? 512 * 1024 * 1024;
   if (o.from !== undefined) assertSegmentName(o.from, '--from');
-  const fromPos = o.from?.slice(8);
+  const v = new Verification(o, buildInventory(await o.store.list()));
+  await v.readHistories();
+  await v.readIdentity();
+  await v.readObjects();
+  v.settleGeometry();
+  v.reportLockedObjects();
+  v.checkTimelines();
+  if (o.records) await v.checkRecords();
+  await v.noteLeftovers();
+  return v.finish();
+}
 
-  const inv = buildInventory(await store.list());
-  const problems: VerifyProblem[] = [];
-  const notes: string[] = [];
-  const problem = (object: string, kind: ProblemKind, message: string, extra: Partial<VerifyProblem> = {}): void => {
-    problems.push({ object, kind, message, ...extra });
-    log.verbose(`${object}: ${message}`);
-  };
-  const report: VerifyReport = {
-    archive: store.description,
-    ok: false,
-    from: o.from ?? null,
-    systemIdentifier: null,
-    segmentSize: null,
-    blockSize: null,
-    identityRecord: false,
-    checked: { objects: 0, segments: 0, partials: 0, pieces: 0, historyFiles: 0, backups: 0, bytes: 0, withoutChecksum: 0, encrypted: 0, encryptedWithoutKey: 0 },
-    timelines: [],
-    problems,
-    notes,
-    leftovers: null,
-  };
-
-  // History files first: small, and they say what the segments must be.
-  const histories = await readAllHistories(store, inv);
+/** One run of verify: what was found so far, and each step of the check. */
+class Verification {
+  private readonly store: ArchiveStore;
+  private readonly log: Logger;
+  private readonly width: number;
+  private readonly maxBytes: number;
+  private readonly fromPos: string | undefined;
+  readonly report: VerifyReport;
+  private readonly problems: VerifyProblem[] = [];
+  private readonly notes: string[] = [];
+  private histories: HistoryMap = new Map();
   /** Key ids of the encrypted objects that could not be read for want of their key. */
-  const lockedKeys = new Set<string>();
-  for (const h of histories.values()) {
-    if (h.state === 'ok' || h.state === 'invalid') {
-      report.checked.objects++;
-      report.checked.historyFiles++;
-    } else if (h.state === 'locked') {
-      report.checked.encryptedWithoutKey++;
-      if (h.keyId !== undefined) lockedKeys.add(h.keyId);
+  private readonly lockedKeys = new Set<string>();
+  private identity: ArchiveIdentity | undefined;
+  /** The objects read (all but history files), in name order. */
+  private readonly targets: ArchivedFile[];
+  private readonly facts: HeaderFacts[] = [];
+  private readonly unknownMagics = new Set<number>();
+  private segSizeSeen = 0;
+  private segSize: number | undefined;
+  private systemId: bigint | undefined;
+
+  constructor(
+    private readonly o: VerifyOptions,
+    private readonly inv: Inventory,
+  ) {
+    this.store = o.store;
+    this.log = o.log ?? silentLogger;
+    this.width = Math.max(1, o.parallel ?? 4);
+    this.maxBytes = o.maxBytesInFlight ?? 512 * 1024 * 1024;
+    this.fromPos = o.from?.slice(8);
+    this.targets = inv.files.filter((f) => f.kind !== 'history' && (this.fromPos === undefined || f.position! >= this.fromPos));
+    this.report = {
+      archive: o.store.description,
+      ok: false,
+      from: o.from ?? null,
+      systemIdentifier: null,
+      segmentSize: null,
+      blockSize: null,
+      identityRecord: false,
+      checked: { objects: 0, segments: 0, partials: 0, pieces: 0, historyFiles: 0, backups: 0, bytes: 0, withoutChecksum: 0, encrypted: 0, encryptedWithoutKey: 0 },
+      timelines: [],
+      records: null,
+      problems: this.problems,
+      notes: this.notes,
+      leftovers: null,
+    };
+  }
+
+  private readonly problem = (object: string, kind: ProblemKind, message: string, extra: Partial<VerifyProblem> = {}): void => {
+    this.problems.push({ object, kind, message, ...extra });
+    this.log.verbose(`${object}: ${message}`);
+  };
+
+  /** The objects recovery may read, a few at a time, within the bound on bytes held. */
+  private readLimit(): number {
+    return this.segSizeSeen > 0 ? Math.max(1, Math.min(this.width, Math.floor(this.maxBytes / this.segSizeSeen))) : this.width;
+  }
+
+  /** History files first: small, and they say what the segments must be. */
+  async readHistories(): Promise<void> {
+    this.histories = await readAllHistories(this.store, this.inv);
+    for (const h of this.histories.values()) {
+      if (h.state === 'ok' || h.state === 'invalid') {
+        this.report.checked.objects++;
+        this.report.checked.historyFiles++;
+      } else if (h.state === 'locked') {
+        this.report.checked.encryptedWithoutKey++;
+        if (h.keyId !== undefined) this.lockedKeys.add(h.keyId);
+      }
     }
   }
 
-  // The identity record, when the archive has one, names the system and segment size.
-  let identity: ArchiveIdentity | undefined;
-  try {
-    identity = await readIdentity(store);
-    if (identity) {
-      report.checked.objects++;
-      report.identityRecord = true;
-    }
-  } catch (err) {
-    if (!(err instanceof StorageError) || err.transient) throw err;
-    if (err instanceof KeyUnavailableError) {
-      report.checked.encryptedWithoutKey++;
-      lockedKeys.add(err.keyId);
-    } else {
-      problem(IDENTITY_NAME, err instanceof IntegrityError ? 'checksum' : 'read', err.message);
+  /** The identity record, when the archive has one, names the system and segment size. */
+  async readIdentity(): Promise<void> {
+    try {
+      this.identity = await readIdentity(this.store);
+      if (this.identity) {
+        this.report.checked.objects++;
+        this.report.identityRecord = true;
+      }
+    } catch (err) {
+      if (!(err instanceof StorageError) || err.transient) throw err;
+      if (err instanceof KeyUnavailableError) {
+        this.report.checked.encryptedWithoutKey++;
+        this.lockedKeys.add(err.keyId);
+      } else {
+        this.problem(IDENTITY_NAME, err instanceof IntegrityError ? 'checksum' : 'read', err.message);
+      }
     }
   }
 
-  // Then every other object, in name order, a few at a time.
-  const targets = inv.files.filter((f) => f.kind !== 'history' && (fromPos === undefined || f.position! >= fromPos));
-  const facts: HeaderFacts[] = [];
-  const unknownMagics = new Set<number>();
-  let segSizeSeen = 0;
-  const limit = (): number => (segSizeSeen > 0 ? Math.max(1, Math.min(width, Math.floor(maxBytes / segSizeSeen))) : width);
-  let done = 0;
-  let nextReport = Date.now() + 5000;
+  /** Every other object, in name order, a few at a time: its checksum, and a segment's page headers. */
+  async readObjects(): Promise<void> {
+    let done = 0;
+    let nextReport = Date.now() + 5000;
+    const checked = this.report.checked;
+    await pool(
+      this.targets,
+      this.width,
+      () => this.readLimit(),
+      async (f) => {
+        const data = await this.read(f).finally(() => {
+          done++;
+          if (Date.now() >= nextReport) {
+            nextReport = Date.now() + 5000;
+            this.log.verbose(`checked ${done} of ${this.targets.length} objects`);
+          }
+        });
+        if (!data) return;
+        checked.objects++;
+        checked.bytes += data.data.length;
+        if (data.checksum === undefined) checked.withoutChecksum++;
+        switch (f.kind) {
+          case 'segment':
+            checked.segments++;
+            this.examineHeader(f, data.data);
+            break;
+          case 'partial':
+            checked.partials++;
+            this.examineHeader(f, data.data);
+            break;
+          case 'piece':
+            checked.pieces++;
+            if (f.offset === 0) this.examineHeader(f, data.data);
+            break;
+          case 'backup':
+            checked.backups++;
+            break;
+          default:
+            break;
+        }
+      },
+    );
+  }
 
-  const examineHeader = (f: ArchivedFile, data: Buffer): void => {
+  /** One object through the store (which checks its recorded checksum); undefined, with the problem noted, when it cannot be read. */
+  private async read(f: ArchivedFile): Promise<{ data: Buffer; checksum: string | undefined } | undefined> {
+    try {
+      const got = await this.store.get(f.name);
+      if (got.info.keyId !== undefined) this.report.checked.encrypted++;
+      return { data: got.data, checksum: got.info.checksum };
+    } catch (err) {
+      if (err instanceof KeyUnavailableError) {
+        this.report.checked.encryptedWithoutKey++;
+        this.lockedKeys.add(err.keyId);
+        this.log.verbose(`${f.name}: encrypted with key "${err.keyId}", which was not given: not verified`);
+      } else if (err instanceof IntegrityError) this.problem(f.name, 'checksum', err.message);
+      else if (err instanceof NotFoundError) {
+        // The receiver deletes the pieces of a segment once the segment is archived.
+        if (f.kind === 'piece') this.notes.push(`${f.name} was removed while verifying (its segment was archived meanwhile)`);
+        else this.problem(f.name, 'read', 'listed, but gone when read (removed while verifying?)');
+      } else if (err instanceof StorageError) this.problem(f.name, 'read', err.message);
+      else throw err;
+      return undefined;
+    }
+  }
+
+  private examineHeader(f: ArchivedFile, data: Buffer): void {
     const g = geometryOf(data, f.name);
     if (!g) {
       // A piece, or a compressed .partial only just begun, may be shorter than a page header.
       if (f.kind === 'piece' || (f.kind === 'partial' && data.length < LONG_PAGE_HEADER_SIZE)) return;
-      problem(f.name, 'header', data.length < LONG_PAGE_HEADER_SIZE ? `${data.length} bytes: too short for a WAL segment` : 'no valid long page header (the segment or block size in it is impossible)');
+      this.problem(f.name, 'header', data.length < LONG_PAGE_HEADER_SIZE ? `${data.length} bytes: too short for a WAL segment` : 'no valid long page header (the segment or block size in it is impossible)');
       return;
     }
-    segSizeSeen = Math.max(segSizeSeen, g.segSize);
-    facts.push({ file: f, systemId: g.systemId, segSize: g.segSize, blockSize: g.blockSize });
+    this.segSizeSeen = Math.max(this.segSizeSeen, g.segSize);
+    this.facts.push({ file: f, systemId: g.systemId, segSize: g.segSize, blockSize: g.blockSize });
     if (!positionFits(f.position!, g.segSize)) {
-      problem(f.name, 'header', `the name is not a valid segment name for the ${g.segSize}-byte segments its header names`);
+      this.problem(f.name, 'header', `the name is not a valid segment name for the ${g.segSize}-byte segments its header names`);
       return;
     }
     if (f.kind === 'segment' && data.length !== g.segSize) {
-      problem(f.name, 'segment-size', `holds ${data.length} bytes, but its header names ${g.segSize}-byte segments`);
+      this.problem(f.name, 'segment-size', `holds ${data.length} bytes, but its header names ${g.segSize}-byte segments`);
     }
     // A .partial may hold stale bytes past its end (a promotion's) or zeros: its first page only.
     const validLength = f.kind === 'segment' ? data.length : LONG_PAGE_HEADER_SIZE;
     const segNo = positionToSegNo(f.position!, g.segSize);
     const chk = checkSegmentPages(data, Math.min(validLength, data.length), { segNo, segSize: g.segSize, tli: f.tli, blockSize: g.blockSize });
-    if (!chk.ok) problem(f.name, 'header', `page headers do not fit the name: ${chk.problems.slice(0, 2).join('; ')}`);
-    if (chk.unknownMagic !== undefined) unknownMagics.add(chk.unknownMagic);
-  };
+    if (!chk.ok) this.problem(f.name, 'header', `page headers do not fit the name: ${chk.problems.slice(0, 2).join('; ')}`);
+    if (chk.unknownMagic !== undefined) this.unknownMagics.add(chk.unknownMagic);
+  }
 
-  await pool(targets, width, limit, async (f) => {
-    let data: Buffer;
-    let checksum: string | undefined;
-    try {
-      const got = await store.get(f.name);
-      data = got.data;
-      checksum = got.info.checksum;
-      if (got.info.keyId !== undefined) report.checked.encrypted++;
-    } catch (err) {
-      if (err instanceof KeyUnavailableError) {
-        report.checked.encryptedWithoutKey++;
-        lockedKeys.add(err.keyId);
-        log.verbose(`${f.name}: encrypted with key "${err.keyId}", which was not given: not verified`);
-      } else if (err instanceof IntegrityError) problem(f.name, 'checksum', err.message);
-      else if (err instanceof NotFoundError) {
-        // The receiver deletes the pieces of a segment once the segment is archived.
-        if (f.kind === 'piece') notes.push(`${f.name} was removed while verifying (its segment was archived meanwhile)`);
-        else problem(f.name, 'read', 'listed, but gone when read (removed while verifying?)');
-      } else if (err instanceof StorageError) problem(f.name, 'read', err.message);
-      else throw err;
-      return;
-    } finally {
-      done++;
-      if (Date.now() >= nextReport) {
-        nextReport = Date.now() + 5000;
-        log.verbose(`checked ${done} of ${targets.length} objects`);
+  /**
+   * One system, one segment size: the archive's identity record says which (archive/identity.ts);
+   * without one, what most of its segments say. Segments that disagree are problems.
+   */
+  settleGeometry(): void {
+    const { facts, identity } = this;
+    const segSize = identity?.segmentSize ?? majority(facts.filter((f) => f.file.kind === 'segment').map((f) => f.segSize)) ?? majority(facts.map((f) => f.segSize));
+    const systemId = identity?.systemIdentifier ?? majority(facts.map((f) => f.systemId));
+    const blockSize = majority(facts.map((f) => f.blockSize));
+    const reference = identity ? `the archive's identity record (${IDENTITY_NAME}) names` : 'the rest of the archive is';
+    for (const f of facts) {
+      if (segSize !== undefined && f.segSize !== segSize) {
+        this.problem(f.file.name, 'segment-size', `its header names ${f.segSize}-byte segments, but ${reference} ${segSize}-byte segments`);
+      } else if (systemId !== undefined && f.systemId !== systemId) {
+        this.problem(f.file.name, 'system-identifier', `WAL of database system ${f.systemId}, but ${reference} system ${systemId}`);
+      } else if (blockSize !== undefined && f.blockSize !== blockSize) {
+        this.problem(f.file.name, 'header', `its header names ${f.blockSize}-byte pages, the rest of the archive ${blockSize}-byte pages`);
       }
     }
-    report.checked.objects++;
-    report.checked.bytes += data.length;
-    if (checksum === undefined) report.checked.withoutChecksum++;
-    switch (f.kind) {
-      case 'segment':
-        report.checked.segments++;
-        examineHeader(f, data);
-        break;
-      case 'partial':
-        report.checked.partials++;
-        examineHeader(f, data);
-        break;
-      case 'piece':
-        report.checked.pieces++;
-        if (f.offset === 0) examineHeader(f, data);
-        break;
-      case 'backup':
-        report.checked.backups++;
-        break;
-      default:
-        break;
-    }
-  });
-
-  // One system, one segment size: the archive's identity record says which (archive/identity.ts);
-  // without one, what most of its segments say.
-  const segSize = identity?.segmentSize ?? majority(facts.filter((f) => f.file.kind === 'segment').map((f) => f.segSize)) ?? majority(facts.map((f) => f.segSize));
-  const systemId = identity?.systemIdentifier ?? majority(facts.map((f) => f.systemId));
-  const blockSize = majority(facts.map((f) => f.blockSize));
-  const reference = identity ? `the archive's identity record (${IDENTITY_NAME}) names` : 'the rest of the archive is';
-  for (const f of facts) {
-    if (segSize !== undefined && f.segSize !== segSize) {
-      problem(f.file.name, 'segment-size', `its header names ${f.segSize}-byte segments, but ${reference} ${segSize}-byte segments`);
-    } else if (systemId !== undefined && f.systemId !== systemId) {
-      problem(f.file.name, 'system-identifier', `WAL of database system ${f.systemId}, but ${reference} system ${systemId}`);
-    } else if (blockSize !== undefined && f.blockSize !== blockSize) {
-      problem(f.file.name, 'header', `its header names ${f.blockSize}-byte pages, the rest of the archive ${blockSize}-byte pages`);
+    this.segSize = segSize;
+    this.systemId = systemId;
+    this.report.segmentSize = segSize ?? null;
+    this.report.systemIdentifier = systemId?.toString() ?? null;
+    this.report.blockSize = blockSize ?? null;
+    for (const m of this.unknownMagics) this.notes.push(`page magic 0x${m.toString(16)} is not one this walstream knows (a newer PostgreSQL?): headers checked without it`);
+    if (this.report.checked.withoutChecksum > 0) {
+      this.notes.push(`${this.report.checked.withoutChecksum} objects carry no recorded checksum (written by another tool): their headers were checked, their bytes could not be`);
     }
   }
-  report.segmentSize = segSize ?? null;
-  report.systemIdentifier = systemId?.toString() ?? null;
-  report.blockSize = blockSize ?? null;
-  for (const m of unknownMagics) notes.push(`page magic 0x${m.toString(16)} is not one this walstream knows (a newer PostgreSQL?): headers checked without it`);
-  if (report.checked.withoutChecksum > 0) {
-    notes.push(`${report.checked.withoutChecksum} objects carry no recorded checksum (written by another tool): their headers were checked, their bytes could not be`);
-  }
 
-  if (report.checked.encryptedWithoutKey > 0) {
-    // Not bad, just not checked: verification is incomplete, so the verdict cannot be "ok".
-    const ids = [...lockedKeys]
+  /** Encrypted objects whose key was not given: not bad, just not checked, so the verdict cannot be "ok". */
+  reportLockedObjects(): void {
+    const n = this.report.checked.encryptedWithoutKey;
+    if (n === 0) return;
+    const ids = [...this.lockedKeys]
       .sort()
       .map((k) => `"${k}"`)
       .join(', ');
-    problem(
-      store.description,
+    this.problem(
+      this.store.description,
       'unverified',
-      `cannot verify ${report.checked.encryptedWithoutKey} encrypted object${report.checked.encryptedWithoutKey === 1 ? '' : 's'}: ${lockedKeys.size === 1 ? 'key' : 'keys'} ${ids} not given (use --encryption-key-file or WALSTREAM_ENCRYPTION_KEY)`,
+      `cannot verify ${n} encrypted object${n === 1 ? '' : 's'}: ${this.lockedKeys.size === 1 ? 'key' : 'keys'} ${ids} not given (use --encryption-key-file or WALSTREAM_ENCRYPTION_KEY)`,
     );
   }
 
-  const inRange = [...inv.segments.values()].some((list) => list.some((f) => fromPos === undefined || f.position! >= fromPos));
-  if (!inRange) {
-    if (o.from !== undefined) problem(o.from, 'empty', 'the archive holds no complete WAL segment from this position on');
-    else problem(store.description, 'empty', 'the archive holds no complete WAL segment (is the location right?)');
+  /** Something to check at all, history files that agree, and every segment recovery needs present. */
+  checkTimelines(): void {
+    const { inv, histories, fromPos, o } = this;
+    const inRange = [...inv.segments.values()].some((list) => list.some((f) => fromPos === undefined || f.position! >= fromPos));
+    if (!inRange) {
+      if (o.from !== undefined) this.problem(o.from, 'empty', 'the archive holds no complete WAL segment from this position on');
+      else this.problem(this.store.description, 'empty', 'the archive holds no complete WAL segment (is the location right?)');
+    }
+    checkHistories(inv, histories, this.problem);
+    if (this.segSize !== undefined) this.report.timelines = checkContinuity(inv, histories, this.segSize, fromPos, this.problem);
+    else if (inRange && this.facts.length === 0 && this.report.checked.encryptedWithoutKey > 0) this.notes.push('the segment size is unknown without the encryption key: continuity was not checked');
+    else if (inRange) this.problem(this.targets[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
   }
-  checkHistories(inv, histories, problem);
-  if (segSize !== undefined) report.timelines = checkContinuity(inv, histories, segSize, fromPos, problem);
-  else if (inRange && facts.length === 0 && report.checked.encryptedWithoutKey > 0) notes.push('the segment size is unknown without the encryption key: continuity was not checked');
-  else if (inRange) problem(targets[0]!.name, 'header', 'no segment in the archive has a readable long page header: cannot tell the segment size');
 
-  report.leftovers = await summariseLeftovers(store, { now: o.now ?? new Date(), ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) });
-  const left = report.leftovers;
-  if (left && left.count > 0) {
-    const gone = left.removable > 0 ? `; ${left.removable} of writers that are gone (${formatBytes(left.removableBytes)}), which walstream cleanup removes` : '';
-    const kept = left.inUse > 0 ? `; ${left.inUse} kept (a writer may still be at work)` : '';
-    notes.push(`${leftoverWhat(left.count, left.uploads)} (${formatBytes(left.bytes)}) left by writers, not WAL and not checked${gone}${kept}`);
+  /**
+   * --records: the segments recovery reads (for each segment number, the file of the newest
+   * timeline that holds it per the newest timeline's history, as xlogrecovery.c
+   * XLogFileReadAnyTLI picks it), read again in order and decoded record by record.
+   */
+  async checkRecords(): Promise<void> {
+    const { inv, histories, segSize } = this;
+    if (segSize === undefined) return;
+    const chain = recoveryChain(inv, histories, segSize, this.fromPos);
+    const newest = chain.tli;
+    const history = newest > 1 ? histories.get(newest)?.entries : [];
+    if (history === undefined) this.notes.push(`the history of timeline ${newest} is not readable: page timelines were checked without it`);
+    const decoder = new WalRecordDecoder({
+      segSize,
+      ...(this.report.blockSize !== null ? { blockSize: this.report.blockSize } : {}),
+      ...(this.systemId !== undefined ? { systemId: this.systemId } : {}),
+      ...(history !== undefined ? { history: { tli: newest, entries: history } } : {}),
+    });
+    // Read ahead in order, a few segments at a time.
+    const reads: Promise<Buffer | undefined>[] = [];
+    let next = 0;
+    const start = (): void => {
+      while (next < chain.files.length && reads.length < this.readLimit()) {
+        const f = chain.files[next++]!;
+        reads.push(
+          this.store.get(f.name).then(
+            (g) => g.data,
+            (err: unknown) => {
+              // Already a problem when readObjects could not read it either; else one now.
+              if (!this.problems.some((p) => p.object === f.name)) this.problem(f.name, 'read', `could not be read for the record check: ${err instanceof Error ? err.message : String(err)}`);
+              return undefined;
+            },
+          ),
+        );
+      }
+    };
+    let unread = 0;
+    for (const f of chain.files) {
+      start();
+      const data = await reads.shift()!;
+      if (!data) {
+        // its problem (checksum, read) is reported by readObjects; the check resumes after it
+        unread++;
+        decoder.skipSegment(positionToSegNo(f.position!, segSize), f.tli);
+        continue;
+      }
+      decoder.beginSegment(positionToSegNo(f.position!, segSize), f.tli);
+      decoder.write(data);
+      decoder.endSegment();
+    }
+    const s = decoder.summary();
+    for (const p of s.problems) this.problem(p.segment, 'record', `offset ${p.offset} (${lsnText(p.lsn)}): ${p.message}`, { offset: p.offset, lsn: lsnText(p.lsn) });
+    if (s.problemsNotKept > 0) this.problem(chain.files[chain.files.length - 1]?.name ?? this.store.description, 'record', `${s.problemsNotKept} more record problems not listed`);
+    if (unread > 0)
+      this.notes.push(`${plural(unread, 'segment')} could not be read for the record check (see the problems): their records were not checked, and the check went on from the next segment's first page`);
+    for (const lsn of s.overwritten) this.notes.push(`the record at ${lsnText(lsn)} was cut short and overwritten (XLOG_OVERWRITE_CONTRECORD): recovery skips it too`);
+    this.report.records = {
+      timeline: newest,
+      firstSegment: chain.files[0]?.name ?? null,
+      lastSegment: chain.files[chain.files.length - 1]?.name ?? null,
+      segments: chain.files.length - unread,
+      records: s.records,
+      switches: s.switches,
+      firstRecord: s.firstRecord !== null ? lsnText(s.firstRecord) : null,
+      lastRecord: s.lastRecord !== null ? lsnText(s.lastRecord) : null,
+      end: s.end !== null ? lsnText(s.end) : null,
+      endKind: s.endKind,
+      bytes: s.bytes,
+    };
   }
-  if (left?.unavailable) notes.push(left.unavailable);
 
-  problems.sort((a, b) => cmp(a.object, b.object) || cmp(a.kind, b.kind));
-  report.ok = problems.length === 0;
-  return report;
+  /** What killed writers left behind: reported in a note, never as a problem. */
+  async noteLeftovers(): Promise<void> {
+    const o = this.o;
+    this.report.leftovers = await summariseLeftovers(this.store, { now: o.now ?? new Date(), ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) });
+    const left = this.report.leftovers;
+    if (left && left.count > 0) {
+      const gone = left.removable > 0 ? `; ${left.removable} of writers that are gone (${formatBytes(left.removableBytes)}), which walstream cleanup removes` : '';
+      const kept = left.inUse > 0 ? `; ${left.inUse} kept (a writer may still be at work)` : '';
+      this.notes.push(`${leftoverWhat(left.count, left.uploads)} (${formatBytes(left.bytes)}) left by writers, not WAL and not checked${gone}${kept}`);
+    }
+    if (left?.unavailable) this.notes.push(left.unavailable);
+  }
+
+  finish(): VerifyReport {
+    this.problems.sort((a, b) => cmp(a.object, b.object) || cmp(a.kind, b.kind) || (a.offset ?? 0) - (b.offset ?? 0));
+    this.report.ok = this.problems.length === 0;
+    return this.report;
+  }
+}
+
+/**
+ * The complete segments recovery reads, in order, following the newest timeline: for each
+ * segment number from the start of the range to the newest segment, the file of the newest
+ * timeline in that history that began at or before the segment and has it.
+ */
+function recoveryChain(inv: Inventory, histories: HistoryMap, segSize: number, fromPos: string | undefined): { tli: number; files: ArchivedFile[] } {
+  const tlis = timelinesOf(inv, histories).filter((t) => (inv.segments.get(t)?.length ?? 0) > 0);
+  const newest = tlis[tlis.length - 1] ?? 1;
+  const seg = BigInt(segSize);
+  // The line of timelines, newest first, each with the segment it began in (its parent's end).
+  const entries = histories.get(newest)?.entries ?? [];
+  const line = [{ tli: newest, beginSeg: entries.length > 0 ? entries[entries.length - 1]!.end / seg : 0n }];
+  for (let i = entries.length - 1; i >= 0; i--) line.push({ tli: entries[i]!.tli, beginSeg: i > 0 ? entries[i - 1]!.end / seg : 0n });
+  const bySeg = new Map<number, Map<bigint, ArchivedFile>>();
+  for (const { tli } of line) {
+    const m = new Map<bigint, ArchivedFile>();
+    for (const f of inv.segments.get(tli) ?? []) if (positionFits(f.position!, segSize) && (fromPos === undefined || f.position! >= fromPos)) m.set(positionToSegNo(f.position!, segSize), f);
+    bySeg.set(tli, m);
+  }
+  let lo: bigint | undefined;
+  let hi: bigint | undefined;
+  for (const m of bySeg.values()) {
+    for (const n of m.keys()) {
+      if (lo === undefined || n < lo) lo = n;
+      if (hi === undefined || n > hi) hi = n;
+    }
+  }
+  const files: ArchivedFile[] = [];
+  if (lo === undefined || hi === undefined) return { tli: newest, files };
+  for (let n = lo; n <= hi; n++) {
+    for (const { tli, beginSeg } of line) {
+      if (n < beginSeg) continue;
+      const f = bySeg.get(tli)!.get(n);
+      if (f) {
+        files.push(f);
+        break;
+      }
+    }
+  }
+  return { tli: newest, files };
 }
 
 /** Every timeline above 1 needs its history file, and the history files must agree with each other. */
@@ -509,9 +721,20 @@ export function formatVerify(r: VerifyReport): string {
       `${plural(c.partials, 'partial file')}, ${plural(c.pieces, 'piece')}, ${plural(c.backups, 'backup file')}): ${formatBytes(c.bytes)}` +
       (c.encrypted > 0 ? `; ${plural(c.encrypted, 'encrypted object')} authenticated` : ''),
   );
+  const rec = r.records;
+  if (rec) {
+    const range = rec.firstSegment ? `${rec.firstSegment} .. ${rec.lastSegment}` : 'no segments';
+    const span = rec.firstRecord ? `, ${rec.firstRecord} .. ${rec.lastRecord}` : '';
+    const ends = { empty: 'nothing to read', 'record-boundary': 'at a record boundary', 'incomplete-record': 'inside a record that goes on past the last segment', zeros: 'in zeros (the end of WAL)' }[
+      rec.endKind
+    ];
+    lines.push(
+      `records: ${plural(rec.records, 'record')} in ${plural(rec.segments, 'segment')} (${range}${span}; ${plural(rec.switches, 'segment switch', 'segment switches')}), following timeline ${rec.timeline}; WAL ends ${rec.end ? `at ${rec.end}, ` : ''}${ends}`,
+    );
+  }
   for (const n of r.notes) lines.push(`note: ${n}`);
   if (r.ok) {
-    lines.push('OK: every segment recovery needs is present and intact');
+    lines.push(rec ? 'OK: every segment recovery needs is present and intact, and its records replay' : 'OK: every segment recovery needs is present and intact');
   } else {
     lines.push(`${plural(r.problems.length, 'problem')}:`);
     for (const p of r.problems) lines.push(`  ${p.object}  ${p.kind}: ${p.message}`);

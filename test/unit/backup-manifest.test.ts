@@ -1,4 +1,4 @@
-// backup_manifest parsing and verification (backup/manifest.ts) and CRC-32C (backup/crc32c.ts):
+// backup_manifest parsing and verification (backup/manifest.ts) and CRC-32C (util/crc32c.ts):
 // file checksums as PostgreSQL 15 wrote them for the files in fixtures/backup, manifests in the
 // exact layout backup_manifest.c writes (version 1, and 2 with System-Identifier).
 import { createHash, randomBytes } from 'node:crypto';
@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { crc32c, crc32cImplementation, crc32cJs } from '../../src/backup/crc32c.js';
+import { crc32c, crc32cImplementation, crc32cJs } from '../../src/util/crc32c.js';
 import { ManifestError, ManifestVerifier, parseManifest, tablespacePrefix, verifyTarEntries } from '../../src/backup/manifest.js';
 import { readTar } from '../../src/backup/tar.js';
 

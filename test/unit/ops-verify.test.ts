@@ -8,6 +8,7 @@ import { encodeIdentity } from '../../src/archive/identity.js';
 import { IDENTITY_NAME } from '../../src/storage/types.js';
 import { formatVerify, verifyArchive, type VerifyReport } from '../../src/ops/verify.js';
 import { CountingStore, SEG, SYSID, historyText, lsnAt, makeSegment, putSegments, seg } from './ops-walgen.js';
+import { WalBuilder } from '../support/walrecords.js';
 
 const problemsOf = (r: VerifyReport): string[] => r.problems.map((p) => `${p.object} ${p.kind}`);
 
@@ -243,5 +244,80 @@ describe('verify an encrypted archive', () => {
     const without = await verifyArchive({ store: plain });
     expect(without.checked).toMatchObject({ segments: 3, encryptedWithoutKey: 3 });
     expect(problemsOf(without)).toEqual(['memory: unverified']);
+  });
+});
+
+describe('verify --records', () => {
+  /** Timeline 1 to 0/250000 (in segment 2), then timeline 2, as a promotion leaves them. */
+  async function promoted(): Promise<{ store: MemoryStore; records: number; switchAt: number }> {
+    const b = new WalBuilder({ segSize: SEG, firstSegNo: 1, systemId: SYSID });
+    b.fillTo(SEG * 2 + 0x50000, 300);
+    const switchAt = b.pos;
+    const tl1 = b.build();
+    b.tli = 2;
+    b.fillTo(SEG * 3 + 1000, 300);
+    const tl2 = b.build();
+    const store = new MemoryStore();
+    await store.put(seg(1, 1), tl1.segments[0]!);
+    await store.put(seg(1, 2), tl1.segments[1]!); // the old timeline's copy of the switch segment
+    await store.put(seg(2, 2), tl2.segments[1]!);
+    await store.put(seg(2, 3), tl2.segments[2]!);
+    await store.put('00000002.history', historyText([[1, lsnAt(2, switchAt - 2 * SEG)]]));
+    return { store, records: tl2.records.length, switchAt };
+  }
+
+  it('decodes the records along the newest timeline and says where WAL ends', async () => {
+    const { store, records } = await promoted();
+    const r = await verifyArchive({ store, records: true });
+    expect(r.problems).toEqual([]);
+    expect(r.records).toMatchObject({ timeline: 2, firstSegment: seg(1, 1), lastSegment: seg(2, 3), segments: 3, records, endKind: 'zeros' });
+    expect(formatVerify(r)).toMatch(/^records: \d+ records in 3 segments/m);
+    expect(formatVerify(r)).toMatch(/^OK: .*its records replay/m);
+    expect((await verifyArchive({ store })).records).toBeNull();
+  });
+
+  it('names the segment, offset and LSN of a damaged record', async () => {
+    const { store } = await promoted();
+    const data = (await store.get(seg(2, 3))).data;
+    data[500] ^= 0x10;
+    await store.delete(seg(2, 3));
+    await store.put(seg(2, 3), data);
+    const r = await verifyArchive({ store, records: true });
+    expect(r.ok).toBe(false);
+    const p = r.problems.find((x) => x.kind === 'record')!;
+    expect(p.object).toBe(seg(2, 3));
+    expect(p.offset).toBeLessThanOrEqual(500);
+    expect(p.lsn).toBe(lsnAt(3, p.offset!));
+    expect(p.message).toMatch(/CRC-32C/);
+  });
+
+  it('a page of the old timeline past the switch point is named', async () => {
+    const { store, switchAt } = await promoted();
+    // pages after the switch point that say timeline 1
+    const data = (await store.get(seg(2, 2))).data;
+    for (let off = Math.ceil((switchAt - 2 * SEG) / 8192) * 8192; off < SEG; off += 8192) data.writeUInt32LE(1, off + 4);
+    await store.delete(seg(2, 2));
+    await store.put(seg(2, 2), data);
+    const r = await verifyArchive({ store, records: true });
+    expect(r.problems.some((p) => p.kind === 'record' && p.object === seg(2, 2) && /history of timeline 2 puts/.test(p.message))).toBe(true);
+  });
+});
+
+describe('verify --records past an unreadable segment', () => {
+  it('names the segment once (checksum) and checks the records after it', async () => {
+    const b = new WalBuilder({ segSize: SEG, firstSegNo: 1, systemId: SYSID });
+    b.fillTo(SEG * 4 + 1000, 300);
+    const w = b.build();
+    const store = new MemoryStore();
+    for (let i = 0; i < w.segments.length; i++) await store.put(seg(1, i + 1), w.segments[i]!);
+    store.corrupt(seg(1, 2));
+    const r = await verifyArchive({ store, records: true });
+    expect(problemsOf(r)).toEqual([`${seg(1, 2)} checksum`]);
+    expect(r.records).toMatchObject({ segments: 3, lastSegment: seg(1, 4) });
+    // the records of segments 3 and 4 (but for the one continued from segment 2) were read
+    const after = w.records.filter((l) => l >= 3 * SEG + 40).length;
+    const inFirst = w.records.filter((l) => l < 2 * SEG).length;
+    expect(r.records!.records).toBeGreaterThanOrEqual(inFirst - 1 + after - 1);
+    expect(r.notes.join('\n')).toMatch(/1 segment could not be read for the record check/);
   });
 });
