@@ -85,7 +85,7 @@ export async function restore(o: RestoreCommandOptions): Promise<RestoreResult> 
   const result = await restoreBackup({ ...library, store, restoreCommand: { program, fetchArgs: args } });
   const r = result.backup;
   o.out(
-    `restored backup ${r.name} (PostgreSQL ${r.serverVersion}, ${r.startLsn} to ${r.endLsn} on timeline ${r.timeline}): ${result.files} files, ${result.bytes} bytes into ${result.directory}, verified against its manifest`,
+    `restored backup ${r.name} (PostgreSQL ${Math.floor(r.serverVersion / 10000)}.${r.serverVersion % 10000}, ${r.startLsn} to ${r.endLsn} on timeline ${r.timeline}): ${result.files} files, ${result.bytes} bytes into ${result.directory}, verified against its manifest`,
   );
   for (const t of result.tablespaces) o.out(`tablespace ${t.oid}: ${t.location}`);
   o.out(`recovery: ${describeTarget(o)}; ${result.signal} and restore_command written (postgresql.auto.conf)`);
