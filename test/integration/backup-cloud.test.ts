@@ -1,6 +1,6 @@
 // walstream backup and walstream restore as users run them (bin/walstream) with the archive in S3
-// (s3rver) and in Azure Blob Storage (Azurite): one small PostgreSQL 15 primary whose
-// archive_command pushes every segment into both; a backup into each, rows written after it, a
+// (s3rver) and in Azure Blob Storage (Azurite): one small PostgreSQL 15 primary whose WAL two
+// walstream receive processes archive into both; a backup into each, rows written after it, a
 // restore from each started with pg_ctl alone, which must reach the end of the archive with
 // exactly the primary's rows. Also -w and -W of walstream backup against a password-only role.
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -10,9 +10,9 @@ import { startAzurite, type AzuriteServer } from '../harness/azure.js';
 import { harnessTmpRoot, run, runAsPg } from '../harness/exec.js';
 import { PgCluster } from '../harness/pg.js';
 import { startS3, type S3TestServer } from '../harness/s3.js';
-import { BIN } from '../support/cli.js';
-import { walstreamCommand, walstreamProgram } from '../support/pgcommand.js';
-import { waitArchived } from '../support/standby.js';
+import { BIN, startCli, type CliProcess } from '../support/cli.js';
+import { walstreamProgram } from '../support/pgcommand.js';
+import { openArchive } from '../../src/storage/open.js';
 
 const PASSWORD = 'backup-cloud-pw-4711';
 
@@ -25,6 +25,7 @@ describe('walstream backup and restore through the command line, into S3 and Azu
   const clusters: PgCluster[] = [];
   const dirs: string[] = [];
   const saved: Record<string, string | undefined> = {};
+  const receivers: CliProcess[] = [];
   /** The credentials of both stores, as the servers' environment and the commands get them. */
   let env: Record<string, string>;
   let next = 1;
@@ -34,13 +35,32 @@ describe('walstream backup and restore through the command line, into S3 and Azu
     return r!;
   }
 
+  /** Wait until both archives hold WAL file `name` (the receivers archive each segment once it is complete). */
+  async function archived(name: string): Promise<void> {
+    for (const [url, opts] of [
+      [s3Url, { s3Endpoint: s3.endpoint }],
+      [azUrl, {}],
+    ] as const) {
+      const store = await openArchive(url, opts);
+      try {
+        const deadline = Date.now() + 60_000;
+        while ((await store.head(name)) === undefined) {
+          if (Date.now() > deadline) throw new Error(`${name} did not reach ${url}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      } finally {
+        await store.close();
+      }
+    }
+  }
+
   /** Rows the restored server must have, in WAL that is then archived into both stores. */
   async function writeRows(n: number): Promise<void> {
     await primary.query('insert into t select g, md5(g::text) from generate_series($1::int, $2::int) g', [next, next + n - 1]);
     next += n;
     const [{ f }] = (await primary.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f')) as [{ f: string }];
     await primary.switchWal();
-    await waitArchived(primary, f);
+    await archived(f);
   }
 
   /** walstream (as root, as an operator would run it) with `input` on its standard input. */
@@ -56,18 +76,22 @@ describe('walstream backup and restore through the command line, into S3 and Azu
     s3Url = `s3://${s3.bucket}/${s3.prefix}backup-cli/`;
     azUrl = `azure://${az.container}/backup-cli/`;
     env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region, AZURE_STORAGE_CONNECTION_STRING: az.connectionString };
-    // The servers started below (archive_command, restore_command) get the credentials from their environment.
+    // The receivers and the servers started below (restore_command) get the credentials from their environment.
     for (const [k, v] of Object.entries(env)) {
       saved[k] = process.env[k];
       process.env[k] = v;
     }
-    primary = await PgCluster.create({
-      name: 'backup-cloud',
-      conf: {
-        archive_mode: 'on',
-        archive_command: `${walstreamCommand(['push', '%p', '--archive', s3Url, '--s3-endpoint', s3.endpoint])} && ${walstreamCommand(['push', '%p', '--archive', azUrl])}`,
-      },
-    });
+    primary = await PgCluster.create({ name: 'backup-cloud' });
+    // The WAL of the primary into both archives, as walstream receive does it in production (through slots: none is missed).
+    for (const [slot, url, options] of [
+      ['feed_s3', s3Url, ['--s3-endpoint', s3.endpoint]],
+      ['feed_azure', azUrl, []],
+    ] as const) {
+      await primary.query('select pg_create_physical_replication_slot($1, true)', [slot]);
+      const spool = mkdtempSync(join(harnessTmpRoot(), 'walstream-spool-'));
+      dirs.push(spool);
+      receivers.push(startCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', slot, '--archive', url, ...options, '--partial-interval', '0']));
+    }
     await primary.createRole('pw_user', { replication: true, password: PASSWORD });
     await primary.query('create table t (id int primary key, payload text not null)');
     // Both archives hold this server's WAL (and its identity) before the first backup.
@@ -75,6 +99,8 @@ describe('walstream backup and restore through the command line, into S3 and Azu
   }, 180_000);
 
   afterAll(async () => {
+    for (const r of receivers) r.kill('SIGTERM');
+    await Promise.all(receivers.map((r) => r.done));
     for (const c of clusters) await c.destroy();
     await primary?.destroy();
     await Promise.all([s3?.stop(), az?.stop()]);
