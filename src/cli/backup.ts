@@ -2,7 +2,8 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { Logger } from '../util/log.js';
 import { keyringFromOptions, openReadArchive } from './keys.js';
-import { addArchiveOptions, addConnectionOptions, compressOption, type ArchiveCliOptions, type CompressSpec, type ConnectionCliOptions } from './options.js';
+import { passwordFromOptions } from './password.js';
+import { addArchiveOptions, addConnectionOptions, compressOption, helpExamples, type ArchiveCliOptions, type CompressSpec, type ConnectionCliOptions } from './options.js';
 
 interface BackupCliOptions extends ArchiveCliOptions, ConnectionCliOptions {
   compress: CompressSpec;
@@ -33,7 +34,7 @@ function parseWalTimeout(v: string): number {
 
 export function registerBackupCommands(program: Command, deps: { logger: (verbose: boolean) => Logger; stop: () => Promise<void> }): void {
   const cmd = program.command('backup').description('take a base backup of a PostgreSQL server (BASE_BACKUP) straight into the archive, verified against its manifest; "backup list" lists them');
-  addConnectionOptions(cmd, { password: false });
+  addConnectionOptions(cmd, { password: true });
   addArchiveOptions(cmd, 'the archive to store the backup in (its WAL must be archived there too)')
     .addOption(compressOption("the backup's objects"))
     .addOption(new Option('-c, --checkpoint <mode>', 'set fast or spread checkpointing').choices(['fast', 'spread']).default('spread'))
@@ -55,6 +56,16 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
         "server's manifest and its WAL is in the archive. Connection settings also come from PGHOST, PGPORT, PGUSER,\n" +
         'PGPASSWORD and ~/.pgpass. Exit status: 0 when the backup is recorded; 1 on any error (nothing recorded).',
     )
+    .addHelpText(
+      'after',
+      helpExamples([
+        [
+          'a base backup into the archive that walstream receive (or archive_command) fills with the WAL of db1, with a fast checkpoint, gzip-compressed',
+          "walstream backup --archive s3://wal-bucket/db1 -d 'host=db1 user=replicator' -c fast -Z gzip",
+        ],
+        ['the backups in that archive, and whether the WAL to restore each is there', 'walstream backup list --archive s3://wal-bucket/db1'],
+      ]),
+    )
     .action(async (opts: BackupCliOptions) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const [{ backup }, { parseDuration }, { formatBytes }, { formatDuration }] = await Promise.all([
@@ -65,6 +76,7 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
       ]);
       const log = deps.logger(opts.verbose === true);
       const keyring = await keyringFromOptions(opts);
+      const password = await passwordFromOptions(opts);
       const tty = process.stderr.isTTY === true;
       let last: { done: number; total: number | undefined } | undefined;
       let shownAt = 0;
@@ -79,7 +91,7 @@ export function registerBackupCommands(program: Command, deps: { logger: (verbos
           }
         : undefined;
       const result = await backup({
-        connection: { dbname: opts.dbname, host: opts.host, port: opts.port, user: opts.username, applicationName: 'walstream backup' },
+        connection: { dbname: opts.dbname, host: opts.host, port: opts.port, user: opts.username, password, applicationName: 'walstream backup' },
         archive: opts.archive,
         s3Endpoint: opts.s3Endpoint,
         ...(keyring ? { keyring } : {}),

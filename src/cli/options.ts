@@ -109,6 +109,10 @@ export interface ConnectionCliOptions {
   host?: string;
   port?: string;
   username?: string;
+  /** -w: false (never prompt). */
+  password?: boolean;
+  /** -W: prompt for the password before connecting. */
+  forcePassword?: boolean;
 }
 
 export function addConnectionOptions(cmd: Command, o: { password: boolean }): Command {

@@ -6,7 +6,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
 import { encryptionConfigured, KEY_VARIABLE, openReadArchive } from './keys.js';
-import { addArchiveOptions, type ArchiveCliOptions } from './options.js';
+import { addArchiveOptions, helpExamples, type ArchiveCliOptions } from './options.js';
 
 interface RestoreCliOptions extends ArchiveCliOptions {
   pgdata?: string;
@@ -67,6 +67,13 @@ export function registerRestoreCommand(program: Command, o: { logger: (verbose: 
       '\nrestore_command runs walstream fetch with this archive and its --s3-endpoint, --encryption-key-file (its absolute path) and\n' +
         `--encryption-required; credentials, AWS_REGION and ${KEY_VARIABLE} are never written: PostgreSQL's environment must have them.\n` +
         'Exit status: 0 when restored; 1 on any error (the directory is then left unable to start: delete it).',
+    )
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['a new server from the newest backup, recovering to the end of the archived WAL once started (then: pg_ctl -D /srv/pg/db1 start)', 'walstream restore --archive s3://wal-bucket/db1 -D /srv/pg/db1'],
+        ['point-in-time recovery: the state of 08:00 UTC, then promoted', "walstream restore --archive s3://wal-bucket/db1 -D /srv/pg/db1-0800 --target-time '2026-12-04 08:00:00+00' --target-action promote"],
+      ]),
     )
     .action(async (opts: RestoreCliOptions) => {
       const { restore } = await import('../commands/restore.js');

@@ -1,23 +1,22 @@
 // walstream demo: a newcomer's first run, start to finish, on this machine only. A throwaway
-// PostgreSQL primary on a free loopback port; a replication slot; a base backup without WAL; some
-// rows; the primary's WAL received into a local archive by walstream's own receive code; a
-// standby with `walstream fetch` as restore_command and no primary_conninfo, so everything it
-// replays comes from that archive; then the standby's rows are compared with the primary's.
+// PostgreSQL primary on a free loopback port; a replication slot; the primary's WAL received into a
+// local archive by walstream's own receive code, running all along; a base backup taken into that
+// archive by walstream backup; some rows; then a new server made from the archive alone by
+// walstream restore --standby (the backup's files, restore_command = walstream fetch and no
+// primary_conninfo, so everything it replays comes from the archive), and its rows compared with
+// the primary's.
 // Every step is printed with where its files are; everything is removed afterwards unless --keep.
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type pg from 'pg';
 import {
   DemoServer,
   chownTree,
   confString,
   copyTreeReadable,
   findPostgres,
-  lowLevelBackup as backupThroughApi,
   packageRoot,
   reachableBy,
-  runAs,
   serverDir,
   serverOsUser,
   waitForProcessesMentioning,
@@ -26,6 +25,11 @@ import {
   type PostgresInstall,
 } from '../demo/postgres.js';
 import { receive } from './receive.js';
+import { backup } from './backup.js';
+import { restore } from './restore.js';
+import { recordName } from '../backup/layout.js';
+import { openArchive } from '../storage/open.js';
+import type { ArchiveStore } from '../storage/types.js';
 import { ReceiverMetrics } from '../observe/metrics.js';
 import { formatLsn, parseLsn, type Lsn } from '../wal/lsn.js';
 import { WAL_NAME_RE, lsnToSegNo, walFileName } from '../wal/segment.js';
@@ -197,10 +201,13 @@ export async function demo(o: DemoOptions): Promise<void> {
   const servers: DemoServer[] = [];
   let ok = false;
   let current: DemoServer | undefined;
+  /** Stops what runs in the background (the receiver) and waits for it. */
+  let stopBackground: (() => Promise<void>) | undefined;
   try {
     const install = reachableInstall(found, dir, user);
-    out(`walstream demo: a throwaway PostgreSQL primary, its WAL received into an archive by walstream,`);
-    out(`and a standby built from that archive alone, through walstream fetch. Everything is under ${dir}`);
+    out(`walstream demo: a throwaway PostgreSQL primary, its WAL received into an archive by walstream, a base backup`);
+    out(`taken into that archive by walstream backup, and a new server made from the archive alone by walstream restore.`);
+    out(`Everything is under ${dir}`);
     out('');
     out(`1. PostgreSQL ${found.versionText} from ${found.source}: ${found.binDir}`);
     if (install.binDir !== found.binDir) out(`   (copied to ${install.binDir}, where the "${user!.name}" OS user can run it)`);
@@ -228,31 +235,95 @@ export async function demo(o: DemoOptions): Promise<void> {
     out(`   data directory  ${primary.dataDir}`);
     out(`   server log      ${primary.logFile}`);
 
-    const [slot] = await step(primary.query<{ lsn: string }>('select lsn::text as lsn from pg_create_physical_replication_slot($1, true)', [SLOT]));
+    const [slot] = await step(
+      primary.query<{ lsn: string; seg: number }>(
+        "select lsn::text as lsn, (select setting::integer from pg_settings where name = 'wal_segment_size') as seg from pg_create_physical_replication_slot($1, true)",
+        [SLOT],
+      ),
+    );
     const slotLsn = parseLsn(slot!.lsn);
+    const segSize = Number(slot!.seg);
     out(`3. replication slot "${SLOT}" created at ${formatLsn(slotLsn)}: the primary keeps its WAL from there until walstream has it`);
 
-    // -- the base backup, without WAL -----------------------------------------------------------
+    // -- walstream receive, running from here on ------------------------------------------------
     t = Date.now();
-    const standby = new DemoServer(install, join(dir, 'standby'), user);
-    servers.push(standby);
-    serverDir(standby.baseDir, user);
-    let how: string;
-    if (install.basebackup) {
-      current = primary;
-      await step(
-        runAs(user, install.basebackup, ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', standby.dataDir, '-X', 'none', '-c', 'fast', '--no-sync', '-l', 'walstream demo'], {
-          cwd: standby.baseDir,
-          timeoutMs: STEP_TIMEOUT_MS,
-        }),
-      );
-      how = 'pg_basebackup -X none';
-    } else {
-      await step(lowLevelBackup(primary, standby, install.version, user));
-      how = `the low-level backup API (${install.version >= 15 ? 'pg_backup_start/pg_backup_stop' : 'pg_start_backup/pg_stop_backup'}) and a file copy`;
+    const spool = join(dir, 'spool');
+    const archive = join(dir, 'archive');
+    const connection = { dbname: `host=127.0.0.1 port=${primary.port} user=postgres sslmode=disable`, applicationName: 'walstream_demo' };
+    mkdirSync(spool, { mode: 0o700 });
+    if (install.version < 15) {
+      // No READ_REPLICATION_SLOT before 15: tell receive where to start the documented way, with
+      // an empty .partial of the slot's first segment.
+      writeOwned(join(spool, `${walFileName(1, lsnToSegNo(slotLsn, segSize), segSize)}.partial`), '', null);
     }
-    out(`4. base backup with ${how}, without any WAL (${seconds(Date.now() - t)})`);
-    out(`   ${standby.dataDir}: the standby will have to restore every WAL segment it needs from the archive`);
+    out(`4. $ walstream receive -D ${shellQuote(spool)} --archive ${shellQuote(archive)} -S ${SLOT} --partial-interval 0`);
+    out('   (run in this process, in the background until step 6: the same code as the command)');
+    const metrics = new ReceiverMetrics();
+    let stopReceiver!: () => void;
+    const receiverStop = Promise.race([o.stop, new Promise<void>((r) => (stopReceiver = r))]);
+    const receiving = receive({
+      directory: spool,
+      slot: SLOT,
+      createSlot: false,
+      dropSlot: false,
+      ifNotExists: false,
+      noLoop: true,
+      statusIntervalMs: 10_000,
+      synchronous: false,
+      noSync: false,
+      compression: 'none',
+      connection,
+      archive,
+      partialIntervalMs: 0,
+      log: o.log,
+      stop: receiverStop,
+      metrics,
+    });
+    receiving.catch(() => undefined);
+    const receiverEnded = receiving.then(() => {
+      throw new Error(interrupted ? 'interrupted' : 'walstream receive stopped early');
+    });
+    receiverEnded.catch(() => undefined);
+    stopBackground = async () => {
+      stopReceiver();
+      await receiving.catch(() => undefined);
+    };
+    /** Wait until the receiver has archived the segment holding the byte before `lsn`. */
+    const archived = async (lsn: Lsn): Promise<string> => {
+      const name = walFileName(1, lsnToSegNo(lsn - 1n, segSize), segSize);
+      const deadline = Date.now() + STEP_TIMEOUT_MS;
+      while (!existsSync(join(archive, name))) {
+        if (Date.now() > deadline) throw new Error(`walstream receive did not archive ${name} within ${STEP_TIMEOUT_MS / 1000} s`);
+        await step(Promise.race([sleep(100), receiverEnded]));
+      }
+      return name;
+    };
+    // A first complete segment in the archive: walstream backup checks that something archives this server's WAL.
+    const [first] = await step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
+    const firstName = await archived(parseLsn(first!.lsn));
+    out(`   the archive has the first segment, ${firstName}, and its identity (walstream.json: this server's system identifier) (${seconds(Date.now() - t)})`);
+
+    // -- walstream backup ------------------------------------------------------------------------
+    t = Date.now();
+    out(`5. $ walstream backup --archive ${shellQuote(archive)} -d ${shellQuote(connection.dbname)} -c fast -l ${shellQuote('walstream demo')}`);
+    out('   (run in this process: BASE_BACKUP over a replication connection, each tar streamed into the archive)');
+    const made = await step(
+      backup({
+        connection: { ...connection, applicationName: 'walstream backup' },
+        archive,
+        compression: 'none',
+        fastCheckpoint: true,
+        label: 'walstream demo',
+        wal: 'none',
+        walTimeoutMs: STEP_TIMEOUT_MS,
+        log: o.log,
+        stop: o.stop,
+      }),
+    );
+    const rec = made.record;
+    out(`   backup ${rec.name}: start ${rec.startLsn}, end ${rec.endLsn}, timeline ${rec.timeline}, ${(rec.size / 1048576).toFixed(1)} MB (${seconds(Date.now() - t)})`);
+    out(`   stored as ${rec.objects.map((x) => x.name).join(', ')} and the record ${recordName(rec.name)}, written last, once every file`);
+    out(`   was read back and checked against the server's backup_manifest and the WAL ${rec.startWal} to ${rec.endWal} was in the archive`);
 
     // -- data ------------------------------------------------------------------------------------
     t = Date.now();
@@ -261,101 +332,88 @@ export async function demo(o: DemoOptions): Promise<void> {
     const [dataEnd] = await step(primary.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
     const expected = await step(tableSummary(primary));
     // Finish the segment holding the rows, so it is complete in the archive.
-    await step(primary.query('select pg_switch_wal()'));
-    const [end] = await step(primary.query<{ lsn: string; seg: number }>("select pg_current_wal_lsn()::text as lsn, (select setting::integer from pg_settings where name = 'wal_segment_size') as seg"));
-    const endPos = parseLsn(end!.lsn);
-    const segSize = Number(end!.seg);
-    out(`5. wrote ${o.rows} rows into table ${TABLE} (checksum ${expected.checksum}) and switched to a new WAL segment (${seconds(Date.now() - t)})`);
-    out(`   the rows' WAL ends at ${dataEnd!.lsn}; the primary's WAL at ${formatLsn(endPos)}`);
-
-    // -- walstream receive --------------------------------------------------------------------------
-    t = Date.now();
-    const spool = join(dir, 'spool');
-    const archive = join(dir, 'archive');
-    mkdirSync(spool, { mode: 0o700 });
-    if (install.version < 15) {
-      // No READ_REPLICATION_SLOT before 15: tell receive where to start the documented way, with
-      // an empty .partial of the slot's first segment.
-      const name = walFileName(1, lsnToSegNo(slotLsn, segSize), segSize);
-      mkdirSync(spool, { recursive: true });
-      writeOwned(join(spool, `${name}.partial`), '', null);
-    }
-    out(`6. $ walstream receive -D ${shellQuote(spool)} --archive ${shellQuote(archive)} -S ${SLOT} -E ${formatLsn(endPos)} --partial-interval 0`);
-    out('   (run in this process: the same code as the command)');
-    const metrics = new ReceiverMetrics();
-    await step(
-      receive({
-        directory: spool,
-        slot: SLOT,
-        createSlot: false,
-        dropSlot: false,
-        ifNotExists: false,
-        endPos,
-        noLoop: true,
-        statusIntervalMs: 10_000,
-        synchronous: false,
-        noSync: false,
-        compression: 'none',
-        connection: { dbname: `host=127.0.0.1 port=${primary.port} user=postgres sslmode=disable`, applicationName: 'walstream_demo' },
-        archive,
-        partialIntervalMs: 0,
-        log: o.log,
-        stop: o.stop,
-        metrics,
-      }),
-    );
+    const [end] = await step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
+    const lastName = await archived(parseLsn(end!.lsn));
+    await stopBackground();
+    stopBackground = undefined;
     if (interrupted) throw new Interrupted();
+    out(`6. wrote ${o.rows} rows into table ${TABLE} after the backup (checksum ${expected.checksum}) and switched to a new WAL segment`);
+    out(`   the rows' WAL ends at ${dataEnd!.lsn}, in ${lastName}; walstream receive archived it, then was stopped (${seconds(Date.now() - t)})`);
     const snap = metrics.snapshot();
-    const archived = readdirSync(archive)
+    const walArchived = readdirSync(archive)
       .filter((n) => WAL_NAME_RE.test(n))
       .sort();
     out(
       `   received ${formatLsn(snap.received - snap.receivedBytesTotal)} to ${formatLsn(snap.received)} (${(Number(snap.receivedBytesTotal) / 1048576).toFixed(0)} MB), ` +
-        `${snap.segmentsCompleted} complete segments, ${snap.segmentsArchived} archived (${seconds(Date.now() - t)})`,
+        `${snap.segmentsCompleted} complete segments, ${snap.segmentsArchived} archived`,
     );
-    out(`   archive ${archive}: ${archived.length} segments${archived.length ? `, ${archived[0]} to ${archived[archived.length - 1]}` : ''}`);
+    out(`   archive ${archive}: the backup and ${walArchived.length} segments${walArchived.length ? `, ${walArchived[0]} to ${walArchived[walArchived.length - 1]}` : ''}`);
     out(`   spool   ${spool}: where WAL lands first; it keeps the newest segment as its resume point`);
-    // PostgreSQL runs restore_command as its own OS user: hand it the archive.
-    chownTree(archive, user);
 
-    // -- the standby ---------------------------------------------------------------------------
+    // -- walstream restore -----------------------------------------------------------------------
     t = Date.now();
+    const restored = new DemoServer(install, join(dir, 'restored'), user);
+    servers.push(restored);
+    serverDir(restored.baseDir, user);
     const ws2 = walstreamForServer(dir, user);
-    const restoreCommand = [ws2.node, ws2.bin, 'fetch', '%f', '%p', '--archive', archive].map((a) => (a === '%f' || a === '%p' ? a : shellQuote(a).replace(/%/g, '%%'))).join(' ');
-    standby.configure({ restore_command: restoreCommand, primary_conninfo: '', hot_standby: 'on' });
-    writeOwned(join(standby.dataDir, 'standby.signal'), '', user);
-    out(`7. standby: restore_command = ${confString(restoreCommand)}`);
+    out(`7. $ walstream restore --archive ${shellQuote(archive)} -D ${shellQuote(restored.dataDir)} --standby --no-sync`);
+    out('   (run in this process: the newest backup, its files checked against its manifest as they are written)');
+    let store: ArchiveStore | undefined;
+    const result = await step(
+      restore({
+        archive,
+        keyFromEnvironment: false,
+        openStore: async () => (store = await openArchive(archive)),
+        directory: restored.dataDir,
+        backup: 'latest',
+        standby: true,
+        program: [ws2.node, ws2.bin],
+        noSync: true,
+        // Its account of what it restores is printed below; its progress messages are verbose here.
+        log: { info: (m) => o.log.verbose(m), verbose: (m) => o.log.verbose(m), warn: (m) => o.log.warn(m), error: (m) => o.log.error(m) },
+        // The command's own account, minus its advice to chown and start: the demo does both.
+        out: (line) => {
+          if (!/^(?:note: the files are root's|next: )/.test(line)) out(`   ${line}`);
+        },
+      }),
+    );
+    await store?.close();
+    const restoreCommand = result.settings.find(([k]) => k === 'restore_command')?.[1] ?? '';
+    out(`   restore_command = ${confString(restoreCommand)}`);
     if (ws2.staged) out(`   (walstream copied to ${dir} so that the "${user!.name}" OS user can run it)`);
     out('   and no primary_conninfo: it cannot stream from the primary, only restore from the archive');
-    current = standby;
-    await step(standby.start());
+    // PostgreSQL runs as its own OS user: hand it the data directory and the archive restore_command reads.
+    chownTree(restored.dataDir, user);
+    chownTree(archive, user);
+    current = restored;
+    await step(restored.start());
     const target = parseLsn(dataEnd!.lsn);
     let replayed: Lsn = 0n;
     const deadline = Date.now() + STEP_TIMEOUT_MS;
     for (;;) {
-      const [r] = await step(standby.query<{ lsn: string | null }>('select pg_last_wal_replay_lsn()::text as lsn'));
+      const [r] = await step(restored.query<{ lsn: string | null }>('select pg_last_wal_replay_lsn()::text as lsn'));
       replayed = r?.lsn ? parseLsn(r.lsn) : 0n;
       if (replayed >= target) break;
-      if (Date.now() > deadline) throw new Error(`the standby replayed only up to ${formatLsn(replayed)}, not ${formatLsn(target)}, in ${STEP_TIMEOUT_MS / 1000} s`);
+      if (Date.now() > deadline) throw new Error(`the restored server replayed only up to ${formatLsn(replayed)}, not ${formatLsn(target)}, in ${STEP_TIMEOUT_MS / 1000} s`);
       await step(sleep(200));
     }
-    const restored = [...readFileSync(standby.logFile, 'utf8').matchAll(/restored log file "([0-9A-F]{24})" from archive/g)].map((m) => m[1]!);
-    const [receiver] = await step(standby.query<{ n: string }>('select count(*)::text as n from pg_stat_wal_receiver'));
-    out(`   started on 127.0.0.1:${standby.port}; replayed up to ${formatLsn(replayed)} (${seconds(Date.now() - t)})`);
+    const fetched = [...readFileSync(restored.logFile, 'utf8').matchAll(/restored log file "([0-9A-F]{24})" from archive/g)].map((m) => m[1]!);
+    const [receiver] = await step(restored.query<{ n: string }>('select count(*)::text as n from pg_stat_wal_receiver'));
+    out(`   started on 127.0.0.1:${restored.port} as a standby; replayed up to ${formatLsn(replayed)} (${seconds(Date.now() - t)})`);
     out(
-      `   ${restored.length} segments restored by walstream fetch${restored.length ? ` (${restored[0]} to ${restored[restored.length - 1]})` : ''}, ` +
+      `   ${fetched.length} segments restored by walstream fetch${fetched.length ? ` (${fetched[0]} to ${fetched[fetched.length - 1]})` : ''}, ` +
         `${receiver?.n === '0' ? 'no WAL receiver running' : 'a WAL receiver is running'}`,
     );
-    out(`   data directory  ${standby.dataDir}`);
-    out(`   server log      ${standby.logFile}`);
-    if (restored.length === 0) throw new Error(`the standby's log shows no segment restored from the archive (see ${standby.logFile})`);
+    out(`   data directory  ${restored.dataDir}`);
+    out(`   server log      ${restored.logFile}`);
+    if (!fetched.includes(lastName)) throw new Error(`the restored server's log shows no ${lastName} restored from the archive (see ${restored.logFile})`);
 
     // -- the check -----------------------------------------------------------------------------
-    const got = await step(tableSummary(standby));
+    const got = await step(tableSummary(restored));
     if (got.rows !== expected.rows || got.checksum !== expected.checksum) {
-      throw new Error(`the standby has ${got.rows} rows with checksum ${got.checksum}; the primary has ${expected.rows} with ${expected.checksum}`);
+      throw new Error(`the restored server has ${got.rows} rows with checksum ${got.checksum}; the primary has ${expected.rows} with ${expected.checksum}`);
     }
-    out(`8. check: the standby has all ${got.rows} rows of ${TABLE}, checksum ${got.checksum}, the same as the primary: OK`);
+    out(`8. check: the restored server has all ${got.rows} rows of ${TABLE}, checksum ${got.checksum}, the same as the primary: OK`);
     ok = true;
   } catch (err) {
     if (current && !(err instanceof Interrupted)) {
@@ -364,6 +422,7 @@ export async function demo(o: DemoOptions): Promise<void> {
     }
     throw err;
   } finally {
+    await stopBackground?.();
     for (const s of [...servers].reverse()) await s.stop();
     // A restore_command started just before the standby stopped finishes on its own: wait for it.
     const left = await waitForProcessesMentioning(dir);
@@ -377,7 +436,7 @@ export async function demo(o: DemoOptions): Promise<void> {
       else for (const n of readdirSync(dir)) rmSync(join(dir, n), { recursive: true, force: true });
       out(`${ok ? '9. ' : ''}cleaned up: stopped both servers, removed ${ws.created ? dir : `everything in ${dir}`}`);
     }
-    if (ok) out(`\ndone in ${seconds(Date.now() - t0)}. Next: walstream receive --help, walstream fetch --help, and the README.`);
+    if (ok) out(`\ndone in ${seconds(Date.now() - t0)}. Next: walstream receive --help, walstream backup --help, walstream restore --help, and the README.`);
   }
 }
 
@@ -385,15 +444,4 @@ export async function demo(o: DemoOptions): Promise<void> {
 async function tableSummary(server: DemoServer): Promise<{ rows: number; checksum: string }> {
   const [r] = await server.query<{ n: string; sum: string | null }>(`select count(*)::text as n, md5(string_agg(md5(id::text || ':' || payload), '' order by id)) as sum from ${TABLE}`);
   return { rows: Number(r!.n), checksum: r!.sum ?? '' };
-}
-
-/** A base backup through the low-level API: start, copy the files, stop, write backup_label. */
-async function lowLevelBackup(primary: DemoServer, standby: DemoServer, version: number, user: OsUser | null): Promise<void> {
-  const client: pg.Client = await primary.connect();
-  try {
-    await backupThroughApi(client, { version, label: 'walstream demo', from: primary.dataDir, to: standby.dataDir, user });
-    if (!existsSync(join(standby.dataDir, 'pg_wal', 'archive_status'))) serverDir(join(standby.dataDir, 'pg_wal', 'archive_status'), user);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
 }

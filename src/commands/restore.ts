@@ -3,12 +3,15 @@
 // from the environment (S3 and Azure credentials, AWS_REGION, WALSTREAM_ENCRYPTION_KEY) are never
 // written into the data directory: the output says which ones PostgreSQL's environment must have.
 import { resolve } from 'node:path';
-import { restoreBackup, type RecoveryTarget, type RestoreResult } from '../backup/restore.js';
+import { restoreBackup, type RestoreOptions, type RestoreResult } from '../backup/restore.js';
 import { parseArchiveUrl } from '../storage/open.js';
 import type { ArchiveStore } from '../storage/types.js';
-import type { Logger } from '../util/log.js';
 
-export interface RestoreCommandOptions {
+/**
+ * The library's options (backup/restore.ts) but for the store and restore_command, which the
+ * command makes itself: the store from openStore, restore_command from the archive's options.
+ */
+export interface RestoreCommandOptions extends Omit<RestoreOptions, 'store' | 'restoreCommand'> {
   /** The archive as given (--archive). */
   archive: string;
   s3Endpoint?: string;
@@ -17,20 +20,10 @@ export interface RestoreCommandOptions {
   /** Whether a key came from WALSTREAM_ENCRYPTION_KEY (PostgreSQL's environment must then have it too). */
   keyFromEnvironment: boolean;
   openStore: () => Promise<ArchiveStore>;
-  directory: string;
-  backup?: string;
-  target?: RecoveryTarget;
-  targetAction?: 'pause' | 'promote' | 'shutdown';
-  targetTimeline?: string;
-  standby?: boolean;
-  primaryConninfo?: string;
-  tablespaceMapping?: ReadonlyMap<string, string>;
   /** More arguments for walstream fetch in restore_command (e.g. --prefetch 8). */
   fetchOptions?: readonly string[];
   /** How restore_command runs walstream: node and the bin script, absolute. */
   program: readonly string[];
-  noSync?: boolean;
-  log: Logger;
   /** Where the summary goes (standard output). */
   out: (line: string) => void;
 }
@@ -77,23 +70,22 @@ function describeTarget(o: RestoreCommandOptions): string {
 export async function restore(o: RestoreCommandOptions): Promise<RestoreResult> {
   const { args, environment } = fetchArguments(o);
   const store = await o.openStore();
-  const result = await restoreBackup({
-    store,
-    directory: o.directory,
-    ...(o.backup !== undefined ? { backup: o.backup } : {}),
-    ...(o.target ? { target: o.target } : {}),
-    ...(o.targetAction ? { targetAction: o.targetAction } : {}),
-    ...(o.targetTimeline !== undefined ? { targetTimeline: o.targetTimeline } : {}),
-    standby: o.standby === true,
-    ...(o.primaryConninfo !== undefined ? { primaryConninfo: o.primaryConninfo } : {}),
-    ...(o.tablespaceMapping ? { tablespaceMapping: o.tablespaceMapping } : {}),
-    restoreCommand: { program: o.program, fetchArgs: args },
-    noSync: o.noSync === true,
-    log: o.log,
-  });
+  const {
+    archive: _archive,
+    s3Endpoint: _endpoint,
+    encryptionKeyFile: _keyFile,
+    encryptionRequired: _required,
+    keyFromEnvironment: _fromEnv,
+    openStore: _open,
+    fetchOptions: _fetch,
+    program,
+    out: _out,
+    ...library
+  } = o;
+  const result = await restoreBackup({ ...library, store, restoreCommand: { program, fetchArgs: args } });
   const r = result.backup;
   o.out(
-    `restored backup ${r.name} (PostgreSQL ${r.serverVersion}, ${r.startLsn} to ${r.endLsn} on timeline ${r.timeline}): ${result.files} files, ${result.bytes} bytes into ${result.directory}, verified against its manifest`,
+    `restored backup ${r.name} (PostgreSQL ${Math.floor(r.serverVersion / 10000)}.${r.serverVersion % 10000}, ${r.startLsn} to ${r.endLsn} on timeline ${r.timeline}): ${result.files} files, ${result.bytes} bytes into ${result.directory}, verified against its manifest`,
   );
   for (const t of result.tablespaces) o.out(`tablespace ${t.oid}: ${t.location}`);
   o.out(`recovery: ${describeTarget(o)}; ${result.signal} and restore_command written (postgresql.auto.conf)`);
