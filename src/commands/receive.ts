@@ -158,7 +158,7 @@ export interface ErrorContext {
  * server writes it in its lc_messages, and a condition matched by English words would be retried
  * forever by a server speaking another language. The server's message is still shown as it came.
  * Timeline conditions (not in this server's history, the fork) come with INTERNAL_ERROR, shared
- * by others: streamOnce reads them from the server's history instead.
+ * by others: refusedStart reads them from the server's history instead.
  */
 export function classifyError(err: unknown, ctx: ErrorContext = {}): Error {
   if (err instanceof PermanentError || err instanceof UsageError) return err;
@@ -321,7 +321,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     }
     o.onServing?.(serving.running);
   }
-  // Files left in the spool are uploaded once the archive has been claimed (streamOnce): an
+  // Files left in the spool are uploaded once the archive has been claimed (admitServer): an
   // archive of another system, or an encrypted one without the key, gets nothing.
   let uploadsStarted = false;
   const startUploads = async (): Promise<void> => {
