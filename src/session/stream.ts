@@ -86,75 +86,153 @@ export interface StreamResult {
 }
 
 export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl: StreamCtl): Promise<StreamResult> {
-  let stream!: CopyBothStream;
-  let stopping = false;
-  let lastStatus = 0;
-  let syncScheduled = false;
-  let laterSync: NodeJS.Timeout | undefined;
-  let serverEnd: Lsn = 0n;
-  let lastSentFlush: Lsn = -1n;
-  let lastServerMessage = 0;
-  const observe = (kind: StreamActivity['kind']): void => ctl.onActivity?.({ kind, received: sink.receivedLsn, durable: sink.durableLsn, serverEnd });
+  const round = new StreamRound(sink, ctl);
+  const stream = round.start(conn);
+  round.watch();
+  try {
+    const end = await stream.done;
+    return { end, received: sink.receivedLsn };
+  } finally {
+    round.finish();
+  }
+}
 
-  const sendStatus = (replyRequested = false): void => {
-    const flush = ctl.reportFlush ? sink.durableLsn : 0n;
+/**
+ * One runStream: its state, what it does with each message from the server, and what watches
+ * it meanwhile (the sink, the spool, the status timer, the receive timeout, a stop request).
+ */
+class StreamRound {
+  private stream!: CopyBothStream;
+  private stopping = false;
+  private lastStatus = 0;
+  private syncScheduled = false;
+  private laterSync: NodeJS.Timeout | undefined;
+  private serverEnd: Lsn = 0n;
+  private lastSentFlush: Lsn = -1n;
+  private lastServerMessage = 0;
+  private stopWhenStarted = false;
+  /** The round has ended (a stop request that comes later must not act). */
+  private over = false;
+  private readonly receiveTimeoutMs: number;
+  private readonly silence: SilenceClock | undefined;
+  /** Who holds reading stopped now. */
+  private readonly holds = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private watchdog: NodeJS.Timeout | undefined;
+  private detach: (() => void) | undefined;
+  private detachBackpressure: (() => void) | undefined;
+
+  constructor(
+    private readonly sink: WalSink,
+    private readonly ctl: StreamCtl,
+  ) {
+    this.receiveTimeoutMs = ctl.receiveTimeoutMs ?? 0;
+    this.silence = this.receiveTimeoutMs > 0 ? new SilenceClock(this.receiveTimeoutMs, SilenceClock.tickFor(this.receiveTimeoutMs), Date.now()) : undefined;
+  }
+
+  /** START_REPLICATION, every message handed over synchronously as it is framed. */
+  start(conn: ReplicationConnection): CopyBothStream {
+    const { ctl, silence } = this;
+    this.stream = conn.startReplication(ctl.start, ctl.timeline, ctl.slot, {
+      onCopyData: (payload) => {
+        if (this.stopWhenStarted) this.stop('received stop request');
+        this.onMessage(decodeServerCopyData(payload));
+      },
+      onXLogData: (lsn, walEnd, piece) => {
+        if (this.stopWhenStarted) this.stop('received stop request');
+        this.onWal(lsn, walEnd, piece);
+      },
+      onServerMessage() {
+        silence?.heard(Date.now());
+      },
+    });
+    return this.stream;
+  }
+
+  /** Listen to the sink and the spool, start the timers, and act on a stop request. */
+  watch(): void {
+    this.watchSink();
+    this.detachBackpressure = this.ctl.backpressure?.attach({ pressure: () => this.hold('spool'), drain: () => this.release('spool') });
+    this.startTimers();
+    this.watchStopRequest();
+  }
+
+  /** Everything watch() started, stopped. */
+  finish(): void {
+    this.over = true;
+    if (this.laterSync) clearTimeout(this.laterSync);
+    if (this.timer) clearInterval(this.timer);
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.detach?.();
+    this.detachBackpressure?.();
+  }
+
+  private observe(kind: StreamActivity['kind']): void {
+    this.ctl.onActivity?.({ kind, received: this.sink.receivedLsn, durable: this.sink.durableLsn, serverEnd: this.serverEnd });
+  }
+
+  private sendStatus(replyRequested = false): void {
+    const flush = this.ctl.reportFlush ? this.sink.durableLsn : 0n;
     const status = encodeStandbyStatus({
-      write: sink.writtenLsn,
+      write: this.sink.writtenLsn,
       flush,
       apply: 0n,
       clientTime: nowPgTime(),
       replyRequested,
     });
-    stream.send(status);
-    lastStatus = Date.now();
-    lastSentFlush = flush;
-  };
+    this.stream.send(status);
+    this.lastStatus = Date.now();
+    this.lastSentFlush = flush;
+  }
+
+  /** Make durable what was received, then report it (a failed sync reports nothing). */
+  private syncThenReport(): void {
+    this.sink.sync().then(
+      () => this.sendStatus(),
+      () => undefined,
+    );
+  }
 
   // Stop cleanly: ignore further data, make what we have durable, report it, then end the COPY
   // (nothing can be sent after our CopyDone).
-  const stop = (why: string): void => {
-    if (stopping) return;
-    stopping = true;
-    ctl.log.verbose(why);
-    sink
+  private stop(why: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.ctl.log.verbose(why);
+    this.sink
       .sync()
       .then(
-        () => sendStatus(),
+        () => this.sendStatus(),
         () => undefined,
       )
-      .finally(() => stream.sendCopyDone());
-  };
+      .finally(() => this.stream.sendCopyDone());
+  }
 
-  const onMessage = (msg: ServerCopyMessage): void => {
-    lastServerMessage = Date.now();
+  private onMessage(msg: ServerCopyMessage): void {
+    this.lastServerMessage = Date.now();
     if (msg.kind === 'keepalive') {
-      if (msg.walEnd > serverEnd) serverEnd = msg.walEnd;
-      observe('keepalive');
+      if (msg.walEnd > this.serverEnd) this.serverEnd = msg.walEnd;
+      this.observe('keepalive');
       if (msg.replyRequested) {
-        if (ctl.reportFlush && sink.writtenLsn > sink.durableLsn) {
-          // Make what we have durable first so the answer can carry it (receivelog.c ProcessKeepaliveMsg).
-          sink.sync().then(
-            () => sendStatus(),
-            () => undefined,
-          );
-        } else {
-          sendStatus();
-        }
+        // Make what we have durable first so the answer can carry it (receivelog.c ProcessKeepaliveMsg).
+        if (this.ctl.reportFlush && this.sink.writtenLsn > this.sink.durableLsn) this.syncThenReport();
+        else this.sendStatus();
       }
       return;
     }
-    onWal(msg.dataStart, msg.walEnd, msg.data);
-  };
+    this.onWal(msg.dataStart, msg.walEnd, msg.data);
+  }
 
   /** WAL from XLogData: a whole message's, or a piece of one (the framer hands them on as they arrive). */
-  const onWal = (lsn: Lsn, walEnd: Lsn, piece: Buffer): void => {
-    lastServerMessage = Date.now();
-    if (stopping) return;
+  private onWal(lsn: Lsn, walEnd: Lsn, piece: Buffer): void {
+    this.lastServerMessage = Date.now();
+    if (this.stopping) return;
+    const { sink, ctl } = this;
     const expected = sink.receivedLsn;
     if (lsn !== expected) {
       throw new ProtocolError(`received WAL at ${formatLsn(lsn)} but expected ${formatLsn(expected)}: the server skipped or repeated data`);
     }
-    if (walEnd > serverEnd) serverEnd = walEnd;
+    if (walEnd > this.serverEnd) this.serverEnd = walEnd;
     let data = piece;
     // With --endpos, pg_receivewal stops at the segment boundary inside a message that reaches it.
     if (ctl.endPos !== undefined) {
@@ -164,119 +242,96 @@ export async function runStream(conn: ReplicationConnection, sink: WalSink, ctl:
       if (end > boundary && boundary >= ctl.endPos) data = data.subarray(0, Number(boundary - lsn));
     }
     sink.write(lsn, data);
-    ctl.onProgress?.(sink.receivedLsn, serverEnd);
-    observe('data');
-    if (ctl.synchronous && !syncScheduled) {
-      syncScheduled = true;
+    ctl.onProgress?.(sink.receivedLsn, this.serverEnd);
+    this.observe('data');
+    if (ctl.synchronous && !this.syncScheduled) {
+      this.syncScheduled = true;
       // After this batch of messages (one socket read), make it durable and report at once.
       setImmediate(() => {
-        syncScheduled = false;
-        if (stopping) return;
-        sink.sync().then(
-          () => sendStatus(),
-          () => undefined,
-        );
+        this.syncScheduled = false;
+        if (!this.stopping) this.syncThenReport();
       });
     }
-    if (!ctl.synchronous && (ctl.syncAfterMs ?? 0) > 0 && laterSync === undefined) {
-      laterSync = setTimeout(() => {
-        laterSync = undefined;
-        if (!stopping) sink.sync().catch(() => undefined);
+    if (!ctl.synchronous && (ctl.syncAfterMs ?? 0) > 0 && this.laterSync === undefined) {
+      this.laterSync = setTimeout(() => {
+        this.laterSync = undefined;
+        if (!this.stopping) sink.sync().catch(() => undefined);
       }, ctl.syncAfterMs);
     }
     if (ctl.endPos !== undefined && sink.receivedLsn >= ctl.endPos) {
-      stop(`stopped log streaming at ${formatLsn(sink.receivedLsn)} (timeline ${ctl.timeline}): reached end position`);
+      this.stop(`stopped log streaming at ${formatLsn(sink.receivedLsn)} (timeline ${ctl.timeline}): reached end position`);
     }
-  };
-
-  const receiveTimeoutMs = ctl.receiveTimeoutMs ?? 0;
-  const silence = receiveTimeoutMs > 0 ? new SilenceClock(receiveTimeoutMs, SilenceClock.tickFor(receiveTimeoutMs), Date.now()) : undefined;
-
-  stream = conn.startReplication(ctl.start, ctl.timeline, ctl.slot, {
-    onCopyData(payload) {
-      if (stopWhenStarted) stop('received stop request');
-      onMessage(decodeServerCopyData(payload));
-    },
-    onXLogData(lsn, walEnd, piece) {
-      if (stopWhenStarted) stop('received stop request');
-      onWal(lsn, walEnd, piece);
-    },
-    onServerMessage() {
-      silence?.heard(Date.now());
-    },
-  });
+  }
 
   // Reading stops while any source of pressure holds it, and resumes when none does. While it
   // is stopped the server's silence is ours: the receive timeout starts again on resuming.
-  const holds = new Set<string>();
-  const hold = (who: string): void => {
-    holds.add(who);
-    silence?.pause();
-    stream.pause();
-  };
-  const release = (who: string): void => {
-    holds.delete(who);
-    if (holds.size === 0) {
-      silence?.resume(Date.now());
-      stream.resume();
+  private hold(who: string): void {
+    this.holds.add(who);
+    this.silence?.pause();
+    this.stream.pause();
+  }
+
+  private release(who: string): void {
+    this.holds.delete(who);
+    if (this.holds.size === 0) {
+      this.silence?.resume(Date.now());
+      this.stream.resume();
     }
-  };
-  const onPressure = (): void => hold('sink');
-  const onDrain = (): void => release('sink');
-  const onFailed = (err: Error): void => stream.fail(err);
-  const onDurable = (): void => {
-    observe('durable');
-    // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
-    if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== lastSentFlush && stream.started) sendStatus();
-  };
-  const detach = sink.attach({ pressure: onPressure, drain: onDrain, failed: onFailed, durable: onDurable });
-  const detachBackpressure = ctl.backpressure?.attach({ pressure: () => hold('spool'), drain: () => release('spool') });
-  const timer =
-    ctl.statusIntervalMs > 0
-      ? setInterval(
-          () => {
-            // After a status interval without any server message, ask for a reply (as walreceiver.c
-            // does before wal_receiver_timeout): an idle server otherwise sends nothing, and a live
-            // connection could not be told from a dead one. Never when answering a keepalive.
-            if (stream.started && Date.now() - lastStatus >= ctl.statusIntervalMs) sendStatus(Date.now() - lastServerMessage >= ctl.statusIntervalMs);
-          },
-          Math.min(ctl.statusIntervalMs, 1000),
-        )
-      : undefined;
-  const watchdog = silence
-    ? setInterval(() => {
+  }
+
+  /** The sink's pressure and drain hold and release reading; its failure ends the stream; its durable position is reported. */
+  private watchSink(): void {
+    const { sink, ctl } = this;
+    this.detach = sink.attach({
+      pressure: () => this.hold('sink'),
+      drain: () => this.release('sink'),
+      failed: (err: Error) => this.stream.fail(err),
+      durable: () => {
+        this.observe('durable');
+        // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
+        if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== this.lastSentFlush && this.stream.started) this.sendStatus();
+      },
+    });
+  }
+
+  /** Status updates every status interval, and the receive timeout's watchdog. */
+  private startTimers(): void {
+    const { ctl, silence, stream } = this;
+    if (ctl.statusIntervalMs > 0) {
+      this.timer = setInterval(
+        () => {
+          // After a status interval without any server message, ask for a reply (as walreceiver.c
+          // does before wal_receiver_timeout): an idle server otherwise sends nothing, and a live
+          // connection could not be told from a dead one. Never when answering a keepalive.
+          if (stream.started && Date.now() - this.lastStatus >= ctl.statusIntervalMs) this.sendStatus(Date.now() - this.lastServerMessage >= ctl.statusIntervalMs);
+        },
+        Math.min(ctl.statusIntervalMs, 1000),
+      );
+    }
+    if (silence) {
+      this.watchdog = setInterval(() => {
         const now = Date.now();
         const verdict = silence.tick(now);
         if (verdict === 'ping') {
           // Half the timeout without a word: ask for one (walreceiver.c sends a reply with
           // replyRequested then). Not an answer to a keepalive, so no ping-pong.
-          if (stream.started && !stopping) sendStatus(true);
+          if (stream.started && !this.stopping) this.sendStatus(true);
         } else if (verdict === 'dead') {
           const secs = Math.round(silence.silentFor(now) / 1000);
-          stream.fail(new ConnectionLostError(`no message from the server for ${secs} s: connection considered dead (--receive-timeout ${receiveTimeoutMs / 1000})`));
+          stream.fail(new ConnectionLostError(`no message from the server for ${secs} s: connection considered dead (--receive-timeout ${this.receiveTimeoutMs / 1000})`));
         }
-      }, silence.tickMs)
-    : undefined;
-  let stopWhenStarted = false;
-  let over = false;
-  void ctl.stopRequested.then(() => {
-    // A round that has ended must not act: after a timeline switch the next round streams on the
-    // same connection, and this round's CopyDone and stale status would end that stream instead.
-    if (over) return;
-    // CopyDone is only valid once the server has entered COPY mode.
-    if (stream.started) stop('received stop request');
-    else stopWhenStarted = true;
-  });
+      }, silence.tickMs);
+    }
+  }
 
-  try {
-    const end = await stream.done;
-    return { end, received: sink.receivedLsn };
-  } finally {
-    over = true;
-    if (laterSync) clearTimeout(laterSync);
-    if (timer) clearInterval(timer);
-    if (watchdog) clearInterval(watchdog);
-    detach();
-    detachBackpressure?.();
+  private watchStopRequest(): void {
+    void this.ctl.stopRequested.then(() => {
+      // A round that has ended must not act: after a timeline switch the next round streams on the
+      // same connection, and this round's CopyDone and stale status would end that stream instead.
+      if (this.over) return;
+      // CopyDone is only valid once the server has entered COPY mode.
+      if (this.stream.started) this.stop('received stop request');
+      else this.stopWhenStarted = true;
+    });
   }
 }

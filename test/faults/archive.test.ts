@@ -6,16 +6,11 @@
 //  - A full disk under the receiver's directory (plain and gzip) and under its spool while S3 is
 //    down: the receiver stops acknowledging (its slot stays within what it holds), waits instead
 //    of dropping or corrupting anything, and carries on by itself once space returns.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readdirSync } from 'node:fs';
-import type { PgCluster } from '../harness/pg.js';
-import { startS3, type S3TestServer } from '../harness/s3.js';
-import { runCli } from '../support/cli.js';
-import { openArchive } from '../../src/storage/open.js';
-import type { ArchiveStore } from '../../src/storage/types.js';
 import { FullDisk } from './disk.js';
-import { Cleanup, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receivedLsn, receiverArgs, sleep, slotRestartLsn, startReceiver, tail, waitUntil } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
+import { SEG, WalWriter, createSlot, faultSuite, flushLsn, receiveTo, receivedLsn, sleep, slotRestartLsn, slotRun, startReceiver, tail, waitUntil } from './helpers.js';
+import { iterations, recordRow } from './report.js';
 import { formatLsn, pgWalReference, verifyWal } from './verify.js';
 
 type Outage = 'refused' | 'hanging' | 'slow' | 'HTTP 500' | 'HTTP 503';
@@ -32,43 +27,18 @@ function oldestSegmentStart(dir: string): bigint {
 }
 
 describe('fault: S3 down, slow or failing; a full disk under the receiver', () => {
-  let primary: PgCluster;
-  let s3: S3TestServer;
-  let rng: Rng;
-  const cleanup = new Cleanup();
-  const stores: ArchiveStore[] = [];
-  const s3Env = (): Record<string, string> => ({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region });
-  const openStore = async (url: string): Promise<ArchiveStore> => {
-    Object.assign(process.env, s3Env());
-    const st = await openArchive(url, { s3Endpoint: s3.endpoint });
-    stores.push(st);
-    return st;
-  };
-
-  beforeAll(async () => {
-    rng = fileRng('archive');
-    [primary, s3] = await Promise.all([createFaultPrimary('fault-archive'), startS3({ builtIn: true })]);
-  });
-  afterAll(async () => {
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    await primary?.destroy();
-    await s3?.stop();
-  });
+  const suite = faultSuite('archive', { primary: { name: 'fault-archive' }, s3: true });
+  const { cleanup } = suite;
 
   const ROUNDS = iterations(1, 3);
   it(
     'S3 refusing, hanging, slow and failing with 500/503',
     async () => {
-      const slot = 's3_outage';
-      const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
-      const dir = cleanup.dir('s3-spool');
+      const { primary, s3, rng } = suite;
+      const { slot, first, dir, reference, cache, losses } = await slotRun(primary, cleanup, 's3_outage', 's3-spool');
       const url = `s3://${s3.bucket}/${s3.prefix}outage/`;
-      const store = await openStore(url);
-      const args = { dir, conn: primary.connectionString(), slot, archive: url, s3Endpoint: s3.endpoint, env: s3Env(), extra: ['-s', '1', '--partial-interval', '1', '--spool-max', '3MB'] };
-      const reference = pgWalReference(primary.walDir);
-      const cache = new Map<string, number>();
-      const losses: string[] = [];
+      const store = await suite.openStore(url);
+      const args = { dir, conn: primary.connectionString(), slot, archive: url, s3Endpoint: s3.endpoint, env: suite.s3Env(), extra: ['-s', '1', '--partial-interval', '1', '--spool-max', '3MB'] };
       const plan: Outage[] = [];
       for (let r = 0; r < ROUNDS; r++) plan.push(...[...OUTAGES].sort(() => rng() - 0.5));
       const writer = new WalWriter(() => primary, rng).start();
@@ -132,8 +102,7 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
       const res = await proc.done;
       if (res.code !== 0) losses.push(`the receiver exited with ${res.code} on SIGTERM:\n${tail(res.stderr)}`);
       const endpos = await flushLsn(primary);
-      const fin = await runCli(receiverArgs({ ...args, extra: [...args.extra, '-E', formatLsn(endpos), '-n'] }), { env: s3Env(), timeoutMs: 180_000 });
-      if (fin.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${fin.code}:\n${tail(fin.stderr)}`);
+      await receiveTo(args, endpos, losses);
       const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: endpos }], archivedTo: [{ tli: 1, from: first, to: endpos }] });
       losses.push(...v.losses);
       recordRow({ fault: 'S3 refused/hung/slow/500/503', iterations: plan.length, bytesVerified: v.bytesVerified, losses: losses.length });
@@ -151,14 +120,15 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
    */
   const CYCLES = iterations(1, 3);
   const diskFull = async (label: string, opts: { compress?: boolean; archive?: boolean }): Promise<void> => {
+    const { primary, s3, rng } = suite;
     const slot = `disk_${opts.compress ? 'gz' : opts.archive ? 'spool' : 'plain'}`;
     const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
     const disk = await FullDisk.create(slot, opts.archive ? 12 : 32);
     cleanup.defer(() => disk.remove());
     const url = opts.archive ? `s3://${s3.bucket}/${s3.prefix}${slot}/` : undefined;
-    const store = url ? await openStore(url) : undefined;
+    const store = url ? await suite.openStore(url) : undefined;
     const extra = ['-s', '1', ...(opts.compress ? ['-Z', 'gzip'] : []), ...(opts.archive ? ['--partial-interval', '1'] : ['--synchronous'])];
-    const args = { dir: disk.dir, conn: primary.connectionString(), slot, archive: url, s3Endpoint: url ? s3.endpoint : undefined, env: url ? s3Env() : undefined, extra };
+    const args = { dir: disk.dir, conn: primary.connectionString(), slot, archive: url, s3Endpoint: url ? s3.endpoint : undefined, env: url ? suite.s3Env() : undefined, extra };
     const reference = pgWalReference(primary.walDir);
     const losses: string[] = [];
     // Caught up: reported flushed (--synchronous, or every --partial-interval). The write position
@@ -218,10 +188,7 @@ describe('fault: S3 down, slow or failing; a full disk under the receiver', () =
       if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
       const reported = await slotRestartLsn(primary, slot);
       if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr, 40)}`);
-      if (opts.archive) {
-        const fin = await runCli(receiverArgs({ ...args, extra: [...extra, '-E', formatLsn(endpos), '-n'] }), { env: s3Env(), timeoutMs: 180_000 });
-        if (fin.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${fin.code}:\n${tail(fin.stderr)}`);
-      }
+      if (opts.archive) await receiveTo(args, endpos, losses);
       const v = await verifyWal({
         segSize: SEG,
         reference,

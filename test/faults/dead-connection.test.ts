@@ -5,44 +5,21 @@
 // held by the old walsender until the server's wal_sender_timeout, 5 s here, ends it) and
 // stream again within a bound, holding everything it reported flushed; at the end it stops on
 // SIGTERM with status 0 and the whole range verifies against pg_wal.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PgCluster } from '../harness/pg.js';
-import { TcpProxy } from '../harness/proxy.js';
-import { openArchive } from '../../src/storage/open.js';
+import { describe, expect, it } from 'vitest';
 import type { ArchiveStore } from '../../src/storage/types.js';
-import { Cleanup, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receivedLsn, sleep, slotRestartLsn, startReceiver, tail, waitUntil } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
-import { formatLsn, pgWalReference, verifyWal } from './verify.js';
+import { SEG, WalWriter, faultSuite, flushLsn, slotRestartLsn, slotRun, sleep, startReceiver, stopReceiver, streamStarts, tail, waitForReceived, waitUntil } from './helpers.js';
+import { iterations, recordRow } from './report.js';
+import { formatLsn, verifyWal } from './verify.js';
 
 /** From the black hole to streaming again: 3 s to notice, up to 5 s for the server to free the slot, the backoff. */
 const RECOVERY_BOUND_MS = 45_000;
-
-function streamStarts(stderr: string): number {
-  return stderr.match(/starting log streaming/g)?.length ?? 0;
-}
 
 function deadConnections(stderr: string): number {
   return stderr.match(/no message from the server for \d+ s: connection considered dead/g)?.length ?? 0;
 }
 
 describe('fault: the connection to the primary black-holed for good', () => {
-  let primary: PgCluster;
-  let proxy: TcpProxy;
-  let rng: Rng;
-  const cleanup = new Cleanup();
-  const stores: ArchiveStore[] = [];
-
-  beforeAll(async () => {
-    rng = fileRng('dead-connection');
-    primary = await createFaultPrimary('fault-dead', { wal_sender_timeout: '5s' });
-    proxy = await TcpProxy.start(primary.port);
-  });
-  afterAll(async () => {
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    await proxy?.stop();
-    await primary?.destroy();
-  });
+  const suite = faultSuite('dead-connection', { primary: { name: 'fault-dead', conf: { wal_sender_timeout: '5s' } }, proxy: true });
 
   const modes = [
     { kind: 'plain', label: 'dead connection: plain directory, --synchronous, --receive-timeout 3', extra: ['--synchronous', '-s', '1'], n: iterations(3, 10) },
@@ -53,20 +30,15 @@ describe('fault: the connection to the primary black-holed for good', () => {
     it(
       mode.label,
       async () => {
-        const slot = `dead_${mode.kind}`;
-        const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
-        const dir = cleanup.dir(`dead-${mode.kind}`);
+        const { primary, proxy, rng, cleanup } = suite;
+        const { slot, first, dir, reference, cache, losses } = await slotRun(primary, cleanup, `dead_${mode.kind}`, `dead-${mode.kind}`);
         let archive: string | undefined;
         let store: ArchiveStore | undefined;
         if (mode.kind === 'archive') {
           archive = cleanup.dir('dead-archive');
-          store = await openArchive(archive);
-          stores.push(store);
+          store = await suite.openStore(archive);
         }
         const conn = `postgresql://postgres@127.0.0.1:${proxy.port}/postgres?sslmode=disable`;
-        const reference = pgWalReference(primary.walDir);
-        const cache = new Map<string, number>();
-        const losses: string[] = [];
         const writer = new WalWriter(() => primary, rng).start();
         const proc = startReceiver(cleanup, { dir, conn, slot, archive, extra: [...mode.extra, '--receive-timeout', '3'] });
         let worst = 0;
@@ -90,7 +62,7 @@ describe('fault: the connection to the primary black-holed for good', () => {
               worst = Math.max(worst, took);
               expect(deadConnections(proc.stderr), 'the dead connection named in the log').toBeGreaterThan(deadBefore);
               const target = await flushLsn(primary);
-              await waitUntil(async () => (await receivedLsn(primary, slot)) >= target, 60_000, `the receiver to catch up to ${formatLsn(target)}`);
+              await waitForReceived(primary, slot, target, 60_000, `the receiver to catch up to ${formatLsn(target)}`);
               console.log(`[faults] dead connection ${mode.kind} ${i + 1}/${mode.n}: streaming again after ${took} ms`);
             } catch (err) {
               losses.push(`black hole ${i + 1}: ${(err as Error).message}\n${tail(proc.stderr)}`);
@@ -103,13 +75,7 @@ describe('fault: the connection to the primary black-holed for good', () => {
         } finally {
           await writer.stop();
         }
-        const endpos = await flushLsn(primary);
-        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
-        proc.kill('SIGTERM');
-        const res = await proc.done;
-        if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
-        const reported = await slotRestartLsn(primary, slot);
-        if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
+        const { endpos, reported } = await stopReceiver(primary, proc, slot, losses);
         const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: reported > endpos ? reported : endpos }] });
         losses.push(...v.losses);
         recordRow({ fault: mode.label, iterations: mode.n, bytesVerified: v.bytesVerified, losses: losses.length });

@@ -1,15 +1,23 @@
-// What the fault scenarios share: a primary configured to keep its WAL for the comparison, a
-// background WAL writer (generateWal bursts, WAL switches, optionally pgbench), the receiver as a
-// child process, slot positions, and the temporary directories and processes to clean up.
+// What the fault scenarios share: the servers of a test file (a primary configured to keep its WAL
+// for the comparison, S3, a proxy in front of the primary) with the archives it opens, a receiver's
+// run on a new slot from its start to its SIGTERM, a background WAL writer (generateWal bursts, WAL
+// switches, optionally pgbench), the receiver as a child process, slot positions, and the
+// temporary directories and processes to clean up.
+import { afterAll, beforeAll } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir, type ConfMap } from '../harness/pg.js';
 import { cleanEnv, run } from '../harness/exec.js';
-import { startCli, type CliProcess } from '../support/cli.js';
+import { TcpProxy } from '../harness/proxy.js';
+import { startS3, type S3TestServer } from '../harness/s3.js';
+import { runCli, startCli, type CliProcess } from '../support/cli.js';
 import { lsnOf } from '../support/walfiles.js';
-import type { Rng } from './report.js';
+import { openArchive } from '../../src/storage/open.js';
+import type { ArchiveStore } from '../../src/storage/types.js';
+import { fileRng, type Rng } from './report.js';
+import { formatLsn, pgWalReference, type WalReference } from './verify.js';
 
 export const SEG = 1024 * 1024;
 
@@ -71,6 +79,16 @@ export async function waitUntil(cond: () => Promise<boolean> | boolean, timeoutM
   }
 }
 
+/** Until `receivedLsn` on `slot` reaches `target` (throws after `timeoutMs`, naming `what`). */
+export function waitForReceived(pg: PgCluster, slot: string, target: bigint, timeoutMs: number, what: string): Promise<void> {
+  return waitUntil(async () => (await receivedLsn(pg, slot)) >= target, timeoutMs, what);
+}
+
+/** How many streams a receiver started so far, from its verbose output. */
+export function streamStarts(stderr: string): number {
+  return stderr.match(/starting log streaming/g)?.length ?? 0;
+}
+
 /** Temporary directories and child processes of one test file. */
 export class Cleanup {
   private readonly dirs: string[] = [];
@@ -123,6 +141,120 @@ export function receiverArgs(a: ReceiverArgs): string[] {
 
 export function startReceiver(cleanup: Cleanup, a: ReceiverArgs, timeoutMs = 600_000): CliProcess {
   return cleanup.track(startCli(receiverArgs(a), { env: a.env, timeoutMs }));
+}
+
+/** A last receiver run to `endpos` (-E, --no-loop): it must exit 0 (once everything finished is archived). */
+export async function receiveTo(a: ReceiverArgs, endpos: bigint, losses: string[]): Promise<void> {
+  const res = await runCli(receiverArgs({ ...a, extra: [...(a.extra ?? []), '-E', formatLsn(endpos), '-n'] }), { env: a.env, timeoutMs: 180_000 });
+  if (res.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${res.code}:\n${tail(res.stderr)}`);
+}
+
+/**
+ * The servers one fault test file shares, started in its beforeAll and stopped in its afterAll
+ * (call it inside the file's describe): a primary (createFaultPrimary), S3 (the built-in server),
+ * a TCP proxy in front of the primary, as asked; the file's seeded Rng, its Cleanup, and the
+ * archives it opens (closed at the end).
+ */
+export interface FaultSuite {
+  readonly cleanup: Cleanup;
+  readonly rng: Rng;
+  readonly primary: PgCluster;
+  readonly s3: S3TestServer;
+  readonly proxy: TcpProxy;
+  /** The environment a walstream process needs to reach the suite's S3 server. */
+  s3Env(): Record<string, string>;
+  /** Open an archive, closed with the suite (an s3:// one on the suite's S3 server, its credentials put in this process's environment). */
+  openStore(url: string): Promise<ArchiveStore>;
+}
+
+export function faultSuite(file: string, o: { primary?: { name: string; conf?: ConfMap }; s3?: boolean; proxy?: boolean }): FaultSuite {
+  const cleanup = new Cleanup();
+  const stores: ArchiveStore[] = [];
+  let rng: Rng | undefined;
+  let primary: PgCluster | undefined;
+  let s3: S3TestServer | undefined;
+  let proxy: TcpProxy | undefined;
+  beforeAll(async () => {
+    rng = fileRng(file);
+    [primary, s3] = await Promise.all([o.primary ? createFaultPrimary(o.primary.name, o.primary.conf) : undefined, o.s3 ? startS3({ builtIn: true }) : undefined]);
+    if (o.proxy && primary) proxy = await TcpProxy.start(primary.port);
+  });
+  afterAll(async () => {
+    await cleanup.run();
+    for (const st of stores) await st.close();
+    await proxy?.stop();
+    await primary?.destroy();
+    await s3?.stop();
+  });
+  const started = <T>(v: T | undefined, what: string): T => {
+    if (v === undefined) throw new Error(`the fault suite of ${file} has no ${what} (not asked for, or beforeAll failed)`);
+    return v;
+  };
+  const suite: FaultSuite = {
+    cleanup,
+    get rng() {
+      return started(rng, 'Rng');
+    },
+    get primary() {
+      return started(primary, 'primary');
+    },
+    get s3() {
+      return started(s3, 'S3 server');
+    },
+    get proxy() {
+      return started(proxy, 'proxy');
+    },
+    s3Env() {
+      const s = suite.s3;
+      return { AWS_ACCESS_KEY_ID: s.accessKeyId, AWS_SECRET_ACCESS_KEY: s.secretAccessKey, AWS_REGION: s.region };
+    },
+    async openStore(url) {
+      if (url.startsWith('s3://')) Object.assign(process.env, suite.s3Env());
+      const st = await openArchive(url, s3 ? { s3Endpoint: s3.endpoint } : {});
+      stores.push(st);
+      return st;
+    },
+  };
+  return suite;
+}
+
+/** A receiver's run on a new slot: where its WAL goes, what it is compared with, and the losses found. */
+export interface SlotRun {
+  slot: string;
+  /** The slot's restart_lsn when created. */
+  created: bigint;
+  /** The start of that segment: the first WAL the receiver owes. */
+  first: bigint;
+  /** The receiver's directory (-D). */
+  dir: string;
+  reference: WalReference;
+  /** verifyWal's record of what was checked already. */
+  cache: Map<string, number>;
+  losses: string[];
+}
+
+/** A new slot on `pg` holding WAL from now on, and a directory for the receiver streaming through it. */
+export async function slotRun(pg: PgCluster, cleanup: Cleanup, slot: string, dirPrefix: string): Promise<SlotRun> {
+  const created = await createSlot(pg, slot);
+  const first = (created / BigInt(SEG)) * BigInt(SEG);
+  const dir = cleanup.dir(dirPrefix);
+  return { slot, created, first, dir, reference: pgWalReference(pg.walDir), cache: new Map(), losses: [] };
+}
+
+/**
+ * The end of a run: the receiver reaches `pg`'s flush position, stops on SIGTERM with status 0,
+ * and the slot then holds everything it received (SIGTERM: what was received is fsynced and
+ * reported in a last status update). Returns that position and where the slot is.
+ */
+export async function stopReceiver(pg: PgCluster, proc: CliProcess, slot: string, losses: string[]): Promise<{ endpos: bigint; reported: bigint }> {
+  const endpos = await flushLsn(pg);
+  await waitForReceived(pg, slot, endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
+  proc.kill('SIGTERM');
+  const res = await proc.done;
+  if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
+  const reported = await slotRestartLsn(pg, slot);
+  if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
+  return { endpos, reported };
 }
 
 /** The last lines of a receiver's output, for failure messages. */

@@ -6,14 +6,10 @@
 // directory or archive, byte-identical to pg_wal; at the end a run to the primary's flush position
 // must complete and the whole range must verify.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PgCluster } from '../harness/pg.js';
-import { startS3, type S3TestServer } from '../harness/s3.js';
-import { runCli } from '../support/cli.js';
-import { openArchive } from '../../src/storage/open.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
-import { Cleanup, Pgbench, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receiverArgs, sleep, slotRestartLsn, startReceiver, tail } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
-import { formatLsn, pgWalReference, verifyWal } from './verify.js';
+import { Pgbench, SEG, WalWriter, faultSuite, flushLsn, receiveTo, sleep, slotRestartLsn, slotRun, startReceiver, tail } from './helpers.js';
+import { iterations, recordRow } from './report.js';
+import { formatLsn, verifyWal } from './verify.js';
 
 type Kind = 'plain' | 'gzip' | 'local' | 's3';
 
@@ -27,55 +23,35 @@ const MODES: { kind: Kind; label: string; extra: string[] }[] = [
 const KILLS = iterations(6, 24);
 
 describe('fault: the receiver killed with SIGKILL, repeatedly', () => {
-  let primary: PgCluster;
-  let s3: S3TestServer;
-  let rng: Rng;
-  let pgbench: Pgbench;
-  const cleanup = new Cleanup();
-  const stores: ArchiveStore[] = [];
-
-  const s3Env = (): Record<string, string> => ({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region });
+  const suite = faultSuite('kill9', { primary: { name: 'fault-kill9' }, s3: true });
+  let pgbench: Pgbench | undefined;
 
   beforeAll(async () => {
-    rng = fileRng('kill9');
-    [primary, s3] = await Promise.all([createFaultPrimary('fault-kill9'), startS3({ builtIn: true })]);
-    pgbench = new Pgbench(primary);
+    pgbench = new Pgbench(suite.primary);
     await pgbench.init();
     pgbench.start(40);
   });
+  // (Before the suite's own teardown: after hooks run last registered first.)
   afterAll(async () => {
     await pgbench?.stop();
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    await primary?.destroy();
-    await s3?.stop();
   });
 
   for (const mode of MODES) {
     it(
       mode.label,
       async () => {
-        const slot = `kill_${mode.kind}`;
-        const created = await createSlot(primary, slot);
-        const first = (created / BigInt(SEG)) * BigInt(SEG);
-        const dir = cleanup.dir(`kill-${mode.kind}`);
+        const { primary, s3, rng, cleanup } = suite;
+        const { slot, created, first, dir, reference, cache, losses } = await slotRun(primary, cleanup, `kill_${mode.kind}`, `kill-${mode.kind}`);
         let archive: string | undefined;
         let store: ArchiveStore | undefined;
-        const env = mode.kind === 's3' ? s3Env() : undefined;
+        const env = mode.kind === 's3' ? suite.s3Env() : undefined;
         if (mode.kind === 'local') archive = cleanup.dir('kill-archive');
         if (mode.kind === 's3') {
           archive = `s3://${s3.bucket}/${s3.prefix}kill9/`;
-          Object.assign(process.env, s3Env());
           s3.setLatency(40);
         }
-        if (archive) {
-          store = await openArchive(archive, { s3Endpoint: s3.endpoint });
-          stores.push(store);
-        }
+        if (archive) store = await suite.openStore(archive);
         const args = { dir, conn: primary.connectionString(), slot, archive, s3Endpoint: mode.kind === 's3' ? s3.endpoint : undefined, env };
-        const reference = pgWalReference(primary.walDir);
-        const cache = new Map<string, number>();
-        const losses: string[] = [];
         const writer = new WalWriter(() => primary, rng).start();
         try {
           for (let i = 1; i <= KILLS; i++) {
@@ -109,8 +85,7 @@ describe('fault: the receiver killed with SIGKILL, repeatedly', () => {
         }
         // The end: a run to the primary's flush position completes and everything verifies.
         const endpos = await flushLsn(primary);
-        const res = await runCli(receiverArgs({ ...args, extra: [...mode.extra, '-E', formatLsn(endpos), '-n'] }), { env, timeoutMs: 180_000 });
-        if (res.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${res.code}:\n${tail(res.stderr)}`);
+        await receiveTo({ ...args, extra: mode.extra }, endpos, losses);
         const v = await verifyWal({
           segSize: SEG,
           reference,

@@ -19,8 +19,8 @@ import type { PgCluster } from '../harness/pg.js';
 import { runCli, startCli, type CliProcess, type CliResult } from '../support/cli.js';
 import { THIS_WRITER, parseTempName, processStart, scanDirectory, tempName } from '../../src/storage/leftovers.js';
 import { LocalStore, META_DIR, TEMP_DIR } from '../../src/storage/local.js';
-import { Cleanup, WalWriter, createFaultPrimary, createSlot, flushLsn, receiverArgs, sleep, startReceiver, tail } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
+import { WalWriter, createSlot, faultSuite, flushLsn, receiverArgs, sleep, startReceiver, tail } from './helpers.js';
+import { iterations, recordRow, type Rng } from './report.js';
 import { formatLsn } from './verify.js';
 
 const PUSH_ROUNDS = iterations(3, 30);
@@ -29,9 +29,10 @@ const WAL_RE = /^[0-9A-F]{24}$/;
 const SLOT = 'leftovers';
 
 describe('fault: writers killed mid-write leave no temp files for good', () => {
+  const suite = faultSuite('leftovers', { primary: { name: 'fault-leftovers' } });
+  const { cleanup } = suite;
   let primary: PgCluster;
   let rng: Rng;
-  const cleanup = new Cleanup();
   let archive: string;
   let tmpDir: string;
   let src: string;
@@ -41,8 +42,7 @@ describe('fault: writers killed mid-write leave no temp files for good', () => {
   let held: string;
 
   beforeAll(async () => {
-    rng = fileRng('leftovers');
-    primary = await createFaultPrimary('fault-leftovers');
+    ({ primary, rng } = suite);
     archive = cleanup.dir('leftovers-archive');
     tmpDir = join(archive, META_DIR, TEMP_DIR);
     src = cleanup.dir('leftovers-src');
@@ -69,8 +69,6 @@ describe('fault: writers killed mid-write leave no temp files for good', () => {
   });
   afterAll(async () => {
     holder?.kill('SIGKILL');
-    await cleanup.run();
-    await primary?.destroy();
   });
 
   /** The writer a temp file in the archive names (pid), or undefined. */

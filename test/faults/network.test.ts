@@ -4,15 +4,13 @@
 // reconnection attempt itself stalled. After each fault the receiver must be streaming again by
 // itself (its slot catching up with the primary) and hold everything it reported flushed; at the
 // end it stops on SIGTERM with status 0 and the whole range verifies against pg_wal.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import type { PgCluster } from '../harness/pg.js';
-import { TcpProxy } from '../harness/proxy.js';
-import { openArchive } from '../../src/storage/open.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
-import { Cleanup, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receivedLsn, sleep, slotRestartLsn, startReceiver, tail, waitUntil } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
-import { formatLsn, pgWalReference, verifyWal } from './verify.js';
+import { SEG, WalWriter, faultSuite, flushLsn, sleep, slotRestartLsn, slotRun, startReceiver, stopReceiver, streamStarts, tail, waitForReceived, waitUntil } from './helpers.js';
+import { iterations, recordRow, type Rng } from './report.js';
+import { formatLsn, verifyWal } from './verify.js';
 
 type NetFault = 'cut' | 'stall' | 'cut, reconnect stalled' | 'flapping';
 const FAULTS: NetFault[] = ['cut', 'stall', 'cut, reconnect stalled', 'flapping'];
@@ -31,32 +29,12 @@ function schedule(rng: Rng, n: number, kinds: NetFault[]): NetFault[] {
   return out;
 }
 
-function streamStarts(stderr: string): number {
-  return stderr.match(/starting log streaming/g)?.length ?? 0;
-}
-
 function replicationTimeouts(pg: PgCluster): number {
   return readFileSync(pg.logFile, 'utf8').match(/terminating walsender process due to replication timeout/g)?.length ?? 0;
 }
 
 describe('fault: the network between receiver and primary cut, stalled and restored', () => {
-  let primary: PgCluster;
-  let proxy: TcpProxy;
-  let rng: Rng;
-  const cleanup = new Cleanup();
-  const stores: ArchiveStore[] = [];
-
-  beforeAll(async () => {
-    rng = fileRng('network');
-    primary = await createFaultPrimary('fault-net', { wal_sender_timeout: '5s' });
-    proxy = await TcpProxy.start(primary.port);
-  });
-  afterAll(async () => {
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    await proxy?.stop();
-    await primary?.destroy();
-  });
+  const suite = faultSuite('network', { primary: { name: 'fault-net', conf: { wal_sender_timeout: '5s' } }, proxy: true });
 
   const modes = [
     { kind: 'plain', label: 'network cut/stall: plain directory, --synchronous', extra: ['--synchronous', '-s', '1'], n: iterations(4, 14) },
@@ -67,20 +45,15 @@ describe('fault: the network between receiver and primary cut, stalled and resto
     it(
       mode.label,
       async () => {
-        const slot = `net_${mode.kind}`;
-        const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
-        const dir = cleanup.dir(`net-${mode.kind}`);
+        const { primary, proxy, rng, cleanup } = suite;
+        const { slot, first, dir, reference, cache, losses } = await slotRun(primary, cleanup, `net_${mode.kind}`, `net-${mode.kind}`);
         let archive: string | undefined;
         let store: ArchiveStore | undefined;
         if (mode.kind === 'archive') {
           archive = cleanup.dir('net-archive');
-          store = await openArchive(archive);
-          stores.push(store);
+          store = await suite.openStore(archive);
         }
         const conn = `postgresql://postgres@127.0.0.1:${proxy.port}/postgres`;
-        const reference = pgWalReference(primary.walDir);
-        const cache = new Map<string, number>();
-        const losses: string[] = [];
         const writer = new WalWriter(() => primary, rng).start();
         const proc = startReceiver(cleanup, { dir, conn, slot, archive, extra: mode.extra });
         const kinds = mode.kind === 'plain' ? FAULTS : (['cut', 'stall'] as NetFault[]);
@@ -119,7 +92,7 @@ describe('fault: the network between receiver and primary cut, stalled and resto
             try {
               await waitUntil(() => streamStarts(proc.stderr) > streamsBefore, 90_000, `the receiver to stream again after a ${fault}`);
               const target = await flushLsn(primary);
-              await waitUntil(async () => (await receivedLsn(primary, slot)) >= target, 90_000, `the receiver to catch up to ${formatLsn(target)} after a ${fault}`);
+              await waitForReceived(primary, slot, target, 90_000, `the receiver to catch up to ${formatLsn(target)} after a ${fault}`);
             } catch (err) {
               losses.push(`${fault} ${i + 1}: ${(err as Error).message}\n${tail(proc.stderr)}`);
               break;
@@ -135,16 +108,8 @@ describe('fault: the network between receiver and primary cut, stalled and resto
           proxy.resume();
           await writer.stop();
         }
-        const endpos = await flushLsn(primary);
-        await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
-        proc.kill('SIGTERM');
-        const res = await proc.done;
-        if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
-        // SIGTERM: what was received is fsynced and reported in a last status update.
-        const reported = await slotRestartLsn(primary, slot);
-        if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
-        const flushed = await slotRestartLsn(primary, slot);
-        const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: flushed > endpos ? flushed : endpos }] });
+        const { endpos, reported } = await stopReceiver(primary, proc, slot, losses);
+        const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], store, ranges: [{ tli: 1, from: first, to: reported > endpos ? reported : endpos }] });
         losses.push(...v.losses);
         recordRow({ fault: mode.label, iterations: plan.length, bytesVerified: v.bytesVerified, losses: losses.length });
         expect(losses).toEqual([]);

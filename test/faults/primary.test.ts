@@ -6,51 +6,49 @@
 //    run), the proxy the receiver connects through now leads to the new primary, and the receiver
 //    follows the new timeline by itself: the archive shows both (all) timelines and their history
 //    files, every file identical to the servers' own.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { PgCluster } from '../harness/pg.js';
 import { TcpProxy } from '../harness/proxy.js';
-import { runCli } from '../support/cli.js';
 import { lsnOf } from '../support/walfiles.js';
-import { openArchive } from '../../src/storage/open.js';
-import type { ArchiveStore } from '../../src/storage/types.js';
-import { Cleanup, SEG, WalWriter, createFaultPrimary, createSlot, flushLsn, receivedLsn, receiverArgs, sleep, slotRestartLsn, startReceiver, tail, waitUntil } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
+import {
+  SEG,
+  WalWriter,
+  createFaultPrimary,
+  createSlot,
+  faultSuite,
+  flushLsn,
+  receiveTo,
+  sleep,
+  slotRestartLsn,
+  slotRun,
+  startReceiver,
+  stopReceiver,
+  streamStarts,
+  tail,
+  waitForReceived,
+  waitUntil,
+} from './helpers.js';
+import { iterations, recordRow } from './report.js';
 import { formatLsn, pgWalReference, verifyWal, type WalRange } from './verify.js';
 
-function streamStarts(stderr: string): number {
-  return stderr.match(/starting log streaming/g)?.length ?? 0;
-}
-
 describe('fault: the primary stopped with -m immediate, or promoted away', () => {
-  let rng: Rng;
-  const cleanup = new Cleanup();
-  const clusters: PgCluster[] = [];
-  const stores: ArchiveStore[] = [];
-
-  beforeAll(() => {
-    rng = fileRng('primary');
-  });
-  afterAll(async () => {
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    for (const c of clusters) await c.destroy();
-  });
+  // Each test makes its own primary.
+  const suite = faultSuite('primary', {});
+  const { cleanup } = suite;
+  /** Destroyed at cleanup, once the receivers are gone. */
+  const keep = (c: PgCluster): void => cleanup.defer(() => c.destroy());
 
   const RESTARTS = iterations(2, 8);
   it(
     'primary stopped with -m immediate and started again',
     async () => {
       const primary = await createFaultPrimary('fault-immediate');
-      clusters.push(primary);
-      const slot = 'immediate';
-      const first = ((await createSlot(primary, slot)) / BigInt(SEG)) * BigInt(SEG);
-      const dir = cleanup.dir('immediate');
+      keep(primary);
+      const { slot, first, dir, reference, cache, losses } = await slotRun(primary, cleanup, 'immediate', 'immediate');
       const args = { dir, conn: primary.connectionString(), slot, extra: ['-s', '1'] };
-      const reference = pgWalReference(primary.walDir);
-      const cache = new Map<string, number>();
-      const losses: string[] = [];
+      const rng = suite.rng;
       const writer = new WalWriter(() => primary, rng).start();
       const proc = startReceiver(cleanup, args);
       try {
@@ -64,7 +62,7 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
           try {
             await waitUntil(() => streamStarts(proc.stderr) > before, 90_000, 'the receiver to stream again after the restart');
             const target = await flushLsn(primary);
-            await waitUntil(async () => (await receivedLsn(primary, slot)) >= target, 90_000, `the receiver to catch up to ${formatLsn(target)}`);
+            await waitForReceived(primary, slot, target, 90_000, `the receiver to catch up to ${formatLsn(target)}`);
           } catch (err) {
             losses.push(`restart ${i}: ${(err as Error).message}\n${tail(proc.stderr)}`);
             break;
@@ -76,14 +74,7 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
       } finally {
         await writer.stop();
       }
-      const endpos = await flushLsn(primary);
-      await waitUntil(async () => (await receivedLsn(primary, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
-      proc.kill('SIGTERM');
-      const res = await proc.done;
-      if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
-      // SIGTERM: what was received is fsynced and reported in a last status update.
-      const reported = await slotRestartLsn(primary, slot);
-      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
+      const { endpos } = await stopReceiver(primary, proc, slot, losses);
       const v = await verifyWal({ segSize: SEG, reference, dirs: [dir], ranges: [{ tli: 1, from: first, to: endpos }] });
       losses.push(...v.losses);
       recordRow({ fault: 'primary stopped -m immediate, started again', iterations: RESTARTS, bytesVerified: v.bytesVerified, losses: losses.length });
@@ -98,20 +89,17 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
     `primary promoted away (${PROMOTIONS} promotion${PROMOTIONS > 1 ? 's' : ''}), receiver led to the new primary`,
     async () => {
       let current = await createFaultPrimary('fault-promote');
-      clusters.push(current);
+      keep(current);
       let next = await current.createStandby({ name: 'fault-promote-sb1' });
-      clusters.push(next);
+      keep(next);
       const all = [current, next];
       const proxy = await TcpProxy.start(current.port);
       cleanup.defer(() => proxy.stop());
-      const slot = 'promote';
-      const first = ((await createSlot(current, slot)) / BigInt(SEG)) * BigInt(SEG);
-      const dir = cleanup.dir('promote-spool');
+      const { slot, first, dir, losses } = await slotRun(current, cleanup, 'promote', 'promote-spool');
       const archive = cleanup.dir('promote-archive');
-      const store = await openArchive(archive);
-      stores.push(store);
+      const store = await suite.openStore(archive);
       const args = { dir, conn: `postgresql://postgres@127.0.0.1:${proxy.port}/postgres`, slot, archive, extra: ['-s', '1', '--partial-interval', '1'] };
-      const losses: string[] = [];
+      const rng = suite.rng;
       const writer = new WalWriter(() => current, rng).start();
       const proc = startReceiver(cleanup, args);
       let tli = 1;
@@ -134,13 +122,13 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
           writer.resume();
           if (p < PROMOTIONS) {
             next = await current.createStandby({ name: `fault-promote-sb${p + 1}` });
-            clusters.push(next);
+            keep(next);
             all.push(next);
           }
           try {
             await proc.waitForOutput(new RegExp(`starting log streaming at \\S+ \\(timeline ${tli}\\)`), 90_000);
             const target = await flushLsn(current);
-            await waitUntil(async () => (await receivedLsn(current, slot)) >= target, 90_000, `the receiver to catch up on timeline ${tli}`);
+            await waitForReceived(current, slot, target, 90_000, `the receiver to catch up on timeline ${tli}`);
           } catch (err) {
             losses.push(`promotion ${p} (from ${old.name}): ${(err as Error).message}\n${tail(proc.stderr)}`);
             break;
@@ -149,17 +137,9 @@ describe('fault: the primary stopped with -m immediate, or promoted away', () =>
       } finally {
         await writer.stop();
       }
-      const endpos = await flushLsn(current);
-      await waitUntil(async () => (await receivedLsn(current, slot)) >= endpos, 60_000, `the receiver to reach ${formatLsn(endpos)}`).catch((err: Error) => losses.push(err.message));
-      proc.kill('SIGTERM');
-      const res = await proc.done;
-      if (res.code !== 0) losses.push(`the receiver exited with ${res.code} / ${res.signal} on SIGTERM:\n${tail(res.stderr)}`);
-      // SIGTERM: what was received is fsynced and reported in a last status update.
-      const reported = await slotRestartLsn(current, slot);
-      if (reported < endpos) losses.push(`after SIGTERM the slot is at ${formatLsn(reported)}, short of ${formatLsn(endpos)} received:\n${tail(res.stderr)}`);
+      const { endpos } = await stopReceiver(current, proc, slot, losses);
       // A last run to the end position archives everything finished (exit 0 waits for it).
-      const fin = await runCli(receiverArgs({ ...args, extra: [...args.extra, '-E', formatLsn(endpos), '-n'] }), { timeoutMs: 180_000 });
-      if (fin.code !== 0) losses.push(`final run to ${formatLsn(endpos)} exited with ${fin.code}:\n${tail(fin.stderr)}`);
+      await receiveTo(args, endpos, losses);
 
       // Timeline by timeline: TL n runs from the previous switch point to its own (from the history file).
       const history = readFileSync(join(current.walDir, `${tli.toString(16).toUpperCase().padStart(8, '0')}.history`), 'utf8');

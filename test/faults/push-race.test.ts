@@ -4,51 +4,38 @@
 // content and the archive holds exactly one copy, identical to the segment. As a control, two
 // pushes of different bytes under one name: exactly one wins (exit 0), the other exits 1 and its
 // copy is kept in quarantine, never over the winner's.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startS3, type S3TestServer } from '../harness/s3.js';
 import { runCli, type CliResult } from '../support/cli.js';
 import { fixtureSegment, FIXTURE_NAME } from '../unit/fixture.js';
-import { openArchive } from '../../src/storage/open.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
-import { Cleanup, sleep, tail } from './helpers.js';
-import { fileRng, iterations, recordRow, type Rng } from './report.js';
+import { faultSuite, sleep, tail } from './helpers.js';
+import { iterations, recordRow } from './report.js';
 
 const RACES = iterations(3, 20);
 const CONFLICTS = iterations(1, 3);
 
 describe('fault: one segment pushed by two processes at once', () => {
-  let s3: S3TestServer;
-  let rng: Rng;
+  const suite = faultSuite('push-race', { s3: true });
+  const { cleanup } = suite;
   let walDir: string;
-  const cleanup = new Cleanup();
-  const stores: ArchiveStore[] = [];
   const segment = fixtureSegment();
   /** The same name with other bytes (a record's byte, not a page header: push's checks pass). */
   const other = Buffer.from(segment);
   other[100_000] ^= 0xff;
 
-  const s3Env = (): Record<string, string> => ({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region });
-
-  beforeAll(async () => {
-    rng = fileRng('push-race');
-    s3 = await startS3({ builtIn: true });
+  beforeAll(() => {
     walDir = cleanup.dir('push-src');
     mkdirSync(join(walDir, 'a'));
     mkdirSync(join(walDir, 'b'));
     writeFileSync(join(walDir, 'a', FIXTURE_NAME), segment);
     writeFileSync(join(walDir, 'b', FIXTURE_NAME), other);
   });
-  afterAll(async () => {
-    await cleanup.run();
-    for (const st of stores) await st.close();
-    await s3?.stop();
-  });
 
   /** Two pushes of `files` into `archive`, the second started `skew` ms after the first. */
   const race = async (archive: string, files: [string, string], compress: [string, string], skew: number): Promise<[CliResult, CliResult]> => {
-    const push = (file: string, z: string): Promise<CliResult> => runCli(['push', file, '--archive', archive, '--s3-endpoint', s3.endpoint, '-Z', z], { env: s3Env(), timeoutMs: 60_000 });
+    const push = (file: string, z: string): Promise<CliResult> => runCli(['push', file, '--archive', archive, '--s3-endpoint', suite.s3.endpoint, '-Z', z], { env: suite.s3Env(), timeoutMs: 60_000 });
     const first = push(files[0], compress[0]);
     await sleep(skew);
     const second = push(files[1], compress[1]);
@@ -59,15 +46,11 @@ describe('fault: one segment pushed by two processes at once', () => {
     it(
       `two pushes of one segment at once, ${backend === 'local' ? 'local directory' : 'S3'}`,
       async () => {
+        const { s3, rng } = suite;
         const losses: string[] = [];
         let bytesVerified = 0;
         const archiveFor = (i: string): string => (backend === 'local' ? cleanup.dir(`push-${i}`) : `s3://${s3.bucket}/${s3.prefix}race-${i}/`);
-        const open = async (url: string): Promise<ArchiveStore> => {
-          Object.assign(process.env, s3Env());
-          const st = await openArchive(url, { s3Endpoint: s3.endpoint });
-          stores.push(st);
-          return st;
-        };
+        const open = (url: string): Promise<ArchiveStore> => suite.openStore(url);
         /** Every name the archive holds for the segment, raw (a local directory's files, S3 keys). */
         const copies = async (url: string, store: ArchiveStore): Promise<string[]> => {
           // (Besides the archive's identity record, which the first push writes.)

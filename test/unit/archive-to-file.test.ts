@@ -1,41 +1,23 @@
 // An archived object into a file of its own (archive/to-file.ts, ArchiveStore.getTo): the bytes of
 // get(), read a piece at a time into one buffer, verified as they go by, and nothing under the
 // target's name (nor a temp file) unless every byte matched the recorded checksum.
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LocalStore } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { Keyring } from '../../src/storage/encryption.js';
 import { IntegrityError, NotFoundError, type ArchiveStore } from '../../src/storage/types.js';
 import { objectToFile, TargetWriteError } from '../../src/archive/to-file.js';
+import { failure, tempArchives } from '../support/temp-archive.js';
 
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(join(tmpdir(), 'walstream-to-file-'));
-  dirs.push(d);
-  return d;
-}
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
-async function failure(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
+const { tmp, archive } = tempArchives('to-file');
 
 const SEG = '000000010000000000000001';
 
 describe('getTo', () => {
   it('hands a local object over in pieces of one reused buffer, the same bytes and info as get', async () => {
-    const store = new LocalStore(tmp());
+    const { store } = archive();
     const data = randomBytes(1536 * 1024 + 7); // three pieces, the last one short
     await store.put(SEG, data, { noSync: true });
     const pieces: Buffer[] = [];
@@ -52,8 +34,7 @@ describe('getTo', () => {
   });
 
   it('checks the recorded checksum: IntegrityError after the last piece, naming the file', async () => {
-    const dir = tmp();
-    const store = new LocalStore(dir);
+    const { dir, store } = archive();
     const data = randomBytes(700 * 1024);
     await store.put(SEG, data, { noSync: true });
     data[600 * 1024] ^= 1;
@@ -69,8 +50,8 @@ describe('getTo', () => {
   it('compressed and encrypted objects come whole, as get gives them', async () => {
     const keyring = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 1) }], 'test');
     for (const [store, compression] of [
-      [new LocalStore(tmp()), 'gzip'],
-      [new LocalStore(tmp(), { keyring }), 'none'],
+      [archive().store, 'gzip'],
+      [archive({ keyring }).store, 'none'],
       [new MemoryStore(), 'none'],
     ] as const) {
       const data = randomBytes(900 * 1024);
@@ -86,7 +67,7 @@ describe('getTo', () => {
 describe('objectToFile', () => {
   it('writes the object under the target name and returns its first bytes; nothing else is left', async () => {
     const out = tmp();
-    const store = new LocalStore(tmp());
+    const { store } = archive();
     const data = randomBytes(1200 * 1024);
     await store.put(SEG, data, { noSync: true });
     const head = await objectToFile(store, SEG, join(out, 'RECOVERYXLOG'), { sync: true, headBytes: 40 });
@@ -104,8 +85,7 @@ describe('objectToFile', () => {
     await objectToFile(bare, SEG, join(out, 'A'), { sync: false, headBytes: 40 });
     expect(readFileSync(join(out, 'A'), 'utf8')).toBe('abc');
 
-    const dir = tmp();
-    const store = new LocalStore(dir);
+    const { dir, store } = archive();
     await store.put('00000002.history', Buffer.alloc(0), { noSync: true });
     await objectToFile(store, '00000002.history', join(out, 'B'), { sync: false, headBytes: 40 });
     expect(readFileSync(join(out, 'B')).length).toBe(0);

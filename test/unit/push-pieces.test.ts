@@ -2,35 +2,17 @@
 // pushPieces, ArchiveStore.putPieces): the same object and record as the whole-file way, every
 // page checked before anything is published, nothing left behind when a check fails, and the
 // whole-file way (which compares copies) when the archive already holds the name.
-import { afterEach, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { push, PushError } from '../../src/commands/push.js';
-import { LocalStore } from '../../src/storage/local.js';
 import { MemoryStore } from '../../src/storage/memory.js';
 import { ConflictError, type ArchiveStore } from '../../src/storage/types.js';
 import { silentLogger } from '../../src/util/log.js';
+import { failure, tempArchives } from '../support/temp-archive.js';
 import { FIXTURE_NAME, fixtureSegment } from './fixture.js';
 
-const dirs: string[] = [];
-function tmp(): string {
-  const d = mkdtempSync(join(tmpdir(), 'walstream-push-pieces-'));
-  dirs.push(d);
-  return d;
-}
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
-async function failure(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
+const { tmp, archive } = tempArchives('push-pieces');
 
 function pushTo(store: ArchiveStore, path: string): Promise<'created' | 'exists'> {
   return push({ path, openStore: async () => store, compression: 'none', noSync: false, log: silentLogger });
@@ -50,8 +32,7 @@ describe('push of one plain segment into a local archive', () => {
     const wal = tmp();
     const path = join(wal, FIXTURE_NAME);
     writeFileSync(path, fixtureSegment());
-    const local = tmp();
-    const store = new LocalStore(local);
+    const { store } = archive();
     let pieces = 0;
     const counting: ArchiveStore = Object.create(store, {
       putPieces: {
@@ -92,8 +73,7 @@ describe('push of one plain segment into a local archive', () => {
     const bad = fixtureSegment();
     bad.writeUInt16LE(0x1234, 600 * 1024); // the magic of a page in the second piece
     writeFileSync(path, bad);
-    const local = tmp();
-    const store = new LocalStore(local);
+    const { dir: local, store } = archive();
     const err = await failure(pushTo(store, path));
     expect(err).toBeInstanceOf(PushError);
     expect((err as Error).message).toMatch(new RegExp(`^${FIXTURE_NAME}: not a valid WAL segment: page at offset ${600 * 1024}`));
