@@ -192,7 +192,7 @@ interface WalStream {
  * spool holds only the segment in progress and those waiting for upload.
  */
 async function startWalStream(o: BackupOptions, archive: string, log: Logger): Promise<WalStream> {
-  const [{ receive }, { ReceiverMetrics }, { mkdtemp, rm }, { tmpdir }, { join }] = await Promise.all([
+  const [{ BACKGROUND_RECEIVER, receive }, { ReceiverMetrics }, { mkdtemp, rm }, { tmpdir }, { join }] = await Promise.all([
     import('./receive.js'),
     import('../observe/metrics.js'),
     import('node:fs/promises'),
@@ -208,13 +208,7 @@ async function startWalStream(o: BackupOptions, archive: string, log: Logger): P
   const prefixed = (f: (m: string) => void) => (m: string) => f(`WAL stream: ${m}`);
   const running = receive({
     directory: spool,
-    createSlot: false,
-    dropSlot: false,
-    ifNotExists: false,
-    noLoop: true,
-    statusIntervalMs: 10_000,
-    synchronous: false,
-    noSync: false,
+    ...BACKGROUND_RECEIVER,
     compression: o.compression,
     connection: { ...o.connection, applicationName: 'walstream backup' },
     archive,

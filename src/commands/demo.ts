@@ -24,7 +24,7 @@ import {
   type OsUser,
   type PostgresInstall,
 } from '../demo/postgres.js';
-import { receive } from './receive.js';
+import { BACKGROUND_RECEIVER, receive } from './receive.js';
 import { backup } from './backup.js';
 import { restore } from './restore.js';
 import { recordName } from '../backup/layout.js';
@@ -264,13 +264,7 @@ export async function demo(o: DemoOptions): Promise<void> {
     const receiving = receive({
       directory: spool,
       slot: SLOT,
-      createSlot: false,
-      dropSlot: false,
-      ifNotExists: false,
-      noLoop: true,
-      statusIntervalMs: 10_000,
-      synchronous: false,
-      noSync: false,
+      ...BACKGROUND_RECEIVER,
       compression: 'none',
       connection,
       archive,

@@ -30,6 +30,21 @@ import type { ReceiverServer, RunningServer, ServerSettings } from './serve.js';
 import { LiveTail } from '../source/live-tail.js';
 import { identityOfServer } from '../source/wal-source.js';
 
+/**
+ * The settings of a receiver another command runs in the background into an archive (backup
+ * --wal stream, the demo): no slot made or dropped, one connection that is not retried, a status
+ * report every 10 s, asynchronous, fsync on.
+ */
+export const BACKGROUND_RECEIVER = {
+  createSlot: false,
+  dropSlot: false,
+  ifNotExists: false,
+  noLoop: true,
+  statusIntervalMs: 10_000,
+  synchronous: false,
+  noSync: false,
+} as const satisfies Partial<ReceiveOptions>;
+
 export interface ReceiveOptions {
   directory?: string;
   slot?: string;

@@ -5,18 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { WalRecordDecoder } from '../../src/wal/records.js';
 import { WalBuilder, type BuiltWal } from '../support/walrecords.js';
-
-/** mulberry32: a small seeded PRNG, so that a failing case can be replayed by its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from './fixture.js';
 
 function baseWal(seed: number): BuiltWal {
   const r = rng(seed);
