@@ -181,30 +181,86 @@ function makeWorkspace(dirOpt: string | undefined, user: OsUser | null): Workspa
 }
 
 export async function demo(o: DemoOptions): Promise<void> {
-  const t0 = Date.now();
-  const out = o.out;
-  let interrupted = false;
-  void o.stop.then(() => {
-    interrupted = true;
-  });
-  const stopped = o.stop.then(() => {
-    throw new Interrupted();
-  });
-  stopped.catch(() => undefined);
-  /** Wait for a step, unless a signal comes first. */
-  const step = <T>(p: Promise<T>): Promise<T> => Promise.race([p, stopped]);
-
-  const user = serverOsUser();
-  const found = findPostgres(o.pgBinDir);
-  const ws = makeWorkspace(o.dir, user);
-  const dir = ws.dir;
-  const servers: DemoServer[] = [];
-  let ok = false;
-  let current: DemoServer | undefined;
-  /** Stops what runs in the background (the receiver) and waits for it. */
-  let stopBackground: (() => Promise<void>) | undefined;
+  const run = new DemoRun(o);
   try {
+    const primary = await run.startPrimary();
+    const slotLsn = await run.createSlot(primary);
+    const receiver = await run.startReceiver(primary, slotLsn);
+    await run.takeBackup(receiver);
+    const rows = await run.writeRows(primary, receiver);
+    const restored = await run.restoreServer(receiver.archive, rows);
+    await run.check(restored, rows.expected);
+  } catch (err) {
+    run.showServerLog(err);
+    throw err;
+  } finally {
+    await run.finish();
+  }
+}
+
+/** The receiver running in the background from step 4 to step 6. */
+interface DemoReceiver {
+  connection: { dbname: string; applicationName: string };
+  spool: string;
+  archive: string;
+  segSize: number;
+  metrics: ReceiverMetrics;
+  /** Until the receiver has archived the segment holding the byte before `lsn`: its name. */
+  archived(lsn: Lsn): Promise<string>;
+}
+
+/** What step 6 wrote on the primary: where its WAL ends, in which segment, and the table's summary. */
+interface DemoRows {
+  dataEnd: Lsn;
+  lastSegment: string;
+  expected: { rows: number; checksum: string };
+}
+
+/** One run of the demo: its workspace and servers, each step a method, printed as it goes. */
+class DemoRun {
+  private readonly t0 = Date.now();
+  private readonly out: (line: string) => void;
+  private interrupted = false;
+  private readonly stopped: Promise<never>;
+  private readonly user: OsUser | null;
+  private readonly found: ReturnType<typeof findPostgres>;
+  private readonly ws: ReturnType<typeof makeWorkspace>;
+  private install: PostgresInstall | undefined;
+  private readonly servers: DemoServer[] = [];
+  /** The server whose log is shown when a step fails. */
+  private current: DemoServer | undefined;
+  /** Stops what runs in the background (the receiver) and waits for it. */
+  private stopBackground: (() => Promise<void>) | undefined;
+  private ok = false;
+
+  constructor(private readonly o: DemoOptions) {
+    this.out = o.out;
+    void o.stop.then(() => {
+      this.interrupted = true;
+    });
+    this.stopped = o.stop.then(() => {
+      throw new Interrupted();
+    });
+    this.stopped.catch(() => undefined);
+    this.user = serverOsUser();
+    this.found = findPostgres(o.pgBinDir);
+    this.ws = makeWorkspace(o.dir, this.user);
+  }
+
+  private get dir(): string {
+    return this.ws.dir;
+  }
+
+  /** Wait for a step, unless a signal comes first. */
+  private step<T>(p: Promise<T>): Promise<T> {
+    return Promise.race([p, this.stopped]);
+  }
+
+  /** Steps 1 and 2: the PostgreSQL found, and a primary made with initdb and started. */
+  async startPrimary(): Promise<DemoServer> {
+    const { out, found, user, dir } = this;
     const install = reachableInstall(found, dir, user);
+    this.install = install;
     out(`walstream demo: a throwaway PostgreSQL primary, its WAL received into an archive by walstream, a base backup`);
     out(`taken into that archive by walstream backup, and a new server made from the archive alone by walstream restore.`);
     out(`Everything is under ${dir}`);
@@ -213,12 +269,11 @@ export async function demo(o: DemoOptions): Promise<void> {
     if (install.binDir !== found.binDir) out(`   (copied to ${install.binDir}, where the "${user!.name}" OS user can run it)`);
     if (user) out(`   walstream runs as root and PostgreSQL refuses to: the servers run as the "${user.name}" OS user`);
 
-    // -- the primary ----------------------------------------------------------------------------
-    let t = Date.now();
+    const t = Date.now();
     const primary = new DemoServer(install, join(dir, 'primary'), user);
-    servers.push(primary);
-    current = primary;
-    await step(primary.initdb());
+    this.servers.push(primary);
+    this.current = primary;
+    await this.step(primary.initdb());
     primary.configure({
       listen_addresses: '127.0.0.1',
       unix_socket_directories: '',
@@ -230,37 +285,45 @@ export async function demo(o: DemoOptions): Promise<void> {
       logging_collector: 'off',
       wal_retrieve_retry_interval: '1s',
     });
-    await step(primary.start());
+    await this.step(primary.start());
     out(`2. primary: initdb and start on 127.0.0.1:${primary.port} (${seconds(Date.now() - t)})`);
     out(`   data directory  ${primary.dataDir}`);
     out(`   server log      ${primary.logFile}`);
+    return primary;
+  }
 
-    const [slot] = await step(
+  /** Step 3: the replication slot; returns where it starts. */
+  async createSlot(primary: DemoServer): Promise<{ lsn: Lsn; segSize: number }> {
+    const [slot] = await this.step(
       primary.query<{ lsn: string; seg: number }>(
         "select lsn::text as lsn, (select setting::integer from pg_settings where name = 'wal_segment_size') as seg from pg_create_physical_replication_slot($1, true)",
         [SLOT],
       ),
     );
-    const slotLsn = parseLsn(slot!.lsn);
-    const segSize = Number(slot!.seg);
-    out(`3. replication slot "${SLOT}" created at ${formatLsn(slotLsn)}: the primary keeps its WAL from there until walstream has it`);
+    const lsn = parseLsn(slot!.lsn);
+    this.out(`3. replication slot "${SLOT}" created at ${formatLsn(lsn)}: the primary keeps its WAL from there until walstream has it`);
+    return { lsn, segSize: Number(slot!.seg) };
+  }
 
-    // -- walstream receive, running from here on ------------------------------------------------
-    t = Date.now();
+  /** Step 4: walstream receive in the background, until the archive holds its identity and a first segment. */
+  async startReceiver(primary: DemoServer, slot: { lsn: Lsn; segSize: number }): Promise<DemoReceiver> {
+    const { out, dir } = this;
+    const t = Date.now();
+    const { segSize } = slot;
     const spool = join(dir, 'spool');
     const archive = join(dir, 'archive');
     const connection = { dbname: `host=127.0.0.1 port=${primary.port} user=postgres sslmode=disable`, applicationName: 'walstream_demo' };
     mkdirSync(spool, { mode: 0o700 });
-    if (install.version < 15) {
+    if (this.install!.version < 15) {
       // No READ_REPLICATION_SLOT before 15: tell receive where to start the documented way, with
       // an empty .partial of the slot's first segment.
-      writeOwned(join(spool, `${walFileName(1, lsnToSegNo(slotLsn, segSize), segSize)}.partial`), '', null);
+      writeOwned(join(spool, `${walFileName(1, lsnToSegNo(slot.lsn, segSize), segSize)}.partial`), '', null);
     }
     out(`4. $ walstream receive -D ${shellQuote(spool)} --archive ${shellQuote(archive)} -S ${SLOT} --partial-interval 0`);
     out('   (run in this process, in the background until step 6: the same code as the command)');
     const metrics = new ReceiverMetrics();
     let stopReceiver!: () => void;
-    const receiverStop = Promise.race([o.stop, new Promise<void>((r) => (stopReceiver = r))]);
+    const receiverStop = Promise.race([this.o.stop, new Promise<void>((r) => (stopReceiver = r))]);
     const receiving = receive({
       directory: spool,
       slot: SLOT,
@@ -269,91 +332,102 @@ export async function demo(o: DemoOptions): Promise<void> {
       connection,
       archive,
       partialIntervalMs: 0,
-      log: o.log,
+      log: this.o.log,
       stop: receiverStop,
       metrics,
     });
     receiving.catch(() => undefined);
     const receiverEnded = receiving.then(() => {
-      throw new Error(interrupted ? 'interrupted' : 'walstream receive stopped early');
+      throw new Error(this.interrupted ? 'interrupted' : 'walstream receive stopped early');
     });
     receiverEnded.catch(() => undefined);
-    stopBackground = async () => {
+    this.stopBackground = async () => {
       stopReceiver();
       await receiving.catch(() => undefined);
     };
-    /** Wait until the receiver has archived the segment holding the byte before `lsn`. */
     const archived = async (lsn: Lsn): Promise<string> => {
       const name = walFileName(1, lsnToSegNo(lsn - 1n, segSize), segSize);
       const deadline = Date.now() + STEP_TIMEOUT_MS;
       while (!existsSync(join(archive, name))) {
         if (Date.now() > deadline) throw new Error(`walstream receive did not archive ${name} within ${STEP_TIMEOUT_MS / 1000} s`);
-        await step(Promise.race([sleep(100), receiverEnded]));
+        await this.step(Promise.race([sleep(100), receiverEnded]));
       }
       return name;
     };
     // A first complete segment in the archive: walstream backup checks that something archives this server's WAL.
-    const [first] = await step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
+    const [first] = await this.step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
     const firstName = await archived(parseLsn(first!.lsn));
     out(`   the archive has the first segment, ${firstName}, and its identity (walstream.json: this server's system identifier) (${seconds(Date.now() - t)})`);
+    return { connection, spool, archive, segSize, metrics, archived };
+  }
 
-    // -- walstream backup ------------------------------------------------------------------------
-    t = Date.now();
-    out(`5. $ walstream backup --archive ${shellQuote(archive)} -d ${shellQuote(connection.dbname)} -c fast -l ${shellQuote('walstream demo')}`);
+  /** Step 5: walstream backup into the archive. */
+  async takeBackup(r: DemoReceiver): Promise<void> {
+    const { out } = this;
+    const t = Date.now();
+    out(`5. $ walstream backup --archive ${shellQuote(r.archive)} -d ${shellQuote(r.connection.dbname)} -c fast -l ${shellQuote('walstream demo')}`);
     out('   (run in this process: BASE_BACKUP over a replication connection, each tar streamed into the archive)');
-    const made = await step(
+    const made = await this.step(
       backup({
-        connection: { ...connection, applicationName: 'walstream backup' },
-        archive,
+        connection: { ...r.connection, applicationName: 'walstream backup' },
+        archive: r.archive,
         compression: 'none',
         fastCheckpoint: true,
         label: 'walstream demo',
         wal: 'none',
         walTimeoutMs: STEP_TIMEOUT_MS,
-        log: o.log,
-        stop: o.stop,
+        log: this.o.log,
+        stop: this.o.stop,
       }),
     );
     const rec = made.record;
     out(`   backup ${rec.name}: start ${rec.startLsn}, end ${rec.endLsn}, timeline ${rec.timeline}, ${(rec.size / 1048576).toFixed(1)} MB (${seconds(Date.now() - t)})`);
     out(`   stored as ${rec.objects.map((x) => x.name).join(', ')} and the record ${recordName(rec.name)}, written last, once every file`);
-    out(`   was read back and checked against the server's backup_manifest and the WAL ${rec.startWal} to ${rec.endWal} was in the archive`);
+    out(`   was checked against the server's backup_manifest as it was stored and the WAL ${rec.startWal} to ${rec.endWal} was in the archive`);
+  }
 
-    // -- data ------------------------------------------------------------------------------------
-    t = Date.now();
-    await step(primary.query(`create table ${TABLE} (id integer primary key, payload text not null, created timestamptz not null default now())`));
-    await step(primary.query(`insert into ${TABLE} (id, payload) select g, md5(g::text) from generate_series(1, $1::integer) g`, [o.rows]));
-    const [dataEnd] = await step(primary.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
-    const expected = await step(tableSummary(primary));
+  /** Step 6: rows written after the backup, their segment archived, the receiver stopped. */
+  async writeRows(primary: DemoServer, r: DemoReceiver): Promise<DemoRows> {
+    const { out, o } = this;
+    const t = Date.now();
+    await this.step(primary.query(`create table ${TABLE} (id integer primary key, payload text not null, created timestamptz not null default now())`));
+    await this.step(primary.query(`insert into ${TABLE} (id, payload) select g, md5(g::text) from generate_series(1, $1::integer) g`, [o.rows]));
+    const [dataEnd] = await this.step(primary.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
+    const expected = await this.step(tableSummary(primary));
     // Finish the segment holding the rows, so it is complete in the archive.
-    const [end] = await step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
-    const lastName = await archived(parseLsn(end!.lsn));
-    await stopBackground();
-    stopBackground = undefined;
-    if (interrupted) throw new Interrupted();
+    const [end] = await this.step(primary.query<{ lsn: string }>('select pg_switch_wal()::text as lsn'));
+    const lastSegment = await r.archived(parseLsn(end!.lsn));
+    await this.stopBackground!();
+    this.stopBackground = undefined;
+    if (this.interrupted) throw new Interrupted();
     out(`6. wrote ${o.rows} rows into table ${TABLE} after the backup (checksum ${expected.checksum}) and switched to a new WAL segment`);
-    out(`   the rows' WAL ends at ${dataEnd!.lsn}, in ${lastName}; walstream receive archived it, then was stopped (${seconds(Date.now() - t)})`);
-    const snap = metrics.snapshot();
-    const walArchived = readdirSync(archive)
+    out(`   the rows' WAL ends at ${dataEnd!.lsn}, in ${lastSegment}; walstream receive archived it, then was stopped (${seconds(Date.now() - t)})`);
+    const snap = r.metrics.snapshot();
+    const walArchived = readdirSync(r.archive)
       .filter((n) => WAL_NAME_RE.test(n))
       .sort();
     out(
       `   received ${formatLsn(snap.received - snap.receivedBytesTotal)} to ${formatLsn(snap.received)} (${(Number(snap.receivedBytesTotal) / 1048576).toFixed(0)} MB), ` +
         `${snap.segmentsCompleted} complete segments, ${snap.segmentsArchived} archived`,
     );
-    out(`   archive ${archive}: the backup and ${walArchived.length} segments${walArchived.length ? `, ${walArchived[0]} to ${walArchived[walArchived.length - 1]}` : ''}`);
-    out(`   spool   ${spool}: where WAL lands first; it keeps the newest segment as its resume point`);
+    out(`   archive ${r.archive}: the backup and ${walArchived.length} segments${walArchived.length ? `, ${walArchived[0]} to ${walArchived[walArchived.length - 1]}` : ''}`);
+    out(`   spool   ${r.spool}: where WAL lands first; it keeps the newest segment as its resume point`);
+    return { dataEnd: parseLsn(dataEnd!.lsn), lastSegment, expected };
+  }
 
-    // -- walstream restore -----------------------------------------------------------------------
-    t = Date.now();
-    const restored = new DemoServer(install, join(dir, 'restored'), user);
-    servers.push(restored);
+  /** Step 7: walstream restore --standby into a new data directory, started, replaying up to the rows' end. */
+  async restoreServer(archive: string, rows: DemoRows): Promise<DemoServer> {
+    const { out, dir, user } = this;
+    const t = Date.now();
+    const restored = new DemoServer(this.install!, join(dir, 'restored'), user);
+    this.servers.push(restored);
     serverDir(restored.baseDir, user);
     const ws2 = walstreamForServer(dir, user);
     out(`7. $ walstream restore --archive ${shellQuote(archive)} -D ${shellQuote(restored.dataDir)} --standby --no-sync`);
     out('   (run in this process: the newest backup, its files checked against its manifest as they are written)');
     let store: ArchiveStore | undefined;
-    const result = await step(
+    const log = this.o.log;
+    const result = await this.step(
       restore({
         archive,
         keyFromEnvironment: false,
@@ -364,7 +438,7 @@ export async function demo(o: DemoOptions): Promise<void> {
         program: [ws2.node, ws2.bin],
         noSync: true,
         // Its account of what it restores is printed below; its progress messages are verbose here.
-        log: { info: (m) => o.log.verbose(m), verbose: (m) => o.log.verbose(m), warn: (m) => o.log.warn(m), error: (m) => o.log.error(m) },
+        log: { info: (m) => log.verbose(m), verbose: (m) => log.verbose(m), warn: (m) => log.warn(m), error: (m) => log.error(m) },
         // The command's own account, minus its advice to chown and start: the demo does both.
         out: (line) => {
           if (!/^(?:note: the files are root's|next: )/.test(line)) out(`   ${line}`);
@@ -379,20 +453,19 @@ export async function demo(o: DemoOptions): Promise<void> {
     // PostgreSQL runs as its own OS user: hand it the data directory and the archive restore_command reads.
     chownTree(restored.dataDir, user);
     chownTree(archive, user);
-    current = restored;
-    await step(restored.start());
-    const target = parseLsn(dataEnd!.lsn);
+    this.current = restored;
+    await this.step(restored.start());
     let replayed: Lsn = 0n;
     const deadline = Date.now() + STEP_TIMEOUT_MS;
     for (;;) {
-      const [r] = await step(restored.query<{ lsn: string | null }>('select pg_last_wal_replay_lsn()::text as lsn'));
+      const [r] = await this.step(restored.query<{ lsn: string | null }>('select pg_last_wal_replay_lsn()::text as lsn'));
       replayed = r?.lsn ? parseLsn(r.lsn) : 0n;
-      if (replayed >= target) break;
-      if (Date.now() > deadline) throw new Error(`the restored server replayed only up to ${formatLsn(replayed)}, not ${formatLsn(target)}, in ${STEP_TIMEOUT_MS / 1000} s`);
-      await step(sleep(200));
+      if (replayed >= rows.dataEnd) break;
+      if (Date.now() > deadline) throw new Error(`the restored server replayed only up to ${formatLsn(replayed)}, not ${formatLsn(rows.dataEnd)}, in ${STEP_TIMEOUT_MS / 1000} s`);
+      await this.step(sleep(200));
     }
     const fetched = [...readFileSync(restored.logFile, 'utf8').matchAll(/restored log file "([0-9A-F]{24})" from archive/g)].map((m) => m[1]!);
-    const [receiver] = await step(restored.query<{ n: string }>('select count(*)::text as n from pg_stat_wal_receiver'));
+    const [receiver] = await this.step(restored.query<{ n: string }>('select count(*)::text as n from pg_stat_wal_receiver'));
     out(`   started on 127.0.0.1:${restored.port} as a standby; replayed up to ${formatLsn(replayed)} (${seconds(Date.now() - t)})`);
     out(
       `   ${fetched.length} segments restored by walstream fetch${fetched.length ? ` (${fetched[0]} to ${fetched[fetched.length - 1]})` : ''}, ` +
@@ -400,28 +473,36 @@ export async function demo(o: DemoOptions): Promise<void> {
     );
     out(`   data directory  ${restored.dataDir}`);
     out(`   server log      ${restored.logFile}`);
-    if (!fetched.includes(lastName)) throw new Error(`the restored server's log shows no ${lastName} restored from the archive (see ${restored.logFile})`);
+    if (!fetched.includes(rows.lastSegment)) throw new Error(`the restored server's log shows no ${rows.lastSegment} restored from the archive (see ${restored.logFile})`);
+    return restored;
+  }
 
-    // -- the check -----------------------------------------------------------------------------
-    const got = await step(tableSummary(restored));
+  /** Step 8: the restored server's rows against the primary's. */
+  async check(restored: DemoServer, expected: { rows: number; checksum: string }): Promise<void> {
+    const got = await this.step(tableSummary(restored));
     if (got.rows !== expected.rows || got.checksum !== expected.checksum) {
       throw new Error(`the restored server has ${got.rows} rows with checksum ${got.checksum}; the primary has ${expected.rows} with ${expected.checksum}`);
     }
-    out(`8. check: the restored server has all ${got.rows} rows of ${TABLE}, checksum ${got.checksum}, the same as the primary: OK`);
-    ok = true;
-  } catch (err) {
-    if (current && !(err instanceof Interrupted)) {
-      const tail = current.logTail();
-      if (tail) for (const line of tail.split('\n')) o.log.info(line);
-    }
-    throw err;
-  } finally {
-    await stopBackground?.();
+    this.out(`8. check: the restored server has all ${got.rows} rows of ${TABLE}, checksum ${got.checksum}, the same as the primary: OK`);
+    this.ok = true;
+  }
+
+  /** After a failed step: the last lines of the server log it was working with. */
+  showServerLog(err: unknown): void {
+    if (!this.current || err instanceof Interrupted) return;
+    const tail = this.current.logTail();
+    if (tail) for (const line of tail.split('\n')) this.o.log.info(line);
+  }
+
+  /** Stop everything, then remove the workspace (or keep it with --keep) and say so. */
+  async finish(): Promise<void> {
+    const { out, dir, ws, user, servers, ok } = this;
+    await this.stopBackground?.();
     for (const s of [...servers].reverse()) await s.stop();
     // A restore_command started just before the standby stopped finishes on its own: wait for it.
     const left = await waitForProcessesMentioning(dir);
-    if (left.length > 0) o.log.warn(`processes still running from ${dir}: ${left.join(', ')}`);
-    if (o.keep) {
+    if (left.length > 0) this.o.log.warn(`processes still running from ${dir}: ${left.join(', ')}`);
+    if (this.o.keep) {
       out(`${ok ? '9. ' : ''}kept ${dir} (servers stopped). To start them again:`);
       const as = user ? `runuser -u ${user.name} -- ` : '';
       for (const s of servers) if (existsSync(s.dataDir)) out(`   ${as}${join(servers[0]!.install.binDir, 'pg_ctl')} -D ${s.dataDir} -l ${s.logFile} start`);
@@ -430,7 +511,7 @@ export async function demo(o: DemoOptions): Promise<void> {
       else for (const n of readdirSync(dir)) rmSync(join(dir, n), { recursive: true, force: true });
       out(`${ok ? '9. ' : ''}cleaned up: stopped both servers, removed ${ws.created ? dir : `everything in ${dir}`}`);
     }
-    if (ok) out(`\ndone in ${seconds(Date.now() - t0)}. Next: walstream receive --help, walstream backup --help, walstream restore --help, and the README.`);
+    if (ok) out(`\ndone in ${seconds(Date.now() - this.t0)}. Next: walstream receive --help, walstream backup --help, walstream restore --help, and the README.`);
   }
 }
 
