@@ -101,8 +101,9 @@ describe('prefetch spool', () => {
     for (let i = 8; i <= 14; i++) await store.put(name(i), fakeSegment(i));
     await prepareSpool(spool, store.description);
     await requestPrefetch(spool, { name: name(7), segSize: FIXTURE_SEG_SIZE, count: 2 }, () => undefined);
-    // idle for 2 s before it exits: a loaded machine can pause this loop for more than a few hundred ms
-    const worker = runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 2000, pollMs: 10 });
+    // idle for 5 s before it exits: a loaded machine can pause this loop for seconds (a CI run with
+    // other work beside it stalled it past 2 s, and the worker left before recovery's next file)
+    const worker = runPrefetchWorker({ dir: spool, store, log: silentLogger, idleMs: 5000, pollMs: 10 });
     const out = tmp();
     // Recovery takes each file by a plain rename, as a shell restore_command would.
     for (let i = 8; i <= 12; i++) {
