@@ -40,6 +40,8 @@ export async function assemblePieces(store: ArchiveStore, segment: string): Prom
   return Buffer.concat(parts);
 }
 
+const MIB = 1024 * 1024;
+
 export interface PartialShipperOptions {
   store: ArchiveStore;
   spoolDir: string;
@@ -53,6 +55,8 @@ export class PartialShipper {
   private shipped = 0;
   private broken = new Set<string>();
   private busy = false;
+  /** Where pieces are read before they are stored (put keeps no reference once it settles). */
+  private buffer: Buffer = Buffer.alloc(0);
 
   constructor(private readonly o: PartialShipperOptions) {}
 
@@ -72,7 +76,11 @@ export class PartialShipper {
         this.shipped = end;
       }
       if (durableEnd <= this.shipped) return;
-      const data = Buffer.alloc(durableEnd - this.shipped);
+      // One buffer for every piece, grown to the largest (at most a segment): a piece every few
+      // seconds of a new size each time would leave the allocator with ever more fragments.
+      const length = durableEnd - this.shipped;
+      if (this.buffer.length < length) this.buffer = Buffer.allocUnsafeSlow(Math.ceil(length / MIB) * MIB);
+      const data = this.buffer.subarray(0, length);
       let fh: FileHandle;
       try {
         fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
