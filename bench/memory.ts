@@ -6,8 +6,10 @@
 // WAL through a slot into a spool directory and, unless BENCH_ARCHIVE=0, a local archive
 // directory (--archive DIR, the receiver's busiest form). pg_receivewal streams the same WAL
 // through a slot of its own alongside, as the reference. Every 5 s the benchmark samples both
-// processes' resident set size (/proc/PID/status VmRSS) and the WAL written; at the end it prints
-// the median RSS of every minute, the peak, and the growth: the median of the last two minutes
+// processes' resident set size (/proc/PID/status VmRSS, and its two parts: RssAnon, the
+// process's own memory, and RssFile, mapped files such as the node binary's code) and the WAL
+// written; at the end it prints the median RSS of every minute (and of each part), the peak, and
+// the growth: the median of the last two minutes
 // against the median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth
 // is at most 5 MB.
 import { readFileSync, rmSync } from 'node:fs';
@@ -27,9 +29,10 @@ const SAMPLE_MS = 5000;
 /** The growth allowed between minutes 2-3 and the last two minutes. */
 const STEADY_MB = 5;
 
-function rssMb(pid: number): number | undefined {
+/** A field of /proc/PID/status in MB (VmRSS; RssAnon: the process's own memory; RssFile: mapped files, the node binary's code among them). */
+function statusMb(pid: number, field: 'VmRSS' | 'RssAnon' | 'RssFile'): number | undefined {
   try {
-    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) / 1024 : undefined;
   } catch {
     return undefined;
@@ -88,12 +91,14 @@ async function main(): Promise<void> {
       const [{ mb }] = (await primary.query<{ mb: string }>(`select (pg_current_wal_lsn() - '${start}'::pg_lsn)::text as mb`)) as [{ mb: string }];
       const rss = new Map<string, number>();
       for (const p of procs) {
-        const r = rssMb(p.child.pid!);
-        if (r !== undefined) rss.set(p.name, r);
+        for (const field of ['VmRSS', 'RssAnon', 'RssFile'] as const) {
+          const r = statusMb(p.child.pid!, field);
+          if (r !== undefined) rss.set(field === 'VmRSS' ? p.name : `${p.name} ${field}`, r);
+        }
       }
       samples.push({ atS: (Date.now() - t0) / 1000, walMb: Number(mb) / 1048576, rss });
       const s = samples.at(-1)!;
-      if (samples.length % 12 === 0) console.log(`${(s.atS / 60).toFixed(0)} min: WAL ${s.walMb.toFixed(0)} MB; ${[...s.rss].map(([n, v]) => `${n} ${v.toFixed(1)} MB`).join(', ')}`);
+      if (samples.length % 12 === 0) console.log(`${(s.atS / 60).toFixed(0)} min: WAL ${s.walMb.toFixed(0)} MB; ${procs.map((p) => `${p.name} ${(s.rss.get(p.name) ?? Number.NaN).toFixed(1)} MB`).join(', ')}`);
     }
     writing = false;
     await writer;
@@ -105,8 +110,10 @@ async function main(): Promise<void> {
     console.log(`WAL written: ${wal.toFixed(0)} MB in ${MINUTES} min (${(wal / (MINUTES * 60)).toFixed(2)} MB/s)`);
     console.log(`median RSS per minute (MB): ${'minute'.padEnd(28)} ${Array.from({ length: MINUTES }, (_, m) => String(m + 1).padStart(6)).join('')}`);
     for (const p of procs) {
-      const perMinute = Array.from({ length: MINUTES }, (_, m) => median(minute(m, p.name)));
-      console.log(`  ${p.name.padEnd(52)} ${perMinute.map((v) => v.toFixed(1).padStart(6)).join('')}`);
+      for (const name of [p.name, `${p.name} RssAnon`, `${p.name} RssFile`]) {
+        const perMinute = Array.from({ length: MINUTES }, (_, m) => median(minute(m, name)));
+        console.log(`  ${name.padEnd(52)} ${perMinute.map((v) => v.toFixed(1).padStart(6)).join('')}`);
+      }
     }
     console.log('');
     for (const p of procs) {
