@@ -2,16 +2,15 @@
 // 13: RSS must not grow). A PostgreSQL 15 primary runs pgbench at BENCH_TPS (default 800)
 // transactions per second (or, with BENCH_WAL_MBPS set, writes that many MB of WAL every second
 // in bulk inserts, for a higher rate than pgbench reaches on a small machine) for BENCH_MINUTES
-// (default 10) while one walstream receive streams its
-// WAL through a slot into a spool directory and, unless BENCH_ARCHIVE=0, a local archive
-// directory (--archive DIR, the receiver's busiest form). pg_receivewal streams the same WAL
-// through a slot of its own alongside, as the reference. Every 5 s the benchmark samples both
-// processes' resident set size (/proc/PID/status VmRSS, and its two parts: RssAnon, the
-// process's own memory, and RssFile, mapped files such as the node binary's code) and the WAL
-// written; at the end it prints the median RSS of every minute (and of each part), the peak, and
-// the growth: the median of the last two minutes
-// against the median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth
-// is at most 5 MB.
+// (default 10) while one walstream receive streams its WAL through a slot into a spool directory
+// and, unless BENCH_ARCHIVE=0, a local archive directory (--archive DIR, the receiver's busiest
+// form). pg_receivewal streams the same WAL through a slot of its own alongside, as the
+// reference. Every 5 s the benchmark samples both processes' resident set size (/proc/PID/status
+// VmRSS, and its two parts: RssAnon, the process's own memory, and RssFile, mapped files such as
+// the node binary's code) and the WAL written; at the end it prints the median RSS of every minute
+// (and of each part), the peak, and the growth: the median of the last two minutes against the
+// median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth is at most
+// 5 MB.
 import { readFileSync, rmSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
