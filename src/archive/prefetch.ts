@@ -350,7 +350,10 @@ export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void>
         }
         await cleanup(o.dir, want);
         const now = Date.now();
-        const names = windowNames(want).filter((n) => !inflight.has(n) && !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
+        // A file stored by this worker and gone again was taken: the check above notices that on
+        // the next turn and moves past it. Recovery can take it while cleanup is awaited, so
+        // without `stored` here it would be downloaded a second time and never taken again.
+        const names = windowNames(want).filter((n) => !inflight.has(n) && !stored.has(n) && !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
         for (const n of names) {
           if (inflight.size >= want.count) break;
           const job = download(o.store, o.dir, n)
