@@ -11,7 +11,7 @@
 // header and record header it is in the middle of (at most 64 bytes) and a running CRC, whatever
 // the size of a record. It never throws on bad input: every finding is a problem naming the
 // segment, the offset in it, the LSN and what is wrong.
-import { crc32cJsRange, crc32cRange } from '../util/crc32c.js';
+import { crc32cJsRange, crc32cJsView, crc32cRange, crc32cRangeView } from '../util/crc32c.js';
 import { formatLsn } from './lsn.js';
 import { LONG_PAGE_HEADER_SIZE, PAGE_MAGIC_BY_MAJOR, SHORT_PAGE_HEADER_SIZE, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER } from './page.js';
 import { walFileName } from './segment.js';
@@ -34,6 +34,7 @@ const RM_MIN_CUSTOM_ID = 128;
 const MAX_RECORD_LENGTH = 0x3fffffff;
 const KNOWN_MAGICS = new Set(Object.values(PAGE_MAGIC_BY_MAJOR));
 const TWO32 = 0x100000000;
+const EMPTY_VIEW = new DataView(new ArrayBuffer(0));
 
 export interface WalRecordHeader {
   lsn: bigint;
@@ -151,6 +152,9 @@ export class WalRecordDecoder {
   /** A continuation whose start was not read (at the start, or after a problem): skipped unchecked. */
   private blind = false;
   private readonly recHdr = new Uint8Array(XLOG_RECORD_HEADER_SIZE);
+  private readonly recHdrView = new DataView(this.recHdr.buffer);
+  /** The chunk being written, as a DataView (EMPTY_VIEW between writes: no chunk kept). */
+  private view: DataView = EMPTY_VIEW;
   private recHdrGot = 0;
   private recStart = 0;
   private recTotLen = 0;
@@ -269,6 +273,15 @@ export class WalRecordDecoder {
   /** The next bytes of the current segment. */
   write(chunk: Uint8Array): void {
     if (!this.inSegment) throw new Error('WalRecordDecoder.write outside a segment');
+    this.view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    try {
+      this.writeChunk(chunk);
+    } finally {
+      this.view = EMPTY_VIEW;
+    }
+  }
+
+  private writeChunk(chunk: Uint8Array): void {
     let i = 0;
     const n = chunk.length;
     while (i < n) {
@@ -281,6 +294,9 @@ export class WalRecordDecoder {
       const pageLeft = this.blockSize - pageOff;
       const take = Math.min(pageLeft, n - i);
       if (this.mode === 'switch-zeros' || this.mode === 'ended') {
+        // No page header is read on this page (its bytes are zeros too): were a non-zero byte to
+        // lose the thread in its first bytes, the rest of the page is skipped, not taken as one.
+        if (pageOff === 0) this.pageHdrSize = 0;
         this.expectZeros(chunk, i, i + take, this.segOff);
       } else if (pageOff === 0 || pageOff < this.pageHdrSize) {
         const used = this.readPageHeader(chunk, i, pageOff, take);
@@ -441,6 +457,13 @@ export class WalRecordDecoder {
         i = this.continueRecord(b, i, to, from);
         continue;
       }
+      if (this.prevRecord >= 0 && this.firstRecord >= 0) {
+        const j = this.wholeRecords(b, i, to, from);
+        if (j !== i) {
+          i = j;
+          continue;
+        }
+      }
       // A record starts here.
       const at = this.segBase + this.segOff + (i - from);
       if (to - i >= XLOG_RECORD_HEADER_SIZE) {
@@ -476,6 +499,72 @@ export class WalRecordDecoder {
     }
   }
 
+  /**
+   * The common case, read where it lies: records wholly in b[i, to) (b being this.view) with a
+   * valid header, xl_prev the record before, the right CRC, no XLOG_SWITCH, across no switch point
+   * of the history. Does for each what the general path does for it, and returns where the first
+   * record it leaves to the general path starts (that path reads it from its first byte again, and
+   * names what is wrong with it), or where its padding ends (this.pad holds what lies past `to`).
+   */
+  private wholeRecords(b: Uint8Array, i: number, to: number, from: number): number {
+    const v = this.view;
+    /** The LSN of b[0]. */
+    const base = this.segBase + this.segOff - from;
+    const customOk = this.magic !== undefined && this.magic >= 0xd110;
+    const switchPoints = this.switchPoints;
+    while (to - i >= XLOG_RECORD_HEADER_SIZE) {
+      const totLen = v.getUint32(i, true);
+      // (at most a page: never above MAX_RECORD_LENGTH)
+      if (totLen < XLOG_RECORD_HEADER_SIZE || totLen > to - i) break;
+      const rmid = b[i + 17]!;
+      if (rmid > RM_MAX_BUILTIN_ID && !(customOk && rmid >= RM_MIN_CUSTOM_ID)) break;
+      const info = b[i + 16]!;
+      if (rmid === RM_XLOG_ID && (info & XLR_RMGR_INFO_MASK) === XLOG_SWITCH) break;
+      const start = base + i;
+      if (v.getUint32(i + 8, true) + v.getUint32(i + 12, true) * TWO32 !== this.prevRecord) break;
+      const endLsn = start + totLen;
+      let across = false;
+      for (let k = 0; k < switchPoints.length; k++) {
+        const e = switchPoints[k]!;
+        if (start < e && endLsn > e) across = true;
+      }
+      if (across) break;
+      const dataCrc = crc32cRangeView(b, v, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0);
+      const want = v.getUint32(i + CRC_OFFSET, true);
+      if (crc32cJsView(v, i, i + CRC_OFFSET, dataCrc) !== want) break;
+      // what body and finishRecord do with it
+      this.recStart = start;
+      this.recTotLen = totLen;
+      this.recGot = totLen;
+      this.blind = false;
+      this.crc = dataCrc;
+      const next = align8(endLsn);
+      this.pad = next - endLsn;
+      this.prevRecord = start;
+      this.s.records++;
+      this.lastRecord = start;
+      if (this.onRecord) {
+        this.onRecord({
+          lsn: BigInt(start),
+          totLen,
+          xid: v.getUint32(i + 4, true),
+          prev: BigInt(v.getUint32(i + 8, true)) + (BigInt(v.getUint32(i + 12, true)) << 32n),
+          info,
+          rmid,
+          crc: want,
+        });
+      }
+      this.end = next;
+      if (next - base > to) {
+        this.pad = next - base - to;
+        return to;
+      }
+      this.pad = 0;
+      i = next - base;
+    }
+    return i;
+  }
+
   /** Bytes of the record in progress; returns where its bytes on this piece end. */
   private continueRecord(b: Uint8Array, i: number, to: number, from: number): number {
     if (this.recHdrGot < XLOG_RECORD_HEADER_SIZE) {
@@ -503,7 +592,7 @@ export class WalRecordDecoder {
       return i;
     }
     const k = Math.min(this.recTotLen - this.recGot, to - i);
-    if (!this.blind) this.crc = crc32cRange(b, i, i + k, this.crc);
+    if (!this.blind) this.crc = crc32cRangeView(b, this.view, i, i + k, this.crc);
     this.recGot += k;
     i += k;
     if (this.recGot === this.recTotLen) {
