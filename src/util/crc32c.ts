@@ -66,11 +66,22 @@ export function crc32cJsRange(d: Uint8Array, start: number, end: number, crc = 0
 /**
  * CRC-32C in JavaScript of the bytes [start, end) of the DataView `v`, continuing from `crc`:
  * the same value as crc32cJsRange over the same bytes, read four at a time (little-endian loads,
- * any alignment). The WAL record decoder's path for the many small records.
+ * any alignment).
  */
 export function crc32cJsView(v: DataView, start: number, end: number, crc = 0): number {
-  let c = ~crc;
-  let i = start;
+  return ~updateView(~crc, v, start, end) >>> 0;
+}
+
+/**
+ * CRC-32C in JavaScript of the bytes [start1, end1) then [start2, end2) of the DataView `v`, from
+ * the start: a WAL record's (its data, then its header up to xl_crc) in one call.
+ */
+export function crc32cJsView2(v: DataView, start1: number, end1: number, start2: number, end2: number): number {
+  return ~updateView(updateView(-1, v, start1, end1), v, start2, end2) >>> 0;
+}
+
+/** The CRC register `c` (not inverted) after the bytes [i, end) of `v`. */
+function updateView(c: number, v: DataView, i: number, end: number): number {
   while (end - i >= 16) {
     const a = c ^ v.getInt32(i, true);
     const b = v.getInt32(i + 4, true);
@@ -115,7 +126,7 @@ export function crc32cJsView(v: DataView, start: number, end: number, crc = 0): 
     i += 4;
   }
   while (i < end) c = T[(c ^ v.getUint8(i++)) & 0xff]! ^ (c >>> 8);
-  return ~c >>> 0;
+  return c;
 }
 
 type Crc32cFn = (input: Uint8Array, initialState?: number) => number;
@@ -161,10 +172,11 @@ export function crc32cRange(data: Uint8Array, start: number, end: number, crc = 
 }
 
 /**
- * crc32cRange for a range of a chunk also seen as the DataView `v` (the same bytes, v[i] being
- * data[i]): small ranges read through the view, four bytes at a time.
+ * crc32cRange over the bytes [start, end) of the DataView `v`: small ranges read through the view
+ * four bytes at a time, larger ones natively when the native one loaded.
  */
-export function crc32cRangeView(data: Uint8Array, v: DataView, start: number, end: number, crc = 0): number {
-  if (native && end - start >= NATIVE_CRC_MIN_BYTES) return native(data.subarray(start, end), crc) >>> 0;
-  return crc32cJsView(v, start, end, crc);
+export function crc32cRangeView(v: DataView, start: number, end: number, crc = 0): number {
+  // (a plain Uint8Array view: cheaper to make than a Buffer's subarray)
+  if (native && end - start >= NATIVE_CRC_MIN_BYTES) return native(new Uint8Array(v.buffer, v.byteOffset + start, end - start), crc) >>> 0;
+  return ~updateView(~crc, v, start, end) >>> 0;
 }

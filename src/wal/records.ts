@@ -11,7 +11,7 @@
 // header and record header it is in the middle of (at most 64 bytes) and a running CRC, whatever
 // the size of a record. It never throws on bad input: every finding is a problem naming the
 // segment, the offset in it, the LSN and what is wrong.
-import { crc32cJsRange, crc32cJsView, crc32cRange, crc32cRangeView } from '../util/crc32c.js';
+import { NATIVE_CRC_MIN_BYTES, crc32cJsRange, crc32cJsView, crc32cJsView2, crc32cRangeView } from '../util/crc32c.js';
 import { formatLsn } from './lsn.js';
 import { LONG_PAGE_HEADER_SIZE, PAGE_MAGIC_BY_MAJOR, SHORT_PAGE_HEADER_SIZE, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER } from './page.js';
 import { walFileName } from './segment.js';
@@ -152,7 +152,6 @@ export class WalRecordDecoder {
   /** A continuation whose start was not read (at the start, or after a problem): skipped unchecked. */
   private blind = false;
   private readonly recHdr = new Uint8Array(XLOG_RECORD_HEADER_SIZE);
-  private readonly recHdrView = new DataView(this.recHdr.buffer);
   /** The chunk being written, as a DataView (EMPTY_VIEW between writes: no chunk kept). */
   private view: DataView = EMPTY_VIEW;
   private recHdrGot = 0;
@@ -475,7 +474,7 @@ export class WalRecordDecoder {
         this.blind = false;
         if (totLen <= to - i) {
           // The whole record is here: its header is read where it lies, not copied.
-          this.crc = crc32cRange(b, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0);
+          this.crc = crc32cRangeView(this.view, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0);
           this.recGot = totLen;
           this.finishRecord(b, i, i + totLen - from + this.segOff);
           i += totLen;
@@ -484,7 +483,7 @@ export class WalRecordDecoder {
         for (let k = 0; k < XLOG_RECORD_HEADER_SIZE; k++) this.recHdr[k] = b[i + k]!;
         this.recHdrGot = XLOG_RECORD_HEADER_SIZE;
         this.inRecord = true;
-        this.crc = crc32cRange(b, i + XLOG_RECORD_HEADER_SIZE, to, 0);
+        this.crc = crc32cRangeView(this.view, i + XLOG_RECORD_HEADER_SIZE, to, 0);
         this.recGot = to - i;
         i = to;
         continue;
@@ -505,6 +504,7 @@ export class WalRecordDecoder {
    * of the history. Does for each what the general path does for it, and returns where the first
    * record it leaves to the general path starts (that path reads it from its first byte again, and
    * names what is wrong with it), or where its padding ends (this.pad holds what lies past `to`).
+   * None is in progress when it returns: the fields of the record in progress are not set.
    */
   private wholeRecords(b: Uint8Array, i: number, to: number, from: number): number {
     const v = this.view;
@@ -512,6 +512,10 @@ export class WalRecordDecoder {
     const base = this.segBase + this.segOff - from;
     const customOk = this.magic !== undefined && this.magic >= 0xd110;
     const switchPoints = this.switchPoints;
+    const onRecord = this.onRecord;
+    let prevRecord = this.prevRecord;
+    let records = 0;
+    let next = -1;
     while (to - i >= XLOG_RECORD_HEADER_SIZE) {
       const totLen = v.getUint32(i, true);
       // (at most a page: never above MAX_RECORD_LENGTH)
@@ -521,7 +525,7 @@ export class WalRecordDecoder {
       const info = b[i + 16]!;
       if (rmid === RM_XLOG_ID && (info & XLR_RMGR_INFO_MASK) === XLOG_SWITCH) break;
       const start = base + i;
-      if (v.getUint32(i + 8, true) + v.getUint32(i + 12, true) * TWO32 !== this.prevRecord) break;
+      if (v.getUint32(i + 8, true) + v.getUint32(i + 12, true) * TWO32 !== prevRecord) break;
       const endLsn = start + totLen;
       let across = false;
       for (let k = 0; k < switchPoints.length; k++) {
@@ -529,22 +533,22 @@ export class WalRecordDecoder {
         if (start < e && endLsn > e) across = true;
       }
       if (across) break;
-      const dataCrc = crc32cRangeView(b, v, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0);
       const want = v.getUint32(i + CRC_OFFSET, true);
-      if (crc32cJsView(v, i, i + CRC_OFFSET, dataCrc) !== want) break;
-      // what body and finishRecord do with it
-      this.recStart = start;
-      this.recTotLen = totLen;
-      this.recGot = totLen;
-      this.blind = false;
-      this.crc = dataCrc;
-      const next = align8(endLsn);
-      this.pad = next - endLsn;
-      this.prevRecord = start;
-      this.s.records++;
-      this.lastRecord = start;
-      if (this.onRecord) {
-        this.onRecord({
+      const crc =
+        totLen - XLOG_RECORD_HEADER_SIZE >= NATIVE_CRC_MIN_BYTES
+          ? crc32cJsView(v, i, i + CRC_OFFSET, crc32cRangeView(v, i + XLOG_RECORD_HEADER_SIZE, i + totLen, 0))
+          : crc32cJsView2(v, i + XLOG_RECORD_HEADER_SIZE, i + totLen, i, i + CRC_OFFSET);
+      if (crc !== want) break;
+      prevRecord = start;
+      records++;
+      next = align8(endLsn);
+      if (onRecord) {
+        // the state the general path has when it calls onRecord
+        this.s.records += records;
+        records = 0;
+        this.prevRecord = this.lastRecord = start;
+        this.pad = next - endLsn;
+        onRecord({
           lsn: BigInt(start),
           totLen,
           xid: v.getUint32(i + 4, true),
@@ -553,14 +557,19 @@ export class WalRecordDecoder {
           rmid,
           crc: want,
         });
+        this.pad = 0;
       }
-      this.end = next;
       if (next - base > to) {
+        i = to;
         this.pad = next - base - to;
-        return to;
+        break;
       }
-      this.pad = 0;
       i = next - base;
+    }
+    if (next >= 0) {
+      this.s.records += records;
+      this.prevRecord = this.lastRecord = prevRecord;
+      this.end = next;
     }
     return i;
   }
@@ -592,7 +601,7 @@ export class WalRecordDecoder {
       return i;
     }
     const k = Math.min(this.recTotLen - this.recGot, to - i);
-    if (!this.blind) this.crc = crc32cRangeView(b, this.view, i, i + k, this.crc);
+    if (!this.blind) this.crc = crc32cRangeView(this.view, i, i + k, this.crc);
     this.recGot += k;
     i += k;
     if (this.recGot === this.recTotLen) {
