@@ -62,6 +62,12 @@ export interface ReceiveOptions {
   receiveTimeoutMs?: number;
   synchronous: boolean;
   noSync: boolean;
+  /**
+   * Check the WAL record by record as it arrives (default true): a finished segment is named, and
+   * reported flushed, only once its records (the one running past its end too) check out, and a
+   * stream whose records do not is stopped before they are written.
+   */
+  verifyRecords?: boolean;
   compression: Compression;
   compressionLevel?: number;
   connection: ConnectionOptions;
@@ -621,6 +627,8 @@ function openSink(round: StreamRound, info: ServerInfo): WalDirSink {
     noSync: o.noSync,
     systemId: info.systemId,
     magic: magicForServerVersion(info.version),
+    verifyRecords: o.verifyRecords !== false,
+    onUnverifiedSegment: (name) => o.log.verbose(`segment ${name} is complete, but the stream stopped inside the record that runs past its end: kept as ${name}.partial, streamed again on restart`),
     onSegmentDone: (name) => {
       o.log.verbose(`finished segment ${name}`);
       o.metrics?.segmentCompleted();
