@@ -172,7 +172,7 @@ function registerReceiveCommand(program: Command, deps: CommandDeps): void {
     .option('--if-not-exists', 'do not error if the slot already exists when creating a slot')
     .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
     .option('--no-sync', 'do not wait for changes to be written safely to disk')
-    .option('--no-verify-records', "do not check each WAL record (CRC-32C, xl_prev) before a segment is named and reported flushed; only to get past a check you believe wrong")
+    .option('--no-verify-records', 'do not check each WAL record (CRC-32C, xl_prev) before a segment is named and reported flushed; only to get past a check you believe wrong')
     .addOption(new Option('-s, --status-interval <secs>', 'time between status packets sent to the server').argParser(parseSeconds).default(10_000, '10'))
     .addOption(
       new Option('--receive-timeout <secs>', 'end a connection from which nothing arrived for this long, and reconnect; also bounds connecting when connect_timeout is not set (0 = never)')

@@ -33,7 +33,7 @@ function damagedSegment(): Buffer {
   d.beginSegment(FIXTURE_SEG_NO, FIXTURE_TLI);
   d.write(seg);
   const r = records.find((x) => x.totLen > 200 && (Number(x.lsn) % 8192) + x.totLen < 8192 && Number(x.lsn) % FIXTURE_SEG_SIZE > 100_000)!;
-  const at = Number(r.lsn) % FIXTURE_SEG_SIZE + 100;
+  const at = (Number(r.lsn) % FIXTURE_SEG_SIZE) + 100;
   seg[at]! ^= 0x01;
   return seg;
 }

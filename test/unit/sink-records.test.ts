@@ -106,10 +106,7 @@ describe('the record check of a received stream', () => {
         return bad;
       },
     ],
-    [
-      'bytes dropped inside the last page and the rest shifted',
-      (wal, at) => Buffer.concat([wal.subarray(0, at + 16), wal.subarray(at + 32), Buffer.alloc(16)]),
-    ],
+    ['bytes dropped inside the last page and the rest shifted', (wal, at) => Buffer.concat([wal.subarray(0, at + 16), wal.subarray(at + 32), Buffer.alloc(16)])],
     [
       'a record whose xl_prev points elsewhere',
       (wal, at) => {
