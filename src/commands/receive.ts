@@ -704,7 +704,7 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
   const { conn, o, onData, uploader, shipper, serving } = round;
   const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
   try {
-    return await runStream(conn, sink, {
+    const result = await runStream(conn, sink, {
       start: f.start,
       timeline: f.tli,
       slot: from.slotName,
@@ -721,6 +721,8 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
       onProgress: onData,
       onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
     });
+    if (result.end.kind === 'timeline-end') sink.endOfTimeline(result.received);
+    return result;
   } catch (err) {
     if (!(err instanceof ServerError) || err.command !== 'START_REPLICATION') throw err;
     await refusedStart(round, info, from, f, err);

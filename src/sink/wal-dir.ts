@@ -229,6 +229,15 @@ export class WalDirSink {
     return new Promise((open) => this.gates.push({ end, name, open }));
   }
 
+  /**
+   * The server ended the timeline at `at` (the end of what was received): a record running on
+   * past a segment's end there was cut short by the promotion (PostgreSQL overwrites it on the new
+   * timeline), so the finished segments before `at` are named as they are.
+   */
+  endOfTimeline(at: Lsn): void {
+    while (this.gates.length > 0 && this.gates[0]!.end <= at) this.gates.shift()!.open(true);
+  }
+
   private openGates(): void {
     if (this.gates.length === 0) return;
     const to = this.checkedTo;

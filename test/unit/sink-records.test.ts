@@ -97,6 +97,19 @@ describe('the record check of a received stream', () => {
     expect(() => s.begin(FIXTURE_START + BigInt(FIXTURE_SEG_SIZE), 2)).toThrow(WalValidationError);
   });
 
+  it('at the end of a timeline, the segments before it are named though a record ran on past them (cut short by the promotion)', async () => {
+    const { wal, crossingEnd } = twoSegments();
+    const s = sink();
+    s.begin(7n * BigInt(SEG), 1);
+    const upTo = crossingEnd - 7 * SEG - 1000;
+    feed(s, 7n * BigInt(SEG), wal.subarray(0, upTo));
+    s.endOfTimeline(7n * BigInt(SEG) + BigInt(upTo));
+    await s.endStream();
+    expect((await readdir(dir)).sort()).toEqual(['000000010000000000000007', '000000010000000000000008.partial']);
+    // The sink goes on with the next timeline.
+    s.begin(8n * BigInt(SEG), 2);
+  });
+
   const refusals: [string, (wal: Buffer, at: number) => Buffer][] = [
     [
       'a byte flipped inside a record',
