@@ -147,7 +147,8 @@ export class PartialShipper {
       if (p.offset !== end) break;
       const pieceEnd = p.offset + p.size;
       if (pieceEnd > this.shipped) {
-        if (this.shipped >= durableEnd) break;
+        // The chain reaches past what is durable here (the other writer is ahead): nothing to ship yet.
+        if (this.shipped >= durableEnd) return 'ok';
         let data: Buffer;
         try {
           data = (await this.o.store.get(p.name)).data;
@@ -161,7 +162,6 @@ export class PartialShipper {
         const ours = await this.readSpool(segment, from, to);
         if (ours === undefined) return 'whole';
         if (!ours.equals(data.subarray(from - p.offset, to - p.offset))) return 'different';
-        // A piece reaching past what is durable here is the other writer ahead: nothing to ship yet.
         this.shipped = to;
         if (to < p.offset + data.length) return 'ok';
       }
