@@ -6,7 +6,7 @@
 // is removed after it; a reader takes the newest of each writer. Updated at most every
 // `intervalMs` (and at the end of a stream); failures are logged and never stop the receiver.
 import { hostname } from 'node:os';
-import { NotFoundError, WRITER_RECORD_PREFIX, WRITER_RECORD_RE, type ArchiveStore } from '../storage/types.js';
+import { KeyUnavailableError, NotFoundError, WRITER_RECORD_PREFIX, WRITER_RECORD_RE, type ArchiveStore } from '../storage/types.js';
 import { formatLsn, parseLsn, type Lsn } from '../wal/lsn.js';
 import type { Logger } from '../util/log.js';
 
@@ -74,8 +74,11 @@ export function decodeWriterRecord(data: Buffer): WriterRecord | undefined {
   }
 }
 
-/** The newest record of each writer in the archive, by name; unreadable ones are left out and counted. */
-export async function readWriters(store: ArchiveStore): Promise<{ writers: WriterRecord[]; unreadable: number }> {
+/**
+ * The newest record of each writer in the archive, by name; those encrypted with a key not given,
+ * and those unreadable otherwise, are left out and counted.
+ */
+export async function readWriters(store: ArchiveStore): Promise<{ writers: WriterRecord[]; encrypted: number; unreadable: number }> {
   const newest = new Map<string, string>();
   for (const o of await store.list(WRITER_RECORD_PREFIX)) {
     const m = WRITER_RECORD_RE.exec(o.name);
@@ -85,6 +88,7 @@ export async function readWriters(store: ArchiveStore): Promise<{ writers: Write
   }
   const writers: WriterRecord[] = [];
   let unreadable = 0;
+  let encrypted = 0;
   for (const name of [...newest.values()].sort()) {
     try {
       const r = decodeWriterRecord((await store.get(name)).data);
@@ -92,10 +96,11 @@ export async function readWriters(store: ArchiveStore): Promise<{ writers: Write
       else unreadable++;
     } catch (err) {
       // Replaced meanwhile by a newer one: read next time.
-      if (!(err instanceof NotFoundError)) unreadable++;
+      if (err instanceof KeyUnavailableError) encrypted++;
+      else if (!(err instanceof NotFoundError)) unreadable++;
     }
   }
-  return { writers, unreadable };
+  return { writers, encrypted, unreadable };
 }
 
 export interface WriterRecorderOptions {

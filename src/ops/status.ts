@@ -154,6 +154,8 @@ export interface StatusReport {
   leftovers: LeftoverSummary | null;
   /** The receivers that record themselves in the archive, by name (two for the high-availability layout). */
   writers: StatusWriter[];
+  /** Receivers' records encrypted with a key status was not given. */
+  writersEncrypted: number;
   server: {
     systemIdentifier: string;
     timeline: number;
@@ -301,7 +303,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     archivedUpTo,
     newest: newestFile ? { name: newestFile.name, modified: newestFile.info.modified.toISOString(), ageSeconds: age(newestFile.info.modified) } : null,
     leftovers: await summariseLeftovers(o.store, { now, ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) }),
-    writers: await statusWriters(o.store, now, warnings),
+    ...(await statusWriters(o.store, now, warnings)),
     server: null,
     slot: null,
     warnings,
@@ -343,13 +345,13 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
 }
 
 /** The writers' records, the one furthest ahead marked and the others' distance behind it. */
-async function statusWriters(store: ArchiveStore, now: Date, warnings: string[]): Promise<StatusWriter[]> {
+async function statusWriters(store: ArchiveStore, now: Date, warnings: string[]): Promise<{ writers: StatusWriter[]; writersEncrypted: number }> {
   let found: Awaited<ReturnType<typeof readWriters>>;
   try {
     found = await readWriters(store);
   } catch (err) {
     warnings.push(`the receivers' records could not be read: ${(err as Error).message}`);
-    return [];
+    return { writers: [], writersEncrypted: 0 };
   }
   if (found.unreadable > 0) warnings.push(`${plural(found.unreadable, "receiver's record")} could not be read (encrypted, or not written by walstream)`);
   const key = (w: { timeline: number | null; flushLsn: Lsn | null }): [number, Lsn] => [w.timeline ?? 0, w.flushLsn ?? 0n];
@@ -359,7 +361,7 @@ async function statusWriters(store: ArchiveStore, now: Date, warnings: string[])
     const [t, l] = key(w);
     if (!lead || t > key(lead)[0] || (t === key(lead)[0] && l > key(lead)[1])) lead = w;
   }
-  return found.writers.map((w) => ({
+  const writers = found.writers.map((w) => ({
     writer: w.writer,
     host: w.host,
     pid: w.pid,
@@ -372,6 +374,7 @@ async function statusWriters(store: ArchiveStore, now: Date, warnings: string[])
     ahead: w === lead,
     behindBytes: lead && w.flushLsn !== null && w.timeline === lead.timeline ? Number(lead.flushLsn! - w.flushLsn) : null,
   }));
+  return { writers, writersEncrypted: found.encrypted };
 }
 
 /**
@@ -418,6 +421,7 @@ export function formatStatus(r: StatusReport): string {
   const left = formatLeftovers(r.leftovers);
   if (left !== undefined) L.push(`${label('leftovers')}${left}`);
   const lead = r.writers.find((w) => w.ahead);
+  if (r.writersEncrypted > 0) L.push(`${label('writers')}${plural(r.writersEncrypted, "receiver's record")} encrypted: give --encryption-key-file to read`);
   for (const w of r.writers) {
     const where = w.flushLsn !== null ? `flushed ${w.flushLsn}${w.timeline !== null ? ` on timeline ${w.timeline}` : ''}` : 'nothing flushed yet';
     const archived = w.lastArchived !== null ? `, archived ${w.lastArchived}` : '';
