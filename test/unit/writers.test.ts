@@ -6,6 +6,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { readWriters, WriterRecorder, writerName } from '../../src/archive/writers.js';
 import { LocalStore } from '../../src/storage/local.js';
+import { MemoryStore } from '../../src/storage/memory.js';
+import { Keyring } from '../../src/storage/encryption.js';
 import { archiveStatus, formatStatus } from '../../src/ops/status.js';
 import { silentLogger } from '../../src/util/log.js';
 
@@ -65,5 +67,20 @@ describe('writer records', () => {
     const { writers } = await readWriters(store);
     expect(writers).toHaveLength(1);
     expect(await store.list('walstream.writer.')).toHaveLength(1);
+  });
+  it('a receiver that encrypts stores its record encrypted: status without the key counts it, with the key lists it', async () => {
+    const key = new Keyring([{ id: 'k1', key: Buffer.alloc(32, 7) }], 'test');
+    const enc = new MemoryStore('memory:', { keyring: key });
+    const r = new WriterRecorder({ store: enc, slot: 'ws1', log: silentLogger, intervalMs: 0, encrypted: true });
+    r.progress(1, 0x1000000n);
+    await r.flush();
+    await r.close();
+    const keyless = new MemoryStore('memory:', { sharedWith: enc });
+    const without = await archiveStatus({ store: keyless });
+    expect([without.writers, without.writersEncrypted, without.warnings]).toEqual([[], 1, []]);
+    expect(formatStatus(without)).toMatch(/^writers {5}1 receiver's record encrypted: give --encryption-key-file to read$/m);
+    const withKey = await archiveStatus({ store: enc });
+    expect(withKey.writers.map((w) => [w.writer, w.flushLsn])).toEqual([['ws1', '0/1000000']]);
+    expect(withKey.writersEncrypted).toBe(0);
   });
 });
