@@ -60,7 +60,9 @@ async function main(): Promise<void> {
     const archive = pgDir('mem-archive');
     const pgrw = pgDir('mem-pgrw');
     dirs.push(spool, archive, pgrw);
-    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : [])], { stdio: ['ignore', NODE_ARGS.length > 0 ? 'inherit' : 'ignore', 'inherit'] });
+    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : [])], {
+      stdio: ['ignore', NODE_ARGS.length > 0 ? 'inherit' : 'ignore', 'inherit'],
+    });
     const rw = spawn(join(toolBinDir(), 'pg_receivewal'), ['-D', pgrw, '-d', conn, '-S', 'pgrw', '-n'], { stdio: ['ignore', 'ignore', 'inherit'] });
     const wsName = `walstream receive${ARCHIVE ? ' --archive DIR' : ''}`;
     procs.push({ name: wsName, child: ws }, { name: 'pg_receivewal', child: rw });
