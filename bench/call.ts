@@ -2,7 +2,8 @@
 // PostgreSQL pays it once per 16 MB segment: `walstream fetch %f %p` from a local archive, the same
 // call for a segment already prefetched into its spool (fetch --prefetch finds it there), and
 // `walstream push %p` into a local archive, against `node -e 0` on the same Node, `cp`, and
-// pgBackRest's archive-get / archive-push (synchronous, uncompressed, local repository).
+// pgBackRest's archive-get / archive-push (synchronous, uncompressed, local repository), and
+// fetch and push with --verify-records, to show what the record check adds to a call.
 // Every Node binary in BENCH_NODES (colon-separated paths; default: the one running this) runs
 // its own walstream and `node -e 0` cases; BENCH_COMPARE_BIN (another build's bin/walstream)
 // adds that build's walstream cases, marked "(compare)". The cases alternate within each round (the order
@@ -141,6 +142,11 @@ async function main(): Promise<void> {
           after: () => rmSync(dest, { force: true }),
         });
         cases.push({ name: `walstream push${mark} (${v})`, argv: [node, bin, 'push', pushPath, '--archive', pushArchive], after: removePushed });
+        if (!mark) {
+          // What the record check costs a call (issue 15: on by default only if under 10%).
+          cases.push({ name: `walstream fetch --verify-records (${v})`, argv: [node, bin, 'fetch', fetched, dest, '--archive', archive, '--verify-records'], after: () => rmSync(dest, { force: true }) });
+          cases.push({ name: `walstream push --verify-records (${v})`, argv: [node, bin, 'push', pushPath, '--archive', pushArchive, '--verify-records'], after: removePushed });
+        }
       }
     }
 
@@ -190,6 +196,8 @@ async function main(): Promise<void> {
         console.log(`${v}${mark}: walstream fetch / node -e 0 ${ratio(`walstream fetch${mark} (${v})`, `node -e 0 (${v})`)}`);
         console.log(`${v}${mark}: walstream push / node -e 0 ${ratio(`walstream push${mark} (${v})`, `node -e 0 (${v})`)}`);
       }
+      console.log(`${v}: fetch --verify-records / fetch ${ratio(`walstream fetch --verify-records (${v})`, `walstream fetch (${v})`)} (issue 15: default on if <= 1.10)`);
+      console.log(`${v}: push --verify-records / push ${ratio(`walstream push --verify-records (${v})`, `walstream push (${v})`)}`);
     }
     await pushStore.close();
   } finally {

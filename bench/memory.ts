@@ -10,7 +10,7 @@
 // the node binary's code) and the WAL written; at the end it prints the median RSS of every minute
 // (and of each part), the peak, and the growth: the median of the last two minutes against the
 // median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth is at most
-// 5 MB.
+// 5 MB. BENCH_NODE_ARGS: node options for the walstream process (e.g. --trace-gc).
 import { readFileSync, rmSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -25,6 +25,8 @@ const TPS = Number(process.env['BENCH_TPS'] ?? 800);
 const WAL_MBPS = Number(process.env['BENCH_WAL_MBPS'] ?? 0);
 const ARCHIVE = !/^(0|false|no)$/i.test(process.env['BENCH_ARCHIVE'] ?? '1');
 const SAMPLE_MS = 5000;
+/** Node options for the walstream process only (e.g. "--trace-gc" to see whether the JS heap is what grows). */
+const NODE_ARGS = (process.env['BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== '');
 /** The growth allowed between minutes 2-3 and the last two minutes. */
 const STEADY_MB = 5;
 
@@ -58,7 +60,9 @@ async function main(): Promise<void> {
     const archive = pgDir('mem-archive');
     const pgrw = pgDir('mem-pgrw');
     dirs.push(spool, archive, pgrw);
-    const ws = spawn(process.execPath, [BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : [])], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : [])], {
+      stdio: ['ignore', NODE_ARGS.length > 0 ? 'inherit' : 'ignore', 'inherit'],
+    });
     const rw = spawn(join(toolBinDir(), 'pg_receivewal'), ['-D', pgrw, '-d', conn, '-S', 'pgrw', '-n'], { stdio: ['ignore', 'ignore', 'inherit'] });
     const wsName = `walstream receive${ARCHIVE ? ' --archive DIR' : ''}`;
     procs.push({ name: wsName, child: ws }, { name: 'pg_receivewal', child: rw });

@@ -3,10 +3,13 @@
 // "<segment>.partial.<offset>" holding the newly durable bytes from that offset on (never the
 // whole segment again, never an overwrite); a reader concatenates the contiguous pieces. Only
 // bytes already durable in the spool are shipped. Once the complete segment is archived, its
-// pieces are deleted.
+// pieces are deleted. Two receivers archiving into one archive may both ship pieces of the same
+// segment: each adds a piece only at the end of the chain from offset 0, after reading back the
+// pieces the other shipped and finding them equal to its own durable bytes, so a chain always
+// holds one stream of WAL and a reader can take it as it is (PartialShipper.ship).
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NotFoundError, type ArchiveStore } from '../storage/types.js';
+import { ConflictError, NotFoundError, type ArchiveStore } from '../storage/types.js';
 import { checkSegmentPages, LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import { isValidSegSize, parseWalFileName } from '../wal/segment.js';
 import type { Logger } from '../util/log.js';
@@ -42,6 +45,9 @@ export async function assemblePieces(store: ArchiveStore, segment: string): Prom
 
 const MIB = 1024 * 1024;
 
+/** Attempts of one shipment that met another writer's piece at the same offset. */
+const SHIP_ROUNDS = 3;
+
 export interface PartialShipperOptions {
   store: ArchiveStore;
   spoolDir: string;
@@ -51,8 +57,13 @@ export interface PartialShipperOptions {
 
 export class PartialShipper {
   private segment: string | undefined;
-  /** End of what the archive holds of `segment` (offset within it). */
+  /**
+   * End of the chain of pieces of `segment` in the archive known to hold this receiver's own
+   * bytes (shipped by it, or shipped by another writer and found equal to its spool).
+   */
   private shipped = 0;
+  /** The complete `segment` is in the archive already (another writer archived it): nothing to ship. */
+  private whole = false;
   private broken = new Set<string>();
   private busy = false;
   /** Where pieces are read before they are stored (put keeps no reference once it settles). */
@@ -63,61 +74,153 @@ export class PartialShipper {
   /**
    * Ship the durable bytes of `segment` (a .partial in the spool) up to `durableEnd`, an offset
    * within it. Errors are logged and retried at the next call; they never stop the receiver.
+   *
+   * Another receiver may ship pieces of the same segment into the same archive (two receivers,
+   * one archive). A piece is only ever added at the end of the chain read from offset 0, and only
+   * after every piece of that chain this receiver did not ship itself was read back and found
+   * equal to its own durable bytes: the chain then holds one stream of WAL, whoever shipped which
+   * piece. A chain that holds other bytes (another history of this segment) is never continued.
    */
   async ship(segment: string, durableEnd: number): Promise<void> {
     if (this.busy || this.broken.has(segment)) return;
     this.busy = true;
     try {
       if (this.segment !== segment) {
-        // A new segment, or a restart: continue after the pieces already archived.
-        let end = 0;
-        for (const p of await listPieces(this.o.store, segment)) if (p.offset === end) end += p.size;
+        // A new segment, or a restart: continue after the pieces already archived (checked first).
         this.segment = segment;
-        this.shipped = end;
+        this.shipped = 0;
+        this.whole = (await this.o.store.head(segment)) !== undefined;
       }
-      if (durableEnd <= this.shipped) return;
-      // One buffer for every piece, grown to the largest (at most a segment): a piece every few
-      // seconds of a new size each time would leave the allocator with ever more fragments.
-      const length = durableEnd - this.shipped;
-      if (this.buffer.length < length) this.buffer = Buffer.allocUnsafeSlow(Math.ceil(length / MIB) * MIB);
-      const data = this.buffer.subarray(0, length);
-      let fh: FileHandle;
-      try {
-        fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
-      } catch (err) {
-        // Completed meanwhile (renamed to its final name): the uploader archives it whole.
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await stat(join(this.o.spoolDir, segment)).catch(() => undefined))) {
-          this.o.log.verbose(`${segment} was completed before its newest bytes were shipped as a piece: it goes to the archive whole`);
+      if (this.whole) return;
+      for (let round = 0; round < SHIP_ROUNDS; round++) {
+        const seen = await this.adopt(segment, durableEnd);
+        if (seen !== 'ok') {
+          if (seen === 'different') this.refuse(segment, 'the pieces in the archive hold other bytes than this receiver received');
           return;
         }
-        throw err;
-      }
-      try {
-        let got = 0;
-        while (got < data.length) {
-          const { bytesRead } = await fh.read(data, got, data.length - got, this.shipped + got);
-          if (bytesRead === 0) throw new Error(`spool file ${segment}.partial is shorter than expected`);
-          got += bytesRead;
+        if (durableEnd <= this.shipped) return;
+        const data = await this.readSpool(segment, this.shipped, durableEnd);
+        if (data === undefined) return;
+        const name = pieceName(segment, this.shipped);
+        try {
+          await this.o.store.put(name, data, { noSync: this.o.noSync });
+        } catch (err) {
+          if (!(err instanceof ConflictError) || err.objectName !== name) throw err;
+          // Another writer put a piece at this offset meanwhile, of another length: equal bytes
+          // as far as both go is a race, not a conflict (the copy put aside is ours, removed);
+          // the next round reads that piece and goes on after it.
+          const held = await this.compareAt(name, data);
+          if (held === 'different') {
+            this.refuse(segment, err.message);
+            return;
+          }
+          if (err.quarantinedAs !== '') await this.o.store.delete(err.quarantinedAs).catch(() => undefined);
+          continue;
         }
-      } finally {
-        await fh.close();
+        this.shipped = durableEnd;
+        this.o.log.verbose(`archived ${name} (${data.length} bytes of the segment in progress)`);
+        return;
       }
-      const name = pieceName(segment, this.shipped);
-      await this.o.store.put(name, data, { noSync: this.o.noSync });
-      this.shipped = durableEnd;
-      this.o.log.verbose(`archived ${name} (${data.length} bytes of the segment in progress)`);
     } catch (err) {
-      const e = err as Error;
-      if (e.name === 'ConflictError') {
-        // Different bytes at the same place: never mix them; the complete segment will still come.
-        this.broken.add(segment);
-        this.o.log.error(`not shipping more of ${segment} in progress: ${e.message}`);
-      } else {
-        this.o.log.error(`could not archive the segment in progress ${segment}: ${e.message}; will retry`);
-      }
+      if (err instanceof ConflictError) this.refuse(segment, err.message);
+      else this.o.log.error(`could not archive the segment in progress ${segment}: ${(err as Error).message}; will retry`);
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Different bytes at the same place: never mix them; the complete segment will still come. */
+  private refuse(segment: string, why: string): void {
+    this.broken.add(segment);
+    this.o.log.error(`not shipping more of ${segment} in progress: ${why}`);
+  }
+
+  /**
+   * Follow the chain of pieces from offset 0 past `shipped`, each piece another writer shipped
+   * read back and compared with the spool (as far as `durableEnd`): 'ok' with `shipped` moved to
+   * the end of what matched, 'different' when a piece holds other bytes, 'whole' when the
+   * complete segment reached the archive meanwhile.
+   */
+  private async adopt(segment: string, durableEnd: number): Promise<'ok' | 'different' | 'whole'> {
+    let end = 0;
+    for (const p of await listPieces(this.o.store, segment)) {
+      if (p.offset !== end) break;
+      const pieceEnd = p.offset + p.size;
+      if (pieceEnd > this.shipped) {
+        // The chain reaches past what is durable here (the other writer is ahead): nothing to ship yet.
+        if (this.shipped >= durableEnd) return 'ok';
+        let data: Buffer;
+        try {
+          data = (await this.o.store.get(p.name)).data;
+        } catch (err) {
+          if (!(err instanceof NotFoundError)) throw err;
+          // Removed meanwhile: the complete segment is archived, or will be.
+          break;
+        }
+        const from = Math.max(p.offset, this.shipped);
+        const to = Math.min(p.offset + data.length, durableEnd);
+        const ours = await this.readSpool(segment, from, to);
+        if (ours === undefined) return 'whole';
+        if (!ours.equals(data.subarray(from - p.offset, to - p.offset))) return 'different';
+        this.shipped = to;
+        if (to < p.offset + data.length) return 'ok';
+      }
+      end = pieceEnd;
+    }
+    if (end < this.shipped) {
+      // The chain is shorter than what this receiver knew of it: its pieces were removed, the
+      // complete segment having been archived (by the other writer), or by an operator.
+      if ((await this.o.store.head(segment)) !== undefined) {
+        this.whole = true;
+        return 'whole';
+      }
+      this.shipped = end;
+    }
+    return 'ok';
+  }
+
+  /** Compare the piece `name` with this receiver's bytes from the same offset (`data`), as far as both go. */
+  private async compareAt(name: string, data: Buffer): Promise<'same' | 'different'> {
+    let held: Buffer;
+    try {
+      held = (await this.o.store.get(name)).data;
+    } catch (err) {
+      if (err instanceof NotFoundError) return 'same';
+      throw err;
+    }
+    const n = Math.min(held.length, data.length);
+    return held.subarray(0, n).equals(data.subarray(0, n)) ? 'same' : 'different';
+  }
+
+  /** Bytes [from, to) of the segment's .partial in the spool, or undefined when it was completed meanwhile. */
+  private async readSpool(segment: string, from: number, to: number): Promise<Buffer | undefined> {
+    // One buffer for every piece, grown to the largest (at most a segment): a piece every few
+    // seconds of a new size each time would leave the allocator with ever more fragments.
+    const length = to - from;
+    if (this.buffer.length < length) this.buffer = Buffer.allocUnsafeSlow(Math.ceil(length / MIB) * MIB);
+    const data = this.buffer.subarray(0, length);
+    let fh: FileHandle;
+    try {
+      fh = await open(join(this.o.spoolDir, `${segment}.partial`), 'r');
+    } catch (err) {
+      // Completed meanwhile (renamed to its final name): the uploader archives it whole.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await stat(join(this.o.spoolDir, segment)).catch(() => undefined))) {
+        this.o.log.verbose(`${segment} was completed before its newest bytes were shipped as a piece: it goes to the archive whole`);
+        return undefined;
+      }
+      throw err;
+    }
+    try {
+      let got = 0;
+      while (got < data.length) {
+        const { bytesRead } = await fh.read(data, got, data.length - got, from + got);
+        if (bytesRead === 0) throw new Error(`spool file ${segment}.partial is shorter than expected`);
+        got += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+    return data;
   }
 
   /** The complete segment is archived: its pieces are no longer needed. */

@@ -28,6 +28,7 @@ import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import type { Logger } from '../util/log.js';
 import { useHashThreads } from '../util/bulk.js';
 import { objectToFile } from './to-file.js';
+import { recordInspector } from './segment-records.js';
 
 export interface PrefetchWant {
   /** The newest segment fetch has served. */
@@ -257,11 +258,11 @@ async function cleanup(dir: string, want: PrefetchWant): Promise<void> {
   }
 }
 
-async function download(store: ArchiveStore, dir: string, name: string): Promise<'stored' | 'missing'> {
+async function download(store: ArchiveStore, dir: string, name: string, verifyRecords: boolean): Promise<'stored' | 'missing'> {
   try {
     // Verified, fsynced, then renamed; its temp file is named for this process, so a fetch
     // filling the spool (prefetchFirst) never shares one with a worker.
-    await objectToFile(store, name, join(dir, name), { sync: true, headBytes: 0 });
+    await objectToFile(store, name, join(dir, name), { sync: true, headBytes: 0, ...(verifyRecords ? { inspect: recordInspector(name) } : {}) });
   } catch (err) {
     if (err instanceof NotFoundError) return 'missing';
     throw err;
@@ -280,12 +281,12 @@ export function workerRunning(dir: string): boolean {
  * and recovery asks for the next segments meanwhile: each it missed would cost a full fetch.
  * Failures only mean those segments are fetched the usual way.
  */
-export async function prefetchFirst(store: ArchiveStore, dir: string, want: PrefetchWant, log: Logger): Promise<void> {
+export async function prefetchFirst(store: ArchiveStore, dir: string, want: PrefetchWant, log: Logger, verifyRecords = false): Promise<void> {
   await Promise.all(
     windowNames(want).map(async (n) => {
       if (existsSync(join(dir, n))) return;
       try {
-        if ((await download(store, dir, n)) === 'stored') log.verbose(`prefetched ${n}`);
+        if ((await download(store, dir, n, verifyRecords)) === 'stored') log.verbose(`prefetched ${n}`);
       } catch (err) {
         log.verbose(`could not prefetch ${n}: ${(err as Error).message}`);
       }
@@ -301,6 +302,8 @@ export interface PrefetchWorkerOptions {
   idleMs?: number;
   /** How often to look at the spool (default 20 ms). */
   pollMs?: number;
+  /** Check every record of a segment before it enters the spool. */
+  verifyRecords?: boolean;
 }
 
 /** How long a segment the archive did not have is not asked for again. */
@@ -356,7 +359,7 @@ export async function runPrefetchWorker(o: PrefetchWorkerOptions): Promise<void>
         const names = windowNames(want).filter((n) => !inflight.has(n) && !stored.has(n) && !existsSync(join(o.dir, n)) && (missingUntil.get(n) ?? 0) <= now);
         for (const n of names) {
           if (inflight.size >= want.count) break;
-          const job = download(o.store, o.dir, n)
+          const job = download(o.store, o.dir, n, o.verifyRecords === true)
             .then(
               (r) => {
                 if (r === 'missing') {

@@ -9,6 +9,12 @@ import { basename, dirname, join } from 'node:path';
 import { tempName } from '../storage/leftovers.js';
 import type { ArchiveStore } from '../storage/types.js';
 
+/** Looks at every byte on its way to the file; `finish` throws to refuse the file before it is renamed. */
+export interface ObjectInspector {
+  write(piece: Buffer): void;
+  finish(): void;
+}
+
 /** Writing the target failed (not the archive): `cause` is the file system's error. */
 export class TargetWriteError extends Error {
   constructor(
@@ -30,7 +36,7 @@ async function writeAll(fh: FileHandle, piece: Buffer): Promise<void> {
  * (NotFoundError before anything is written); the file system's as TargetWriteError. Nothing is
  * left behind on failure.
  */
-export async function objectToFile(store: ArchiveStore, name: string, path: string, opts: { sync: boolean; headBytes: number }): Promise<Buffer> {
+export async function objectToFile(store: ArchiveStore, name: string, path: string, opts: { sync: boolean; headBytes: number; inspect?: ObjectInspector }): Promise<Buffer> {
   const tmp = join(dirname(path), tempName(basename(path)));
   let fh: FileHandle | undefined;
   let head = Buffer.alloc(0);
@@ -48,11 +54,13 @@ export async function objectToFile(store: ArchiveStore, name: string, path: stri
     const write = async (piece: Buffer): Promise<void> => {
       const f = await file();
       if (head.length < opts.headBytes) head = Buffer.concat([head, piece.subarray(0, opts.headBytes - head.length)]);
+      opts.inspect?.write(piece);
       await target(() => writeAll(f, piece));
     };
     if (store.getTo) await store.getTo(name, write);
     else await write((await store.get(name)).data);
     const f = await file(); // an empty object: an empty file
+    opts.inspect?.finish();
     if (opts.sync) await target(() => f.sync());
     fh = undefined;
     await target(() => f.close());

@@ -37,6 +37,7 @@ export interface PrefetchCliOptions {
   encryptionKeyFile?: string;
   encryptionRequired?: boolean;
   spool?: string;
+  verifyRecords?: boolean;
 }
 
 /**
@@ -51,6 +52,7 @@ export function prefetchSettings(opts: PrefetchCliOptions, count: number, log: L
     // The key file's path only; a key in WALSTREAM_ENCRYPTION_KEY reaches the worker through its environment.
     if (opts.encryptionKeyFile) args.push('--encryption-key-file', resolve(opts.encryptionKeyFile));
     if (opts.encryptionRequired) args.push('--encryption-required');
+    if (opts.verifyRecords) args.push('--verify-records');
     let logFd: number | undefined;
     try {
       // Appended to, and started afresh once it passes 1 MB.
@@ -175,6 +177,8 @@ export function parseFastCommand(args: readonly string[], env: NodeJS.ProcessEnv
   if (positional.length !== spec.positional) return undefined;
   // The command line wins over the environment; JSON messages are the full command line's.
   if (env['WALSTREAM_LOG_FORMAT'] !== undefined && env['WALSTREAM_LOG_FORMAT'] !== 'text') return undefined;
+  // So is the record check (the option itself is not one the fast path takes).
+  if (envFlag(env['WALSTREAM_VERIFY_RECORDS'])) return undefined;
   const archive = values.archive ?? env['WALSTREAM_ARCHIVE'];
   if (archive === undefined || archive === '') return undefined;
   const s3Endpoint = values.s3Endpoint ?? env['AWS_ENDPOINT_URL'];

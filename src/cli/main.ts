@@ -82,6 +82,7 @@ interface ReceiveCliOptions extends ServerCliOptions, ArchiveCliOptions, Connect
   receiveTimeout: number;
   synchronous?: boolean;
   sync: boolean;
+  verifyRecords: boolean;
   compress: CompressSpec;
   verbose?: boolean;
   applicationName: string;
@@ -171,6 +172,7 @@ function registerReceiveCommand(program: Command, deps: CommandDeps): void {
     .option('--if-not-exists', 'do not error if the slot already exists when creating a slot')
     .option('-n, --no-loop', 'do not loop on connection lost; exit with an error instead')
     .option('--no-sync', 'do not wait for changes to be written safely to disk')
+    .option('--no-verify-records', 'do not check each WAL record (CRC-32C, xl_prev) before a segment is named and reported flushed; only to get past a check you believe wrong')
     .addOption(new Option('-s, --status-interval <secs>', 'time between status packets sent to the server').argParser(parseSeconds).default(10_000, '10'))
     .addOption(
       new Option('--receive-timeout <secs>', 'end a connection from which nothing arrived for this long, and reconnect; also bounds connecting when connect_timeout is not set (0 = never)')
@@ -243,6 +245,7 @@ async function runReceive(opts: ReceiveCliOptions, deps: CommandDeps): Promise<v
     receiveTimeoutMs: opts.receiveTimeout,
     synchronous: opts.synchronous === true,
     noSync: opts.sync === false,
+    verifyRecords: opts.verifyRecords !== false,
     compression: opts.compress.method,
     compressionLevel: opts.compress.level,
     connection: {
@@ -279,6 +282,7 @@ function registerPushCommand(program: Command, deps: CommandDeps): void {
   addArchiveOptions(program.command('push').description("archive one WAL file: use as archive_command = 'walstream push %p'").argument('<path>', 'the file to archive (%p)'), 'the archive to write to')
     .addOption(compressOption('segments in the archive'))
     .option('--no-sync', 'do not fsync a local archive (testing only)')
+    .option('--verify-records', 'check every WAL record of a segment (CRC-32C, xl_prev) before it is archived')
     .option('--parallel <n>', 'push n files at a time: this one and up to 32n (at most 256) of the next ones ready in pg_wal/archive_status; later calls for those return at once', parsePositiveInt, 1)
     .option('--spool <dir>', 'with --parallel: where look-ahead pushes leave their markers (default .walstream-push in the working directory, the data directory)')
     .option('-v, --verbose', 'output verbose messages')
@@ -290,7 +294,7 @@ function registerPushCommand(program: Command, deps: CommandDeps): void {
         ['in postgresql.conf: archive into S3, compressed, four files at a time', "archive_command = 'walstream push --archive s3://wal-bucket/db1 -Z gzip --parallel 4 %p'"],
       ]),
     )
-    .action(async (path: string, opts: ArchiveCliOptions & { compress: CompressSpec; sync: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
+    .action(async (path: string, opts: ArchiveCliOptions & { compress: CompressSpec; sync: boolean; verifyRecords?: boolean; parallel: number; spool?: string; verbose?: boolean }) => {
       if (!opts.archive) throw new Error('no archive given: use --archive URL or WALSTREAM_ARCHIVE');
       const archive = opts.archive;
       const { push } = await import('../commands/push.js');
@@ -309,6 +313,7 @@ function registerPushCommand(program: Command, deps: CommandDeps): void {
           parallel: opts.parallel,
           markers: resolve(opts.spool ?? '.walstream-push'),
           encryption: { encrypts: encryptionConfigured(opts), requireEncrypted: opts.encryptionRequired === true },
+          verifyRecords: opts.verifyRecords === true,
           log: deps.logger(opts.verbose === true),
         });
       } finally {
@@ -330,6 +335,7 @@ function registerFetchCommands(program: Command, deps: CommandDeps): void {
     .addOption(new Option('--prefetch [n]', 'after serving a segment, download the next n (default 8) in the background into the spool').argParser(parsePositiveInt).preset(8))
     .option('--spool <dir>', 'with --prefetch: where prefetched segments wait (default .walstream-prefetch in the working directory, the data directory)')
     .option('--partial', 'serve the newest partial copy of a segment the archive lacks (point-in-time recovery up to the last WAL received)')
+    .option('--verify-records', 'check every WAL record of a segment (CRC-32C, xl_prev) before handing it over (and before prefetching it)')
     .option('-v, --verbose', 'output verbose messages')
     .addHelpText(
       'after',
@@ -363,7 +369,7 @@ function registerFetchCommands(program: Command, deps: CommandDeps): void {
       try {
         const log = deps.logger(opts.verbose === true);
         const prefetch = opts.prefetch ? prefetchSettings(opts, opts.prefetch, log) : undefined;
-        await fetch({ name, dest, openStore, archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`, log, partial: opts.partial === true, prefetch });
+        await fetch({ name, dest, openStore, archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`, log, partial: opts.partial === true, prefetch, verifyRecords: opts.verifyRecords === true });
       } finally {
         await store?.close();
       }
@@ -373,13 +379,14 @@ function registerFetchCommands(program: Command, deps: CommandDeps): void {
     'the archive to prefetch from',
   )
     .option('-v, --verbose', 'output verbose messages')
-    .action(async (opts: ArchiveCliOptions & { spool: string; verbose?: boolean }) => {
+    .option('--verify-records', 'check every WAL record of a segment before it enters the spool')
+    .action(async (opts: ArchiveCliOptions & { spool: string; verbose?: boolean; verifyRecords?: boolean }) => {
       const { runPrefetchWorker, unlock } = await import('../archive/prefetch.js');
       try {
         if (!opts.archive) throw new Error('no archive given');
         const store = await openReadArchive(opts.archive, opts, 'with-key');
         try {
-          await runPrefetchWorker({ dir: opts.spool, store, log: deps.logger(opts.verbose === true) });
+          await runPrefetchWorker({ dir: opts.spool, store, log: deps.logger(opts.verbose === true), verifyRecords: opts.verifyRecords === true });
         } finally {
           await store.close();
         }
@@ -422,6 +429,7 @@ interface FetchCliOptions extends ArchiveCliOptions {
   prefetch?: number;
   spool?: string;
   partial?: boolean;
+  verifyRecords?: boolean;
   verbose?: boolean;
 }
 

@@ -20,6 +20,7 @@ import { LONG_PAGE_HEADER_SIZE, readLongPageHeader } from '../wal/page.js';
 import { prefetchFirst, prepareSpool, requestPrefetch, takeFromSpool, workerRunning } from '../archive/prefetch.js';
 import { readPartialSegment } from '../archive/partial.js';
 import { objectToFile, TargetWriteError } from '../archive/to-file.js';
+import { recordInspector } from '../archive/segment-records.js';
 import type { Logger } from '../util/log.js';
 
 export interface FetchOptions {
@@ -46,6 +47,8 @@ export interface FetchOptions {
    * full fetch to do everything again.
    */
   spoolOnly?: boolean;
+  /** Check every record of a segment before it is handed to PostgreSQL (and to the prefetch spool). */
+  verifyRecords?: boolean;
 }
 
 /** How many segments the fetch that starts a prefetch worker downloads into the spool itself. */
@@ -164,7 +167,8 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
     store = await o.openStore();
     const archive = store;
     // Verified as it is written, through one small buffer (archive/to-file.ts); renamed to %p only then.
-    let head = await getWithRetries(o, o.name, () => objectToFile(archive, o.name, o.dest, { sync: false, headBytes: LONG_PAGE_HEADER_SIZE }));
+    const inspect = () => (segment && o.verifyRecords ? { inspect: recordInspector(o.name) } : {});
+    let head = await getWithRetries(o, o.name, () => objectToFile(archive, o.name, o.dest, { sync: false, headBytes: LONG_PAGE_HEADER_SIZE, ...inspect() }));
     if (head === undefined && o.partial && segment) {
       const data = await getWithRetries(o, `the partial copy of ${o.name}`, () => readPartialSegment(archive, o.name));
       if (data !== undefined) {
@@ -181,7 +185,7 @@ export async function fetch(o: FetchOptions): Promise<'archive' | 'spool' | 'par
     try {
       const want = { name: o.name, segSize, count: pf.count };
       // No worker yet (the first call of a recovery, or after a pause): the next two come with this call.
-      if (store && !workerRunning(pf.spool)) await prefetchFirst(store, pf.spool, { ...want, count: Math.min(FIRST_PREFETCH, pf.count) }, o.log);
+      if (store && !workerRunning(pf.spool)) await prefetchFirst(store, pf.spool, { ...want, count: Math.min(FIRST_PREFETCH, pf.count) }, o.log, o.verifyRecords === true);
       await requestPrefetch(pf.spool, want, pf.startWorker);
     } catch (err) {
       o.log.warn(`cannot start prefetching after ${o.name}: ${(err as Error).message}`);

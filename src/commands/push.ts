@@ -11,6 +11,7 @@ import { mapLimit } from '../storage/common.js';
 import { checkWriter, claimArchive, type ArchiveIdentity, type WriterEncryption } from '../archive/identity.js';
 import type { Logger } from '../util/log.js';
 import { readWhole, sha256Owned, useHashThreads, type Hashed } from '../util/bulk.js';
+import { SegmentRecordCheck } from '../archive/segment-records.js';
 
 export interface PushOptions {
   /** The file PostgreSQL asks to archive (%p: pg_wal/<name>, relative to the data directory). */
@@ -33,6 +34,8 @@ export interface PushOptions {
    * identity record says it is encrypted refuses a push without one, before anything is written.
    */
   encryption?: WriterEncryption;
+  /** Check every record of a segment (CRC-32C, xl_prev) before it may enter the archive. */
+  verifyRecords?: boolean;
 }
 
 export class PushError extends Error {
@@ -61,6 +64,15 @@ export function checkSegmentFile(name: string, data: Buffer): LongPageHeader {
   const check = checkSegmentPages(data, validLength, { segNo, segSize: head.segSize, tli, blockSize: head.blockSize });
   if (!check.ok) throw new PushError(`${name}: not a valid WAL segment: ${check.problems[0]}`);
   return head;
+}
+
+/** The records of a whole segment (not a promotion's .partial, whose end may hold stale bytes). */
+export function checkSegmentRecords(name: string, data: Buffer): void {
+  if (name.endsWith('.partial')) return;
+  const check = new SegmentRecordCheck(name);
+  check.write(data);
+  const problem = check.finish();
+  if (problem !== undefined) throw new PushError(`${name}: its WAL records do not check out: ${problem}`);
 }
 
 /** Read a file PostgreSQL hands over; a one-line error when it cannot. */
@@ -174,16 +186,21 @@ async function pushPieces(o: PushOptions, name: string, store: ArchiveStore): Pr
     // The first piece (its header page and those after it) is checked before the archive is claimed.
     check(0, buf.subarray(0, first));
     await claimArchive(store, { systemIdentifier: head.systemId, segmentSize: head.segSize }, name, o.encryption ?? { encrypts: false });
+    const records = o.verifyRecords ? new SegmentRecordCheck(name) : undefined;
     const pieces = async function* (): AsyncGenerator<Buffer> {
       let at = 0;
       for (let n = first; n > 0; n = await read(at)) {
         const piece = buf.subarray(0, n);
         if (at > 0) check(at, piece);
+        records?.write(piece);
         yield piece; // written before the buffer is read into again
         at += n;
       }
       // Changed size since it was looked at: not the file PostgreSQL handed over.
       if (at !== head.segSize) throw new PushError(`${name}: file has ${at} bytes, but its segment size is ${head.segSize}`);
+      // Thrown before the archive gives the object its name.
+      const problem = records?.finish();
+      if (problem !== undefined) throw new PushError(`${name}: its WAL records do not check out: ${problem}`);
     };
     const res = await store.putPieces(name, pieces(), { noSync: o.noSync });
     if (res === undefined || res === 'taken') return undefined;
@@ -240,6 +257,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
     const segment = SEGMENT_FILE_RE.test(n);
     if (segment) {
       const head = checkSegmentFile(n, bytes);
+      if (o.verifyRecords) checkSegmentRecords(n, bytes);
       const ours = { systemIdentifier: head.systemId, segmentSize: head.segSize };
       if (!claimed) {
         claimed = { identity: ours, done: claimArchive(store, ours, n, writer) };

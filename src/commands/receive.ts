@@ -16,6 +16,7 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { historyFileName, isWalFileName, parseWalFileName, segNoToLsn, segmentStart } from '../wal/segment.js';
 import { SpoolUploader } from '../archive/uploader.js';
 import { PartialShipper } from '../archive/partial.js';
+import { WriterRecorder } from '../archive/writers.js';
 import { ArchiveEncryptedError, claimArchive, IdentityMismatchError } from '../archive/identity.js';
 import { StorageError, type ArchiveStore } from '../storage/types.js';
 import type { Keyring } from '../storage/encryption.js';
@@ -62,6 +63,12 @@ export interface ReceiveOptions {
   receiveTimeoutMs?: number;
   synchronous: boolean;
   noSync: boolean;
+  /**
+   * Check the WAL record by record as it arrives (default true): a finished segment is named, and
+   * reported flushed, only once its records (the one running past its end too) check out, and a
+   * stream whose records do not is stopped before they are written.
+   */
+  verifyRecords?: boolean;
   compression: Compression;
   compressionLevel?: number;
   connection: ConnectionOptions;
@@ -292,6 +299,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   let uploader: SpoolUploader | undefined;
   let store: ArchiveStore | undefined;
   let shipper: PartialShipper | undefined;
+  let recorder: WriterRecorder | undefined;
   if (o.archive !== undefined) {
     const { openArchive } = await import('../storage/open.js');
     try {
@@ -312,6 +320,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
         if (isWalFileName(name)) {
           o.metrics?.segmentArchived();
           void shipper?.segmentArchived(name);
+          recorder?.archived(name);
         }
       },
       onUploadFailed: () => o.metrics?.error('archive'),
@@ -319,6 +328,8 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     const queue = uploader;
     o.metrics?.uploadQueueFrom(() => queue.queueDepth);
     if ((o.partialIntervalMs ?? 5000) > 0) shipper = new PartialShipper({ store, spoolDir: dir, log, noSync: o.noSync });
+    // This receiver's record in the archive (status lists the writers; a background receiver has none).
+    if (o.temporarySlot === undefined) recorder = new WriterRecorder({ store, slot: o.slot, log, encrypted: o.keyring !== undefined });
   }
   // receive --serve: the server starts now (a port in use is reported before streaming); it
   // refuses clients until the stream has told which system the WAL is of.
@@ -345,7 +356,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     uploadsStarted = true;
   };
   try {
-    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, startUploads, serving, tail });
+    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, recorder, startUploads, serving, tail });
     if (uploader && !stopped) {
       log.verbose('waiting for the archive to take the remaining files');
       await Promise.race([uploader.drained(), o.stop]);
@@ -354,6 +365,7 @@ export async function receive(o: ReceiveOptions): Promise<void> {
   } finally {
     await serving?.close();
     await uploader?.stop();
+    await recorder?.close();
     await store?.close();
   }
 }
@@ -439,6 +451,8 @@ interface ArchiveParts {
   uploader: SpoolUploader | undefined;
   store: ArchiveStore | undefined;
   shipper: PartialShipper | undefined;
+  /** This receiver's record in the archive (archive/writers.ts). */
+  recorder?: WriterRecorder;
   /** Enqueue the files left in the spool (once; after the archive is claimed). */
   startUploads: () => Promise<void>;
   /** receive --serve: the server, and the tail of durable WAL it serves from. */
@@ -621,6 +635,8 @@ function openSink(round: StreamRound, info: ServerInfo): WalDirSink {
     noSync: o.noSync,
     systemId: info.systemId,
     magic: magicForServerVersion(info.version),
+    verifyRecords: o.verifyRecords !== false,
+    onUnverifiedSegment: (name) => o.log.verbose(`segment ${name} is complete, but the stream stopped inside the record that runs past its end: kept as ${name}.partial, streamed again on restart`),
     onSegmentDone: (name) => {
       o.log.verbose(`finished segment ${name}`);
       o.metrics?.segmentCompleted();
@@ -693,10 +709,12 @@ async function writeHistory(round: StreamRound, sink: WalDirSink, f: Following):
  * moved to the timeline that forked.
  */
 async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDirSink, from: StreamStart, f: Following): Promise<StreamResult | undefined> {
-  const { conn, o, onData, uploader, shipper, serving } = round;
+  const { conn, o, onData, uploader, shipper, serving, recorder } = round;
   const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
+  const tli = f.tli;
+  const detachRecorder = recorder ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => recorder.progress(tli, lsn) }) : undefined;
   try {
-    return await runStream(conn, sink, {
+    const result = await runStream(conn, sink, {
       start: f.start,
       timeline: f.tli,
       slot: from.slotName,
@@ -713,6 +731,8 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
       onProgress: onData,
       onActivity: o.metrics ? (a) => o.metrics!.activity(a) : undefined,
     });
+    if (result.end.kind === 'timeline-end') sink.endOfTimeline(result.received);
+    return result;
   } catch (err) {
     if (!(err instanceof ServerError) || err.command !== 'START_REPLICATION') throw err;
     await refusedStart(round, info, from, f, err);
@@ -721,6 +741,9 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
     o.metrics?.streamEnded();
     await shipping?.stop();
     await sink.endStream();
+    detachRecorder?.();
+    // The stream's last position goes to the record now (not awaited: the archive may be what failed).
+    void recorder?.flush();
   }
 }
 

@@ -6,6 +6,7 @@
 // listing shows: how many, how many bytes, and how many cleanup would remove.
 import { parseLsn, type Lsn } from '../wal/lsn.js';
 import { heldPast } from '../archive/fork.js';
+import { readWriters } from '../archive/writers.js';
 import type { ArchiveStore } from '../storage/types.js';
 import { formatAge, formatBytes, plural } from './format.js';
 import {
@@ -119,6 +120,23 @@ export interface StatusPartial {
   ageSeconds: number;
 }
 
+/** A receiver archiving here, as its record in the archive says (archive/writers.ts). */
+export interface StatusWriter {
+  writer: string;
+  host: string;
+  pid: number;
+  slot: string | null;
+  timeline: number | null;
+  flushLsn: string | null;
+  lastArchived: string | null;
+  updated: string;
+  ageSeconds: number;
+  /** The writer furthest ahead (timeline, then flush position); with several writers, false for the others. */
+  ahead: boolean;
+  /** How far its flush position is behind the writer ahead, on the same timeline (null when not comparable). */
+  behindBytes: number | null;
+}
+
 export interface StatusReport {
   archive: string;
   time: string;
@@ -134,6 +152,10 @@ export interface StatusReport {
   newest: { name: string; modified: string; ageSeconds: number } | null;
   /** Temp files and incomplete uploads of writers (null for a store that keeps none). */
   leftovers: LeftoverSummary | null;
+  /** The receivers that record themselves in the archive, by name (two for the high-availability layout). */
+  writers: StatusWriter[];
+  /** Receivers' records encrypted with a key status was not given. */
+  writersEncrypted: number;
   server: {
     systemIdentifier: string;
     timeline: number;
@@ -281,6 +303,7 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     archivedUpTo,
     newest: newestFile ? { name: newestFile.name, modified: newestFile.info.modified.toISOString(), ageSeconds: age(newestFile.info.modified) } : null,
     leftovers: await summariseLeftovers(o.store, { now, ...(o.leftoverAgeMs !== undefined ? { maxAgeMs: o.leftoverAgeMs } : {}) }),
+    ...(await statusWriters(o.store, now, warnings)),
     server: null,
     slot: null,
     warnings,
@@ -319,6 +342,39 @@ export async function archiveStatus(o: StatusOptions): Promise<StatusReport> {
     }
   }
   return report;
+}
+
+/** The writers' records, the one furthest ahead marked and the others' distance behind it. */
+async function statusWriters(store: ArchiveStore, now: Date, warnings: string[]): Promise<{ writers: StatusWriter[]; writersEncrypted: number }> {
+  let found: Awaited<ReturnType<typeof readWriters>>;
+  try {
+    found = await readWriters(store);
+  } catch (err) {
+    warnings.push(`the receivers' records could not be read: ${(err as Error).message}`);
+    return { writers: [], writersEncrypted: 0 };
+  }
+  if (found.unreadable > 0) warnings.push(`${plural(found.unreadable, "receiver's record")} could not be read (encrypted, or not written by walstream)`);
+  const key = (w: { timeline: number | null; flushLsn: Lsn | null }): [number, Lsn] => [w.timeline ?? 0, w.flushLsn ?? 0n];
+  let lead: (typeof found.writers)[number] | undefined;
+  for (const w of found.writers) {
+    if (w.flushLsn === null) continue;
+    const [t, l] = key(w);
+    if (!lead || t > key(lead)[0] || (t === key(lead)[0] && l > key(lead)[1])) lead = w;
+  }
+  const writers = found.writers.map((w) => ({
+    writer: w.writer,
+    host: w.host,
+    pid: w.pid,
+    slot: w.slot,
+    timeline: w.timeline,
+    flushLsn: w.flushLsn !== null ? lsnText(w.flushLsn) : null,
+    lastArchived: w.lastArchived,
+    updated: w.updated.toISOString(),
+    ageSeconds: Math.max(0, (now.getTime() - w.updated.getTime()) / 1000),
+    ahead: w === lead,
+    behindBytes: lead && w.flushLsn !== null && w.timeline === lead.timeline ? Number(lead.flushLsn! - w.flushLsn) : null,
+  }));
+  return { writers, writersEncrypted: found.encrypted };
 }
 
 /**
@@ -364,6 +420,15 @@ export function formatStatus(r: StatusReport): string {
   L.push(`${label('reaches')}${r.archivedUpTo ? `${r.archivedUpTo.lsn} on timeline ${r.archivedUpTo.timeline}` : 'unknown'}`);
   const left = formatLeftovers(r.leftovers);
   if (left !== undefined) L.push(`${label('leftovers')}${left}`);
+  const lead = r.writers.find((w) => w.ahead);
+  if (r.writersEncrypted > 0) L.push(`${label('writers')}${plural(r.writersEncrypted, "receiver's record")} encrypted: give --encryption-key-file to read`);
+  for (const w of r.writers) {
+    const where = w.flushLsn !== null ? `flushed ${w.flushLsn}${w.timeline !== null ? ` on timeline ${w.timeline}` : ''}` : 'nothing flushed yet';
+    const archived = w.lastArchived !== null ? `, archived ${w.lastArchived}` : '';
+    let rank = '';
+    if (r.writers.length > 1 && lead) rank = w.ahead ? '; ahead' : w.behindBytes !== null ? `; ${formatBytes(w.behindBytes)} behind ${lead.writer}` : `; behind ${lead.writer}`;
+    L.push(`${label('writer')}${w.writer} on ${w.host || 'unknown host'}${w.slot !== null ? ` (slot ${w.slot})` : ''}: ${where}${archived}, updated ${formatAge(w.ageSeconds)} ago${rank}`);
+  }
   if (r.server) {
     const s = r.server;
     const lag = s.lagBytes === null ? 'lag unknown' : s.lagBytes >= 0 ? `archive ${formatBytes(s.lagBytes)} behind` : `archive ${formatBytes(-s.lagBytes)} ahead of the server`;

@@ -12,6 +12,7 @@ import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { segmentOffset, walFileName } from '../wal/segment.js';
 import { CompressedSegmentFile, PlainSegmentFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
 import { exists, fsyncDir, sameContent, writeFileAtomic } from './fsutil.js';
+import { StreamRecordCheck } from './record-check.js';
 
 export interface WalDirSinkOptions {
   dir: string;
@@ -28,6 +29,14 @@ export interface WalDirSinkOptions {
   onSegmentDone?: (name: string, endLsn: Lsn) => void;
   /** Sees every stream start and every piece of WAL accepted (receive --serve's live tail). */
   tap?: SinkTap;
+  /**
+   * Check the WAL record by record (default true): a finished segment is renamed, and bytes count
+   * as durable, only up to the start of the record in progress, and WAL whose records do not
+   * check out is refused before it is written.
+   */
+  verifyRecords?: boolean;
+  /** Told of a finished segment kept under its .partial name at the end of a stream, its last record not verified. */
+  onUnverifiedSegment?: (name: string) => void;
 }
 
 /** What a tap on the sink sees: stream starts, and each piece once accepted (a view: copy it to keep it). */
@@ -74,6 +83,13 @@ interface DurabilityJob {
   settled: boolean;
 }
 
+/** A finished segment waiting for the record check to pass its end before it is renamed. */
+interface RecordGate {
+  end: Lsn;
+  name: string;
+  open: (verified: boolean) => void;
+}
+
 export class WalDirSink {
   private readonly listeners = new Set<SinkListener>();
   private tli = 0;
@@ -90,9 +106,16 @@ export class WalDirSink {
   private paused = false;
   /** The first segment of a stream may begin mid-segment when the start was not aligned. */
   private midSegmentStartAllowed = false;
+  private readonly records: StreamRecordCheck | undefined;
+  private readonly gates: RecordGate[] = [];
+  /** A finished segment left unrenamed at the end of a stream (its last record was not verified). */
+  private unverified: string | undefined;
 
   constructor(private readonly opts: WalDirSinkOptions) {
     this.highWater = opts.highWaterBytes ?? 32 * 1024 * 1024;
+    if (opts.verifyRecords !== false) {
+      this.records = new StreamRecordCheck({ segSize: opts.segSize, blockSize: opts.blockSize, systemId: opts.systemId, ...(opts.magic !== undefined ? { magic: opts.magic } : {}) });
+    }
     // Spares left by an earlier version are never WAL: remove them.
     for (const name of safeReaddir(opts.dir)) {
       if (name.startsWith(SPARE_PREFIX)) unlinkQuiet(join(opts.dir, name));
@@ -102,7 +125,11 @@ export class WalDirSink {
   /** Position streaming will start from: everything before it counts as already handled. */
   begin(start: Lsn, tli: number): void {
     if (this.current) throw new Error('begin() while a segment is open');
+    if (this.unverified !== undefined) {
+      throw new WalValidationError(`segment ${this.unverified} was finished, but the record running past its end never was; it stays ${this.unverified}.partial`);
+    }
     this.tli = tli;
+    this.records?.begin(start, tli);
     this.received = start;
     if (start > this.durable) this.durable = start;
     this.midSegmentStartAllowed = true;
@@ -169,6 +196,8 @@ export class WalDirSink {
       }
       const problem = seg.checker.feed(off, piece);
       if (problem) throw new WalValidationError(`segment ${seg.name}: ${problem}`);
+      const bad = this.records?.feed(segNo, off, piece);
+      if (bad) throw new WalValidationError(`segment ${bad.segment}, offset ${bad.offset}: ${bad.message}`);
       try {
         seg.file.write(off, piece);
       } catch (err) {
@@ -183,7 +212,36 @@ export class WalDirSink {
       }
       pos += n;
     }
+    this.openGates();
     this.checkPressure();
+  }
+
+  /** Bytes before this are proven by the record check (all that was accepted, without one). */
+  private get checkedTo(): Lsn {
+    if (!this.records) return this.received;
+    const proven = this.records.checkedTo;
+    return proven < this.received ? proven : this.received;
+  }
+
+  /** Renames wait for the record check to pass a finished segment's end. */
+  private gate(end: Lsn, name: string): Promise<boolean> {
+    if (this.checkedTo >= end) return Promise.resolve(true);
+    return new Promise((open) => this.gates.push({ end, name, open }));
+  }
+
+  /**
+   * The server ended the timeline at `at` (the end of what was received): a record running on
+   * past a segment's end there was cut short by the promotion (PostgreSQL overwrites it on the new
+   * timeline), so the finished segments before `at` are named as they are.
+   */
+  endOfTimeline(at: Lsn): void {
+    while (this.gates.length > 0 && this.gates[0]!.end <= at) this.gates.shift()!.open(true);
+  }
+
+  private openGates(): void {
+    if (this.gates.length === 0) return;
+    const to = this.checkedTo;
+    while (this.gates.length > 0 && this.gates[0]!.end <= to) this.gates.shift()!.open(true);
   }
 
   private openSegment(segNo: bigint): OpenSegment {
@@ -235,7 +293,8 @@ export class WalDirSink {
   sync(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     const seg = this.current;
-    const job = this.addJob(this.received);
+    // Bytes of a record whose CRC is not checked yet are written and synced, not reported.
+    const job = this.addJob(this.checkedTo);
     const p = (async () => {
       if (seg && !this.opts.noSync) {
         await seg.file.sync();
@@ -256,6 +315,13 @@ export class WalDirSink {
     if (!this.failure) await this.sync().catch(() => undefined);
     const seg = this.current;
     this.current = undefined;
+    // A finished segment whose last record runs on into WAL that never came stays .partial: it is
+    // streamed again from its start next time. Its durability job never settles.
+    for (const g of this.gates.splice(0)) {
+      this.unverified ??= g.name;
+      this.opts.onUnverifiedSegment?.(g.name);
+      g.open(false);
+    }
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
     await seg?.file.close().catch(() => undefined);
     if (this.failure) throw this.failure;
@@ -263,13 +329,20 @@ export class WalDirSink {
 
   /** Finish a complete segment beside the next one's writes; renames stay in LSN order. */
   private publish(seg: OpenSegment, end: Lsn): void {
+    // While the record check has not passed the segment's end, what it proved of the segment
+    // counts as durable once the file is synced; the rest only once the file has its name.
+    const proven = this.checkedTo;
+    const syncedJob = proven < end ? this.addJob(proven) : undefined;
     const job = this.addJob(end);
     const durableFile = (async () => {
       await seg.file.finish(this.opts.noSync);
       await seg.file.close();
+      if (syncedJob) this.settleJob(syncedJob);
     })();
     const prev = this.publishChain;
-    this.publishChain = Promise.all([durableFile, prev]).then(async () => {
+    const verified = this.gate(end, seg.name);
+    this.publishChain = Promise.all([durableFile, prev, verified]).then(async ([, , ok]) => {
+      if (!ok) return;
       if (await exists(seg.finalPath)) {
         if (!(await sameContent(seg.finalPath, seg.partialPath))) {
           throw new WalValidationError(`segment ${seg.finalPath} already exists with different contents; not overwritten`);

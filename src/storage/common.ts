@@ -4,7 +4,7 @@
 import { decompress, sha256Hex } from './codec.js';
 import { ALG_AES_256_GCM, SEALED_VERSION, isSealed, sealedHeader, unseal, type Keyring } from './encryption.js';
 export { mapLimit } from '../util/concurrency.js';
-import { ARCHIVE_NAME_RE, IntegrityError, QUARANTINE_PREFIX, RESERVED_NAMES, StorageError, assertArchiveName, type Compression } from './types.js';
+import { ARCHIVE_NAME_RE, IntegrityError, QUARANTINE_PREFIX, RESERVED_NAMES, StorageError, WRITER_RECORD_PREFIX, WRITER_RECORD_RE, assertArchiveName, type Compression } from './types.js';
 
 export function isArchiveName(name: string): boolean {
   try {
@@ -37,6 +37,7 @@ export function quarantineName(name: string, when: Date, attempt = 0): string {
 export function listedUnder(name: string, prefix: string): boolean {
   if (!name.startsWith(prefix)) return false;
   if (RESERVED_NAMES.has(name)) return prefix === name;
+  if (WRITER_RECORD_RE.test(name)) return prefix.startsWith(WRITER_RECORD_PREFIX);
   return !name.startsWith(QUARANTINE_PREFIX) || prefix.startsWith(QUARANTINE_PREFIX);
 }
 

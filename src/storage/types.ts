@@ -287,6 +287,14 @@ export const ENCRYPTED_MARKER_NAME = 'walstream.encrypted';
 export const RESERVED_NAMES: ReadonlySet<string> = new Set([IDENTITY_NAME, ENCRYPTED_MARKER_NAME]);
 
 /**
+ * Where each receiver archiving into the archive records how far it is (archive/writers.ts):
+ * `walstream.writer.<writer>.<12 hex digits of its time in ms>`, a new object each time, the
+ * older one removed. Left out of listings unless asked for by this prefix.
+ */
+export const WRITER_RECORD_PREFIX = 'walstream.writer.';
+export const WRITER_RECORD_RE = /^walstream\.writer\.([a-z0-9_-]{1,63})\.([0-9a-f]{12})$/;
+
+/**
  * Names an archive accepts: WAL segments, history, backup history and partial files, pieces of a
  * segment still being received (`<segment>.partial.<offset as 8 hex digits>`: the bytes from that
  * offset, see archive/partial.ts), or quarantine copies.
@@ -313,7 +321,7 @@ export function shownName(name: string): string {
 }
 
 export function assertArchiveName(name: string): void {
-  if (RESERVED_NAMES.has(name) || BACKUP_OBJECT_RE.test(name)) return;
+  if (RESERVED_NAMES.has(name) || BACKUP_OBJECT_RE.test(name) || WRITER_RECORD_RE.test(name)) return;
   if (name.startsWith(QUARANTINE_PREFIX)) {
     const original = name.slice(QUARANTINE_PREFIX.length).replace(/\.\d{8}T\d{6}(?:\.\d+)?Z$/, '');
     if (ARCHIVE_NAME_RE.test(original) || RESERVED_NAMES.has(original) || BACKUP_OBJECT_RE.test(original)) return;

@@ -709,6 +709,27 @@ export class WalRecordDecoder {
     }
   }
 
+  /** Problems found so far, kept or not. */
+  get problemCount(): number {
+    return this.s.problems.length + this.s.problemsNotKept;
+  }
+
+  /** The first problem found, if any. */
+  get firstProblem(): RecordProblem | undefined {
+    return this.s.problems[0];
+  }
+
+  /**
+   * The LSN (as a number) up to which everything fed is accounted for: the start of the record in
+   * progress, whose CRC is not checked yet, else the end of what was fed. A continuation skipped
+   * unchecked (the stream began inside a record) counts as accounted for. Meaningful while no
+   * problem was found.
+   */
+  get checkedTo(): number {
+    const fed = this.segBase + this.segOff;
+    return this.inRecord && !this.blind ? Math.min(this.recStart, fed) : fed;
+  }
+
   /** What was read, how WAL ends, and every problem found. */
   summary(): RecordSummary {
     if (this.inSegment) this.endSegment();

@@ -151,6 +151,29 @@ describe('receive against a server that lies', () => {
     expect(readdirSync(archive)).toContain(segName(1, start, SEG));
   });
 
+  it('XLogData with bytes inside a page changed (the page headers intact): exit 1 naming the record, nothing of it written', async () => {
+    const dir = newDir('record');
+    const { res, start, lieAt } = await lieWhileStreaming(
+      (at) =>
+        once(
+          xlogFrom(at, (x) => {
+            // 64 bytes in the middle of a page: whatever records lie there, one of them is hit.
+            const data = Buffer.from(x.data);
+            for (let o = 0; o + 64 <= data.length; o++) {
+              const inPage = Number((x.dataStart + BigInt(o)) % BigInt(PAGE));
+              if (inPage < 200 || inPage + 64 > PAGE) continue;
+              for (let k = o; k < o + 64; k++) data[k]! ^= 0xa5;
+              return { ...x, data };
+            }
+            return x;
+          }),
+        ),
+      dir,
+    );
+    oneLineError(res, /^walstream: error: segment [0-9A-F]{24}, offset \d+: .*record.*; nothing after this point was published$/);
+    await verify([{ tli: 1, from: start, to: lieAt }], dir);
+  });
+
   it('a long page header of another database system: exit 1 naming the system identifiers, no segment with foreign data', async () => {
     const dir = newDir('sysid');
     const { res, start, lieAt } = await lieWhileStreaming(

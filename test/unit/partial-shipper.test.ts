@@ -4,7 +4,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { listPieces, PartialShipper } from '../../src/archive/partial.js';
+import { assemblePieces, listPieces, PartialShipper } from '../../src/archive/partial.js';
+import type { ArchiveStore } from '../../src/storage/types.js';
 import { LocalStore } from '../../src/storage/local.js';
 import type { Logger } from '../../src/util/log.js';
 
@@ -49,5 +50,95 @@ describe('PartialShipper', () => {
 
     await shipper.ship('000000010000000000000004', 8192);
     expect(log.lines.filter((l) => l.startsWith('error')).join('\n')).toMatch(/could not archive the segment in progress 000000010000000000000004: ENOENT/);
+  });
+  describe('two receivers shipping the same segment into one archive', () => {
+    const wal = Buffer.alloc(65536);
+    for (let i = 0; i < wal.length; i++) wal[i] = (i * 31 + (i >> 8)) & 0xff;
+    const spoolWith = (data: Buffer): string => {
+      const spool = mkdtempSync(join(tmpdir(), 'walstream-ship-spool-'));
+      dirs.push(spool);
+      writeFileSync(join(spool, `${SEG}.partial`), data);
+      return spool;
+    };
+    const errors = (log: { lines: string[] }): string[] => log.lines.filter((l) => l.startsWith('error'));
+
+    it('each goes on after the pieces of the other (read back and found equal), never a conflict', async () => {
+      const { spool, store, log } = setup();
+      writeFileSync(join(spool, `${SEG}.partial`), wal);
+      const other = spoolWith(wal);
+      const a = new PartialShipper({ store, spoolDir: spool, log, noSync: true });
+      const b = new PartialShipper({ store, spoolDir: other, log, noSync: true });
+      await a.ship(SEG, 4096);
+      await b.ship(SEG, 8192);
+      await a.ship(SEG, 12288);
+      await b.ship(SEG, 10000); // behind the chain: nothing to add
+      await b.ship(SEG, 20000);
+      await a.ship(SEG, 20000);
+      expect(errors(log)).toEqual([]);
+      expect((await listPieces(store, SEG)).map((p) => [p.offset, p.size])).toEqual([
+        [0, 4096],
+        [4096, 4096],
+        [8192, 4096],
+        [12288, 7712],
+      ]);
+      expect(await store.list('quarantine/')).toEqual([]);
+      expect((await assemblePieces(store, SEG)).equals(wal.subarray(0, 20000))).toBe(true);
+    });
+
+    it("a piece put at the same offset by both, of different lengths, is a race: the loser reads the winner's and goes on after it", async () => {
+      const { spool, store, log } = setup();
+      writeFileSync(join(spool, `${SEG}.partial`), wal);
+      const a = new PartialShipper({ store, spoolDir: spool, log, noSync: true });
+      await a.ship(SEG, 4096);
+      // The other receiver listed the archive before that piece was there.
+      let stale = true;
+      const racing: ArchiveStore = Object.create(store, {
+        list: {
+          value: async (prefix?: string) => {
+            if (!stale || !prefix?.includes('.partial.')) return store.list(prefix);
+            stale = false;
+            return [];
+          },
+        },
+      }) as ArchiveStore;
+      const b = new PartialShipper({ store: racing, spoolDir: spoolWith(wal), log, noSync: true });
+      await b.ship(SEG, 10000);
+      expect(errors(log)).toEqual([]);
+      expect((await listPieces(store, SEG)).map((p) => [p.offset, p.size])).toEqual([
+        [0, 4096],
+        [4096, 5904],
+      ]);
+      expect(await store.list('quarantine/')).toEqual([]);
+      expect((await assemblePieces(store, SEG)).equals(wal.subarray(0, 10000))).toBe(true);
+    });
+
+    it('never continues a chain holding other bytes than it received', async () => {
+      const { spool, store, log } = setup();
+      writeFileSync(join(spool, `${SEG}.partial`), wal);
+      const a = new PartialShipper({ store, spoolDir: spool, log, noSync: true });
+      await a.ship(SEG, 4096);
+      const forked = Buffer.from(wal);
+      forked[3000] ^= 0xff;
+      const b = new PartialShipper({ store, spoolDir: spoolWith(forked), log, noSync: true });
+      await b.ship(SEG, 8192);
+      await b.ship(SEG, 12288);
+      expect(errors(log).join('\n')).toMatch(/not shipping more of 000000010000000000000003 in progress: the pieces in the archive hold other bytes/);
+      expect(errors(log)).toHaveLength(1);
+      await a.ship(SEG, 8192);
+      expect((await listPieces(store, SEG)).map((p) => [p.offset, p.size])).toEqual([
+        [0, 4096],
+        [4096, 4096],
+      ]);
+      expect((await assemblePieces(store, SEG)).equals(wal.subarray(0, 8192))).toBe(true);
+    });
+
+    it('ships nothing of a segment the other receiver archived whole already', async () => {
+      const { spool, store, log } = setup();
+      writeFileSync(join(spool, `${SEG}.partial`), wal);
+      await store.put(SEG, wal, { noSync: true });
+      await new PartialShipper({ store, spoolDir: spool, log, noSync: true }).ship(SEG, 8192);
+      expect(errors(log)).toEqual([]);
+      expect(await listPieces(store, SEG)).toEqual([]);
+    });
   });
 });

@@ -31,6 +31,9 @@ function sink(): WalDirSink {
     noSync: false,
     systemId: fixtureSystemId(),
     magic: FIXTURE_MAGIC,
+    // The file mechanics alone: the one fixture segment ends inside a record that runs on into
+    // a segment the fixture lacks (sink-records.test.ts covers the record check).
+    verifyRecords: false,
   });
   s.begin(FIXTURE_START, FIXTURE_TLI);
   return s;

@@ -27,6 +27,9 @@ function sink(): WalDirSink {
     noSync: true,
     systemId: fixtureSystemId(),
     magic: FIXTURE_MAGIC,
+    // The file mechanics alone: the one fixture segment ends inside a record that runs on into
+    // a segment the fixture lacks (sink-records.test.ts covers the record check).
+    verifyRecords: false,
   });
 }
 
