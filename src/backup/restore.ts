@@ -460,7 +460,8 @@ async function writeDurable(path: string, data: Buffer, mode: number, noSync?: b
 
 /** Extract one tar object of the backup into `root`, verifying each file against the manifest (paths behind `prefix`). */
 async function extract(store: ArchiveStore, obj: BackupObject, root: string, prefix: string, verifier: ManifestVerifier, totals: Extraction, opts: RestoreOptions, hooks: ExtractHooks): Promise<void> {
-  const { info, stream } = await store.getStream!(obj.name);
+  // Transient pieces: the tar reader and the writes below are done with each before the next.
+  const { info, stream } = await store.getStream!(obj.name, { transient: true });
   if (info.checksum !== undefined && info.checksum !== obj.sha256) throw new RestoreError(`${obj.name} in the archive has SHA-256 ${info.checksum}, but the backup's record says ${obj.sha256}: refused`);
   // The store checks the object against its own record's SHA-256 as it ends (compared with the
   // backup's above); only an object stored without one is hashed here.
