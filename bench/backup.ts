@@ -7,7 +7,9 @@
 //          followed by a sync of the target file system, so that both have made the files durable.
 // Every tool copies the same uncompressed bytes. Prints medians (wall, CPU, peak RSS) and ratios.
 // BENCH_CASES (a regular expression over the case names) narrows the run; without an S3 case
-// selected, no S3 server is started and the WAL goes only to the local archive.
+// selected, no S3 server is started and the WAL goes only to the local archive. A pattern that
+// selects no backup case (e.g. BENCH_CASES=restore) times only the restores, from one untimed
+// pg_basebackup and one untimed walstream backup.
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { PgCluster, toolBinDir } from '../test/harness/pg.js';
@@ -104,7 +106,18 @@ async function main(): Promise<void> {
         name: `pgbackrest backup (S3, process-max ${PGBR_PROCESSES})`,
         argv: () => ['runuser', '-u', 'postgres', '--', '/usr/bin/pgbackrest', `--config=${repo.config}`, `--stanza=${repo.stanza}`, '--type=full', 'backup'],
       });
+    const restoreOnly = pattern !== undefined && !cases.some((c) => new RegExp(pattern).test(c.name));
     cases = selectCases(cases, 'pg_basebackup -Ft -X none');
+    if (restoreOnly) {
+      // The restores' sources, untimed: pg_basebackup's tar and a walstream backup in the local archive.
+      const scratch = pgDir('scratch');
+      dirs.push(scratch);
+      await measure(cases[0]!.argv(scratch, 0));
+      baseTars.push(join(scratch, 'pgbb', 'base.tar'));
+      await measure([...walstream, 'backup', '-d', conn, '--archive', local, '-c', 'fast']);
+      console.log('restore cases only: one untimed pg_basebackup and walstream backup made');
+      cases = [];
+    }
 
     const results = new Map<string, Measurement[]>();
     const record = (name: string, m: Measurement, run: number): void => {

@@ -33,6 +33,7 @@ import {
   type ArchiveStore,
   type GetResult,
   type ListOptions,
+  type GetStreamOptions,
   type ObjectInfo,
   type PutOptions,
   type PutResult,
@@ -300,8 +301,8 @@ export class EncryptedArchiveGuard implements ArchiveStore {
   get getStream(): ArchiveStore['getStream'] {
     const inner = this.inner.getStream?.bind(this.inner);
     if (!inner) return undefined;
-    return async (name: string) => {
-      const got = await inner(name);
+    return async (name: string, opts?: GetStreamOptions) => {
+      const got = await inner(name, opts);
       try {
         await this.refusePlain(name, got.info);
       } catch (err) {

@@ -14,7 +14,8 @@
 //   written under another name and the marker file WALSTREAM_RESTORE_INCOMPLETE stays; the signal
 //   file is written last. A failure leaves it so, and the error says what to delete.
 import { createHash } from 'node:crypto';
-import { chmod, lstat, mkdir, open, readdir, rename, symlink, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { closeSync, close as closeFd, constants as fsConstants, fsync as fsyncFd, openSync, writeSync } from 'node:fs';
+import { chmod, lstat, mkdir, open, readdir, rename, symlink, unlink, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { readIdentity } from '../archive/identity.js';
 import { fsyncDir } from '../sink/fsutil.js';
@@ -159,40 +160,39 @@ interface Extraction {
   files: number;
   bytes: number;
   dirs: Set<string>;
-  /** The fsyncs of the files written (none with noSync). */
+  /** The files written, to fsync once all are (none with noSync). */
+  written?: string[];
+  /** The fsyncs of large files, started as each is written (none with noSync). */
   syncs?: BackgroundSyncs;
 }
 
-/** How many written files are fsynced at once, in the background, while the extraction goes on. */
-const SYNCS_IN_FLIGHT = 16;
+/** A file of this many bytes and more is fsynced as soon as it is written, in the background. */
+const BACKGROUND_SYNC_BYTES = 4 << 20;
+/** How many of those fsyncs run at once (each holds one of libuv's four threads; reads need one). */
+const BACKGROUND_SYNCS = 2;
 
 /**
- * The fsyncs of the files a restore writes, run a few at a time while the next files are written
- * (a file per fsync waited for in turn costs a disk flush each; PostgreSQL's own fsync of a data
- * directory, initdb --sync-only, also starts many before waiting). Each file stays open until its
- * fsync is done, then is closed; drain() waits for all of them and fails with the first failure.
+ * The fsyncs of a restore's large files, started as soon as each is written so that the disk
+ * writes it back while the next files are written; each file stays open until its fsync is done.
+ * Small files are left to fsyncAll: an fsync is a journal commit, which holds up the creation of
+ * the next files, and a large file's writing-back is what an fsync waits for longest.
  */
 class BackgroundSyncs {
   private readonly running = new Set<Promise<void>>();
   private failure: Error | undefined;
 
-  constructor(private readonly max = SYNCS_IN_FLIGHT) {}
-
-  /** Take over `fh` (written to the end): fsync it, then close it. Waits while `max` fsyncs run. */
-  async add(fh: FileHandle, path: string): Promise<void> {
-    while (this.running.size >= this.max) await Promise.race(this.running);
-    const done: Promise<void> = fh
-      .sync()
-      .then(
-        () => undefined,
-        (err: Error) => {
-          this.failure ??= new Error(`cannot fsync ${path}: ${err.message}`);
-        },
-      )
-      .finally(async () => {
-        await fh.close().catch(() => undefined);
-        this.running.delete(done);
+  /** Take over `fd` (written to the end): fsync it, then close it. Waits while BACKGROUND_SYNCS run. */
+  async add(fd: number, path: string): Promise<void> {
+    while (this.running.size >= BACKGROUND_SYNCS) await Promise.race(this.running);
+    const done: Promise<void> = new Promise<void>((resolve) => {
+      fsyncFd(fd, (err) => {
+        if (err) this.failure ??= new Error(`cannot fsync ${path}: ${err.message}`);
+        closeFd(fd, () => {
+          this.running.delete(done);
+          resolve();
+        });
       });
+    });
     this.running.add(done);
     if (this.failure) throw this.failure;
   }
@@ -202,6 +202,40 @@ class BackgroundSyncs {
     while (this.running.size > 0) await Promise.all(this.running);
     if (this.failure) throw this.failure;
   }
+}
+
+/** How many fsyncs run at once (libuv runs four at a time by default; the rest queue behind). */
+const SYNCS_IN_FLIGHT = 8;
+
+/**
+ * fsync each of `paths` (files or directories), `SYNCS_IN_FLIGHT` at a time: once all of a
+ * restore's files are written, as pg_basebackup fsyncs the directory it wrote (fsync_pgdata)
+ * before it reports success, opening each file again (Linux reports a write-back error to a
+ * descriptor opened after it, as long as no one saw it before). An fsync per small file as it is
+ * written instead costs a journal commit each, which holds up the creation of the next files;
+ * after the writes, the first commit takes the metadata of them all and most of the others find
+ * theirs done. The first failure is thrown, once all ran.
+ */
+async function fsyncAll(paths: readonly string[]): Promise<void> {
+  let next = 0;
+  let failure: Error | undefined;
+  const worker = async (): Promise<void> => {
+    while (next < paths.length) {
+      const path = paths[next++]!;
+      try {
+        const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      } catch (err) {
+        failure ??= new Error(`cannot fsync ${path}: ${(err as Error).message}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(SYNCS_IN_FLIGHT, paths.length) }, worker));
+  if (failure) throw failure;
 }
 
 /**
@@ -301,7 +335,7 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     `restoring backup ${record.name} (PostgreSQL ${record.serverVersion}, system ${record.systemId}, ${record.startLsn} to ${record.endLsn} on timeline ${record.timeline}, ${record.size} bytes) from ${store.description} into ${directory}`,
   );
   const verifier = new ManifestVerifier(manifest);
-  const totals: Extraction = { files: 0, bytes: 0, dirs: new Set([directory]), ...(opts.noSync ? {} : { syncs: new BackgroundSyncs() }) };
+  const totals: Extraction = { files: 0, bytes: 0, dirs: new Set([directory]), ...(opts.noSync ? {} : { written: [], syncs: new BackgroundSyncs() }) };
   try {
     for (const loc of locations.values()) await prepareDirectory(loc, 'tablespace location');
     let tablespaceMap: Buffer | undefined;
@@ -323,6 +357,7 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
       await extract(store, t, locations.get(t.oid)!, tablespacePrefix(t.oid), verifier, totals, opts, {});
     }
     await totals.syncs?.drain();
+    if (totals.written) await fsyncAll(totals.written);
     const result = verifier.finish();
     if (!result.ok)
       throw new RestoreError(`backup ${record.name} does not match its manifest: ${result.problems[0]!.message}${result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problems)` : ''}`);
@@ -368,7 +403,7 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     }
 
     // Everything durable, then pg_control under its name, then the signal, then the marker gone.
-    if (!opts.noSync) for (const d of totals.dirs) await fsyncDir(d);
+    if (!opts.noSync) await fsyncAll([...totals.dirs]);
     await rename(join(directory, PG_CONTROL_HELD), join(directory, PG_CONTROL)).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') throw new RestoreError(`backup ${record.name} has no ${PG_CONTROL}`);
       throw err;
@@ -404,6 +439,14 @@ interface ExtractHooks {
   symlinkTarget?: (path: string, target: string) => string;
 }
 
+/** open(2) flags of a file the restore writes: a new one, never over anything. */
+const CREATE_NEW = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+
+/** All of `b` written at the file's position. */
+function writeAll(fd: number, b: Uint8Array): void {
+  for (let at = 0; at < b.length; ) at += writeSync(fd, b, at, b.length - at);
+}
+
 /** Write a whole small file, fsynced (O_EXCL: never over anything). */
 async function writeDurable(path: string, data: Buffer, mode: number, noSync?: boolean): Promise<void> {
   const fh = await open(path, 'wx', mode);
@@ -417,7 +460,8 @@ async function writeDurable(path: string, data: Buffer, mode: number, noSync?: b
 
 /** Extract one tar object of the backup into `root`, verifying each file against the manifest (paths behind `prefix`). */
 async function extract(store: ArchiveStore, obj: BackupObject, root: string, prefix: string, verifier: ManifestVerifier, totals: Extraction, opts: RestoreOptions, hooks: ExtractHooks): Promise<void> {
-  const { info, stream } = await store.getStream!(obj.name);
+  // Transient pieces: the tar reader and the writes below are done with each before the next.
+  const { info, stream } = await store.getStream!(obj.name, { transient: true });
   if (info.checksum !== undefined && info.checksum !== obj.sha256) throw new RestoreError(`${obj.name} in the archive has SHA-256 ${info.checksum}, but the backup's record says ${obj.sha256}: refused`);
   // The store checks the object against its own record's SHA-256 as it ends (compared with the
   // backup's above); only an object stored without one is hashed here.
@@ -466,26 +510,31 @@ async function extract(store: ArchiveStore, obj: BackupObject, root: string, pre
     }
     const name = path === PG_CONTROL ? join(root, ...PG_CONTROL_HELD.split('/')) : dest;
     const mode = e.mode & 0o777 || 0o600;
-    const fh = await open(name, 'wx', mode).catch(async (err: NodeJS.ErrnoException) => {
+    let fd: number;
+    try {
+      fd = openSync(name, CREATE_NEW, mode);
+    } catch (err) {
       // A tar need not carry its directories' entries.
-      if (err.code !== 'ENOENT') throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       await mkdir(dirname(name), { recursive: true, mode: 0o700 });
       totals.dirs.add(dirname(name));
-      return open(name, 'wx', mode);
-    });
+      fd = openSync(name, CREATE_NEW, mode);
+    }
     let syncing = false;
     try {
       for await (const chunk of e.content) {
         check?.update(chunk);
-        await fh.write(chunk);
+        writeAll(fd, chunk);
       }
       if (check?.end()) fail();
-      if (totals.syncs) {
+      if (totals.syncs && e.size >= BACKGROUND_SYNC_BYTES) {
         syncing = true;
-        await totals.syncs.add(fh, name);
+        await totals.syncs.add(fd, name);
+      } else {
+        totals.written?.push(name);
       }
     } finally {
-      if (!syncing) await fh.close();
+      if (!syncing) closeSync(fd);
     }
     totals.files++;
     totals.bytes += e.size;

@@ -9,7 +9,9 @@
 // zero blocks (anything after them must be zeros too, as tar's record padding is) unless
 // `requireEnd: false`; a truncated or damaged archive is a TarError naming the byte offset, never
 // a crash or a hang. A file's content is a stream the consumer reads before asking for the next
-// entry; what it leaves unread is skipped then, and reading it after that is an error.
+// entry; what it leaves unread is skipped then, and reading it after that is an error. A piece of
+// the source is not used once the next one is asked for (the source may read into one buffer
+// again and again); the content pieces handed out are views of it, valid as long.
 
 /** Bytes in a tar block. */
 export const BLOCK = 512;

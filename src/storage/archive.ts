@@ -18,6 +18,7 @@
 //   the driver's own fast read (S3: one buffer of the Content-Length).
 import { sha256Owned } from '../util/bulk.js';
 import { builtin } from '../util/lazy.js';
+import { PieceHash } from '../util/piece-hash.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
 import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
@@ -34,6 +35,7 @@ import {
   type ArchiveStore,
   type Compression,
   type GetResult,
+  type GetStreamOptions,
   type LeftoverOptions,
   type LeftoverRemoval,
   type LeftoverScan,
@@ -69,6 +71,10 @@ const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 /** getTo reads an object this much at a time, into one buffer. */
 const PIECE_BYTES = 512 * 1024;
+
+/** A transient getStream reads this much at a time, and hashes an object of STREAM_THREAD_BYTES and more on another thread. */
+const STREAM_PIECE_BYTES = 1 << 20;
+const STREAM_THREAD_BYTES = 16 << 20;
 
 /** Rounds of create-then-read before a name that keeps changing is given up (transient). */
 const STORE_ROUNDS = 6;
@@ -287,8 +293,12 @@ export class Archive implements ArchiveStore {
     throw new ConflictError(name, '', `"${name}" is already in the archive with different contents; not overwritten (a streamed copy is not kept aside: its bytes went by)`);
   }
 
-  async getStream(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }> {
+  async getStream(name: string, opts: GetStreamOptions = {}): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }> {
     assertArchiveName(name);
+    if (opts.transient && this.driver.readStream && this.driver.readsInto === true && !plainRefused(this.keyring?.requireEncrypted === true, name)) {
+      const plain = await this.plainStream(name);
+      if (plain !== undefined) return plain;
+    }
     if (!this.driver.readStream) {
       const g = await this.get(name);
       return { info: g.info, stream: once(g.data) };
@@ -332,6 +342,64 @@ export class Archive implements ArchiveStore {
   }
 
   // --- internals ---
+
+  /**
+   * getStream of a plain object (uncompressed, not encrypted) from a driver that reads into
+   * buffers: read into a few buffers of a PieceHash, the next piece read while the caller uses the
+   * current one, each hashed on another thread once the caller asks for the next (an object under
+   * STREAM_THREAD_BYTES is hashed here: a thread costs more than it saves). Undefined for any other
+   * object, which getStream's general way reads.
+   */
+  private async plainStream(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> } | undefined> {
+    let hasher: PieceHash | undefined;
+    // The driver asks for a buffer only once the pieces are read, after the hasher is made.
+    const r = await this.driver.readStream!(name, { into: () => hasher!.buffer() });
+    if (!r) throw new NotFoundError(name);
+    const h = new PieceHash({ pieceBytes: STREAM_PIECE_BYTES, thread: r.object.storedSize >= STREAM_THREAD_BYTES });
+    hasher = h;
+    const pieces = r.body[Symbol.asyncIterator]();
+    let first: IteratorResult<Buffer>;
+    try {
+      first = await pieces.next();
+    } catch (err) {
+      h.close();
+      throw err;
+    }
+    // Compressed or sealed (the first bytes tell), or too short to tell: getStream's general way.
+    if ((r.meta.compression ?? 'none') !== 'none' || (!first.done && (first.value.length < SEALED_MAGIC.length || isSealed(first.value)))) {
+      h.close();
+      await pieces.return?.();
+      return undefined;
+    }
+    const sha = r.meta.sha256;
+    const checked = async function* (): AsyncGenerator<Buffer> {
+      let ended = false;
+      let pending: Promise<IteratorResult<Buffer>> | undefined;
+      try {
+        for (let next = first; !next.done; ) {
+          // The next piece is read (into another buffer) while the caller uses this one.
+          pending = pieces.next();
+          yield next.value;
+          h.update(next.value);
+          next = await pending;
+          pending = undefined;
+        }
+        ended = true;
+        const hex = await h.digest();
+        if (sha !== undefined && hex !== sha) {
+          throw new IntegrityError(name, r.file !== undefined ? `SHA-256 of ${r.file} is ${hex}, the recorded one ${sha}` : `SHA-256 ${hex} does not match the recorded ${sha}`);
+        }
+      } finally {
+        if (!ended) {
+          h.close();
+          // A reader stopped early lets the driver's file go (once the read under way is done).
+          await pending?.catch(() => undefined);
+          await pieces.return?.();
+        }
+      }
+    };
+    return { info: infoOf(r.object), stream: checked() };
+  }
 
   private createOptions(obj: Prepared): CreateOptions {
     if (!this.driver.bodyChecksum) return { noSync: obj.noSync };

@@ -100,10 +100,11 @@ export interface Driver {
   /**
    * The object as a stream (memory bounded by the driver's reads), or undefined when missing. With
    * `into`, a driver may read into that buffer again and again: each piece is then a view of it,
-   * valid only until the next one is asked for (the caller copies what it keeps). `file`: as in
-   * ReadResult.
+   * valid only until the next one is asked for (the caller copies what it keeps). With `into` a
+   * function, a driver that reads into buffers (readsInto) reads each piece into the one it gives,
+   * and uses that buffer for nothing else. `file`: as in ReadResult.
    */
-  readStream?(key: string, opts?: { into?: Buffer }): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file?: string } | undefined>;
+  readStream?(key: string, opts?: { into?: Buffer | (() => Promise<Buffer>) }): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file?: string } | undefined>;
   /** Remove; a missing key is a no-op. */
   delete(key: string): Promise<void>;
   /**

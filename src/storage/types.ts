@@ -145,6 +145,11 @@ export interface GetResult {
   info: ObjectInfo;
 }
 
+export interface GetStreamOptions {
+  /** The caller is done with each piece once it asks for the next (see ArchiveStore.getStream). */
+  transient?: boolean;
+}
+
 export interface ArchiveStore {
   /** The archive's location as the user gave it, with any secret removed. */
   readonly description: string;
@@ -166,9 +171,12 @@ export interface ArchiveStore {
   /**
    * An object as a stream of its uncompressed bytes: an encrypted one yields each chunk only once
    * it authenticated; the recorded checksum is checked at the end (IntegrityError then, after the
-   * bytes went out: a reader that must not act on unverified bytes waits for the end).
+   * bytes went out: a reader that must not act on unverified bytes waits for the end). With
+   * `transient`, each piece is valid only until the next one is asked for (the caller copies what
+   * it keeps): a plain object stored in a local directory is then read into a few buffers used
+   * again and again, its checksum computed on another thread.
    */
-  getStream?(name: string): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }>;
+  getStream?(name: string, opts?: GetStreamOptions): Promise<{ info: ObjectInfo; stream: AsyncIterable<Buffer> }>;
   /**
    * get, handing the bytes to `write` piece by piece as they are read, each piece valid only until
    * the promise `write` returned settles (it may be a view of a buffer read into again): memory of

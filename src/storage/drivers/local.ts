@@ -194,7 +194,7 @@ export class LocalDriver implements Driver {
     return this.publish(key, opts.noSync ?? false, true, (base, noSync) => this.writeTemp(base, body, noSync), meta, undefined);
   }
 
-  async readStream(key: string, opts: { into?: Buffer } = {}): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file: string } | undefined> {
+  async readStream(key: string, opts: { into?: Buffer | (() => Promise<Buffer>) } = {}): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file: string } | undefined> {
     return this.guard(`cannot read "${key}"`, async () => {
       const found = await this.locate(key);
       if (!found) return undefined;
@@ -218,13 +218,14 @@ export class LocalDriver implements Driver {
   }
 
   /**
-   * A file's bytes read into `buf` again and again (no fresh memory per piece: on a virtual
-   * machine, touching new pages costs more than reading the file). The file is closed when the
-   * pieces end or the reader stops asking (return()).
+   * A file's bytes read into `into` again and again, or into the buffer `into()` gives for each
+   * piece (no fresh memory per piece: on a virtual machine, touching new pages costs more than
+   * reading the file). The file is closed when the pieces end or the reader stops asking (return()).
    */
-  private async *readPieces(key: string, fh: FileHandle, buf: Buffer): AsyncGenerator<Buffer> {
+  private async *readPieces(key: string, fh: FileHandle, into: Buffer | (() => Promise<Buffer>)): AsyncGenerator<Buffer> {
     try {
       for (let pos = 0; ; ) {
+        const buf = typeof into === 'function' ? await into() : into;
         const { bytesRead } = await this.guard(`cannot read "${key}"`, () => fh.read(buf, 0, buf.length, pos));
         if (bytesRead === 0) return;
         pos += bytesRead;
