@@ -162,6 +162,9 @@ describe('fault: two receivers archiving into one archive, either one failing', 
                 // Gone: its last report to the primary stands, and must be held.
                 await checkFlushed(r, what);
                 start(r);
+                // Streaming again before the next fault: a first connection that fails ends the
+                // receiver by design (as pg_receivewal's; a service manager starts it again).
+                await r.proc!.waitForOutput(/starting log streaming/);
                 break;
               }
               case 'network cut': {
