@@ -54,11 +54,11 @@ export class StreamRecordCheck {
       this.segNo = segNo;
     }
     const problems = d.problemCount;
-    const proven = this.checkedTo;
+    const proven = d.checkedTo;
     d.write(piece);
     if (d.problemCount === problems) return undefined;
     // Nothing of this piece, or after it, is proven now, whatever the decoder reads next.
-    this.refusedAt = proven;
+    this.refusedAt = BigInt(proven);
     return d.firstProblem ?? { segment: '', offset: off, lsn: this.end, message: 'the WAL records do not check out' };
   }
 
