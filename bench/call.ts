@@ -3,7 +3,9 @@
 // call for a segment already prefetched into its spool (fetch --prefetch finds it there), and
 // `walstream push %p` into a local archive, against `node -e 0` on the same Node, `cp`, and
 // pgBackRest's archive-get / archive-push (synchronous, uncompressed, local repository), and
-// fetch and push with --verify-records, to show what the record check adds to a call.
+// fetch and push with --verify-records, to show what the record check adds to a call, and the two
+// calls the installed command (bin/walstream.sh) answers without Node: a prefetched fetch and a
+// push --parallel of a file an earlier call's look-ahead archived.
 // Every Node binary in BENCH_NODES (colon-separated paths; default: the one running this) runs
 // its own walstream and `node -e 0` cases; BENCH_COMPARE_BIN (another build's bin/walstream)
 // adds that build's walstream cases, marked "(compare)". The cases alternate within each round (the order
@@ -17,7 +19,7 @@
 // the call, and the spool's lock names this (live) process, so the call sees a running prefetch
 // worker and starts none, as in a catch-up. Everything runs as the current user.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PgCluster } from '../test/harness/pg.js';
 import { BIN } from '../test/support/cli.js';
@@ -33,6 +35,8 @@ const SEG_RE = /^[0-9A-F]{24}$/;
 interface Case {
   name: string;
   argv: string[];
+  /** Added to the environment. */
+  env?: Record<string, string>;
   /** Before the call, untimed. */
   before?: () => void;
   /** After the call, untimed. */
@@ -124,6 +128,10 @@ async function main(): Promise<void> {
     mkdirSync(spool, { mode: 0o700 });
     chmodSync(spool, 0o700);
     writeFileSync(join(spool, '.archive'), `${archive} `);
+    writeFileSync(join(spool, '.lock'), `${process.pid}\n`);
+    // push --parallel's markers: what an earlier call's look-ahead leaves for a file it archived.
+    const markers = join(spool, '..', 'markers');
+    mkdirSync(markers, { mode: 0o700 });
 
     const versions = new Map<string, string>();
     for (const node of NODES) {
@@ -142,6 +150,23 @@ async function main(): Promise<void> {
           after: () => rmSync(dest, { force: true }),
         });
         cases.push({ name: `walstream push${mark} (${v})`, argv: [node, bin, 'push', pushPath, '--archive', pushArchive], after: removePushed });
+        // What PostgreSQL runs as `walstream ...`: bin/walstream.sh answers these two without Node.
+        const installed = { WALSTREAM_NODE: node };
+        if (existsSync(`${bin}.sh`))
+          cases.push({
+            name: `walstream fetch, prefetched, installed${mark} (${v})`,
+            argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive, '--prefetch', '8', '--spool', spool],
+            env: installed,
+            before: () => copyFileSync(fetchPath, join(spool, fetched)),
+            after: () => rmSync(dest, { force: true }),
+          });
+        if (existsSync(`${bin}.sh`))
+          cases.push({
+            name: `walstream push --parallel 4, pushed, installed${mark} (${v})`,
+            argv: [`${bin}.sh`, 'push', pushPath, '--archive', pushArchive, '--parallel', '4', '--spool', markers],
+            env: installed,
+            before: () => writeFileSync(join(markers, `${pushed}.pushed`), ''),
+          });
         if (!mark) {
           // What the record check costs a call (issue 15: on by default only if under 10%).
           cases.push({ name: `walstream fetch --verify-records (${v})`, argv: [node, bin, 'fetch', fetched, dest, '--archive', archive, '--verify-records'], after: () => rmSync(dest, { force: true }) });
@@ -156,7 +181,7 @@ async function main(): Promise<void> {
       c.before?.();
       const t0 = childTicks();
       const start = performance.now();
-      const r = spawnSync(c.argv[0]!, c.argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+      const r = spawnSync(c.argv[0]!, c.argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], ...(c.env ? { env: { ...process.env, ...c.env } } : {}) });
       const ms = performance.now() - start;
       const used = childTicks() - t0;
       if (r.status !== 0) throw new Error(`${c.name}: exit ${r.status ?? r.signal}: ${r.stderr.toString().trim()}`);
@@ -193,6 +218,7 @@ async function main(): Promise<void> {
         console.log(`${v}${mark}: walstream fetch / pgbackrest archive-get ${ratio(`walstream fetch${mark} (${v})`, 'pgbackrest archive-get')}`);
         console.log(`${v}${mark}: walstream push / pgbackrest archive-push ${ratio(`walstream push${mark} (${v})`, 'pgbackrest archive-push')}`);
         console.log(`${v}${mark}: walstream fetch, prefetched / node -e 0 ${ratio(`walstream fetch, prefetched${mark} (${v})`, `node -e 0 (${v})`)}`);
+        console.log(`${v}${mark}: walstream fetch, prefetched, installed / node -e 0 ${ratio(`walstream fetch, prefetched, installed${mark} (${v})`, `node -e 0 (${v})`)}`);
         console.log(`${v}${mark}: walstream fetch / node -e 0 ${ratio(`walstream fetch${mark} (${v})`, `node -e 0 (${v})`)}`);
         console.log(`${v}${mark}: walstream push / node -e 0 ${ratio(`walstream push${mark} (${v})`, `node -e 0 (${v})`)}`);
       }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { PgCluster } from '../test/harness/pg.js';
 import { runAsPg } from '../test/harness/exec.js';
 import { startS3 } from '../test/harness/s3.js';
-import { walstreamCommand } from '../test/support/pgcommand.js';
+import { walstreamCommand, walstreamProgram } from '../test/support/pgcommand.js';
 import { median, selectCases } from './common.js';
 import { havePgBackRest, pgBackRestRepo, pgDir, tlsProxy, type PgBackRestRepo, type TlsProxy } from './peers.js';
 
@@ -187,8 +187,8 @@ async function main(): Promise<void> {
 
 /** Node and bin/walstream as the PostgreSQL OS user can reach them (walstreamCommand stages them when needed). */
 function walstreamArgv(): [string, string] {
-  const [node, bin] = walstreamCommand(['--version']).split(' ');
-  return [node!, bin!];
+  const { node, bin } = walstreamProgram();
+  return [node, bin];
 }
 
 main().catch((err: unknown) => {

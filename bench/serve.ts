@@ -32,7 +32,7 @@ import pg from 'pg';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { freePort, PgCluster, toolBinDir } from '../test/harness/pg.js';
 import { cleanEnv, harnessTmpRoot, pgOsUser, runAsPg } from '../test/harness/exec.js';
-import { walstreamCommand } from '../test/support/pgcommand.js';
+import { walstreamCommand, walstreamProgram } from '../test/support/pgcommand.js';
 import { lsnOf, segName, SEG_RE } from '../test/support/walfiles.js';
 import { measure, median, processCpuSeconds, requireGnuTime, startS3Process, type Measurement, type S3Process } from './common.js';
 import { havePgBackRest, pgBackRestRepo, pgDir, tlsProxy, type PgBackRestRepo } from './peers.js';
@@ -237,8 +237,8 @@ process.on('exit', () => {
 
 /** Node and bin/walstream as the PostgreSQL OS user can reach them. */
 function walstreamArgv(): [string, string] {
-  const [node, bin] = walstreamCommand(['--version']).split(' ');
-  return [node!, bin!];
+  const { node, bin } = walstreamProgram();
+  return [node, bin];
 }
 
 interface Served {

@@ -1,6 +1,6 @@
 // `walstream restore`: options and output of the restore command (commands/restore.ts). Errors
 // are thrown as one-line Errors for main() to print (exit status 1).
-import { realpathSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { ArchiveStore } from '../storage/types.js';
@@ -34,7 +34,11 @@ function parseMapping(v: string, previous: Map<string, string>): Map<string, str
   return out;
 }
 
-/** The walstream program as restore_command runs it: this Node and this bin script, absolute. */
+/**
+ * The walstream program as restore_command runs it, absolute: the installed command
+ * (bin/walstream.sh, which serves a prefetched segment without starting Node) told to run this
+ * Node, or this Node and this bin script where the shell script is not beside it.
+ */
 function programPath(): string[] {
   const script = process.argv[1];
   if (!script) throw new Error('cannot tell where the walstream program is');
@@ -44,6 +48,7 @@ function programPath(): string[] {
   } catch {
     // keep the path as given
   }
+  if (existsSync(`${bin}.sh`)) return ['env', `WALSTREAM_NODE=${process.execPath}`, `${bin}.sh`];
   return [process.execPath, bin];
 }
 

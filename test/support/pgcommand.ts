@@ -42,11 +42,18 @@ export function walstreamProgram(): { node: string; bin: string } {
   return stage();
 }
 
-/** A shell command line running walstream with `args`, for postgresql.conf (args are shell-quoted). */
+/**
+ * A shell command line running walstream with `args`, for postgresql.conf (args are shell-quoted):
+ * the walstream command as users install it (bin/walstream.sh, which answers a prefetched fetch
+ * or a push already archived without Node), on this Node.
+ */
 export function walstreamCommand(args: string[]): string {
   const { node, bin } = stage();
-  const q = (s: string): string => (/^[A-Za-z0-9_%./:=-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
-  return [node, bin, ...args].map(q).join(' ');
+  return [`WALSTREAM_NODE=${q(node)}`, ...[`${bin}.sh`, ...args].map(q)].join(' ');
+}
+
+function q(s: string): string {
+  return /^[A-Za-z0-9_%./:=-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** A directory the PostgreSQL OS user owns (an archive that archive_command writes to). */

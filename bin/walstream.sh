@@ -1,0 +1,185 @@
+#!/bin/sh
+# The walstream command (package.json "bin"). PostgreSQL runs restore_command and archive_command
+# once per WAL file, and starting Node costs 70-100 ms a call. Two calls need nothing Node does,
+# so this script answers them itself:
+#   walstream fetch %f %p --prefetch ...   when the prefetch worker already holds %f in its spool
+#   walstream push %p --parallel N ...     when an earlier call's look-ahead already archived %p
+# Both only move or remove a file that a walstream process left once its work was complete and
+# durable, in a directory private to its owner. The checks are those commands/fetch.ts and
+# commands/push.ts make on the same path. Anything else, and any doubt (an option this script does
+# not read, a repeated one, a spool that does not answer), goes to bin/walstream on Node, which
+# decides as if this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
+# WALSTREAM_NODE names the Node binary (default: node on PATH).
+
+ws_node() {
+  self=$0
+  case $self in */*) ;; *) self=$(command -v -- "$self") || self=$0 ;; esac
+  real=$(readlink -f -- "$self" 2>/dev/null) || real=$self
+  exec "${WALSTREAM_NODE:-node}" "${real%/*}/walstream" "$@"
+}
+
+# The options of the two calls, as commander reads them: --name VALUE or --name=VALUE, each at
+# most once, a value never starting with "-"; fetch's --prefetch takes the next word as its value
+# unless that starts with "-". Sets ws_* variables; returns 1 for anything else.
+ws_parse() {
+  ws_cmd=$1
+  shift
+  ws_npos=0 ws_pos1= ws_pos2= ws_seen=' ' ws_want=
+  for ws_a do
+    if [ -n "$ws_want" ]; then
+      case $ws_a in
+        -*)
+          [ "$ws_want" = prefetch-optional ] || return 1
+          ws_set prefetch 8 || return 1
+          ws_want=
+          ;;
+        *)
+          ws_set "${ws_want%-optional}" "$ws_a" || return 1
+          ws_want=
+          continue
+          ;;
+      esac
+    fi
+    case $ws_cmd:$ws_a in
+      *:--archive | *:--s3-endpoint | *:--spool | *:--encryption-key-file | push:--parallel)
+        ws_want=${ws_a#--}
+        ;;
+      *:--archive=* | *:--s3-endpoint=* | *:--spool=* | *:--encryption-key-file=* | push:--parallel=* | fetch:--prefetch=*)
+        ws_k=${ws_a%%=*}
+        ws_set "${ws_k#--}" "${ws_a#*=}" || return 1
+        ;;
+      fetch:--prefetch)
+        ws_want=prefetch-optional
+        ;;
+      *:--encryption-required | fetch:--partial | push:--no-sync)
+        ws_set "${ws_a#--}" 1 || return 1
+        ;;
+      *:-*)
+        return 1
+        ;;
+      *)
+        ws_npos=$((ws_npos + 1))
+        case $ws_npos in
+          1) ws_pos1=$ws_a ;;
+          2) ws_pos2=$ws_a ;;
+          *) return 1 ;;
+        esac
+        ;;
+    esac
+  done
+  case $ws_want in
+    '') ;;
+    prefetch-optional) ws_set prefetch 8 || return 1 ;;
+    *) return 1 ;;
+  esac
+}
+
+ws_set() {
+  case $ws_seen in *" $1 "*) return 1 ;; esac
+  ws_seen="$ws_seen$1 "
+  case $1 in
+    archive) ws_archive=$2 ;;
+    s3-endpoint) ws_endpoint=$2 ;;
+    spool) ws_spool=$2 ;;
+    parallel) ws_parallel=$2 ;;
+    prefetch) ws_prefetch=$2 ;;
+  esac
+}
+
+ws_given() {
+  case $ws_seen in *" $1 "*) return 0 ;; esac
+  return 1
+}
+
+# A flag's variable as the command line reads it: on unless unset, empty, 0, false, no or off.
+# Here any value but unset or empty counts as on (the only cost of a wrong "on" is Node).
+ws_env_on() {
+  eval "[ -n \"\${$1:-}\" ]"
+}
+
+# 1 to 64, as cli/options.ts parsePositiveInt takes it (leading zeros go to Node).
+ws_count() {
+  case $1 in [1-9] | [1-5][0-9] | 6[0-4]) return 0 ;; esac
+  return 1
+}
+
+ws_segment_name() {
+  case $1 in
+    [0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F]) return 0 ;;
+  esac
+  return 1
+}
+
+# Mode (hex, as stat %f prints it) of a directory no other user can write to.
+ws_private_dir() {
+  [ $((0x$1 & 0xF000)) -eq $((0x4000)) ] && [ $((0x$1 & 0x12)) -eq 0 ]
+}
+
+ws_regular_file() {
+  [ $((0x$1 & 0xF000)) -eq $((0x8000)) ]
+}
+
+# fetch %f %p from the spool (commands/fetch.ts with archive/prefetch.ts prepareSpool and
+# takeFromSpool): the spool serves this archive, and holds %f complete (its size the one its first
+# page header gives). The worker renames a segment into the spool only once it is verified and
+# fsynced.
+ws_fetch() {
+  ws_parse "$@" || return 1
+  [ "$ws_npos" -eq 2 ] || return 1
+  ws_given archive || ws_archive=${WALSTREAM_ARCHIVE-}
+  ws_given s3-endpoint || ws_endpoint=${AWS_ENDPOINT_URL-}
+  ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-prefetch}
+  ws_given prefetch || ws_prefetch=${WALSTREAM_PREFETCH-}
+  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_prefetch" || return 1
+  ! ws_env_on WALSTREAM_VERBOSE && ! ws_env_on WALSTREAM_VERIFY_RECORDS || return 1
+  ws_segment_name "$ws_pos1" || return 1
+  ws_file=$ws_spool/$ws_pos1
+  [ -f "$ws_file" ] || return 1
+  # The archive the spool holds segments of, written whole without a newline.
+  ws_held=
+  [ -f "$ws_spool/.archive" ] || return 1
+  ! IFS= read -r ws_held 2>/dev/null <"$ws_spool/.archive" || return 1
+  [ "$ws_held" = "$ws_archive $ws_endpoint" ] || return 1
+  ws_st=$(stat -L -c '%f %s' -- "$ws_spool" "$ws_file" 2>/dev/null) || return 1
+  set -- $ws_st
+  [ $# -eq 4 ] && ws_private_dir "$1" && ws_regular_file "$3" || return 1
+  ws_size=$4
+  ws_seg=$(od -An -tu4 -j32 -N4 -- "$ws_file" 2>/dev/null) || return 1
+  ws_seg=${ws_seg#"${ws_seg%%[! ]*}"}
+  case $ws_seg in
+    1048576 | 2097152 | 4194304 | 8388608 | 16777216 | 33554432 | 67108864 | 134217728 | 268435456 | 536870912 | 1073741824) ;;
+    *) return 1 ;;
+  esac
+  [ "$ws_size" = "$ws_seg" ] || return 1
+  # A new name for the same file: %p is never seen half-written. Across file systems (no hard
+  # link), or onto a directory, Node takes over (it copies, or says what is wrong).
+  ln -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
+  rm -f -- "$ws_file"
+  exit 0
+}
+
+# push %p --parallel N (commands/push.ts prepareMarkers and takeMarker): an earlier call's
+# look-ahead archived %p durably and left <name>.pushed in the marker directory.
+ws_push() {
+  ws_parse "$@" || return 1
+  [ "$ws_npos" -eq 1 ] || return 1
+  ws_given archive || ws_archive=${WALSTREAM_ARCHIVE-}
+  ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-push}
+  ws_given parallel || ws_parallel=${WALSTREAM_PARALLEL-}
+  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_parallel" && [ "$ws_parallel" -gt 1 ] || return 1
+  ! ws_env_on WALSTREAM_VERBOSE && ! ws_env_on WALSTREAM_COMPRESS || return 1
+  ws_name=${ws_pos1##*/}
+  ws_segment_name "$ws_name" || return 1
+  ws_marker=$ws_spool/$ws_name.pushed
+  [ -f "$ws_marker" ] || return 1
+  ws_st=$(stat -L -c '%f' -- "$ws_spool" 2>/dev/null) || return 1
+  ws_private_dir "$ws_st" || return 1
+  rm -- "$ws_marker" 2>/dev/null || return 1
+  exit 0
+}
+
+case ${1-} in
+  fetch) ws_fetch "$@" ;;
+  push) ws_push "$@" ;;
+esac
+ws_node "$@"
