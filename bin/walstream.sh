@@ -140,10 +140,12 @@ ws_fetch() {
   [ -f "$ws_spool/.archive" ] || return 1
   ! IFS= read -r ws_held 2>/dev/null <"$ws_spool/.archive" || return 1
   [ "$ws_held" = "$ws_archive $ws_endpoint" ] || return 1
-  ws_st=$(stat -L -c '%f %s' -- "$ws_spool" "$ws_file" 2>/dev/null) || return 1
+  # %p's directory: a rename needs the same file system.
+  case $ws_pos2 in */*) ws_destdir=${ws_pos2%/*} ;; *) ws_destdir=. ;; esac
+  ws_st=$(stat -L -c '%f %s %d' -- "$ws_spool" "$ws_file" "${ws_destdir:-/}" 2>/dev/null) || return 1
   set -- $ws_st
-  [ $# -eq 4 ] && ws_private_dir "$1" && ws_regular_file "$3" || return 1
-  ws_size=$4
+  [ $# -eq 9 ] && ws_private_dir "$1" && ws_regular_file "$4" && [ "$6" = "$9" ] || return 1
+  ws_size=$5
   ws_seg=$(od -An -tu4 -j32 -N4 -- "$ws_file" 2>/dev/null) || return 1
   ws_seg=${ws_seg#"${ws_seg%%[! ]*}"}
   case $ws_seg in
@@ -151,10 +153,9 @@ ws_fetch() {
     *) return 1 ;;
   esac
   [ "$ws_size" = "$ws_seg" ] || return 1
-  # A new name for the same file: %p is never seen half-written. Across file systems (no hard
-  # link), or onto a directory, Node takes over (it copies, or says what is wrong).
-  ln -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
-  rm -f -- "$ws_file"
+  # One rename: %p is never seen half-written. Onto a directory it fails, changing nothing, and
+  # Node says what is wrong; across file systems Node copies.
+  mv -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
   exit 0
 }
 

@@ -6,7 +6,7 @@
 // answer must reach Node with its arguments as given, having changed nothing.
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseFastCommand } from '../../src/cli/fast-path.js';
@@ -106,6 +106,13 @@ describe('bin/walstream.sh', () => {
       { why: 'push with no archive', args: ['push', `pg_wal/${SEG}`, '--parallel', '4'] },
       { why: 'push -Z', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4', '-Z', 'gzip'] },
     ];
+    // %p on another file system than the spool (a rename cannot do it: Node copies).
+    const shm = '/dev/shm';
+    if (existsSync(shm) && statSync(shm).dev !== statSync(tmpdir()).dev) {
+      const other = mkdtempSync(join(shm, 'walstream-sh-'));
+      dirs.push(other);
+      cases.push({ why: '%p on another file system', args: ['fetch', SEG, join(other, 'RECOVERYXLOG'), ...usual.slice(3)] });
+    }
     for (const c of cases) {
       const { cwd, fakeNode, argsFile } = setUp();
       c.prepare?.(cwd);
