@@ -199,11 +199,11 @@ async function main(): Promise<void> {
     const pad = (s: string, n: number): string => s.padEnd(n);
     const f = (x: number): string => x.toFixed(1);
     console.log(`\none call, one 16 MB segment, local archive and repository: ${RUNS} alternating rounds after a warm-up`);
-    console.log(`${pad('case', 52)}${pad('median ms', 11)}${pad('p25-p75', 15)}${pad('min-max', 15)}mean CPU ms`);
+    console.log(`${pad('case', 60)}${pad('median ms', 11)}${pad('p25-p75', 15)}${pad('min-max', 15)}mean CPU ms`);
     for (const c of cases) {
       const w = wall.get(c.name)!;
       console.log(
-        `${pad(c.name, 52)}${pad(f(median(w)), 11)}${pad(`${f(quantile(w, 0.25))}-${f(quantile(w, 0.75))}`, 15)}${pad(`${f(Math.min(...w))}-${f(Math.max(...w))}`, 15)}${f((ticks.get(c.name)! * TICK_MS) / RUNS)}`,
+        `${pad(c.name, 60)}${pad(f(median(w)), 11)}${pad(`${f(quantile(w, 0.25))}-${f(quantile(w, 0.75))}`, 15)}${pad(`${f(Math.min(...w))}-${f(Math.max(...w))}`, 15)}${f((ticks.get(c.name)! * TICK_MS) / RUNS)}`,
       );
     }
     const m = (name: string): number | undefined => (wall.has(name) ? median(wall.get(name)!) : undefined);
