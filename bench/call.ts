@@ -132,6 +132,7 @@ async function main(): Promise<void> {
     // push --parallel's markers: what an earlier call's look-ahead leaves for a file it archived.
     const markers = join(spool, '..', 'markers');
     mkdirSync(markers, { mode: 0o700 });
+    writeFileSync(join(markers, '.archive'), `${pushArchive} `);
 
     const versions = new Map<string, string>();
     for (const node of NODES) {

@@ -12,10 +12,18 @@
 # WALSTREAM_NODE names the Node binary (default: node on PATH).
 
 ws_node() {
-  self=$0
-  case $self in */*) ;; *) self=$(command -v -- "$self") || self=$0 ;; esac
-  real=$(readlink -f -- "$self" 2>/dev/null) || real=$self
-  exec "${WALSTREAM_NODE:-node}" "${real%/*}/walstream" "$@"
+  ws_self=$0
+  case $ws_self in */*) ;; *) ws_self=$(command -v -- "$ws_self") || ws_self=$0 ;; esac
+  # npm installs the command as a symbolic link (node_modules/.bin, /usr/bin): follow it, one
+  # link at a time where readlink has no -f.
+  if ! ws_real=$(readlink -f -- "$ws_self" 2>/dev/null) || [ -z "$ws_real" ]; then
+    ws_real=$ws_self
+    while [ -L "$ws_real" ]; do
+      ws_link=$(readlink -- "$ws_real") || break
+      case $ws_link in /*) ws_real=$ws_link ;; *) ws_real=${ws_real%/*}/$ws_link ;; esac
+    done
+  fi
+  exec "${WALSTREAM_NODE:-node}" "${ws_real%/*}/walstream" "$@"
 }
 
 # The options of the two calls, as commander reads them: --name VALUE or --name=VALUE, each at
@@ -91,6 +99,31 @@ ws_given() {
   return 1
 }
 
+# A spool or marker directory the script may use: Node resolves its path as text (path.resolve
+# drops "a/.." without following a link at a), the kernel would not, so such paths go to Node; it
+# must be private to its owner (mode in hex, as stat %f prints it) and readable, as Node reads it.
+ws_usable_dir() {
+  case /$1/ in */../*) return 1 ;; esac
+  [ -r "$1" ] && [ -x "$1" ] || return 1
+  [ $((0x$2 & 0xF000)) -eq $((0x4000)) ] && [ $((0x$2 & 0x12)) -eq 0 ]
+}
+
+# The archive a spool or marker directory serves (.archive: the archive and endpoint as given,
+# written whole without a newline) must be this call's.
+ws_same_archive() {
+  ws_held=
+  [ -f "$1/.archive" ] || return 1
+  ! IFS= read -r ws_held 2>/dev/null <"$1/.archive" || return 1
+  [ "$ws_held" = "$ws_archive $ws_endpoint" ]
+}
+
+# What makes the command line refuse a call or print something: a log format it does not take
+# (commander checks the choice even when nothing is logged), verbose output, the record check.
+ws_quiet_env() {
+  case ${WALSTREAM_LOG_FORMAT-text} in text | json) ;; *) return 1 ;; esac
+  ! ws_env_on WALSTREAM_VERBOSE && ! ws_env_on WALSTREAM_VERIFY_RECORDS
+}
+
 # A flag's variable as the command line reads it: on unless unset, empty, 0, false, no or off.
 # Here any value but unset or empty counts as on (the only cost of a wrong "on" is Node).
 ws_env_on() {
@@ -110,15 +143,6 @@ ws_segment_name() {
   return 1
 }
 
-# Mode (hex, as stat %f prints it) of a directory no other user can write to.
-ws_private_dir() {
-  [ $((0x$1 & 0xF000)) -eq $((0x4000)) ] && [ $((0x$1 & 0x12)) -eq 0 ]
-}
-
-ws_regular_file() {
-  [ $((0x$1 & 0xF000)) -eq $((0x8000)) ]
-}
-
 # fetch %f %p from the spool (commands/fetch.ts with archive/prefetch.ts prepareSpool and
 # takeFromSpool): the spool serves this archive, and holds %f complete (its size the one its first
 # page header gives). The worker renames a segment into the spool only once it is verified and
@@ -130,22 +154,14 @@ ws_fetch() {
   ws_given s3-endpoint || ws_endpoint=${AWS_ENDPOINT_URL-}
   ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-prefetch}
   ws_given prefetch || ws_prefetch=${WALSTREAM_PREFETCH-}
-  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_prefetch" || return 1
-  ! ws_env_on WALSTREAM_VERBOSE && ! ws_env_on WALSTREAM_VERIFY_RECORDS || return 1
+  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_prefetch" && ws_quiet_env || return 1
   ws_segment_name "$ws_pos1" || return 1
   ws_file=$ws_spool/$ws_pos1
-  [ -f "$ws_file" ] || return 1
-  # The archive the spool holds segments of, written whole without a newline.
-  ws_held=
-  [ -f "$ws_spool/.archive" ] || return 1
-  ! IFS= read -r ws_held 2>/dev/null <"$ws_spool/.archive" || return 1
-  [ "$ws_held" = "$ws_archive $ws_endpoint" ] || return 1
-  # %p's directory: a rename needs the same file system.
-  case $ws_pos2 in */*) ws_destdir=${ws_pos2%/*} ;; *) ws_destdir=. ;; esac
-  ws_st=$(stat -L -c '%f %s %d' -- "$ws_spool" "$ws_file" "${ws_destdir:-/}" 2>/dev/null) || return 1
+  [ -f "$ws_file" ] && ws_same_archive "$ws_spool" || return 1
+  ws_st=$(stat -L -c '%f %s' -- "$ws_spool" "$ws_file" 2>/dev/null) || return 1
   set -- $ws_st
-  [ $# -eq 9 ] && ws_private_dir "$1" && ws_regular_file "$4" && [ "$6" = "$9" ] || return 1
-  ws_size=$5
+  [ $# -eq 4 ] && ws_usable_dir "$ws_spool" "$1" && [ $((0x$3 & 0xF000)) -eq $((0x8000)) ] || return 1 # a regular file
+  ws_size=$4
   ws_seg=$(od -An -tu4 -j32 -N4 -- "$ws_file" 2>/dev/null) || return 1
   ws_seg=${ws_seg#"${ws_seg%%[! ]*}"}
   case $ws_seg in
@@ -153,28 +169,32 @@ ws_fetch() {
     *) return 1 ;;
   esac
   [ "$ws_size" = "$ws_seg" ] || return 1
-  # One rename: %p is never seen half-written. Onto a directory it fails, changing nothing, and
-  # Node says what is wrong; across file systems Node copies.
-  mv -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
+  # A second name for the file, then the spool's removed: %p is never seen half-written, and a
+  # link never falls back to copying (mv does, across file systems and mounts). Where it cannot
+  # be made, or %p is a directory, Node copies the file or says what is wrong.
+  ln -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
+  rm -f -- "$ws_file"
   exit 0
 }
 
 # push %p --parallel N (commands/push.ts prepareMarkers and takeMarker): an earlier call's
-# look-ahead archived %p durably and left <name>.pushed in the marker directory.
+# look-ahead archived %p durably into this archive and left <name>.pushed in the marker directory.
 ws_push() {
   ws_parse "$@" || return 1
   [ "$ws_npos" -eq 1 ] || return 1
   ws_given archive || ws_archive=${WALSTREAM_ARCHIVE-}
+  ws_given s3-endpoint || ws_endpoint=${AWS_ENDPOINT_URL-}
   ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-push}
   ws_given parallel || ws_parallel=${WALSTREAM_PARALLEL-}
-  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_parallel" && [ "$ws_parallel" -gt 1 ] || return 1
-  ! ws_env_on WALSTREAM_VERBOSE && ! ws_env_on WALSTREAM_COMPRESS || return 1
+  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_parallel" && [ "$ws_parallel" -gt 1 ] && ws_quiet_env || return 1
+  # Compression is read by the command line's parser, which refuses what it does not take.
+  [ -z "${WALSTREAM_COMPRESS+set}" ] || return 1
   ws_name=${ws_pos1##*/}
   ws_segment_name "$ws_name" || return 1
   ws_marker=$ws_spool/$ws_name.pushed
-  [ -f "$ws_marker" ] || return 1
+  [ -f "$ws_marker" ] && ws_same_archive "$ws_spool" || return 1
   ws_st=$(stat -L -c '%f' -- "$ws_spool" 2>/dev/null) || return 1
-  ws_private_dir "$ws_st" || return 1
+  ws_usable_dir "$ws_spool" "$ws_st" || return 1
   rm -- "$ws_marker" 2>/dev/null || return 1
   exit 0
 }

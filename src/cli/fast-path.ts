@@ -244,6 +244,7 @@ export async function runFastPath(argv: readonly string[], env: NodeJS.ProcessEn
           noSync: !c.sync,
           parallel: c.parallel,
           markers: resolve(c.spool ?? '.walstream-push'),
+          archiveKey: `${c.archive} ${c.s3Endpoint ?? ''}`,
           encryption: { encrypts: false, requireEncrypted: false },
           log,
         });

@@ -312,6 +312,7 @@ function registerPushCommand(program: Command, deps: CommandDeps): void {
           noSync: opts.sync === false,
           parallel: opts.parallel,
           markers: resolve(opts.spool ?? '.walstream-push'),
+          archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`,
           encryption: { encrypts: encryptionConfigured(opts), requireEncrypted: opts.encryptionRequired === true },
           verifyRecords: opts.verifyRecords === true,
           log: deps.logger(opts.verbose === true),

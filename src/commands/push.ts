@@ -2,7 +2,7 @@
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
 import { availableParallelism } from 'node:os';
-import { mkdir, open, readdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { checkSegmentPages, IncrementalPageChecker, readLongPageHeader, LONG_PAGE_HEADER_SIZE, type LongPageHeader } from '../wal/page.js';
 import { HISTORY_NAME_RE, POSTGRES_WAL_FILE_RE, SEGMENT_FILE_RE, WAL_NAME_RE, isValidSegSize, parseWalFileName } from '../wal/segment.js';
@@ -29,6 +29,11 @@ export interface PushOptions {
    * the archive (and a shell can do the same: see the README).
    */
   markers?: string;
+  /**
+   * Names the archive for the marker directory (the location as given and the S3 endpoint, without
+   * secrets, as fetch names it for its spool): a marker only stands for a file in this archive.
+   */
+  archiveKey?: string;
   /**
    * Whether the archive is written with a key (and --encryption-required): an archive whose
    * identity record says it is encrypted refuses a push without one, before anything is written.
@@ -113,19 +118,38 @@ const LOOKAHEAD_PER_WORKER = 32;
  */
 const LOOKAHEAD_MAX = 256;
 
+/** The marker directory's record of the archive its markers stand for (bin/walstream.sh reads it too). */
+const MARKERS_ARCHIVE = '.archive';
+
 /**
  * Create the marker directory (0700), refusing one other users can write to (a planted marker
- * would make PostgreSQL drop a segment that was never archived), and remove the markers of files
- * older than `asked`: PostgreSQL archives in order, so it will not ask for those again.
+ * would make PostgreSQL drop a segment that was never archived). Markers left for another archive
+ * (archive_command changed, or the directory copied into a standby's data directory by a base
+ * backup) are all removed, and the directory is recorded as this archive's. Then the markers of
+ * files older than `asked` go: PostgreSQL archives in order, so it will not ask for those again.
  */
-async function prepareMarkers(dir: string, asked: string): Promise<void> {
+async function prepareMarkers(dir: string, asked: string, archiveKey: string): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const st = await stat(dir);
   if (!st.isDirectory() || (st.mode & 0o022) !== 0) throw new PushError(`push marker directory "${dir}" is not a directory private to its owner; use chmod 700 or another --spool`);
+  let held: string | undefined;
+  try {
+    held = await readFile(join(dir, MARKERS_ARCHIVE), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const otherArchive = held !== archiveKey;
   for (const f of await readdir(dir)) {
-    if (f.endsWith(MARKER_SUFFIX) && WAL_NAME_RE.test(f.slice(0, -MARKER_SUFFIX.length)) && f.slice(0, -MARKER_SUFFIX.length) < asked && WAL_NAME_RE.test(asked)) {
-      await unlink(join(dir, f)).catch(() => undefined);
-    }
+    if (!f.endsWith(MARKER_SUFFIX)) continue;
+    const n = f.slice(0, -MARKER_SUFFIX.length);
+    if (otherArchive || (WAL_NAME_RE.test(n) && n < asked && WAL_NAME_RE.test(asked))) await unlink(join(dir, f)).catch(() => undefined);
+  }
+  if (otherArchive) {
+    // Written whole, then renamed: a torn record never names an archive. One fixed temp name (a
+    // leftover is overwritten by the next call).
+    const tmp = join(dir, `${MARKERS_ARCHIVE}.tmp`);
+    await writeFile(tmp, archiveKey, { mode: 0o600 });
+    await rename(tmp, join(dir, MARKERS_ARCHIVE));
   }
 }
 
@@ -227,7 +251,7 @@ export async function push(o: PushOptions): Promise<'created' | 'exists'> {
   // Several segments at once: hash them on other cores than the one issuing the I/O.
   if (parallel > 1) useHashThreads(Math.min(parallel, availableParallelism()));
   if (markers !== undefined) {
-    await prepareMarkers(markers, name);
+    await prepareMarkers(markers, name, o.archiveKey ?? '');
     if (await takeMarker(markers, name)) {
       o.log.verbose(`${name}: archived by an earlier call's look-ahead`);
       return 'exists';

@@ -3,7 +3,7 @@
 // page checked before anything is published, nothing left behind when a check fails, and the
 // whole-file way (which compares copies) when the archive already holds the name.
 import { describe, expect, it } from 'vitest';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { push, PushError } from '../../src/commands/push.js';
 import { MemoryStore } from '../../src/storage/memory.js';
@@ -85,5 +85,31 @@ describe('push of one plain segment into a local archive', () => {
     expect(short).toBeInstanceOf(PushError);
     expect((short as Error).message).toBe(`${FIXTURE_NAME}: file has ${700 * 1024} bytes, but its segment size is ${1024 * 1024}`);
     expect(stored(local)).toEqual([]);
+  });
+});
+
+describe('push --parallel markers', () => {
+  it('stand only for files in the archive they were left for: markers of another archive are removed, and the file is pushed', async () => {
+    const wal = tmp();
+    const path = join(wal, FIXTURE_NAME);
+    writeFileSync(path, fixtureSegment());
+    const markers = join(tmp(), 'markers');
+    const { store } = archive();
+    const pushWith = (archiveKey: string) => push({ path, openStore: async () => store, compression: 'none', noSync: true, parallel: 2, markers, archiveKey, log: silentLogger });
+    // A marker left for this file while the directory served archive A.
+    expect(await pushWith('/a ')).toBe('created');
+    expect(readFileSync(join(markers, '.archive'), 'utf8')).toBe('/a ');
+    writeFileSync(join(markers, `${FIXTURE_NAME}.pushed`), '');
+    // Now archive_command names archive B: the marker does not answer, the file goes to B.
+    await store.delete(FIXTURE_NAME);
+    expect(await pushWith('/b ')).toBe('created');
+    expect(existsSync(join(markers, `${FIXTURE_NAME}.pushed`))).toBe(false);
+    expect(readFileSync(join(markers, '.archive'), 'utf8')).toBe('/b ');
+    expect((await store.get(FIXTURE_NAME)).data.equals(fixtureSegment())).toBe(true);
+    // For B's own marker the call is answered by it, without reading the archive.
+    writeFileSync(join(markers, `${FIXTURE_NAME}.pushed`), '');
+    await store.delete(FIXTURE_NAME);
+    expect(await pushWith('/b ')).toBe('exists');
+    expect(await store.head(FIXTURE_NAME)).toBeUndefined();
   });
 });

@@ -35,6 +35,7 @@ function setUp(): { cwd: string; fakeNode: string; argsFile: string } {
   }
   for (const markers of ['.walstream-push', 'spool']) {
     mkdirSync(join(cwd, markers), { recursive: true, mode: 0o700 });
+    writeFileSync(join(cwd, markers, '.archive'), '/arch ');
     writeFileSync(join(cwd, markers, `${SEG}.pushed`), '');
   }
   writeFileSync(join(cwd, 'pg_wal', SEG), segment(SEG_SIZE));
@@ -104,6 +105,12 @@ describe('bin/walstream.sh', () => {
       { why: 'push with compression', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4'], env: { WALSTREAM_COMPRESS: 'gzip' } },
       { why: 'push, markers other users can write to', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4'], prepare: (cwd) => chmodSync(join(cwd, '.walstream-push'), 0o777) },
       { why: 'push with no archive', args: ['push', `pg_wal/${SEG}`, '--parallel', '4'] },
+      { why: 'push, markers left for another archive', args: ['push', `pg_wal/${SEG}`, '--archive', '/other', '--parallel', '4'] },
+      { why: 'push, markers of no recorded archive', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4'], prepare: (cwd) => rmSync(join(cwd, '.walstream-push', '.archive')) },
+      { why: 'push with an empty WALSTREAM_COMPRESS', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4'], env: { WALSTREAM_COMPRESS: '' } },
+      { why: 'a log format the command line refuses', env: { WALSTREAM_LOG_FORMAT: 'bogus' } },
+      { why: 'a spool path through ..', args: [...usual, '--spool', 'pg_wal/../spool'] },
+      { why: 'a marker path through ..', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4', '--spool', 'pg_wal/../spool'] },
       { why: 'push -Z', args: ['push', `pg_wal/${SEG}`, '--archive', '/arch', '--parallel', '4', '-Z', 'gzip'] },
     ];
     // %p on another file system than the spool (a rename cannot do it: Node copies).
@@ -207,6 +214,7 @@ describe('bin/walstream.sh', () => {
         expect(readFileSync(resolve(cwd, c!.dest)).equals(segment(SEG_SIZE))).toBe(true);
       } else {
         expect(c!.parallel, args.join(' ')).toBeGreaterThan(1);
+        expect(`${c!.archive} ${c!.s3Endpoint ?? ''}`).toBe(readFileSync(join(resolve(cwd, c!.spool ?? '.walstream-push'), '.archive'), 'utf8'));
         expect(existsSync(join(resolve(cwd, c!.spool ?? '.walstream-push'), `${basename(c!.path)}.pushed`)), args.join(' ')).toBe(false);
       }
     }
