@@ -56,7 +56,15 @@ export async function createSlot(pg: PgCluster, slot: string, reserve = true): P
   return reserve ? slotRestartLsn(pg, slot) : 0n;
 }
 
+/**
+ * The primary's flush position, at the end of a record. The WAL writer flushes whole pages, so
+ * a background record (running transactions, every 15 s) crossing a page boundary can leave the
+ * flush position inside that record until the next commit, where a receiver, which counts bytes
+ * durable only up to the start of the record in progress, cannot reach it: a transaction of its
+ * own commits first, flushing everything before its commit record.
+ */
 export async function flushLsn(pg: PgCluster): Promise<bigint> {
+  await pg.query('select txid_current()');
   const [row] = await pg.query<{ lsn: string }>('select pg_current_wal_flush_lsn()::text as lsn');
   return lsnOf(row!.lsn);
 }
