@@ -7,7 +7,8 @@
 // Knobs: BENCH_WAL_MB, BENCH_RUNS (default 5), BENCH_ARCHIVE=1 (also walstream receive --archive
 // DIR into a fresh archive directory), BENCH_COMPARE_BIN (another build's bin/walstream: its
 // cases run alternated with this one's), BENCH_CPU_PROF (a directory: walstream runs under
-// node --cpu-prof, one profile per run there).
+// node --cpu-prof, one profile per run there), BENCH_NODE_VARIANTS (node options, sets separated by
+// ';': each set adds walstream's cases run under those options, e.g. '--single-threaded-gc').
 import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +23,10 @@ const SEG_MB = Number(process.env['BENCH_SEG_MB'] ?? 16);
 const ARCHIVE = /^(1|true|yes)$/i.test(process.env['BENCH_ARCHIVE'] ?? '');
 const COMPARE_BIN = process.env['BENCH_COMPARE_BIN'];
 const CPU_PROF = process.env['BENCH_CPU_PROF'];
+const NODE_VARIANTS = (process.env['BENCH_NODE_VARIANTS'] ?? '')
+  .split(';')
+  .map((v) => v.trim())
+  .filter((v) => v !== '');
 /** Issue 13's targets, against pg_receivewal in the same run. */
 const TARGET = { wall: 0.9, cpu: 1.5, rssMb: 100 };
 
@@ -72,8 +77,8 @@ async function main(): Promise<void> {
     };
     let profiles = 0;
     const node = (): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF, '--cpu-prof-name', `receive-${++profiles}.cpuprofile`] : [])];
-    const walstream = (bin: string, label: string): Case[] => {
-      const base = (dir: string): string[] => [...node(), bin, 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'];
+    const walstream = (bin: string, label: string, nodeArgs: string[] = []): Case[] => {
+      const base = (dir: string): string[] => [...node(), ...nodeArgs, bin, 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'];
       const cases: Case[] = [{ name: `walstream${label}`, argv: base, archive: false }];
       if (ARCHIVE) cases.push({ name: `walstream --archive${label}`, argv: (dir, archive) => [...base(dir), '--archive', archive], archive: true });
       return cases;
@@ -81,6 +86,7 @@ async function main(): Promise<void> {
     const cases: Case[] = [
       ...walstream(BIN, ''),
       ...(COMPARE_BIN ? walstream(COMPARE_BIN, ' (compare)') : []),
+      ...NODE_VARIANTS.flatMap((v) => walstream(BIN, ` [${v}]`, v.split(/\s+/))),
       { name: 'pg_receivewal', argv: (dir) => [join(toolBinDir(), 'pg_receivewal'), '-D', dir, '-d', conn, '-E', endpos, '-n'], archive: false },
     ];
     const runCase = async (c: Case): Promise<{ m: Measurement; files: number }> => {
@@ -118,12 +124,13 @@ async function main(): Promise<void> {
     const pg = stats(results.get('pg_receivewal')!);
     console.log('');
     const pad = (s: string, n: number): string => s.padEnd(n);
-    console.log(`${pad('case', 30)}${pad('wall s median (range)', 24)}${pad('CPU s median (range)', 24)}${pad('peak RSS MB', 13)}${pad('wall ratio', 12)}${pad('CPU ratio', 11)}files`);
+    const width = Math.max(30, ...cases.map((c) => c.name.length + 2));
+    console.log(`${pad('case', width)}${pad('wall s median (range)', 24)}${pad('CPU s median (range)', 24)}${pad('peak RSS MB', 13)}${pad('wall ratio', 12)}${pad('CPU ratio', 11)}files`);
     for (const c of cases) {
       const s = stats(results.get(c.name)!);
       const ratios = c.name === 'pg_receivewal' ? ['', ''] : [(s.wall / pg.wall).toFixed(3), (s.cpu / pg.cpu).toFixed(3)];
       console.log(
-        `${pad(c.name, 30)}${pad(`${s.wall.toFixed(2)} (${s.spread((r) => r.wallS)})`, 24)}${pad(`${s.cpu.toFixed(2)} (${s.spread((r) => r.cpuS)})`, 24)}${pad(s.rss.toFixed(1), 13)}${pad(ratios[0]!, 12)}${pad(ratios[1]!, 11)}${files.get(c.name)}`,
+        `${pad(c.name, width)}${pad(`${s.wall.toFixed(2)} (${s.spread((r) => r.wallS)})`, 24)}${pad(`${s.cpu.toFixed(2)} (${s.spread((r) => r.cpuS)})`, 24)}${pad(s.rss.toFixed(1), 13)}${pad(ratios[0]!, 12)}${pad(ratios[1]!, 11)}${files.get(c.name)}`,
       );
     }
     console.log('');

@@ -84,7 +84,7 @@ async function main(): Promise<void> {
   const firstSeg = (segs[0] as Buffer & { segNo: number }).segNo;
   const bytes = segs.length * SEG;
   const mb = bytes / (1024 * 1024);
-  console.log(`${segs.length} segments (${mb.toFixed(0)} MB) of WAL; CRC-32C: ${crc32cImplementation}, native from ${NATIVE_CRC_MIN_BYTES} bytes; node ${process.version}`);
+  console.log(`${segs.length} segments (${mb.toFixed(0)} MB) of WAL; CRC-32C: ${crc32cImplementation()}, native from ${NATIVE_CRC_MIN_BYTES} bytes; node ${process.version}`);
   const lengths: number[][] = [];
   const warm = decodeAll(segs, firstSeg, lengths);
   console.log(`warm-up: ${warm.records} records (mean ${(bytes / warm.records).toFixed(0)} bytes of WAL per record), ${warm.problems} problems`);

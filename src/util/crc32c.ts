@@ -144,14 +144,26 @@ function loadNative(): Crc32cFn | undefined {
   return undefined;
 }
 
-const native = loadNative();
+/**
+ * The native CRC, loaded at its first use (null until then): a call that never checksums a
+ * large range (a fetch, a push) does not pay for loading a shared library.
+ */
+let native: Crc32cFn | undefined | null = null;
+
+function nativeCrc(): Crc32cFn | undefined {
+  if (native === null) native = loadNative();
+  return native;
+}
 
 /** Which implementation crc32c uses. */
-export const crc32cImplementation: 'native' | 'js' = native ? 'native' : 'js';
+export function crc32cImplementation(): 'native' | 'js' {
+  return nativeCrc() ? 'native' : 'js';
+}
 
 /** CRC-32C of `data`, continuing from `crc` (a finished value; 0 to start). */
 export function crc32c(data: Uint8Array, crc = 0): number {
-  if (native) return data.length === 0 ? crc >>> 0 : native(data, crc) >>> 0;
+  const n = native === null ? nativeCrc() : native;
+  if (n) return data.length === 0 ? crc >>> 0 : n(data, crc) >>> 0;
   return crc32cJs(data, crc);
 }
 
@@ -169,7 +181,10 @@ export const NATIVE_CRC_MIN_BYTES = 448;
  * ones natively when the native one loaded.
  */
 export function crc32cRange(data: Uint8Array, start: number, end: number, crc = 0): number {
-  if (native && end - start >= NATIVE_CRC_MIN_BYTES) return native(data.subarray(start, end), crc) >>> 0;
+  if (end - start >= NATIVE_CRC_MIN_BYTES) {
+    const n = native === null ? nativeCrc() : native;
+    if (n) return n(data.subarray(start, end), crc) >>> 0;
+  }
   return crc32cJsRange(data, start, end, crc);
 }
 
@@ -179,6 +194,9 @@ export function crc32cRange(data: Uint8Array, start: number, end: number, crc = 
  */
 export function crc32cRangeView(v: DataView, start: number, end: number, crc = 0): number {
   // (a plain Uint8Array view: cheaper to make than a Buffer's subarray)
-  if (native && end - start >= NATIVE_CRC_MIN_BYTES) return native(new Uint8Array(v.buffer, v.byteOffset + start, end - start), crc) >>> 0;
+  if (end - start >= NATIVE_CRC_MIN_BYTES) {
+    const n = native === null ? nativeCrc() : native;
+    if (n) return n(new Uint8Array(v.buffer, v.byteOffset + start, end - start), crc) >>> 0;
+  }
   return ~updateView(~crc, v, start, end) >>> 0;
 }
