@@ -7,8 +7,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { isIP } from 'node:net';
 import type { ListenAddress } from './listen.js';
 export { parseListenAddress, type ListenAddress } from './listen.js';
-import { collectDefaultMetrics } from 'prom-client';
-import { PROMETHEUS_CONTENT_TYPE, Registry, renderRegistries, type HealthStatus } from './metrics.js';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { renderRegistries, type HealthStatus } from './metrics.js';
 
 /** What the server exposes: any object with these two (ReceiverMetrics, ServeMetrics). */
 export interface Observable {
@@ -47,7 +47,7 @@ async function handle(target: Observable, processRegistry: Registry, req: Incomi
   }
   try {
     if (path === '/metrics') {
-      respond(res, 200, PROMETHEUS_CONTENT_TYPE, await renderRegistries([...target.registries(), processRegistry]), head);
+      respond(res, 200, Registry.PROMETHEUS_CONTENT_TYPE, await renderRegistries([...target.registries(), processRegistry]), head);
     } else if (path === '/health') {
       const h = target.health();
       respond(res, h.ok ? 200 : 503, 'text/plain; charset=utf-8', `${h.ok ? 'ok' : 'unavailable'}: ${h.reason}\n`, head);

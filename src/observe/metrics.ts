@@ -4,16 +4,24 @@
 // hooks (no module globals); positions are read at scrape time; /metrics and /health read it.
 // LSNs are exported as byte positions: a float64 sample, exact below 2^53 bytes (8 PiB of WAL),
 // which is all a Prometheus server keeps of any sample anyway.
-import { Counter, Gauge, Registry } from 'prom-client';
+// prom-client is loaded when a registry is first asked for (an endpoint to serve): it brings some
+// eighty modules, which a receiver nobody scrapes would load on every start for nothing. Until
+// then the hooks only count, in plain fields every metric reads at scrape time.
+import { createRequire } from 'node:module';
+import type * as PromClient from 'prom-client';
+import type { Gauge, Registry } from 'prom-client';
 
-export { Registry };
+let promClientModule: typeof PromClient | undefined;
 
-/** The content type of the exposition (prom-client's, Prometheus text format 0.0.4). */
-export const PROMETHEUS_CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
+/** prom-client, loaded at its first use. */
+export function promClient(): typeof PromClient {
+  promClientModule ??= createRequire(import.meta.url)('prom-client') as typeof PromClient;
+  return promClientModule;
+}
 
 /** The exposition of these registries, in order, as one text (a name in two of them is an error). */
 export function renderRegistries(registries: Registry[]): Promise<string> {
-  return Registry.merge(registries).metrics();
+  return promClient().Registry.merge(registries).metrics();
 }
 
 export const ERROR_KINDS = ['connection', 'server', 'archive', 'permanent', 'other'] as const;
@@ -52,7 +60,7 @@ export interface ReceiverSnapshot {
 
 /** A gauge read at scrape time (a number, or a bigint position converted to a sample). */
 export function scrapedGauge(registry: Registry, name: string, help: string, read: () => number | bigint): Gauge {
-  return new Gauge({
+  return new (promClient().Gauge)({
     name,
     help,
     registers: [registry],
@@ -62,17 +70,28 @@ export function scrapedGauge(registry: Registry, name: string, help: string, rea
   });
 }
 
+/** A counter read at scrape time from `read` (by label value, when `label` is given). */
+function scrapedCounter(registry: Registry, name: string, help: string, read: () => number): void;
+function scrapedCounter(registry: Registry, name: string, help: string, read: () => Record<string, number>, label: string): void;
+function scrapedCounter(registry: Registry, name: string, help: string, read: () => number | Record<string, number>, label?: string): void {
+  new (promClient().Counter)({
+    name,
+    help,
+    labelNames: label === undefined ? [] : [label],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const v = read();
+      if (typeof v === 'number') this.inc(v);
+      else for (const [value, n] of Object.entries(v)) this.inc({ [label!]: value }, n);
+    },
+  });
+}
+
 export class ReceiverMetrics {
-  readonly registry = new Registry();
   readonly staleAfterMs: number;
   private readonly now: () => number;
-  private readonly receivedBytes: Counter;
-  private readonly segmentsCompleted: Counter;
-  private readonly segmentsArchived: Counter;
-  private readonly errors: Counter<'kind'>;
-  private readonly reconnects: Counter;
-  private readonly forks: Counter;
-  private readonly forkLost: Gauge<'timeline' | 'next_timeline'>;
+  private built: Registry | undefined;
 
   private received = 0n;
   private flushed = 0n;
@@ -86,16 +105,24 @@ export class ReceiverMetrics {
   private isConnected = false;
   private isStreaming = false;
   private uploadQueueDepth: () => number = () => 0;
-  /** The counters' values for snapshot() (prom-client reads its own asynchronously). */
-  private totals = { receivedBytes: 0n, segmentsCompleted: 0, segmentsArchived: 0 };
+  /** The counters, read by the registry at scrape time and by snapshot(). */
+  private totals = { receivedBytes: 0n, segmentsCompleted: 0, segmentsArchived: 0, reconnects: 0, forks: 0 };
+  /** Every kind from the start, so rates and alerts work before the first event. */
+  private readonly errors: Record<ErrorKind, number> = Object.fromEntries(ERROR_KINDS.map((k) => [k, 0])) as Record<ErrorKind, number>;
+  /** Bytes lost past each fork, by "timeline next_timeline". */
+  private readonly forkLost = new Map<string, { timeline: string; next_timeline: string; bytes: number }>();
   /** Registries rendered after this one (receive --serve: its clients). */
   private readonly extra: Registry[] = [];
 
   constructor(o: ReceiverMetricsOptions = {}) {
     this.now = o.now ?? (() => Date.now());
     this.staleAfterMs = o.staleAfterMs ?? 25_000;
-    const r = this.registry;
-    const counter = (name: string, help: string): Counter => new Counter({ name, help, registers: [r] });
+  }
+
+  /** The receiver's own registry (prom-client is loaded and the metrics made at the first call). */
+  get registry(): Registry {
+    if (this.built) return this.built;
+    const r = new (promClient().Registry)();
     scrapedGauge(r, 'walstream_connected', 'Whether a replication connection to the server is open (1) or not (0).', () => (this.isConnected ? 1 : 0));
     scrapedGauge(r, 'walstream_streaming', 'Whether WAL streaming is live (1): connected and a server message received within the health bound.', () => (this.health().ok ? 1 : 0));
     scrapedGauge(r, 'walstream_received_lsn_bytes', 'Position after the last WAL byte received, as a byte offset (LSN).', () => this.received);
@@ -109,26 +136,37 @@ export class ReceiverMetrics {
       this.lastMessageAt === undefined ? -1 : Math.max(0, this.now() - this.lastMessageAt) / 1000,
     );
     scrapedGauge(r, 'walstream_timeline', 'Timeline being streamed (0 before the first stream).', () => this.timeline);
-    this.receivedBytes = counter('walstream_received_bytes_total', 'WAL bytes received from the server.');
-    this.segmentsCompleted = counter('walstream_segments_completed_total', 'WAL segments completed: verified, fsynced and renamed to their final name.');
-    this.segmentsArchived = counter('walstream_segments_archived_total', 'WAL segments confirmed by the archive (with --archive).');
+    scrapedCounter(r, 'walstream_received_bytes_total', 'WAL bytes received from the server.', () => Number(this.totals.receivedBytes));
+    scrapedCounter(r, 'walstream_segments_completed_total', 'WAL segments completed: verified, fsynced and renamed to their final name.', () => this.totals.segmentsCompleted);
+    scrapedCounter(r, 'walstream_segments_archived_total', 'WAL segments confirmed by the archive (with --archive).', () => this.totals.segmentsArchived);
     scrapedGauge(r, 'walstream_upload_queue_files', 'Finished files waiting for or in upload to the archive (with --archive).', () => this.uploadQueueDepth());
-    this.errors = new Counter({
-      name: 'walstream_errors_total',
-      help: 'Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.',
-      labelNames: ['kind'],
-      registers: [r],
-    });
-    this.reconnects = counter('walstream_reconnects_total', 'Reconnection attempts after a lost connection.');
-    this.forks = counter('walstream_timeline_forks_lost_total', 'Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).');
-    this.forkLost = new Gauge({
+    scrapedCounter(
+      r,
+      'walstream_errors_total',
+      'Errors by kind: connection (lost or refused), server (an error the server reported), archive (a failed upload, retried), permanent (stopped the receiver), other.',
+      () => this.errors,
+      'kind',
+    );
+    scrapedCounter(r, 'walstream_reconnects_total', 'Reconnection attempts after a lost connection.', () => this.totals.reconnects);
+    scrapedCounter(
+      r,
+      'walstream_timeline_forks_lost_total',
+      'Timelines walstream held past the point where a newer timeline forked from them (WAL of the old primary the new one never got; kept).',
+      () => this.totals.forks,
+    );
+    const forkLost = this.forkLost;
+    new (promClient().Gauge)({
       name: 'walstream_timeline_fork_lost_bytes',
       help: 'Bytes of a timeline held past the fork to the next timeline: the WAL lost in that failover (by timeline and the timeline that followed).',
       labelNames: ['timeline', 'next_timeline'],
       registers: [r],
+      collect() {
+        this.reset();
+        for (const f of forkLost.values()) this.set({ timeline: f.timeline, next_timeline: f.next_timeline }, f.bytes);
+      },
     });
-    // Every series exists from the start, so rates and alerts work before the first event.
-    for (const kind of ERROR_KINDS) this.errors.inc({ kind }, 0);
+    this.built = r;
+    return r;
   }
 
   private lag(): bigint {
@@ -167,7 +205,6 @@ export class ReceiverMetrics {
     if (this.countedTo !== undefined && a.received > this.countedTo) {
       const bytes = a.received - this.countedTo;
       this.totals.receivedBytes += bytes;
-      this.receivedBytes.inc(Number(bytes));
       this.countedTo = a.received;
     }
     this.received = a.received;
@@ -180,12 +217,10 @@ export class ReceiverMetrics {
 
   segmentCompleted(): void {
     this.totals.segmentsCompleted++;
-    this.segmentsCompleted.inc();
   }
 
   segmentArchived(): void {
     this.totals.segmentsArchived++;
-    this.segmentsArchived.inc();
   }
 
   /** How to read the upload queue depth at scrape time. */
@@ -194,18 +229,18 @@ export class ReceiverMetrics {
   }
 
   error(kind: ErrorKind): void {
-    this.errors.inc({ kind });
+    this.errors[kind]++;
   }
 
   reconnect(): void {
-    this.reconnects.inc();
+    this.totals.reconnects++;
   }
 
   /** A timeline was held past its fork to `next` at `at` by `lostBytes`. */
   fork(tli: number, next: number, at: bigint, lostBytes: bigint): void {
     void at;
-    this.forks.inc();
-    this.forkLost.set({ timeline: String(tli), next_timeline: String(next) }, Number(lostBytes));
+    this.totals.forks++;
+    this.forkLost.set(`${tli} ${next}`, { timeline: String(tli), next_timeline: String(next), bytes: Number(lostBytes) });
   }
 
   /** Live streaming: connected, streaming, and a server message within staleAfterMs. */

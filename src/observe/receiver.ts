@@ -1,7 +1,7 @@
 // What `walstream receive` sets up to be watched: its metrics, the HTTP endpoint when
 // --metrics-listen is given, and the catch-up progress line on a terminal.
 import type { Logger } from '../util/log.js';
-import { startObserveServer, type ListenAddress, type ObserveServer } from './http.js';
+import type { ListenAddress, ObserveServer } from './http.js';
 import { ReceiverMetrics } from './metrics.js';
 import { startProgress } from './progress.js';
 
@@ -32,7 +32,8 @@ export function healthBoundMs(statusIntervalMs: number): number {
 
 export async function observeReceiver(o: ObserveReceiverOptions): Promise<ReceiverObservation> {
   const metrics = new ReceiverMetrics({ staleAfterMs: healthBoundMs(o.statusIntervalMs) });
-  const server = o.listen ? await startObserveServer(o.listen, metrics) : undefined;
+  // The endpoint's module (node:http, prom-client) is loaded only when there is one to serve.
+  const server = o.listen ? await (await import('./http.js')).startObserveServer(o.listen, metrics) : undefined;
   if (server) o.log.info(`serving metrics at ${server.url}/metrics and health at ${server.url}/health`);
   const progress = o.progress ? startProgress({ snapshot: () => metrics.snapshot(), log: o.log }) : undefined;
   return {

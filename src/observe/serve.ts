@@ -5,8 +5,8 @@ import type { ClientInfo } from '../server/client.js';
 import type { Lsn } from '../wal/lsn.js';
 import type { Logger } from '../util/log.js';
 import { startObserveServer, type ListenAddress, type ObserveServer } from './http.js';
-import { Gauge } from 'prom-client';
-import { Registry, renderRegistries, scrapedGauge, type HealthStatus } from './metrics.js';
+import { Gauge, Registry } from 'prom-client';
+import { renderRegistries, scrapedGauge, type HealthStatus } from './metrics.js';
 
 export interface ServeView {
   clients(): ClientInfo[];
