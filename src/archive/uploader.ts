@@ -250,7 +250,9 @@ export class SpoolUploader {
    */
   private async putFile(name: string, path: string, compression: Compression): Promise<PutResult> {
     if (compression === 'none' && this.o.store.putPieces) {
-      const r = await this.withPieces(path, (pieces) => this.o.store.putPieces!(name, pieces, { noSync: this.o.noSync }));
+      // A spool file is complete and durable before it is offered, and never written again: a
+      // local archive on its file system may keep it as a second name instead of a copy.
+      const r = await this.withPieces(path, (pieces) => this.o.store.putPieces!(name, pieces, { noSync: this.o.noSync, file: path }));
       if (r !== undefined && r !== 'taken') return r;
     }
     return this.withContents(path, (data) => this.o.store.put(name, data, { compression, noSync: this.o.noSync }));

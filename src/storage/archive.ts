@@ -21,7 +21,7 @@ import { builtin } from '../util/lazy.js';
 import { PieceHash } from '../util/piece-hash.js';
 import { assertCompressionAvailable, compress, decompress, sha256Hex } from './codec.js';
 import { QUARANTINE_ATTEMPTS, byName, isArchiveName, isWalName, judgeStored, listedUnder, plainRefused, quarantineName, unauthenticatedError } from './common.js';
-import type { CreateOptions, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
+import type { CreateOptions, CreateResult, Driver, DriverObject, NewMeta, ReadResult } from './driver.js';
 import { SEALED_MAGIC, decodeStored, encodeStored, isSealed, type Keyring } from './encryption.js';
 import { Digesting, STREAM_VERSION, sealStream, transcode, unsealStream } from './stream.js';
 import {
@@ -205,7 +205,7 @@ export class Archive implements ArchiveStore {
     }
   }
 
-  async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: { noSync?: boolean } = {}): Promise<PutResult | 'taken' | undefined> {
+  async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: { noSync?: boolean; file?: string } = {}): Promise<PutResult | 'taken' | undefined> {
     assertArchiveName(name);
     // Plain bytes only: compression and encryption hold on to pieces (and have put's way).
     if (this.keyring !== undefined || !this.driver.createStream || this.driver.writesPieces !== true) return undefined;
@@ -219,9 +219,18 @@ export class Archive implements ArchiveStore {
         throw err;
       }
     };
-    let r: Awaited<ReturnType<NonNullable<Driver['createStream']>>>;
+    const meta = (): NewMeta => ({ sha256: digest.hex, compression: 'none', size: digest.size });
+    const createOpts = { noSync: opts.noSync ?? false };
+    const { driver } = this;
+    const create = async (): Promise<CreateResult> => {
+      // A second name of the file where the driver can make one (nothing of the pieces is read
+      // when it cannot: the next source() starts them from the beginning).
+      const linked = opts.file !== undefined && driver.createLinked ? await driver.createLinked(name, opts.file, source(), meta, createOpts) : undefined;
+      return linked ?? driver.createStream!(name, source(), meta, createOpts);
+    };
+    let r: CreateResult;
     try {
-      r = await this.driver.createStream(name, source(), () => ({ sha256: digest.hex, compression: 'none', size: digest.size }), { noSync: opts.noSync ?? false });
+      r = await create();
     } catch (err) {
       // The source's own error, not the driver's wrapping of it.
       throw failure ? failure.err : err;

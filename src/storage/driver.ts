@@ -98,6 +98,15 @@ export interface Driver {
    */
   createStream?(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts?: CreateOptions): Promise<CreateResult>;
   /**
+   * createStream for a body that is the whole of `file`: a file that is complete, durable and
+   * never written again. A driver whose objects are files may make the object a second name of
+   * that file (a hard link) rather than a copy; `body` is still consumed (the caller takes the
+   * checksum from it). Undefined, before anything of `body` was read, where it cannot (another
+   * file system, a file others may read or that someone else owns): the caller then stores the
+   * bytes.
+   */
+  createLinked?(key: string, file: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts?: CreateOptions): Promise<CreateResult | undefined>;
+  /**
    * The object as a stream (memory bounded by the driver's reads), or undefined when missing. With
    * `into`, a driver may read into that buffer again and again: each piece is then a view of it,
    * valid only until the next one is asked for (the caller copies what it keeps). With `into` a

@@ -192,9 +192,12 @@ export interface ArchiveStore {
    * piece however large the object. Only where the store writes pieces as they come (a local
    * archive); undefined where it cannot (then use put), 'taken' when the name is already held
    * (nothing was stored: use put, which compares the copies). The source may throw to abandon the
-   * object: nothing is stored then and that error comes back.
+   * object: nothing is stored then and that error comes back. `file`: the pieces are the whole of
+   * this file, which is complete, durable and never written again (a receiver's finished spool
+   * file, never a file in pg_wal, which PostgreSQL reuses): a local archive on the same file system
+   * then keeps the object as a second name of it instead of a copy.
    */
-  putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: { noSync?: boolean }): Promise<PutResult | 'taken' | undefined>;
+  putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: { noSync?: boolean; file?: string }): Promise<PutResult | 'taken' | undefined>;
   /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted

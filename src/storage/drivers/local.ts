@@ -77,6 +77,9 @@ interface ChecksumRecord {
 const SUFFIX: Readonly<Record<Compression, string>> = { none: '', gzip: '.gz', zstd: '.zst' };
 
 /** Errno codes after which trying again later may succeed. */
+/** What link(2) answers where a second name cannot be made (createLinked then copies instead). */
+const UNLINKABLE_CODES = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
 const TRANSIENT_CODES = new Set(['ENOSPC', 'EDQUOT', 'EAGAIN', 'EBUSY', 'EMFILE', 'ENFILE', 'EINTR', 'ETIMEDOUT', 'EIO', 'ESTALE']);
 
 function errno(err: unknown): string | undefined {
@@ -192,6 +195,58 @@ export class LocalDriver implements Driver {
   /** create from a stream: written to the temp file as it comes (memory: one piece), then published the same way. */
   async createStream(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
     return this.publish(key, opts.noSync ?? false, true, (base, noSync) => this.writeTemp(base, body, noSync), meta, undefined);
+  }
+
+  /**
+   * createStream for the whole of `file` without copying it: the temp file is a second name of
+   * `file` (link(2)), published the same way, and `body` (that file's bytes, read by the caller)
+   * is only consumed. `file` must be complete and durable already (a receiver's finished segment:
+   * fsynced before its rename) and never written again, as the object then shares its bytes.
+   * Undefined, nothing of `body` read, where it cannot be linked: a file that is not a regular
+   * file of this user's, one with group or other permissions (an object is private to its
+   * owner), or one that link(2) refuses (another file system, a file system without hard links).
+   */
+  async createLinked(key: string, file: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts: CreateOptions = {}): Promise<CreateResult | undefined> {
+    const tmp = await this.guard(`cannot store "${key}"`, () => this.linkTemp(this.place(key).base, file));
+    if (tmp === undefined) return undefined;
+    let handed = false;
+    try {
+      const consume = async (): Promise<string> => {
+        handed = true;
+        try {
+          for await (const _ of body) {
+            // the caller takes the checksum as the bytes go by; the object already holds them
+          }
+        } catch (err) {
+          await this.dropTemp(tmp);
+          throw err;
+        }
+        return tmp;
+      };
+      return await this.publish(key, opts.noSync ?? false, true, consume, meta, undefined);
+    } finally {
+      if (!handed) await this.dropTemp(tmp);
+    }
+  }
+
+  /** A new temp name for `target` linked to `file` (createLinked), or undefined where that cannot be. */
+  private async linkTemp(target: string, file: string): Promise<string | undefined> {
+    const st = await lstat(file);
+    if (!st.isFile() || (st.mode & 0o077) !== 0 || (process.getuid !== undefined && st.uid !== process.getuid())) return undefined;
+    for (let attempt = 0; ; attempt++) {
+      const tmp = join(this.tempDir, tempName(target));
+      try {
+        await mkdir(this.tempDir, { recursive: true, mode: 0o700 });
+        await link(file, tmp);
+        return tmp;
+      } catch (err) {
+        const code = errno(err);
+        if (code !== undefined && UNLINKABLE_CODES.has(code)) return undefined;
+        // Another create's dropTemp removed the temp directory meanwhile (writeTemp): again.
+        if (code === 'ENOENT' && attempt < 100 && existsSync(file)) continue;
+        throw err;
+      }
+    }
   }
 
   async readStream(key: string, opts: { into?: Buffer | (() => Promise<Buffer>) } = {}): Promise<{ object: DriverObject; meta: ObjectMeta; body: AsyncIterable<Buffer>; file: string } | undefined> {
