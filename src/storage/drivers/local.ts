@@ -76,10 +76,10 @@ interface ChecksumRecord {
 /** The suffix of a stored file, as pg_receivewal names its compressed files. */
 const SUFFIX: Readonly<Record<Compression, string>> = { none: '', gzip: '.gz', zstd: '.zst' };
 
-/** Errno codes after which trying again later may succeed. */
 /** What link(2) answers where a second name cannot be made (createLinked then copies instead). */
 const UNLINKABLE_CODES = new Set(['EXDEV', 'EPERM', 'EMLINK', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
 
+/** Errno codes after which trying again later may succeed. */
 const TRANSIENT_CODES = new Set(['ENOSPC', 'EDQUOT', 'EAGAIN', 'EBUSY', 'EMFILE', 'ENFILE', 'EINTR', 'ETIMEDOUT', 'EIO', 'ESTALE']);
 
 function errno(err: unknown): string | undefined {
