@@ -10,7 +10,8 @@
 // the node binary's code) and the WAL written; at the end it prints the median RSS of every minute
 // (and of each part), the peak, and the growth: the median of the last two minutes against the
 // median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth is at most
-// 5 MB. BENCH_NODE_ARGS: node options for the walstream process (e.g. --trace-gc).
+// 5 MB. BENCH_NODE_ARGS: node options for the walstream process (e.g. --trace-gc);
+// BENCH_RECEIVE_ARGS: more options for walstream receive (e.g. --partial-interval 0).
 import { readFileSync, rmSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
@@ -27,6 +28,8 @@ const ARCHIVE = !/^(0|false|no)$/i.test(process.env['BENCH_ARCHIVE'] ?? '1');
 const SAMPLE_MS = 5000;
 /** Node options for the walstream process only (e.g. "--trace-gc" to see whether the JS heap is what grows). */
 const NODE_ARGS = (process.env['BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== '');
+/** More options for walstream receive (e.g. "--partial-interval 0" to leave the shipping of the segment in progress out). */
+const RECEIVE_ARGS = (process.env['BENCH_RECEIVE_ARGS'] ?? '').split(/\s+/).filter((a) => a !== '');
 /** The growth allowed between minutes 2-3 and the last two minutes. */
 const STEADY_MB = 5;
 
@@ -60,7 +63,7 @@ async function main(): Promise<void> {
     const archive = pgDir('mem-archive');
     const pgrw = pgDir('mem-pgrw');
     dirs.push(spool, archive, pgrw);
-    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : [])], {
+    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : []), ...RECEIVE_ARGS], {
       stdio: ['ignore', NODE_ARGS.length > 0 ? 'inherit' : 'ignore', 'inherit'],
     });
     const rw = spawn(join(toolBinDir(), 'pg_receivewal'), ['-D', pgrw, '-d', conn, '-S', 'pgrw', '-n'], { stdio: ['ignore', 'ignore', 'inherit'] });
