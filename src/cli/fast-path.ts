@@ -41,6 +41,14 @@ export interface PrefetchCliOptions {
 }
 
 /**
+ * How a prefetch spool or a push marker directory names the archive it serves (its .archive
+ * record, which bin/walstream.sh compares as text): the location as given and the S3 endpoint.
+ */
+export function archiveKey(archive: string, s3Endpoint: string | undefined): string {
+  return `${archive} ${s3Endpoint ?? ''}`;
+}
+
+/**
  * fetch --prefetch: the spool, and how to start the background worker: this program again,
  * detached, with its messages in the spool's prefetch.log.
  */
@@ -244,7 +252,7 @@ export async function runFastPath(argv: readonly string[], env: NodeJS.ProcessEn
           noSync: !c.sync,
           parallel: c.parallel,
           markers: resolve(c.spool ?? '.walstream-push'),
-          archiveKey: `${c.archive} ${c.s3Endpoint ?? ''}`,
+          archiveKey: archiveKey(c.archive, c.s3Endpoint),
           encryption: { encrypts: false, requireEncrypted: false },
           log,
         });
@@ -261,7 +269,7 @@ export async function runFastPath(argv: readonly string[], env: NodeJS.ProcessEn
               throw new FetchError((err as Error).message, failureExitCode());
             }
           },
-          archiveKey: `${c.archive} ${c.s3Endpoint ?? ''}`,
+          archiveKey: archiveKey(c.archive, c.s3Endpoint),
           log,
           partial: c.partial,
           prefetch: c.prefetch !== undefined ? prefetchSettings(c, c.prefetch, log) : undefined,
@@ -289,7 +297,7 @@ async function fetchFromSpool(c: FastFetch): Promise<number | undefined> {
       name: c.name,
       dest: c.dest,
       openStore: () => Promise.reject(new Error('the spool-only fetch opens no archive')),
-      archiveKey: `${c.archive} ${c.s3Endpoint ?? ''}`,
+      archiveKey: archiveKey(c.archive, c.s3Endpoint),
       log,
       partial: c.partial,
       prefetch: prefetchSettings(c, c.prefetch, log),

@@ -25,7 +25,7 @@ import {
 } from './options.js';
 import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
-import { prefetchSettings } from './fast-path.js';
+import { archiveKey, prefetchSettings } from './fast-path.js';
 import { passwordFromOptions } from './password.js';
 
 function parseEndPos(v: string): bigint {
@@ -312,7 +312,7 @@ function registerPushCommand(program: Command, deps: CommandDeps): void {
           noSync: opts.sync === false,
           parallel: opts.parallel,
           markers: resolve(opts.spool ?? '.walstream-push'),
-          archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`,
+          archiveKey: archiveKey(archive, opts.s3Endpoint),
           encryption: { encrypts: encryptionConfigured(opts), requireEncrypted: opts.encryptionRequired === true },
           verifyRecords: opts.verifyRecords === true,
           log: deps.logger(opts.verbose === true),
@@ -370,7 +370,7 @@ function registerFetchCommands(program: Command, deps: CommandDeps): void {
       try {
         const log = deps.logger(opts.verbose === true);
         const prefetch = opts.prefetch ? prefetchSettings(opts, opts.prefetch, log) : undefined;
-        await fetch({ name, dest, openStore, archiveKey: `${archive} ${opts.s3Endpoint ?? ''}`, log, partial: opts.partial === true, prefetch, verifyRecords: opts.verifyRecords === true });
+        await fetch({ name, dest, openStore, archiveKey: archiveKey(archive, opts.s3Endpoint), log, partial: opts.partial === true, prefetch, verifyRecords: opts.verifyRecords === true });
       } finally {
         await store?.close();
       }

@@ -10,7 +10,7 @@ export { parseListenAddress, type ListenAddress } from './listen.js';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 import { renderRegistries, type HealthStatus } from './metrics.js';
 
-/** What the server exposes: any object with these two (ReceiverMetrics, ServeMetrics). */
+/** What the server exposes: an object with these two (ReceiverMetrics, ServeMetrics). */
 export interface Observable {
   /** The registries /metrics renders, read at each scrape. */
   registries(): Registry[];
