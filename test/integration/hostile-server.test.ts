@@ -99,8 +99,10 @@ describe('receive against a server that lies', () => {
     const start = segStart(await flush(primary));
     // Start exactly there (the server's position may move on before the receiver asks for it).
     writeFileSync(join(dir, `${segName(1, start, SEG)}.partial`), '');
-    // One complete segment first, then the lie a few pages into the next one.
-    const lieAt = start + BigInt(SEG) + BigInt(3 * PAGE);
+    // One complete segment first, then the lie a quarter into the next one: far enough on that the
+    // finished segment is published and its upload under way (a permanent error starts no new
+    // upload) on a loaded machine too.
+    const lieAt = start + BigInt(SEG) + BigInt(32 * PAGE);
     const { proxy, conn } = await proxyTo(primary, t(lieAt));
     const proc = startCli(['receive', '-D', dir, '-d', conn, ...extra], { timeoutMs: 90_000 });
     let exited = false;
