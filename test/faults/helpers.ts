@@ -64,9 +64,12 @@ export async function createSlot(pg: PgCluster, slot: string, reserve = true): P
  * own commits first, flushing everything before its commit record.
  */
 export async function flushLsn(pg: PgCluster): Promise<bigint> {
-  await pg.query('select txid_current()');
-  const [row] = await pg.query<{ lsn: string }>('select pg_current_wal_flush_lsn()::text as lsn');
-  return lsnOf(row!.lsn);
+  // Again while more was inserted than flushed (a record in progress may straddle the position).
+  for (let attempt = 0; ; attempt++) {
+    await pg.query('select txid_current()');
+    const [row] = await pg.query<{ flush: string; insert: string }>('select pg_current_wal_flush_lsn()::text as flush, pg_current_wal_insert_lsn()::text as insert');
+    if (lsnOf(row!.insert) - lsnOf(row!.flush) <= 24n || attempt >= 20) return lsnOf(row!.flush);
+  }
 }
 
 /** Poll `cond` every 100 ms until it holds; throws with `what` (and `detail()`) after `timeoutMs`. */
