@@ -81,6 +81,8 @@ export class SpoolUploader {
   private readonly waiting: string[] = [];
   private readonly active = new Set<string>();
   private readonly sizes = new Map<string, number>();
+  /** The SHA-256 and size of a segment as its writer computed them while writing it, by name. */
+  private readonly digests = new Map<string, { sha256: string; size: number }>();
   private pendingBytes = 0;
   private paused = false;
   private stopped = false;
@@ -133,8 +135,17 @@ export class SpoolUploader {
     return new Promise((resolve) => this.failWaiters.push(resolve));
   }
 
-  /** A finished file appeared in the spool. */
-  async enqueue(name: string): Promise<void> {
+  /**
+   * Whether a finished segment's SHA-256, computed as it was written, saves reading it again: the
+   * archive keeps a plain segment as a second name of the spool file where it can (a local
+   * directory on the spool's file system) and then needs nothing but its checksum.
+   */
+  get takesDigests(): boolean {
+    return this.o.compression === 'none' && this.o.store.takesPieces?.() === true;
+  }
+
+  /** A finished file appeared in the spool (`written`: the SHA-256 and size of the bytes its writer wrote). */
+  async enqueue(name: string, written?: { sha256: string; size: number }): Promise<void> {
     if (this.stopped || this.queued.has(name)) return;
     let size = 0;
     try {
@@ -144,6 +155,7 @@ export class SpoolUploader {
     }
     this.queued.add(name);
     this.sizes.set(name, size);
+    if (written !== undefined && written.size === size) this.digests.set(name, written);
     if (WAL_NAME_RE.test(name)) this.pendingBytes += size;
     this.waiting.push(name);
     this.waiting.sort(uploadOrder);
@@ -252,7 +264,8 @@ export class SpoolUploader {
     if (compression === 'none' && this.o.store.putPieces) {
       // A spool file is complete and durable before it is offered, and never written again: a
       // local archive on its file system may keep it as a second name instead of a copy.
-      const r = await this.withPieces(path, (pieces) => this.o.store.putPieces!(name, pieces, { noSync: this.o.noSync, file: path }));
+      const known = this.digests.get(name);
+      const r = await this.withPieces(path, (pieces) => this.o.store.putPieces!(name, pieces, { noSync: this.o.noSync, file: path, ...(known ? { known } : {}) }));
       if (r !== undefined && r !== 'taken') return r;
     }
     return this.withContents(path, (data) => this.o.store.put(name, data, { compression, noSync: this.o.noSync }));
@@ -315,6 +328,7 @@ export class SpoolUploader {
   private async release(name: string): Promise<void> {
     const size = this.sizes.get(name) ?? 0;
     this.sizes.delete(name);
+    this.digests.delete(name);
     this.queued.delete(name);
     if (!WAL_NAME_RE.test(name)) {
       // History files are small and tell a restarted receiver which timelines it has: keep them.

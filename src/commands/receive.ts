@@ -637,10 +637,11 @@ function openSink(round: StreamRound, info: ServerInfo): WalDirSink {
     magic: magicForServerVersion(info.version),
     verifyRecords: o.verifyRecords !== false,
     onUnverifiedSegment: (name) => o.log.verbose(`segment ${name} is complete, but the stream stopped inside the record that runs past its end: kept as ${name}.partial, streamed again on restart`),
-    onSegmentDone: (name) => {
+    digestSegments: uploader?.takesDigests === true,
+    onSegmentDone: (name, _end, written) => {
       o.log.verbose(`finished segment ${name}`);
       o.metrics?.segmentCompleted();
-      void uploader?.enqueue(name);
+      void uploader?.enqueue(name, written);
     },
     ...(tail ? { tap: { begin: (start: Lsn, t: number) => tail.begin(start, t), data: (lsn: Lsn, data: Buffer) => tail.append(lsn, data) } } : {}),
   });

@@ -7,12 +7,17 @@
 import { unlinkSync, readdirSync } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Hash } from 'node:crypto';
 import { IncrementalPageChecker } from '../wal/page.js';
 import { formatLsn, type Lsn } from '../wal/lsn.js';
 import { segmentOffset, walFileName } from '../wal/segment.js';
 import { CompressedSegmentFile, PlainSegmentFile, compressionSuffix, type Compression, type SegmentFile } from './segment-file.js';
 import { exists, fsyncDir, sameContent, writeFileAtomic } from './fsutil.js';
 import { StreamRecordCheck } from './record-check.js';
+import { builtin } from '../util/lazy.js';
+
+/** node:crypto, loaded for the first segment hashed (digestSegments). */
+const crypto = builtin<typeof import('node:crypto')>('node:crypto');
 
 export interface WalDirSinkOptions {
   dir: string;
@@ -26,7 +31,13 @@ export interface WalDirSinkOptions {
   magic?: number;
   /** Bytes waiting in a compressor above which the stream should pause (default 32 MiB). */
   highWaterBytes?: number;
-  onSegmentDone?: (name: string, endLsn: Lsn) => void;
+  onSegmentDone?: (name: string, endLsn: Lsn, written?: SegmentDigest) => void;
+  /**
+   * Hash each segment with SHA-256 as it is written, for onSegmentDone: an archive that keeps the
+   * finished file as it is then need not read it again. Plain segments written whole from their
+   * first byte only; others are done without.
+   */
+  digestSegments?: boolean;
   /** Sees every stream start and every piece of WAL accepted (receive --serve's live tail). */
   tap?: SinkTap;
   /**
@@ -43,6 +54,12 @@ export interface WalDirSinkOptions {
 export interface SinkTap {
   begin(start: Lsn, tli: number): void;
   data(lsn: Lsn, data: Buffer): void;
+}
+
+/** The SHA-256 (hex) of the `size` bytes written into a segment file, from its first byte to its end. */
+export interface SegmentDigest {
+  sha256: string;
+  size: number;
 }
 
 /** Zero-filled spare segment files earlier versions prepared: never a WAL name, removed at start. */
@@ -76,6 +93,9 @@ interface OpenSegment {
   created: boolean;
   dirSynced: boolean;
   checker: IncrementalPageChecker;
+  /** The SHA-256 of the bytes written from offset 0 up to `hashedTo` (digestSegments). */
+  hash: Hash | undefined;
+  hashedTo: number;
 }
 
 interface DurabilityJob {
@@ -204,6 +224,15 @@ export class WalDirSink {
         this.fail(err as Error);
         throw err;
       }
+      if (seg.hash) {
+        // Only a segment written in order from its first byte is hashed whole.
+        if (off === seg.hashedTo) {
+          seg.hash.update(piece);
+          seg.hashedTo += n;
+        } else {
+          seg.hash = undefined;
+        }
+      }
       this.opts.tap?.data(at, piece);
       this.received = at + BigInt(n);
       if (off + n === this.opts.segSize) {
@@ -275,6 +304,8 @@ export class WalDirSink {
         systemId: this.opts.systemId,
         magic: this.opts.magic,
       }),
+      hash: this.opts.digestSegments && this.opts.compression === 'none' ? crypto().createHash('sha256') : undefined,
+      hashedTo: 0,
     };
     this.current = seg;
     return seg;
@@ -329,6 +360,8 @@ export class WalDirSink {
 
   /** Finish a complete segment beside the next one's writes; renames stay in LSN order. */
   private publish(seg: OpenSegment, end: Lsn): void {
+    const written: SegmentDigest | undefined = seg.hash && seg.hashedTo === this.opts.segSize ? { sha256: seg.hash.digest('hex'), size: seg.hashedTo } : undefined;
+    seg.hash = undefined;
     // While the record check has not passed the segment's end, what it proved of the segment
     // counts as durable once the file is synced; the rest only once the file has its name.
     const proven = this.checkedTo;
@@ -353,7 +386,7 @@ export class WalDirSink {
       }
       if (!this.opts.noSync) await fsyncDir(this.opts.dir);
       this.settleJob(job);
-      this.opts.onSegmentDone?.(seg.name, end);
+      this.opts.onSegmentDone?.(seg.name, end, written);
     });
     this.publishChain.catch((err: Error) => this.fail(err));
     this.track(this.publishChain).catch(() => undefined);

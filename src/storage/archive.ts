@@ -42,6 +42,7 @@ import {
   type ListOptions,
   type ObjectInfo,
   type PutOptions,
+  type PutPiecesOptions,
   type PutResult,
 } from './types.js';
 
@@ -64,6 +65,11 @@ interface Prepared {
 }
 
 /** How a put came out before the policy acts on it. */
+/** An empty source of pieces. */
+async function* nothing(): AsyncGenerator<Buffer> {
+  // no pieces
+}
+
 type Outcome = PutResult | { kind: 'different' } | { kind: 'damaged'; read: ReadResult; why: string } | { kind: 'unauthenticated'; keyId: string };
 
 /** node:crypto, loaded at the first checksum. */
@@ -205,10 +211,15 @@ export class Archive implements ArchiveStore {
     }
   }
 
-  async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: { noSync?: boolean; file?: string } = {}): Promise<PutResult | 'taken' | undefined> {
+  /** Whether putPieces stores here (plain bytes into a driver that writes pieces as they come). */
+  takesPieces(): boolean {
+    return this.keyring === undefined && this.driver.createStream !== undefined && this.driver.writesPieces === true;
+  }
+
+  async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: PutPiecesOptions = {}): Promise<PutResult | 'taken' | undefined> {
     assertArchiveName(name);
     // Plain bytes only: compression and encryption hold on to pieces (and have put's way).
-    if (this.keyring !== undefined || !this.driver.createStream || this.driver.writesPieces !== true) return undefined;
+    if (!this.takesPieces()) return undefined;
     const digest = new Digesting();
     let failure: { err: unknown } | undefined;
     const source = async function* (): AsyncGenerator<Buffer> {
@@ -222,11 +233,22 @@ export class Archive implements ArchiveStore {
     const meta = (): NewMeta => ({ sha256: digest.hex, compression: 'none', size: digest.size });
     const createOpts = { noSync: opts.noSync ?? false };
     const { driver } = this;
+    const { known } = opts;
+    let stored = { sha256: (): string => digest.hex, size: (): number => digest.size };
     const create = async (): Promise<CreateResult> => {
-      // A second name of the file where the driver can make one (nothing of the pieces is read
-      // when it cannot: the next source() starts them from the beginning).
-      const linked = opts.file !== undefined && driver.createLinked ? await driver.createLinked(name, opts.file, source(), meta, createOpts) : undefined;
-      return linked ?? driver.createStream!(name, source(), meta, createOpts);
+      if (opts.file !== undefined && driver.createLinked) {
+        // A second name of the file where the driver can make one (nothing of the pieces is read
+        // when it cannot: the next source() starts them from the beginning). With the checksum
+        // known, nothing of the file is read at all.
+        const linked = known
+          ? await driver.createLinked(name, opts.file, nothing(), () => ({ sha256: known.sha256, compression: 'none', size: known.size }), createOpts)
+          : await driver.createLinked(name, opts.file, source(), meta, createOpts);
+        if (linked) {
+          if (known) stored = { sha256: () => known.sha256, size: () => known.size };
+          return linked;
+        }
+      }
+      return driver.createStream!(name, source(), meta, createOpts);
     };
     let r: CreateResult;
     try {
@@ -236,7 +258,8 @@ export class Archive implements ArchiveStore {
       throw failure ? failure.err : err;
     }
     if (!r.created) return 'taken';
-    return { status: 'created', info: { name, size: digest.size, storedSize: digest.size, checksum: digest.hex, compression: 'none', modified: r.modified } };
+    const size = stored.size();
+    return { status: 'created', info: { name, size, storedSize: size, checksum: stored.sha256(), compression: 'none', modified: r.modified } };
   }
 
   async head(name: string): Promise<ObjectInfo | undefined> {

@@ -150,6 +150,13 @@ export interface GetStreamOptions {
   transient?: boolean;
 }
 
+/** ArchiveStore.putPieces's options. */
+export interface PutPiecesOptions {
+  noSync?: boolean;
+  file?: string;
+  known?: { sha256: string; size: number };
+}
+
 export interface ArchiveStore {
   /** The archive's location as the user gave it, with any secret removed. */
   readonly description: string;
@@ -195,9 +202,14 @@ export interface ArchiveStore {
    * object: nothing is stored then and that error comes back. `file`: the pieces are the whole of
    * this file, which is complete, durable and never written again (a receiver's finished spool
    * file, never a file in pg_wal, which PostgreSQL reuses): a local archive on the same file system
-   * then keeps the object as a second name of it instead of a copy.
+   * then keeps the object as a second name of it instead of a copy. `known`: the file's SHA-256
+   * and size as its writer computed them from the bytes it wrote (the receiver hashes a segment as
+   * it writes it): an object kept as a second name then takes them without reading the file again.
+   * A copy still hashes what it reads.
    */
-  putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: { noSync?: boolean; file?: string }): Promise<PutResult | 'taken' | undefined>;
+  putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: PutPiecesOptions): Promise<PutResult | 'taken' | undefined>;
+  /** Whether putPieces stores here at all (false: it always answers undefined). */
+  takesPieces?(): boolean;
   /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted

@@ -2,7 +2,8 @@
 // the suite, or WALSTREAM_TEST_S3_ENDPOINT) or to a directory; outages, a full spool and kill -9
 // lose nothing, and every archived object equals the server's own segment.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PgCluster } from '../harness/pg.js';
@@ -81,6 +82,30 @@ describe('receive --archive', () => {
     const left = readdirSync(spool).sort();
     expect(left).toEqual([segName(1, lsnOf(endpos) - BigInt(SEG), SEG), `${segName(1, lsnOf(endpos), SEG)}.partial`]);
     expect(res.stderr).not.toContain(s3.secretAccessKey);
+  });
+
+  it("keeps each segment in a local directory on the spool's file system as a second name of the spool's file, recorded with the SHA-256 of the server's bytes", async () => {
+    const first = await slot('to_dir_linked');
+    await primary.generateWal(3 * SEG);
+    const endpos = await primary.currentLsn();
+    const archiveDir = newDir('archive');
+    const spool = newDir('spool');
+    const res = await runCli(['receive', '-D', spool, '-d', primary.connectionString(), '-S', 'to_dir_linked', '-E', endpos, '-n', '--archive', archiveDir]);
+    expect(res.code, res.stderr).toBe(0);
+    const store = await open(archiveDir);
+    expect(await expectArchived(store, first, endpos)).toBeGreaterThanOrEqual(3);
+    for (const o of await store.list()) {
+      if (!/^[0-9A-F]{24}$/.test(o.name)) continue;
+      expect(o.checksum, o.name).toBe(
+        createHash('sha256')
+          .update(readFileSync(join(primary.walDir, o.name)))
+          .digest('hex'),
+      );
+    }
+    // The segment the spool keeps (its resume marker) is the archive's object itself.
+    const kept = readdirSync(spool).filter((n) => /^[0-9A-F]{24}$/.test(n));
+    expect(kept).toHaveLength(1);
+    expect(statSync(join(archiveDir, kept[0]!)).ino).toBe(statSync(join(spool, kept[0]!)).ino);
   });
 
   it('archives into a local directory with gzip, readable back to the same bytes', async () => {

@@ -93,6 +93,31 @@ describe('a spool file archived into a local directory', () => {
     expect(readFileSync(path).equals(fixtureSegment())).toBe(true);
   });
 
+  it('takes a checksum the writer computed without reading the file, where it keeps a second name; a copy hashes what it reads', async () => {
+    const path = spoolFile();
+    const { dir, store } = archive();
+    const sha256 = await recordOf(fixtureSegment());
+    const unread: AsyncIterable<Buffer> = {
+      [Symbol.asyncIterator]: () => {
+        throw new Error('the file was read');
+      },
+    };
+    const known = { sha256, size: fixtureSegment().length };
+    const r = await store.putPieces(FIXTURE_NAME, unread, { file: path, known });
+    expect(r).toMatchObject({ status: 'created', info: { checksum: sha256, size: known.size } });
+    expect(statSync(join(dir, FIXTURE_NAME)).ino).toBe(statSync(path).ino);
+    const got = await store.get(FIXTURE_NAME);
+    expect(got.data.equals(fixtureSegment())).toBe(true);
+    expect(got.info.checksum).toBe(sha256);
+
+    // A copy (the file is not private to its owner) records what it read, whatever it was told.
+    const open = spoolFile(0o640, tmp());
+    const other = archive();
+    const wrong = { sha256: '0'.repeat(64), size: known.size };
+    expect(await other.store.putPieces(FIXTURE_NAME, piecesOf(open), { file: open, known: wrong })).toMatchObject({ status: 'created', info: { checksum: sha256 } });
+    expect((await other.store.get(FIXTURE_NAME)).info.checksum).toBe(sha256);
+  });
+
   it('is never linked from pg_wal by push: PostgreSQL reuses those files', async () => {
     const path = spoolFile();
     const { dir, store } = archive();

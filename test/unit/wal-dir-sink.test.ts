@@ -3,7 +3,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync, constants as zconst } from 'node:zlib';
-import { WalDirSink, WalValidationError, type WalDirSinkOptions, type SinkListener } from '../../src/sink/wal-dir.js';
+import { createHash } from 'node:crypto';
+import { WalDirSink, WalValidationError, type SegmentDigest, type WalDirSinkOptions, type SinkListener } from '../../src/sink/wal-dir.js';
 import type { Lsn } from '../../src/wal/lsn.js';
 import { fixtureSegment, fixtureSystemId, FIXTURE_BLOCK_SIZE, FIXTURE_MAGIC, FIXTURE_NAME, FIXTURE_SEG_SIZE, FIXTURE_START, FIXTURE_TLI } from './fixture.js';
 
@@ -300,6 +301,44 @@ describe('WalDirSink, plain files', () => {
     while (!events.includes('drain') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     expect(events).toEqual(['pressure', 'drain']);
     await sink.endStream();
+  });
+
+  it('with digestSegments, tells the SHA-256 of a segment written whole from its first byte, and of no other', async () => {
+    const seg = fixtureSegment();
+    const sha = createHash('sha256').update(seg).digest('hex');
+    const done: [string, SegmentDigest | undefined][] = [];
+    const onSegmentDone = (name: string, _end: Lsn, written?: SegmentDigest): void => {
+      done.push([name, written]);
+    };
+    const sink = makeSink({ digestSegments: true, onSegmentDone });
+    sink.begin(FIXTURE_START, FIXTURE_TLI);
+    writeChunks(sink, FIXTURE_START, seg, 100_000);
+    await sink.endStream();
+    expect(done).toEqual([[FIXTURE_NAME, { sha256: sha, size: SEG }]]);
+
+    // Continued mid-segment (a reconnect): the bytes before were not seen, so no digest.
+    await rm(join(dir, FIXTURE_NAME));
+    done.length = 0;
+    const half = SEG / 2 + 1000;
+    const first = makeSink({ digestSegments: true, onSegmentDone });
+    first.begin(FIXTURE_START, FIXTURE_TLI);
+    writeChunks(first, FIXTURE_START, seg.subarray(0, half));
+    await first.endStream();
+    const second = makeSink({ digestSegments: true, onSegmentDone });
+    second.begin(FIXTURE_START + BigInt(half), FIXTURE_TLI);
+    writeChunks(second, FIXTURE_START + BigInt(half), seg.subarray(half));
+    await second.endStream();
+    expect(done).toEqual([[FIXTURE_NAME, undefined]]);
+    expect((await readFile(join(dir, FIXTURE_NAME))).equals(seg)).toBe(true);
+
+    // Without the option, nothing is hashed.
+    await rm(join(dir, FIXTURE_NAME));
+    done.length = 0;
+    const plain = makeSink({ onSegmentDone });
+    plain.begin(FIXTURE_START, FIXTURE_TLI);
+    writeChunks(plain, FIXTURE_START, seg);
+    await plain.endStream();
+    expect(done).toEqual([[FIXTURE_NAME, undefined]]);
   });
 
   it('writes timeline history files atomically', async () => {
