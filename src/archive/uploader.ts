@@ -83,6 +83,7 @@ export class SpoolUploader {
   private readonly sizes = new Map<string, number>();
   /** The SHA-256 and size of a segment as its writer computed them while writing it, by name. */
   private readonly digests = new Map<string, { sha256: string; size: number }>();
+  private linkable = false;
   private pendingBytes = 0;
   private paused = false;
   private stopped = false;
@@ -108,6 +109,7 @@ export class SpoolUploader {
     const swept = await sweepDirectory(this.o.spoolDir);
     for (const l of swept.removed) this.o.log.verbose(`removed ${l.name} from the spool: a temp file its writer left when it was stopped`);
     for (const f of swept.failed) this.o.log.warn(`cannot remove ${f.leftover.name} from the spool (a temp file its writer left): ${f.error}`);
+    this.linkable = this.o.compression === 'none' && (await this.o.store.linksFrom?.(this.o.spoolDir)) === true;
     const names = (await readdir(this.o.spoolDir)).filter((n) => WAL_NAME_RE.test(n) || HISTORY_NAME_RE.test(n)).sort(uploadOrder);
     for (const n of names) await this.enqueue(n);
   }
@@ -136,12 +138,13 @@ export class SpoolUploader {
   }
 
   /**
-   * Whether a finished segment's SHA-256, computed as it was written, saves reading it again: the
+   * Whether the archive keeps the spool's files as they are (known once start() resolved):
+   * whether a finished segment's SHA-256, computed as it was written, saves reading it again: the
    * archive keeps a plain segment as a second name of the spool file where it can (a local
    * directory on the spool's file system) and then needs nothing but its checksum.
    */
   get takesDigests(): boolean {
-    return this.o.compression === 'none' && this.o.store.takesPieces?.() === true;
+    return this.linkable;
   }
 
   /** A finished file appeared in the spool (`written`: the SHA-256 and size of the bytes its writer wrote). */

@@ -216,15 +216,25 @@ export class Archive implements ArchiveStore {
     return this.keyring === undefined && this.driver.createStream !== undefined && this.driver.writesPieces === true;
   }
 
+  /** Whether putPieces can keep the files of directory `dir` as they are (a second name, not a copy). */
+  async linksFrom(dir: string): Promise<boolean> {
+    return this.takesPieces() && this.driver.linksFrom !== undefined && (await this.driver.linksFrom(dir));
+  }
+
   async putPieces(name: string, pieces: AsyncIterable<Buffer>, opts: PutPiecesOptions = {}): Promise<PutResult | 'taken' | undefined> {
     assertArchiveName(name);
     // Plain bytes only: compression and encryption hold on to pieces (and have put's way).
     if (!this.takesPieces()) return undefined;
     const digest = new Digesting();
     let failure: { err: unknown } | undefined;
+    const { known } = opts;
     const source = async function* (): AsyncGenerator<Buffer> {
       try {
         yield* digest.pass(pieces);
+        // A copy of a file whose writer hashed it: what was read must be what was written.
+        if (known && (digest.hex !== known.sha256 || digest.size !== known.size)) {
+          throw new StorageError(`${name}: ${opts.file ?? 'the file'} does not hold the bytes written to it (${digest.size} bytes with SHA-256 ${digest.hex}, written: ${known.size} bytes with ${known.sha256}); not stored`, false);
+        }
       } catch (err) {
         failure = { err };
         throw err;
@@ -233,7 +243,6 @@ export class Archive implements ArchiveStore {
     const meta = (): NewMeta => ({ sha256: digest.hex, compression: 'none', size: digest.size });
     const createOpts = { noSync: opts.noSync ?? false };
     const { driver } = this;
-    const { known } = opts;
     let stored = { sha256: (): string => digest.hex, size: (): number => digest.size };
     const create = async (): Promise<CreateResult> => {
       if (opts.file !== undefined && driver.createLinked) {

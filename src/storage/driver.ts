@@ -106,6 +106,8 @@ export interface Driver {
    * bytes.
    */
   createLinked?(key: string, file: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts?: CreateOptions): Promise<CreateResult | undefined>;
+  /** Whether createLinked can keep the files of directory `dir` (they lie on the driver's file system). */
+  linksFrom?(dir: string): Promise<boolean>;
   /**
    * The object as a stream (memory bounded by the driver's reads), or undefined when missing. With
    * `into`, a driver may read into that buffer again and again: each piece is then a view of it,

@@ -204,12 +204,14 @@ export interface ArchiveStore {
    * file, never a file in pg_wal, which PostgreSQL reuses): a local archive on the same file system
    * then keeps the object as a second name of it instead of a copy. `known`: the file's SHA-256
    * and size as its writer computed them from the bytes it wrote (the receiver hashes a segment as
-   * it writes it): an object kept as a second name then takes them without reading the file again.
-   * A copy still hashes what it reads.
+   * it writes it): an object kept as a second name then takes them without reading the file again;
+   * a copy hashes what it reads and is not stored when that differs.
    */
   putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: PutPiecesOptions): Promise<PutResult | 'taken' | undefined>;
   /** Whether putPieces stores here at all (false: it always answers undefined). */
   takesPieces?(): boolean;
+  /** Whether putPieces with `file` can keep the files of directory `dir` as they are (a second name, not a copy). */
+  linksFrom?(dir: string): Promise<boolean>;
   /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted

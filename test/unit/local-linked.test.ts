@@ -110,12 +110,23 @@ describe('a spool file archived into a local directory', () => {
     expect(got.data.equals(fixtureSegment())).toBe(true);
     expect(got.info.checksum).toBe(sha256);
 
-    // A copy (the file is not private to its owner) records what it read, whatever it was told.
+    // A copy (the file is not private to its owner) hashes what it reads: the same bytes are
+    // stored, other bytes are not.
     const open = spoolFile(0o640, tmp());
     const other = archive();
-    const wrong = { sha256: '0'.repeat(64), size: known.size };
-    expect(await other.store.putPieces(FIXTURE_NAME, piecesOf(open), { file: open, known: wrong })).toMatchObject({ status: 'created', info: { checksum: sha256 } });
+    expect(await other.store.linksFrom(tmp())).toBe(true);
+    expect(await other.store.putPieces(FIXTURE_NAME, piecesOf(open), { file: open, known })).toMatchObject({ status: 'created', info: { checksum: sha256 } });
     expect((await other.store.get(FIXTURE_NAME)).info.checksum).toBe(sha256);
+    const third = archive();
+    const wrong = { sha256: '0'.repeat(64), size: known.size };
+    await expect(third.store.putPieces(FIXTURE_NAME, piecesOf(open), { file: open, known: wrong })).rejects.toThrow(/does not hold the bytes written to it/);
+    expect(readdirSync(third.dir).filter((n) => n === FIXTURE_NAME)).toEqual([]);
+    const shm = mkdtempSync('/dev/shm/walstream-linked-');
+    try {
+      expect(await third.store.linksFrom(shm)).toBe(false);
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
   });
 
   it('is never linked from pg_wal by push: PostgreSQL reuses those files', async () => {

@@ -229,6 +229,15 @@ export class LocalDriver implements Driver {
     }
   }
 
+  async linksFrom(dir: string): Promise<boolean> {
+    try {
+      const [ours, theirs] = await Promise.all([stat(this.dir), stat(dir)]);
+      return ours.dev === theirs.dev;
+    } catch {
+      return false;
+    }
+  }
+
   /** A new temp name for `target` linked to `file` (createLinked), or undefined where that cannot be. */
   private async linkTemp(target: string, file: string): Promise<string | undefined> {
     const st = await lstat(file);
