@@ -64,12 +64,12 @@ interface Prepared {
   plainIsDamaged: boolean;
 }
 
-/** How a put came out before the policy acts on it. */
 /** An empty source of pieces. */
 async function* nothing(): AsyncGenerator<Buffer> {
   // no pieces
 }
 
+/** How a put came out before the policy acts on it. */
 type Outcome = PutResult | { kind: 'different' } | { kind: 'damaged'; read: ReadResult; why: string } | { kind: 'unauthenticated'; keyId: string };
 
 /** node:crypto, loaded at the first checksum. */

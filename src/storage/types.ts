@@ -208,8 +208,6 @@ export interface ArchiveStore {
    * a copy hashes what it reads and is not stored when that differs.
    */
   putPieces?(name: string, pieces: AsyncIterable<Buffer>, opts?: PutPiecesOptions): Promise<PutResult | 'taken' | undefined>;
-  /** Whether putPieces stores here at all (false: it always answers undefined). */
-  takesPieces?(): boolean;
   /** Whether putPieces with `file` can keep the files of directory `dir` as they are (a second name, not a copy). */
   linksFrom?(dir: string): Promise<boolean>;
   /**
