@@ -10,7 +10,7 @@
 // the node binary's code) and the WAL written; at the end it prints the median RSS of every minute
 // (and of each part), the peak, and the growth: the median of the last two minutes against the
 // median of minutes 2-3 (the first minute is warm-up). Verdict: steady when the growth is at most
-// 5 MB. BENCH_NODE_ARGS: node options for the walstream process (e.g. --trace-gc);
+// 5 MB. BENCH_NODE_ARGS: node options for the walstream process, through NODE_OPTIONS (e.g. --import FILE);
 // BENCH_RECEIVE_ARGS: more options for walstream receive (e.g. --partial-interval 0).
 import { readFileSync, rmSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -63,7 +63,9 @@ async function main(): Promise<void> {
     const archive = pgDir('mem-archive');
     const pgrw = pgDir('mem-pgrw');
     dirs.push(spool, archive, pgrw);
-    const ws = spawn(process.execPath, [...NODE_ARGS, BIN, 'receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : []), ...RECEIVE_ARGS], {
+    // The walstream command as users run it (bin/walstream.sh picks receive's node options), on this Node.
+    const ws = spawn(`${BIN}.sh`, ['receive', '-D', spool, '-d', conn, '-S', 'ws', ...(ARCHIVE ? ['--archive', archive] : []), ...RECEIVE_ARGS], {
+      env: { ...process.env, WALSTREAM_NODE: process.execPath, NODE_OPTIONS: NODE_ARGS.join(' ') },
       stdio: ['ignore', NODE_ARGS.length > 0 ? 'inherit' : 'ignore', 'inherit'],
     });
     const rw = spawn(join(toolBinDir(), 'pg_receivewal'), ['-D', pgrw, '-d', conn, '-S', 'pgrw', '-n'], { stdio: ['ignore', 'ignore', 'inherit'] });

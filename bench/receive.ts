@@ -4,11 +4,13 @@
 // the order of the cases turning from one run to the next. Prints every run, the medians with
 // their spread, and each walstream case against pg_receivewal and issue 13's targets (wall at most
 // 0.9 and CPU at most 1.5 times pg_receivewal's, peak RSS at most 100 MB).
+// walstream runs as users run it: the installed command (bin/walstream.sh), on this Node.
 // Knobs: BENCH_WAL_MB, BENCH_RUNS (default 5), BENCH_ARCHIVE=1 (also walstream receive --archive
 // DIR into a fresh archive directory), BENCH_COMPARE_BIN (another build's bin/walstream: its
 // cases run alternated with this one's), BENCH_CPU_PROF (a directory: walstream runs under
 // node --cpu-prof, one profile per run there), BENCH_NODE_VARIANTS (node options, sets separated by
-// ';': each set adds walstream's cases run under those options, e.g. '--single-threaded-gc').
+// ';': each set adds walstream's cases run under those options through NODE_OPTIONS, e.g.
+// '--single-threaded-gc').
 import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,9 +78,11 @@ async function main(): Promise<void> {
       return d;
     };
     let profiles = 0;
-    const node = (): string[] => [process.execPath, ...(CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF, '--cpu-prof-name', `receive-${++profiles}.cpuprofile`] : [])];
+    const profile = (): string[] => (CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF, '--cpu-prof-name', `receive-${++profiles}.cpuprofile`] : []);
+    // The walstream command as users run it (bin/walstream.sh, which picks receive's node options), on this Node.
+    const installed = (bin: string, nodeArgs: string[]): string[] => ['env', `WALSTREAM_NODE=${process.execPath}`, `NODE_OPTIONS=${[...profile(), ...nodeArgs].join(' ')}`, `${bin}.sh`];
     const walstream = (bin: string, label: string, nodeArgs: string[] = []): Case[] => {
-      const base = (dir: string): string[] => [...node(), ...nodeArgs, bin, 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'];
+      const base = (dir: string): string[] => [...installed(bin, nodeArgs), 'receive', '-D', dir, '-d', conn, '-E', endpos, '-n'];
       const cases: Case[] = [{ name: `walstream${label}`, argv: base, archive: false }];
       if (ARCHIVE) cases.push({ name: `walstream --archive${label}`, argv: (dir, archive) => [...base(dir), '--archive', archive], archive: true });
       return cases;

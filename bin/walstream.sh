@@ -23,6 +23,15 @@ ws_node() {
       case $ws_link in /*) ws_real=$ws_link ;; *) ws_real=${ws_real%/*}/$ws_link ;; esac
     done
   fi
+  # The commands that run for days keep V8's young generation at 2 MB a semi-space (2 x 2 MB):
+  # left to itself, V8 doubles it now and then up to 16 MB (32 MB of memory) under a steady
+  # stream, so a receiver's memory would grow for an hour and stay there. Measured at 1 GB of
+  # WAL, the scavenges this adds cost no CPU that shows (docs/benchmarks.md). A size given in
+  # NODE_OPTIONS is left as it is.
+  case ${1-}:${NODE_OPTIONS-} in
+    receive:*--max-semi-space-size* | serve:*--max-semi-space-size*) ;;
+    receive:* | serve:*) exec "${WALSTREAM_NODE:-node}" --max-semi-space-size=2 "${ws_real%/*}/walstream" "$@" ;;
+  esac
   exec "${WALSTREAM_NODE:-node}" "${ws_real%/*}/walstream" "$@"
 }
 

@@ -222,6 +222,22 @@ describe('bin/walstream.sh', () => {
     expect(answered).toBeGreaterThan(30);
   });
 
+  it('runs receive and serve with a young generation of 2 MB a semi-space, unless NODE_OPTIONS sizes it', () => {
+    const { cwd, fakeNode, argsFile } = setUp();
+    const bin = join(ROOT, 'bin', 'walstream');
+    const cases: [string[], Record<string, string>, string[]][] = [
+      [['receive', '-D', 'spool'], {}, ['--max-semi-space-size=2', bin, 'receive', '-D', 'spool']],
+      [['serve', '--listen', '127.0.0.1:5433'], {}, ['--max-semi-space-size=2', bin, 'serve', '--listen', '127.0.0.1:5433']],
+      [['receive', '-D', 'spool'], { NODE_OPTIONS: '--max-semi-space-size=8' }, [bin, 'receive', '-D', 'spool']],
+      [['status', '--archive', '/arch'], {}, [bin, 'status', '--archive', '/arch']],
+      [['fetch', 'x', 'y'], {}, [bin, 'fetch', 'x', 'y']],
+    ];
+    for (const [args, env, want] of cases) {
+      expect(run(args, env, cwd, fakeNode), args.join(' ')).toBe(NODE_CALLED);
+      expect(readFileSync(argsFile, 'utf8').split('\n').slice(0, -1), args.join(' ')).toEqual(want);
+    }
+  });
+
   it('runs bin/walstream on Node, also through a symbolic link as npm installs it', () => {
     const cwd = mkdtempSync(join(tmpdir(), 'walstream-sh-'));
     dirs.push(cwd);
