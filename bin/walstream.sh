@@ -28,7 +28,23 @@ ws_node() {
   # stream, so a receiver's memory would grow for an hour and stay there. Measured at 1 GB of
   # WAL, the scavenges this adds cost no CPU that shows (docs/benchmarks.md). A size given in
   # NODE_OPTIONS is left as it is.
-  case ${1-}:${NODE_OPTIONS-} in
+  # The command is the first word that is neither an option nor --log-format's value.
+  ws_name= ws_skip=
+  for ws_a do
+    if [ -n "$ws_skip" ]; then
+      ws_skip=
+      continue
+    fi
+    case $ws_a in
+      --log-format) ws_skip=1 ;;
+      -*) ;;
+      *)
+        ws_name=$ws_a
+        break
+        ;;
+    esac
+  done
+  case $ws_name:${NODE_OPTIONS-} in
     receive:*--max-semi-space-size* | serve:*--max-semi-space-size*) ;;
     receive:* | serve:*) exec "${WALSTREAM_NODE:-node}" --max-semi-space-size=2 "${ws_real%/*}/walstream" "$@" ;;
   esac

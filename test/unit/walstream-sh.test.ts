@@ -228,6 +228,9 @@ describe('bin/walstream.sh', () => {
     const cases: [string[], Record<string, string>, string[]][] = [
       [['receive', '-D', 'spool'], {}, ['--max-semi-space-size=2', bin, 'receive', '-D', 'spool']],
       [['serve', '--listen', '127.0.0.1:5433'], {}, ['--max-semi-space-size=2', bin, 'serve', '--listen', '127.0.0.1:5433']],
+      [['--log-format', 'json', 'receive'], {}, ['--max-semi-space-size=2', bin, '--log-format', 'json', 'receive']],
+      [['--log-format=json', 'serve'], {}, ['--max-semi-space-size=2', bin, '--log-format=json', 'serve']],
+      [['--log-format', 'receive', 'status'], {}, [bin, '--log-format', 'receive', 'status']],
       [['receive', '-D', 'spool'], { NODE_OPTIONS: '--max-semi-space-size=8' }, [bin, 'receive', '-D', 'spool']],
       [['status', '--archive', '/arch'], {}, [bin, 'status', '--archive', '/arch']],
       [['fetch', 'x', 'y'], {}, [bin, 'fetch', 'x', 'y']],
