@@ -25,10 +25,10 @@ ws_node() {
   fi
   # The commands that run for days keep V8's young generation at 2 MB a semi-space (2 x 2 MB):
   # left to itself, V8 doubles it now and then up to 16 MB (32 MB of memory) under a steady
-  # stream, so a receiver's memory would grow for an hour and stay there. Measured at 1 GB of
-  # WAL, the scavenges this adds cost no CPU that shows (docs/benchmarks.md). A size given in
-  # NODE_OPTIONS is left as it is.
-  # The command is the first word that is neither an option nor --log-format's value.
+  # stream, so a receiver's memory would grow for an hour and stay there. Draining 1 GB of WAL,
+  # the CPU it took stayed within the spread between runs (docs/benchmarks.md). A size given in
+  # NODE_OPTIONS is left as it is. The command is the first word that is neither an option nor
+  # --log-format's value.
   ws_name= ws_skip=
   for ws_a do
     if [ -n "$ws_skip" ]; then
