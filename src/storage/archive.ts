@@ -233,7 +233,10 @@ export class Archive implements ArchiveStore {
         yield* digest.pass(pieces);
         // A copy of a file whose writer hashed it: what was read must be what was written.
         if (known && (digest.hex !== known.sha256 || digest.size !== known.size)) {
-          throw new StorageError(`${name}: ${opts.file ?? 'the file'} does not hold the bytes written to it (${digest.size} bytes with SHA-256 ${digest.hex}, written: ${known.size} bytes with ${known.sha256}); not stored`, false);
+          throw new StorageError(
+            `${name}: ${opts.file ?? 'the file'} does not hold the bytes written to it (${digest.size} bytes with SHA-256 ${digest.hex}, written: ${known.size} bytes with ${known.sha256}); not stored`,
+            false,
+          );
         }
       } catch (err) {
         failure = { err };
