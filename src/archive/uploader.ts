@@ -10,7 +10,7 @@
 import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sweepDirectory } from '../storage/leftovers.js';
-import { StorageError, type ArchiveStore, type Compression, type PutResult } from '../storage/types.js';
+import { StorageError, type ArchiveStore, type Compression, type PutResult, type SegmentDigest } from '../storage/types.js';
 import type { Logger } from '../util/log.js';
 import { HISTORY_NAME_RE, WAL_NAME_RE } from '../wal/segment.js';
 
@@ -82,8 +82,7 @@ export class SpoolUploader {
   private readonly active = new Set<string>();
   private readonly sizes = new Map<string, number>();
   /** The SHA-256 and size of a segment as its writer computed them while writing it, by name. */
-  private readonly digests = new Map<string, { sha256: string; size: number }>();
-  private linkable = false;
+  private readonly digests = new Map<string, SegmentDigest>();
   private pendingBytes = 0;
   private paused = false;
   private stopped = false;
@@ -96,6 +95,12 @@ export class SpoolUploader {
   private readonly retries = new Map<NodeJS.Timeout, () => void>();
   private readonly retryNames = new Set<string>();
   uploadedCount = 0;
+  /**
+   * Whether a finished segment's SHA-256, computed as it was written, saves reading it again
+   * (known once start() resolved): the archive keeps a plain segment as a second name of the spool
+   * file (a local directory on the spool's file system) and then needs nothing but its checksum.
+   */
+  takesDigests = false;
   private readonly buffers: ReadBuffers;
   /** The buffers of piece-at-a-time uploads, reused. */
   private readonly pieceBuffers: Buffer[] = [];
@@ -109,7 +114,7 @@ export class SpoolUploader {
     const swept = await sweepDirectory(this.o.spoolDir);
     for (const l of swept.removed) this.o.log.verbose(`removed ${l.name} from the spool: a temp file its writer left when it was stopped`);
     for (const f of swept.failed) this.o.log.warn(`cannot remove ${f.leftover.name} from the spool (a temp file its writer left): ${f.error}`);
-    this.linkable = this.o.compression === 'none' && (await this.o.store.linksFrom?.(this.o.spoolDir)) === true;
+    this.takesDigests = this.o.compression === 'none' && (await this.o.store.linksFrom?.(this.o.spoolDir)) === true;
     const names = (await readdir(this.o.spoolDir)).filter((n) => WAL_NAME_RE.test(n) || HISTORY_NAME_RE.test(n)).sort(uploadOrder);
     for (const n of names) await this.enqueue(n);
   }
@@ -137,18 +142,8 @@ export class SpoolUploader {
     return new Promise((resolve) => this.failWaiters.push(resolve));
   }
 
-  /**
-   * Whether the archive keeps the spool's files as they are (known once start() resolved):
-   * whether a finished segment's SHA-256, computed as it was written, saves reading it again: the
-   * archive keeps a plain segment as a second name of the spool file where it can (a local
-   * directory on the spool's file system) and then needs nothing but its checksum.
-   */
-  get takesDigests(): boolean {
-    return this.linkable;
-  }
-
   /** A finished file appeared in the spool (`written`: the SHA-256 and size of the bytes its writer wrote). */
-  async enqueue(name: string, written?: { sha256: string; size: number }): Promise<void> {
+  async enqueue(name: string, written?: SegmentDigest): Promise<void> {
     if (this.stopped || this.queued.has(name)) return;
     let size = 0;
     try {

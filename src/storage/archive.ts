@@ -44,6 +44,7 @@ import {
   type PutOptions,
   type PutPiecesOptions,
   type PutResult,
+  type SegmentDigest,
 } from './types.js';
 
 export interface ArchiveOptions {
@@ -246,7 +247,8 @@ export class Archive implements ArchiveStore {
     const meta = (): NewMeta => ({ sha256: digest.hex, compression: 'none', size: digest.size });
     const createOpts = { noSync: opts.noSync ?? false };
     const { driver } = this;
-    let stored = { sha256: (): string => digest.hex, size: (): number => digest.size };
+    /** The known checksum, once a second name of the file took it. */
+    let took: SegmentDigest | undefined;
     const create = async (): Promise<CreateResult> => {
       if (opts.file !== undefined && driver.createLinked) {
         // A second name of the file where the driver can make one (nothing of the pieces is read
@@ -256,7 +258,7 @@ export class Archive implements ArchiveStore {
           ? await driver.createLinked(name, opts.file, nothing(), () => ({ sha256: known.sha256, compression: 'none', size: known.size }), createOpts)
           : await driver.createLinked(name, opts.file, source(), meta, createOpts);
         if (linked) {
-          if (known) stored = { sha256: () => known.sha256, size: () => known.size };
+          took = known;
           return linked;
         }
       }
@@ -270,8 +272,8 @@ export class Archive implements ArchiveStore {
       throw failure ? failure.err : err;
     }
     if (!r.created) return 'taken';
-    const size = stored.size();
-    return { status: 'created', info: { name, size, storedSize: size, checksum: stored.sha256(), compression: 'none', modified: r.modified } };
+    const size = took?.size ?? digest.size;
+    return { status: 'created', info: { name, size, storedSize: size, checksum: took?.sha256 ?? digest.hex, compression: 'none', modified: r.modified } };
   }
 
   async head(name: string): Promise<ObjectInfo | undefined> {

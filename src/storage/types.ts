@@ -42,8 +42,9 @@
 //   never listed, and is removed only once its writer is gone: never while a writer that may still
 //   publish it runs. A local store's puts first remove the temp files of writers that are gone.
 import type { Compression } from '../sink/segment-file.js';
+import type { SegmentDigest } from '../sink/wal-dir.js';
 
-export type { Compression };
+export type { Compression, SegmentDigest };
 
 /** Whether `v` names a compression walstream stores with (the value recorded with each object). */
 export function isCompression(v: unknown): v is Compression {
@@ -154,7 +155,7 @@ export interface GetStreamOptions {
 export interface PutPiecesOptions {
   noSync?: boolean;
   file?: string;
-  known?: { sha256: string; size: number };
+  known?: SegmentDigest;
 }
 
 export interface ArchiveStore {
