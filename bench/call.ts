@@ -3,9 +3,10 @@
 // call for a segment already prefetched into its spool (fetch --prefetch finds it there), and
 // `walstream push %p` into a local archive, against `node -e 0` on the same Node, `cp`, and
 // pgBackRest's archive-get / archive-push (synchronous, uncompressed, local repository), and
-// fetch and push with --verify-records, to show what the record check adds to a call, and the two
-// calls the installed command (bin/walstream.sh) answers without Node: a prefetched fetch and a
-// push --parallel of a file an earlier call's look-ahead archived.
+// fetch and push with --verify-records, to show what the record check adds to a call, and the
+// three calls the installed command (bin/walstream.sh) answers without Node: a plain fetch from a
+// local archive, a prefetched fetch and a push --parallel of a file an earlier call's look-ahead
+// archived.
 // Every Node binary in BENCH_NODES (colon-separated paths; default: the one running this) runs
 // its own walstream and `node -e 0` cases; BENCH_COMPARE_BIN (another build's bin/walstream)
 // adds that build's walstream cases, marked "(compare)". The cases alternate within each round (the order
@@ -151,8 +152,15 @@ async function main(): Promise<void> {
           after: () => rmSync(dest, { force: true }),
         });
         cases.push({ name: `walstream push${mark} (${v})`, argv: [node, bin, 'push', pushPath, '--archive', pushArchive], after: removePushed });
-        // What PostgreSQL runs as `walstream ...`: bin/walstream.sh answers these two without Node.
+        // What PostgreSQL runs as `walstream ...`: bin/walstream.sh answers these three without Node.
         const installed = { WALSTREAM_NODE: node };
+        if (existsSync(`${bin}.sh`))
+          cases.push({
+            name: `walstream fetch, installed${mark} (${v})`,
+            argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive],
+            env: installed,
+            after: () => rmSync(dest, { force: true }),
+          });
         if (existsSync(`${bin}.sh`))
           cases.push({
             name: `walstream fetch, prefetched, installed${mark} (${v})`,
@@ -216,7 +224,8 @@ async function main(): Promise<void> {
     console.log('\nratios of medians (targets, issue 13: fetch and push <= 2x pgBackRest on Node 24; prefetched <= 1.3x node -e 0)');
     for (const v of versions.values()) {
       for (const mark of ['', ...(COMPARE_BIN ? [' (compare)'] : [])]) {
-        console.log(`${v}${mark}: walstream fetch / pgbackrest archive-get ${ratio(`walstream fetch${mark} (${v})`, 'pgbackrest archive-get')}`);
+        console.log(`${v}${mark}: walstream fetch, installed / pgbackrest archive-get ${ratio(`walstream fetch, installed${mark} (${v})`, 'pgbackrest archive-get')}`);
+        console.log(`${v}${mark}: walstream fetch on Node / pgbackrest archive-get ${ratio(`walstream fetch${mark} (${v})`, 'pgbackrest archive-get')}`);
         console.log(`${v}${mark}: walstream push / pgbackrest archive-push ${ratio(`walstream push${mark} (${v})`, 'pgbackrest archive-push')}`);
         console.log(`${v}${mark}: walstream fetch, prefetched / node -e 0 ${ratio(`walstream fetch, prefetched${mark} (${v})`, `node -e 0 (${v})`)}`);
         console.log(`${v}${mark}: walstream fetch, prefetched, installed / node -e 0 ${ratio(`walstream fetch, prefetched, installed${mark} (${v})`, `node -e 0 (${v})`)}`);

@@ -1,14 +1,18 @@
 #!/bin/sh
 # The walstream command (package.json "bin"). PostgreSQL runs restore_command and archive_command
-# once per WAL file, and starting Node costs 70-100 ms a call. Two calls need nothing Node does,
+# once per WAL file, and starting Node costs 70-100 ms a call. Three calls need nothing Node does,
 # so this script answers them itself:
 #   walstream fetch %f %p --prefetch ...   when the prefetch worker already holds %f in its spool
+#   walstream fetch %f %p ...              (no --prefetch) when a plain local archive holds %f
+#                                          uncompressed, unencrypted, with its checksum record
 #   walstream push %p --parallel N ...     when an earlier call's look-ahead already archived %p
-# Both only move or remove a file that a walstream process left once its work was complete and
-# durable, in a directory private to its owner. The checks are those commands/fetch.ts and
-# commands/push.ts make on the same path. Anything else, and any doubt (an option this script does
-# not read, a repeated one, a spool that does not answer), goes to bin/walstream on Node, which
-# decides as if this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
+# The first and the last only move or remove a file that a walstream process left once its work
+# was complete and durable, in a directory private to its owner; the second copies the archived
+# file next to %p and renames it to %p only once the copy's SHA-256 is the one recorded. The
+# checks are those commands/fetch.ts and commands/push.ts make on the same path. Anything else,
+# and any doubt (an option this script does not read, a repeated one, a spool that does not
+# answer, a copy that fails or does not match), goes to bin/walstream on Node, which decides as if
+# this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
 # WALSTREAM_NODE names the Node binary (default: node on PATH).
 
 ws_node() {
@@ -168,19 +172,27 @@ ws_segment_name() {
   return 1
 }
 
-# fetch %f %p from the spool (commands/fetch.ts with archive/prefetch.ts prepareSpool and
-# takeFromSpool): the spool serves this archive, and holds %f complete (its size the one its first
-# page header gives). The worker renames a segment into the spool only once it is verified and
-# fsynced.
+# fetch %f %p: from the prefetch spool when --prefetch is given, else from a plain local archive.
 ws_fetch() {
   ws_parse "$@" || return 1
   [ "$ws_npos" -eq 2 ] || return 1
   ws_given archive || ws_archive=${WALSTREAM_ARCHIVE-}
   ws_given s3-endpoint || ws_endpoint=${AWS_ENDPOINT_URL-}
+  [ -n "$ws_archive" ] && ws_quiet_env && ws_segment_name "$ws_pos1" || return 1
+  if ws_given prefetch || [ -n "${WALSTREAM_PREFETCH+set}" ]; then
+    ws_from_spool
+  else
+    ws_from_archive
+  fi
+}
+
+# From the spool (commands/fetch.ts with archive/prefetch.ts prepareSpool and takeFromSpool): the
+# spool serves this archive, and holds %f complete (its size the one its first page header gives).
+# The worker renames a segment into the spool only once it is verified and fsynced.
+ws_from_spool() {
   ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-prefetch}
   ws_given prefetch || ws_prefetch=${WALSTREAM_PREFETCH-}
-  [ -n "$ws_archive" ] && [ -n "$ws_spool" ] && ws_count "$ws_prefetch" && ws_quiet_env || return 1
-  ws_segment_name "$ws_pos1" || return 1
+  [ -n "$ws_spool" ] && ws_count "$ws_prefetch" || return 1
   ws_file=$ws_spool/$ws_pos1
   [ -f "$ws_file" ] && ws_same_archive "$ws_spool" || return 1
   ws_st=$(stat -L -c '%f %s' -- "$ws_spool" "$ws_file" 2>/dev/null) || return 1
@@ -200,6 +212,99 @@ ws_fetch() {
   ln -fT -- "$ws_file" "$ws_pos2" 2>/dev/null || return 1
   rm -f -- "$ws_file"
   exit 0
+}
+
+# From a local archive directory (commands/fetch.ts, archive/to-file.ts and the local driver's
+# plain read): an unencrypted archive (its identity record names no encryption, no key given),
+# %f stored plain as a regular file with its record "<sha256> none <size>". The file is copied
+# next to %p under a temp name of this process (storage/leftovers.ts tempName, so that a fetch
+# killed mid-copy leaves a file the next fetch removes), its SHA-256 taken of the copy, and only
+# when that is the recorded one renamed to %p. Anything else, and any failure on the way (a
+# checksum that differs, a full disk), goes to Node, which fetches again and says what is wrong;
+# so does a %p with temp files beside it (Node removes those a killed fetch left).
+ws_from_archive() {
+  [ -z "${WALSTREAM_ENCRYPTION_KEY+set}${WALSTREAM_ENCRYPTION_KEY_FILE+set}" ] && ! ws_env_on WALSTREAM_ENCRYPTION_REQUIRED || return 1
+  ! ws_given encryption-key-file && ! ws_given encryption-required || return 1
+  # An absolute path without "." or ".." parts (Node joins paths as text, the kernel would not).
+  case /$ws_archive/ in //*) ;; *) return 1 ;; esac
+  case /$ws_archive/ in */../* | */./*) return 1 ;; esac
+  ws_obj=$ws_archive/$ws_pos1
+  ws_rec=$ws_archive/.walstream-meta/$ws_pos1.sha256
+  [ -f "$ws_obj" ] && [ ! -L "$ws_obj" ] && [ -f "$ws_rec" ] && [ ! -L "$ws_rec" ] || return 1
+  ws_id= ws_more=
+  [ -f "$ws_archive/walstream.json" ] || return 1
+  { IFS= read -r ws_id && ! IFS= read -r ws_more && [ -z "$ws_more" ]; } 2>/dev/null <"$ws_archive/walstream.json" || return 1
+  case $ws_id in *'"systemIdentifier"'*) ;; *) return 1 ;; esac
+  case $ws_id in *encryption*) return 1 ;; esac
+  ws_line= ws_more=
+  { IFS= read -r ws_line && ! IFS= read -r ws_more && [ -z "$ws_more" ]; } 2>/dev/null <"$ws_rec" || return 1
+  set -f
+  set -- $ws_line
+  set +f
+  [ $# -eq 3 ] && [ "$ws_line" = "$1 $2 $3" ] && [ "$2" = none ] && [ ${#1} -eq 64 ] || return 1
+  case $1 in *[!0-9a-f]*) return 1 ;; esac
+  case $3 in '' | *[!0-9]*) return 1 ;; esac
+  ws_want=$1
+  # %p as Node splits it; names a glob would read go to Node.
+  case $ws_pos2 in */) return 1 ;; */*) ws_dir=${ws_pos2%/*} ws_base=${ws_pos2##*/} ;; *) ws_dir=. ws_base=$ws_pos2 ;; esac
+  case $ws_base in . | .. | *[][*?\\]*) return 1 ;; esac
+  case $ws_dir in *[][*?\\]*) return 1 ;; esac
+  ws_dir=${ws_dir:-/}
+  for ws_f in "$ws_dir"/."$ws_base".* "$ws_dir/$ws_base.walstream-tmp"; do
+    if [ -e "$ws_f" ] || [ -L "$ws_f" ]; then return 1; fi
+  done
+  ws_writer || return 1
+  ws_tmp=$ws_dir/.$ws_base.$ws_who.tmp
+  [ ! -e "$ws_tmp" ] && [ ! -L "$ws_tmp" ] || return 1
+  if (umask 077 && set -C && exec cat <"$ws_obj" >"$ws_tmp") 2>/dev/null && ws_sum=$(ws_sha256 "$ws_tmp") &&
+    [ "$ws_sum" = "$ws_want" ] && mv -fT -- "$ws_tmp" "$ws_pos2" 2>/dev/null; then
+    exit 0
+  fi
+  rm -f -- "$ws_tmp"
+  return 1
+}
+
+# The SHA-256 of file $1 in hex: openssl where there is one (it uses the CPU's SHA instructions),
+# else sha256sum.
+ws_sha256() {
+  if command -v openssl >/dev/null 2>&1; then
+    ws_out=$(openssl dgst -sha256 -r "$1" 2>/dev/null) || return 1
+  else
+    ws_out=$(sha256sum -b "$1" 2>/dev/null) || return 1
+  fi
+  ws_out=${ws_out%% *}
+  [ ${#ws_out} -eq 64 ] || return 1
+  printf '%s\n' "$ws_out"
+}
+
+# This process as a temp file's name records its writer (storage/leftovers.ts): pid, start time
+# in clock ticks since boot, the host name made readable, and the first 8 hex digits of the
+# SHA-256 of "host name NUL boot id NUL pid namespace"; then 8 random hex digits. Sets ws_who.
+ws_writer() {
+  ws_stat=
+  IFS= read -r ws_stat 2>/dev/null </proc/$$/stat || return 1
+  set -f
+  set -- ${ws_stat##*) }
+  set +f
+  [ $# -ge 20 ] || return 1
+  eval "ws_start=\${20}"
+  case $ws_start in '' | *[!0-9]*) return 1 ;; esac
+  ws_host= ws_boot=
+  IFS= read -r ws_host 2>/dev/null </proc/sys/kernel/hostname && IFS= read -r ws_boot 2>/dev/null </proc/sys/kernel/random/boot_id || return 1
+  [ -L /proc/$$/ns/pid ] || return 1
+  ws_space=$({ printf '%s\0%s\0' "$ws_host" "$ws_boot" && readlink -n /proc/$$/ns/pid; } 2>/dev/null | sha256sum 2>/dev/null) || return 1
+  ws_space=${ws_space%"${ws_space#????????}"}
+  case $ws_space in *[!0-9a-f]*) return 1 ;; esac
+  [ ${#ws_space} -eq 8 ] || return 1
+  case $ws_host in *[!A-Za-z0-9-]*) ws_host=$(printf '%s' "$ws_host" | tr -c 'A-Za-z0-9-' '-') || return 1 ;; esac
+  [ ${#ws_host} -le 32 ] || ws_host=$(printf '%.32s' "$ws_host")
+  # Eight random hex digits: the start of a fresh random UUID.
+  ws_rand=
+  IFS= read -r ws_rand 2>/dev/null </proc/sys/kernel/random/uuid || return 1
+  ws_rand=${ws_rand%%-*}
+  case $ws_rand in *[!0-9a-f]*) return 1 ;; esac
+  [ ${#ws_rand} -eq 8 ] || return 1
+  ws_who=$$+$ws_start@$ws_host-$ws_space.$ws_rand
 }
 
 # push %p --parallel N (commands/push.ts prepareMarkers and takeMarker): an earlier call's

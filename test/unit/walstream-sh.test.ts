@@ -6,10 +6,14 @@
 // answer must reach Node with its arguments as given, having changed nothing.
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseFastCommand } from '../../src/cli/fast-path.js';
+import { claimArchive } from '../../src/archive/identity.js';
+import { judgeLeftover, parseTempName, THIS_WRITER } from '../../src/storage/leftovers.js';
+import { LocalStore } from '../../src/storage/local.js';
 import { ROOT } from '../support/cli.js';
 import { rng } from './fixture.js';
 
@@ -256,5 +260,152 @@ describe('bin/walstream.sh', () => {
       expect(r.stdout.trim()).toBe(version);
       expect(r.status).toBe(0);
     }
+  });
+  describe('a fetch from a plain local archive', () => {
+    /** What the archive holds: SEG with bytes of its own (any changed byte shows). */
+    const DATA = Buffer.from(segment(SEG_SIZE).map((b, i) => (i < 64 ? b : (i * 7919) & 0xff)));
+
+    /** setUp() plus a local archive `arch` in it, written by walstream's own code, holding SEG. */
+    async function archiveSetUp(): Promise<{ cwd: string; fakeNode: string; argsFile: string; arch: string }> {
+      const base = setUp();
+      const arch = join(base.cwd, 'arch');
+      const store = new LocalStore(arch);
+      try {
+        await claimArchive(store, { systemIdentifier: 7715686313818013751n, segmentSize: SEG_SIZE }, SEG);
+        await store.put(SEG, DATA);
+      } finally {
+        await store.close();
+      }
+      return { ...base, arch };
+    }
+
+    /** A directory for PATH holding the programs the script runs, from this PATH, but not those in `leave`. */
+    function pathWithout(cwd: string, ...leave: string[]): string {
+      const bin = join(cwd, 'bin-without');
+      mkdirSync(bin);
+      for (const tool of ['cat', 'mv', 'rm', 'ln', 'od', 'stat', 'readlink', 'sha256sum', 'tr', 'openssl']) {
+        if (leave.includes(tool)) continue;
+        const found = spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
+        if (found !== '') symlinkSync(found, join(bin, tool));
+      }
+      return bin;
+    }
+
+    it('copies the segment to %p itself, renamed there only with the recorded SHA-256', async () => {
+      const { cwd, fakeNode, arch } = await archiveSetUp();
+      const answered: [string[], Record<string, string>][] = [
+        [['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch], {}],
+        [['fetch', SEG, join(cwd, 'pg_wal', 'RECOVERYXLOG')], { WALSTREAM_ARCHIVE: arch }],
+        [['fetch', `--archive=${arch}`, '--partial', SEG, 'pg_wal/RECOVERYXLOG'], {}],
+        [['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch, '--spool', 'spool'], { AWS_ENDPOINT_URL: 'http://127.0.0.1:9' }],
+      ];
+      for (const [args, env] of answered) {
+        rmSync(join(cwd, 'pg_wal', 'RECOVERYXLOG'), { force: true });
+        if (args.includes('--partial')) writeFileSync(join(cwd, 'pg_wal', 'RECOVERYXLOG'), 'replaced');
+        expect(run(args, env, cwd, fakeNode), args.join(' ')).toBe(0);
+        const got = join(cwd, 'pg_wal', 'RECOVERYXLOG');
+        expect(readFileSync(got).equals(DATA), args.join(' ')).toBe(true);
+        expect(statSync(got).mode & 0o777).toBe(0o600);
+        // Nothing else in pg_wal (no temp file), the archive's copy kept.
+        expect(readdirSync(join(cwd, 'pg_wal')).sort()).toEqual([SEG, 'RECOVERYXLOG']);
+        expect(readFileSync(join(arch, SEG)).equals(DATA)).toBe(true);
+        // The command line reads it as the same fetch, from this archive, with no prefetch and no key.
+        const c = parseFastCommand(args, env);
+        expect(c && c.command === 'fetch' ? { name: c.name, dest: resolve(cwd, c.dest), archive: c.archive, prefetch: c.prefetch, key: c.encryptionKeyFile } : c).toEqual({
+          name: SEG,
+          dest: got,
+          archive: arch,
+          prefetch: undefined,
+          key: undefined,
+        });
+      }
+      // Without openssl, sha256sum takes the checksum.
+      rmSync(join(cwd, 'pg_wal', 'RECOVERYXLOG'));
+      expect(run(['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch], { PATH: pathWithout(cwd, 'openssl') }, cwd, fakeNode)).toBe(0);
+      expect(readFileSync(join(cwd, 'pg_wal', 'RECOVERYXLOG')).equals(DATA)).toBe(true);
+    });
+
+    it('names its temp file as walstream does, so that the next fetch removes it if the copy is cut short', async () => {
+      const { cwd, fakeNode, arch } = await archiveSetUp();
+      // openssl that records the file it hashes (the temp file), then runs the real one.
+      const bin = join(cwd, 'bin-logging');
+      mkdirSync(bin);
+      const log = join(cwd, 'hashed');
+      const real = spawnSync('sh', ['-c', 'command -v openssl'], { encoding: 'utf8' }).stdout.trim();
+      expect(real).not.toBe('');
+      writeFileSync(join(bin, 'openssl'), `#!/bin/sh\nfor a do last=$a; done\nprintf '%s\\n' "$last" >> ${log}\nexec ${real} "$@"\n`, { mode: 0o755 });
+      expect(run(['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch], { PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` }, cwd, fakeNode)).toBe(0);
+      const hashed = readFileSync(log, 'utf8').trim();
+      expect(dirname(hashed)).toBe('pg_wal');
+      const parsed = parseTempName(basename(hashed));
+      expect(parsed?.target).toBe('RECOVERYXLOG');
+      const writer = parsed!.writer!;
+      expect({ space: writer.space, host: writer.host }).toEqual({ space: THIS_WRITER.space, host: THIS_WRITER.host });
+      expect(writer.start).toMatch(/^\d+$/);
+      // Its writer, the script, is gone: a temp file by that name is one the next fetch removes.
+      expect(judgeLeftover(writer, new Date())).toBe('dead');
+    });
+
+    it('hands to Node whatever it cannot vouch for, leaving %p and the archive as they were', async () => {
+      const usual = (arch: string): string[] => ['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch];
+      const meta = (arch: string): string => join(arch, '.walstream-meta', `${SEG}.sha256`);
+      const sha = createHash('sha256').update(DATA).digest('hex');
+      const cases: { why: string; args?: (arch: string) => string[]; env?: Record<string, string>; without?: string[]; prepare?: (cwd: string, arch: string) => void; left?: string[] }[] = [
+        { why: 'a copy whose checksum differs', prepare: (_, arch) => writeFileSync(join(arch, SEG), Buffer.concat([DATA.subarray(0, -1), Buffer.from([DATA.at(-1)! ^ 1])])) },
+        { why: 'no checksum record', prepare: (_, arch) => rmSync(meta(arch)) },
+        { why: 'a record of two lines', prepare: (_, arch) => writeFileSync(meta(arch), `${sha} none ${SEG_SIZE}\n\n`) },
+        { why: 'a record without a newline', prepare: (_, arch) => writeFileSync(meta(arch), `${sha} none ${SEG_SIZE}`) },
+        { why: 'a record of a compressed copy', prepare: (_, arch) => writeFileSync(meta(arch), `${sha} gzip ${SEG_SIZE}\n`) },
+        { why: 'a record with a tab', prepare: (_, arch) => writeFileSync(meta(arch), `${sha}\tnone ${SEG_SIZE}\n`) },
+        { why: 'a record in capitals', prepare: (_, arch) => writeFileSync(meta(arch), `${sha.toUpperCase()} none ${SEG_SIZE}\n`) },
+        {
+          why: 'the segment as a symbolic link',
+          prepare: (cwd, arch) => {
+            writeFileSync(join(cwd, 'elsewhere'), DATA);
+            rmSync(join(arch, SEG));
+            symlinkSync(join(cwd, 'elsewhere'), join(arch, SEG));
+          },
+        },
+        { why: 'only a compressed copy', prepare: (_, arch) => rmSync(join(arch, SEG)) },
+        { why: 'no identity record', prepare: (_, arch) => rmSync(join(arch, 'walstream.json')) },
+        {
+          why: 'an encrypted archive',
+          prepare: (_, arch) => writeFileSync(join(arch, 'walstream.json'), `{"format":1,"systemIdentifier":"7715686313818013751","segmentSize":${SEG_SIZE},"encryption":"aes-256-gcm"}\n`),
+        },
+        { why: 'an identity record of two lines', prepare: (_, arch) => writeFileSync(join(arch, 'walstream.json'), `{"format":1,"systemIdentifier":"1",\n"encryption":"aes-256-gcm"}\n`) },
+        { why: 'a key in the environment', env: { WALSTREAM_ENCRYPTION_KEY: '' } },
+        { why: 'a key file in the environment', env: { WALSTREAM_ENCRYPTION_KEY_FILE: 'k' } },
+        { why: 'a key file', args: (arch) => [...usual(arch), '--encryption-key-file', 'k'] },
+        { why: '--encryption-required', args: (arch) => [...usual(arch), '--encryption-required'] },
+        { why: 'encryption required by the environment', env: { WALSTREAM_ENCRYPTION_REQUIRED: '1' } },
+        { why: 'a relative archive path', args: () => usual('arch') },
+        { why: 'an archive path through ..', args: (arch) => usual(`${arch}/../pg_wal/../arch`) },
+        { why: 'an archive path through .', args: (arch) => usual(`${dirname(arch)}/./arch`) },
+        { why: 'a temp file of %p left beside it', prepare: (cwd) => writeFileSync(join(cwd, 'pg_wal', '.RECOVERYXLOG.123.tmp'), 'x'), left: ['.RECOVERYXLOG.123.tmp'] },
+        { why: 'an old temp file of %p left beside it', prepare: (cwd) => writeFileSync(join(cwd, 'pg_wal', 'RECOVERYXLOG.walstream-tmp'), 'x'), left: ['RECOVERYXLOG.walstream-tmp'] },
+        { why: '%p a directory', prepare: (cwd) => mkdirSync(join(cwd, 'pg_wal', 'RECOVERYXLOG')), left: ['RECOVERYXLOG'] },
+        { why: "%p's directory missing", args: (arch) => ['fetch', SEG, 'nowhere/RECOVERYXLOG', '--archive', arch] },
+        { why: '%p ending in /', args: (arch) => ['fetch', SEG, 'pg_wal/RECOVERYXLOG/', '--archive', arch] },
+        { why: '%p with a glob character', args: (arch) => ['fetch', SEG, 'pg_wal/RECOVERY*', '--archive', arch] },
+        { why: 'a history file', args: (arch) => ['fetch', '00000002.history', 'pg_wal/RECOVERYXLOG', '--archive', arch] },
+        { why: 'verbose', env: { WALSTREAM_VERBOSE: '1' } },
+        { why: 'the record check', env: { WALSTREAM_VERIFY_RECORDS: 'on' } },
+        { why: '--prefetch, the spool lacking it', args: (arch) => [...usual(arch), '--prefetch'], prepare: (cwd) => rmSync(join(cwd, '.walstream-prefetch', SEG)) },
+        { why: 'WALSTREAM_PREFETCH, the spool lacking it', env: { WALSTREAM_PREFETCH: '8' }, prepare: (cwd) => rmSync(join(cwd, '.walstream-prefetch', SEG)) },
+        { why: 'no program to hash with', without: ['openssl', 'sha256sum'] },
+      ];
+      for (const c of cases) {
+        const { cwd, fakeNode, argsFile, arch } = await archiveSetUp();
+        c.prepare?.(cwd, arch);
+        const before = readdirSync(arch, { recursive: true }).sort();
+        const args = c.args?.(arch) ?? usual(arch);
+        const env = { ...c.env, ...(c.without ? { PATH: pathWithout(cwd, ...c.without) } : {}) };
+        const status = run(args, env, cwd, fakeNode);
+        expect({ why: c.why, status }).toEqual({ why: c.why, status: NODE_CALLED });
+        expect(readFileSync(argsFile, 'utf8')).toBe(`${join(ROOT, 'bin', 'walstream')}\n${args.join('\n')}\n`);
+        expect(readdirSync(join(cwd, 'pg_wal')).sort(), c.why).toEqual([SEG, ...(c.left ?? [])].sort());
+        expect(readdirSync(arch, { recursive: true }).sort(), c.why).toEqual(before);
+      }
+    });
   });
 });
