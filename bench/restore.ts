@@ -148,7 +148,8 @@ async function main(): Promise<void> {
     dirs.push(out);
     const perCall: [string, string[]][] = [
       ['cp', ['cp', join(raw, seg), join(out, 'X')]],
-      ['walstream fetch', [...walstreamArgv(), 'fetch', seg, join(out, 'X'), '--archive', local]],
+      ['walstream fetch (on Node)', [...walstreamArgv(), 'fetch', seg, join(out, 'X'), '--archive', local]],
+      ['walstream fetch (installed command)', ['env', `WALSTREAM_NODE=${walstreamArgv()[0]}`, `${walstreamArgv()[1]}.sh`, 'fetch', seg, join(out, 'X'), '--archive', local]],
     ];
     if (repos[0])
       perCall.push(['pgbackrest archive-get', ['/usr/bin/pgbackrest', `--config=${repos[0].config}`, `--stanza=${repos[0].stanza}`, `--pg1-path=${primary.dataDir}`, 'archive-get', seg, join(out, 'X')]]);
