@@ -327,13 +327,14 @@ describe('bin/walstream.sh', () => {
 
     it('names its temp file as walstream does, so that the next fetch removes it if the copy is cut short', async () => {
       const { cwd, fakeNode, arch } = await archiveSetUp();
-      // openssl that records the file it hashes (the temp file), then runs the real one.
+      // The program that hashes the copy (openssl, else sha256sum), recording the file it is
+      // given (the temp file), then running the real one.
       const bin = join(cwd, 'bin-logging');
       mkdirSync(bin);
       const log = join(cwd, 'hashed');
-      const real = spawnSync('sh', ['-c', 'command -v openssl'], { encoding: 'utf8' }).stdout.trim();
-      expect(real).not.toBe('');
-      writeFileSync(join(bin, 'openssl'), `#!/bin/sh\nfor a do last=$a; done\nprintf '%s\\n' "$last" >> ${log}\nexec ${real} "$@"\n`, { mode: 0o755 });
+      const which = (tool: string): string => spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
+      const tool = which('openssl') !== '' ? 'openssl' : 'sha256sum';
+      writeFileSync(join(bin, tool), `#!/bin/sh\nfor a do last=$a; done\ncase $last in ''|-*) ;; *) printf '%s\\n' "$last" >> ${log} ;; esac\nexec ${which(tool)} "$@"\n`, { mode: 0o755 });
       expect(run(['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch], { PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` }, cwd, fakeNode)).toBe(0);
       const hashed = readFileSync(log, 'utf8').trim();
       expect(dirname(hashed)).toBe('pg_wal');
