@@ -280,6 +280,10 @@ export class PgCluster {
       log_replication_commands: true,
       // Standbys reconnect quickly after the primary restarts (default 5s).
       wal_retrieve_retry_interval: '200ms',
+      // Dynamic shared memory in the data directory (pg_dynshmem/), not /dev/shm/PostgreSQL.*:
+      // destroy() stops the server with -m immediate, which leaves those segments behind, and
+      // removes the data directory with whatever is in it.
+      dynamic_shared_memory_type: 'mmap',
       ...this.#conf,
     };
     const lines = Object.entries(settings).map(([k, v]) => `${k} = ${confValue(v)}`);
