@@ -155,27 +155,27 @@ async function main(): Promise<void> {
         // What PostgreSQL runs as `walstream ...`: bin/walstream.sh answers these three without Node.
         const installed = { WALSTREAM_NODE: node };
         if (existsSync(`${bin}.sh`))
-          cases.push({
-            name: `walstream fetch, installed${mark} (${v})`,
-            argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive],
-            env: installed,
-            after: () => rmSync(dest, { force: true }),
-          });
-        if (existsSync(`${bin}.sh`))
-          cases.push({
-            name: `walstream fetch, prefetched, installed${mark} (${v})`,
-            argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive, '--prefetch', '8', '--spool', spool],
-            env: installed,
-            before: () => copyFileSync(fetchPath, join(spool, fetched)),
-            after: () => rmSync(dest, { force: true }),
-          });
-        if (existsSync(`${bin}.sh`))
-          cases.push({
-            name: `walstream push --parallel 4, pushed, installed${mark} (${v})`,
-            argv: [`${bin}.sh`, 'push', pushPath, '--archive', pushArchive, '--parallel', '4', '--spool', markers],
-            env: installed,
-            before: () => writeFileSync(join(markers, `${pushed}.pushed`), ''),
-          });
+          cases.push(
+            {
+              name: `walstream fetch, installed${mark} (${v})`,
+              argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive],
+              env: installed,
+              after: () => rmSync(dest, { force: true }),
+            },
+            {
+              name: `walstream fetch, prefetched, installed${mark} (${v})`,
+              argv: [`${bin}.sh`, 'fetch', fetched, dest, '--archive', archive, '--prefetch', '8', '--spool', spool],
+              env: installed,
+              before: () => copyFileSync(fetchPath, join(spool, fetched)),
+              after: () => rmSync(dest, { force: true }),
+            },
+            {
+              name: `walstream push --parallel 4, pushed, installed${mark} (${v})`,
+              argv: [`${bin}.sh`, 'push', pushPath, '--archive', pushArchive, '--parallel', '4', '--spool', markers],
+              env: installed,
+              before: () => writeFileSync(join(markers, `${pushed}.pushed`), ''),
+            },
+          );
         if (!mark) {
           // What the record check costs a call (issue 15: on by default only if under 10%).
           cases.push({ name: `walstream fetch --verify-records (${v})`, argv: [node, bin, 'fetch', fetched, dest, '--archive', archive, '--verify-records'], after: () => rmSync(dest, { force: true }) });

@@ -146,10 +146,11 @@ async function main(): Promise<void> {
     const seg = names[Math.floor(names.length / 2)]!;
     const out = pgDir('out');
     dirs.push(out);
+    const [node, bin] = walstreamArgv();
     const perCall: [string, string[]][] = [
       ['cp', ['cp', join(raw, seg), join(out, 'X')]],
-      ['walstream fetch (on Node)', [...walstreamArgv(), 'fetch', seg, join(out, 'X'), '--archive', local]],
-      ['walstream fetch (installed command)', ['env', `WALSTREAM_NODE=${walstreamArgv()[0]}`, `${walstreamArgv()[1]}.sh`, 'fetch', seg, join(out, 'X'), '--archive', local]],
+      ['walstream fetch (on Node)', [node, bin, 'fetch', seg, join(out, 'X'), '--archive', local]],
+      ['walstream fetch (installed command)', ['env', `WALSTREAM_NODE=${node}`, `${bin}.sh`, 'fetch', seg, join(out, 'X'), '--archive', local]],
     ];
     if (repos[0])
       perCall.push(['pgbackrest archive-get', ['/usr/bin/pgbackrest', `--config=${repos[0].config}`, `--stanza=${repos[0].stanza}`, `--pg1-path=${primary.dataDir}`, 'archive-get', seg, join(out, 'X')]]);

@@ -231,13 +231,10 @@ ws_from_archive() {
   ws_obj=$ws_archive/$ws_pos1
   ws_rec=$ws_archive/.walstream-meta/$ws_pos1.sha256
   [ -f "$ws_obj" ] && [ ! -L "$ws_obj" ] && [ -f "$ws_rec" ] && [ ! -L "$ws_rec" ] || return 1
-  ws_id= ws_more=
-  [ -f "$ws_archive/walstream.json" ] || return 1
-  { IFS= read -r ws_id && ! IFS= read -r ws_more && [ -z "$ws_more" ]; } 2>/dev/null <"$ws_archive/walstream.json" || return 1
-  case $ws_id in *'"systemIdentifier"'*) ;; *) return 1 ;; esac
-  case $ws_id in *encryption*) return 1 ;; esac
-  ws_line= ws_more=
-  { IFS= read -r ws_line && ! IFS= read -r ws_more && [ -z "$ws_more" ]; } 2>/dev/null <"$ws_rec" || return 1
+  ws_one_line "$ws_archive/walstream.json" || return 1
+  case $ws_line in *'"systemIdentifier"'*) ;; *) return 1 ;; esac
+  case $ws_line in *encryption*) return 1 ;; esac
+  ws_one_line "$ws_rec" || return 1
   set -f
   set -- $ws_line
   set +f
@@ -262,6 +259,13 @@ ws_from_archive() {
   fi
   rm -f -- "$ws_tmp"
   return 1
+}
+
+# File $1 as one line ending in a newline, into ws_line; 1 for anything else.
+ws_one_line() {
+  ws_line= ws_more=
+  [ -f "$1" ] || return 1
+  { IFS= read -r ws_line && ! IFS= read -r ws_more && [ -z "$ws_more" ]; } 2>/dev/null <"$1"
 }
 
 # The SHA-256 of file $1 in hex: openssl where there is one (it uses the CPU's SHA instructions),

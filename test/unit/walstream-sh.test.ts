@@ -279,13 +279,16 @@ describe('bin/walstream.sh', () => {
       return { ...base, arch };
     }
 
+    /** Where `tool` is on this PATH ("" where it is not). */
+    const which = (tool: string): string => spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
+
     /** A directory for PATH holding the programs the script runs, from this PATH, but not those in `leave`. */
     function pathWithout(cwd: string, ...leave: string[]): string {
       const bin = join(cwd, 'bin-without');
       mkdirSync(bin);
       for (const tool of ['cat', 'mv', 'rm', 'ln', 'od', 'stat', 'readlink', 'sha256sum', 'tr', 'openssl']) {
         if (leave.includes(tool)) continue;
-        const found = spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
+        const found = which(tool);
         if (found !== '') symlinkSync(found, join(bin, tool));
       }
       return bin;
@@ -332,7 +335,6 @@ describe('bin/walstream.sh', () => {
       const bin = join(cwd, 'bin-logging');
       mkdirSync(bin);
       const log = join(cwd, 'hashed');
-      const which = (tool: string): string => spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
       const tool = which('openssl') !== '' ? 'openssl' : 'sha256sum';
       writeFileSync(join(bin, tool), `#!/bin/sh\nfor a do last=$a; done\ncase $last in ''|-*) ;; *) printf '%s\\n' "$last" >> ${log} ;; esac\nexec ${which(tool)} "$@"\n`, { mode: 0o755 });
       expect(run(['fetch', SEG, 'pg_wal/RECOVERYXLOG', '--archive', arch], { PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` }, cwd, fakeNode)).toBe(0);
