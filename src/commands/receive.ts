@@ -383,6 +383,7 @@ async function receiveLoop(o: ReceiveOptions, first: ReplicationConnection | und
   let delay = retryMin;
   let firstRound = first !== undefined;
   let expectedSystemId: bigint | undefined;
+  const held: HeldPosition = {};
   if (!first) {
     await Promise.race([new Promise((r) => setTimeout(r, delay)), o.stop]);
     if (stopped) return;
@@ -401,6 +402,7 @@ async function receiveLoop(o: ReceiveOptions, first: ReplicationConnection | und
         o,
         dir,
         expectedSystemId,
+        held,
         target: describeTarget(cfg),
         onData: () => {
           progressed = true;
@@ -467,11 +469,28 @@ interface StreamRound extends ArchiveParts {
   dir: string;
   /** System identifier seen on an earlier connection. */
   expectedSystemId: bigint | undefined;
+  /** What the connections of this process have made durable so far. */
+  held: HeldPosition;
   /** Called whenever WAL arrives (resets the reconnect backoff). */
   onData: () => void;
   /** The server as messages name it. */
   target: string;
   stopped: () => boolean;
+}
+
+/** The last position a stream of this process made durable in the directory, and its timeline. */
+interface HeldPosition {
+  at?: { tli: number; lsn: Lsn };
+}
+
+/**
+ * What an earlier stream made durable inside the segment this one starts at (a reconnection
+ * streams the segment in progress again from its start, into the same file): reported from the
+ * start, as it is still durable there, so that the slot never moves back. Nothing otherwise.
+ */
+function durableBefore(held: HeldPosition, tli: number, start: Lsn, segSize: number): Lsn | undefined {
+  const at = held.at;
+  return at !== undefined && at.tli === tli && at.lsn > start && at.lsn - start < BigInt(segSize) ? at.lsn : undefined;
 }
 
 /** A server's history file as fetched: its ancestry, and the file's bytes. */
@@ -713,6 +732,15 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
   const { conn, o, onData, uploader, shipper, serving, recorder } = round;
   const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
   const tli = f.tli;
+  const before = durableBefore(round.held, tli, f.start, info.segSize);
+  const detachHeld = sink.attach({
+    pressure: () => undefined,
+    drain: () => undefined,
+    failed: () => undefined,
+    durable: (lsn) => {
+      round.held.at = { tli, lsn };
+    },
+  });
   const detachRecorder = recorder ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => recorder.progress(tli, lsn) }) : undefined;
   try {
     const result = await runStream(conn, sink, {
@@ -726,6 +754,7 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
       synchronous: o.synchronous,
       ...(serving ? { syncAfterMs: SERVE_SYNC_AFTER_MS } : {}),
       reportFlush: from.slotName !== undefined || o.synchronous,
+      ...(before !== undefined ? { durableBefore: before } : {}),
       stopRequested: uploader ? Promise.race([o.stop, uploader.failed().then(() => undefined)]) : o.stop,
       backpressure: uploader,
       log: o.log,
@@ -742,6 +771,7 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
     o.metrics?.streamEnded();
     await shipping?.stop();
     await sink.endStream();
+    detachHeld();
     detachRecorder?.();
     // The stream's last position goes to the record now (not awaited: the archive may be what failed).
     void recorder?.flush();

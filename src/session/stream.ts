@@ -61,6 +61,13 @@ export interface StreamCtl {
   syncAfterMs?: number;
   /** Report the flush position (with a slot or in synchronous mode), as pg_receivewal does. */
   reportFlush: boolean;
+  /**
+   * A position on this timeline that an earlier stream of this process made durable in the file
+   * this one starts by writing again (the segment in progress, streamed again from its start):
+   * reported while the sink is still below it, so that a reconnection never moves the server's
+   * slot back, as pg_receivewal's does, to the start of that segment.
+   */
+  durableBefore?: Lsn;
   /** Resolves when the caller wants the stream to stop (signal). */
   stopRequested: Promise<void>;
   /** Other reasons to stop reading for a while (a full upload spool). */
@@ -171,8 +178,16 @@ class StreamRound {
     this.ctl.onActivity?.({ kind, received: this.sink.receivedLsn, durable: this.sink.durableLsn, serverEnd: this.serverEnd });
   }
 
+  /** The flush position to report: the sink's durable position, or what an earlier stream made durable. */
+  private flushToReport(): Lsn {
+    if (!this.ctl.reportFlush) return 0n;
+    const durable = this.sink.durableLsn;
+    const before = this.ctl.durableBefore;
+    return before !== undefined && before > durable ? before : durable;
+  }
+
   private sendStatus(replyRequested = false): void {
-    const flush = this.ctl.reportFlush ? this.sink.durableLsn : 0n;
+    const flush = this.flushToReport();
     const status = encodeStandbyStatus({
       write: this.sink.writtenLsn,
       flush,
@@ -289,7 +304,7 @@ class StreamRound {
       durable: () => {
         this.observe('durable');
         // Tell the server promptly when a segment becomes durable with a slot (retention) or sync mode.
-        if (ctl.reportFlush && !ctl.synchronous && sink.durableLsn !== this.lastSentFlush && this.stream.started) this.sendStatus();
+        if (ctl.reportFlush && !ctl.synchronous && this.flushToReport() !== this.lastSentFlush && this.stream.started) this.sendStatus();
       },
     });
   }

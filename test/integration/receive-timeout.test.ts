@@ -13,6 +13,7 @@ import { runCli, startCli } from '../support/cli.js';
 import { assertSegmentsMatch, completeSegments } from '../support/walfiles.js';
 import { startS3, type S3TestServer } from '../harness/s3.js';
 import { TamperProxy } from '../harness/tamper-proxy.js';
+import { parseLsn } from '../../src/wal/lsn.js';
 
 describe('receive --receive-timeout', () => {
   let primary: PgCluster;
@@ -174,6 +175,43 @@ describe('receive --receive-timeout', () => {
       expect(res.code, res.stderr).toBe(0);
     } finally {
       await b.tp.stop();
+    }
+  });
+
+  it('a reconnection never moves the slot back: what the connection before made durable is reported from its start', async () => {
+    const dir = newDir();
+    const archive = newDir();
+    const slot = 'rt_no_step_back';
+    await primary.query(`select pg_create_physical_replication_slot('${slot}', true)`);
+    const restartLsn = async (): Promise<bigint> => parseLsn((await primary.query<{ l: string }>(`select restart_lsn::text as l from pg_replication_slots where slot_name = '${slot}'`))[0]!.l);
+    // Without --synchronous the receiver makes WAL durable in the middle of a segment only for the
+    // partial copy it ships to the archive (--partial-interval), and reports that to the slot.
+    const proc = startCli(['receive', '-D', dir, '--archive', archive, '-S', slot, '-d', through(), '-s', '1', '--partial-interval', '3', '-v'], { timeoutMs: 60_000 });
+    try {
+      await proc.waitForOutput(/starting log streaming/);
+      await primary.switchWal();
+      await primary.generateWal(200 * 1024);
+      const written = parseLsn(await primary.currentLsn());
+      await primary.waitFor(async () => (await restartLsn()) >= written, 30_000, 'the slot at the WAL written');
+      const reported = await restartLsn();
+      // In the middle of a segment (1 MB): the reconnection streams it again from its start.
+      expect(reported % 0x100000n).not.toBe(0n);
+      proxy.drop();
+      const streams = (): number => proc.stderr.match(/starting log streaming/g)?.length ?? 0;
+      await primary.waitFor(async () => streams() >= 2, 30_000, 'a second connection');
+      // Before it has made that segment durable again (its first partial copy, 3 s in; a status
+      // goes every second), the new connection's reports must not take the slot below what the
+      // old one reported.
+      let lowest = reported;
+      for (const until = Date.now() + 4000; Date.now() < until; await new Promise((r) => setTimeout(r, 25))) {
+        const now = await restartLsn();
+        if (now < lowest) lowest = now;
+      }
+      expect(lowest, proc.stderr).toBe(reported);
+    } finally {
+      proc.kill('SIGTERM');
+      await proc.done;
+      await primary.query(`select pg_drop_replication_slot('${slot}')`);
     }
   });
 
