@@ -31,8 +31,10 @@ ws_node() {
   # left to itself, V8 doubles it now and then up to 16 MB (32 MB of memory) under a steady
   # stream, so a receiver's memory would grow for an hour and stay there. Draining 1 GB of WAL,
   # the CPU it took stayed within the spread between runs (docs/benchmarks.md). A size given in
-  # NODE_OPTIONS is left as it is. The command is the first word that is neither an option nor
-  # --log-format's value.
+  # NODE_OPTIONS is left as it is. They also get gc() (--expose-gc), with which they ask for a full
+  # collection once a minute (src/util/heap.ts): V8 lets the old generation fill with garbage for
+  # ten minutes before its first one, and keeps the memory it grew into. The command is the first
+  # word that is neither an option nor --log-format's value.
   ws_name= ws_skip=
   for ws_a do
     if [ -n "$ws_skip" ]; then
@@ -49,8 +51,8 @@ ws_node() {
     esac
   done
   case $ws_name:${NODE_OPTIONS-} in
-    receive:*--max-semi-space-size* | serve:*--max-semi-space-size*) ;;
-    receive:* | serve:*) exec "${WALSTREAM_NODE:-node}" --max-semi-space-size=2 "${ws_real%/*}/walstream" "$@" ;;
+    receive:*--max-semi-space-size* | serve:*--max-semi-space-size*) exec "${WALSTREAM_NODE:-node}" --expose-gc "${ws_real%/*}/walstream" "$@" ;;
+    receive:* | serve:*) exec "${WALSTREAM_NODE:-node}" --max-semi-space-size=2 --expose-gc "${ws_real%/*}/walstream" "$@" ;;
   esac
   exec "${WALSTREAM_NODE:-node}" "${ws_real%/*}/walstream" "$@"
 }

@@ -23,6 +23,7 @@ import {
   type CompressSpec,
   type ConnectionCliOptions,
 } from './options.js';
+import { collectOldGarbage } from '../util/heap.js';
 import { addServerOptions, registerServeCommand, serverSettings, type ServerCliOptions } from './serve.js';
 import { encryptionConfigured, keyringFromOptions, openReadArchive } from './keys.js';
 import { archiveKey, prefetchSettings } from './fast-path.js';
@@ -227,6 +228,7 @@ async function runReceive(opts: ReceiveCliOptions, deps: CommandDeps): Promise<v
   const keyring = opts.archive !== undefined ? await keyringFromOptions(opts) : undefined;
   const password = await passwordFromOptions(opts);
   const { observeReceiver } = await import('../observe/receiver.js');
+  const stopCollecting = collectOldGarbage();
   const observation = await observeReceiver({
     listen: opts.metricsListen,
     statusIntervalMs: opts.statusInterval,
@@ -274,7 +276,10 @@ async function runReceive(opts: ReceiveCliOptions, deps: CommandDeps): Promise<v
         observation.metrics.alsoExpose(m.registry);
       });
     },
-  }).finally(() => observation.stop());
+  }).finally(() => {
+    stopCollecting();
+    return observation.stop();
+  });
 }
 
 /** walstream push, PostgreSQL's archive_command. */

@@ -3,6 +3,7 @@ import { Option, InvalidArgumentError, type Command } from 'commander';
 import type { ListenAddress } from '../observe/listen.js';
 import type { ServerSettings } from '../commands/serve.js';
 import { addArchiveOptions, helpExamples, metricsListenOption, parseListen, type ArchiveCliOptions } from './options.js';
+import { collectOldGarbage } from '../util/heap.js';
 
 export interface ServerCliOptions {
   passwordFile?: string;
@@ -107,6 +108,7 @@ export function registerServeCommand(
       const settings = serverSettings(opts.listen, opts);
       const archive = opts.archive !== undefined ? await openReadArchive(opts.archive, opts, 'with-key') : undefined;
       const stop = deps.stop();
+      const stopCollecting = collectOldGarbage();
       let observe: { stop(): Promise<void> } | undefined;
       try {
         await serve({
@@ -125,6 +127,7 @@ export function registerServeCommand(
           },
         });
       } finally {
+        stopCollecting();
         await observe?.stop();
         await archive?.close();
       }

@@ -226,16 +226,16 @@ describe('bin/walstream.sh', () => {
     expect(answered).toBeGreaterThan(30);
   });
 
-  it('runs receive and serve with a young generation of 2 MB a semi-space, unless NODE_OPTIONS sizes it', () => {
+  it('runs receive and serve with gc() exposed and a young generation of 2 MB a semi-space, unless NODE_OPTIONS sizes it', () => {
     const { cwd, fakeNode, argsFile } = setUp();
     const bin = join(ROOT, 'bin', 'walstream');
     const cases: [string[], Record<string, string>, string[]][] = [
-      [['receive', '-D', 'spool'], {}, ['--max-semi-space-size=2', bin, 'receive', '-D', 'spool']],
-      [['serve', '--listen', '127.0.0.1:5433'], {}, ['--max-semi-space-size=2', bin, 'serve', '--listen', '127.0.0.1:5433']],
-      [['--log-format', 'json', 'receive'], {}, ['--max-semi-space-size=2', bin, '--log-format', 'json', 'receive']],
-      [['--log-format=json', 'serve'], {}, ['--max-semi-space-size=2', bin, '--log-format=json', 'serve']],
+      [['receive', '-D', 'spool'], {}, ['--max-semi-space-size=2', '--expose-gc', bin, 'receive', '-D', 'spool']],
+      [['serve', '--listen', '127.0.0.1:5433'], {}, ['--max-semi-space-size=2', '--expose-gc', bin, 'serve', '--listen', '127.0.0.1:5433']],
+      [['--log-format', 'json', 'receive'], {}, ['--max-semi-space-size=2', '--expose-gc', bin, '--log-format', 'json', 'receive']],
+      [['--log-format=json', 'serve'], {}, ['--max-semi-space-size=2', '--expose-gc', bin, '--log-format=json', 'serve']],
       [['--log-format', 'receive', 'status'], {}, [bin, '--log-format', 'receive', 'status']],
-      [['receive', '-D', 'spool'], { NODE_OPTIONS: '--max-semi-space-size=8' }, [bin, 'receive', '-D', 'spool']],
+      [['receive', '-D', 'spool'], { NODE_OPTIONS: '--max-semi-space-size=8' }, ['--expose-gc', bin, 'receive', '-D', 'spool']],
       [['status', '--archive', '/arch'], {}, [bin, 'status', '--archive', '/arch']],
       [['fetch', 'x', 'y'], {}, [bin, 'fetch', 'x', 'y']],
     ];
