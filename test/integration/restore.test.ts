@@ -35,8 +35,9 @@ describe('walstream restore', () => {
 
   beforeAll(async () => {
     archive = pgOwnedDir('restore-archive');
-    tsLocation = join(pgOwnedDir('restore-ts'), 'space');
-    dirs.push(archive, tsLocation);
+    const tsParent = pgOwnedDir('restore-ts');
+    tsLocation = join(tsParent, 'space');
+    dirs.push(archive, tsParent);
     primary = await PgCluster.create({ name: 'restore-primary', conf: { archive_mode: 'on', archive_command: walstreamCommand(['push', '%p', '--archive', archive]) } });
     mkdirSync(tsLocation);
     const user = pgOsUser();
@@ -126,8 +127,9 @@ describe('walstream restore', () => {
   });
 
   it('refuses a non-empty directory, a target before the end of the backup, and a tablespace left unmapped onto a location in use', async () => {
-    const dir = join(pgOwnedDir('restore-refused'), 'data');
-    dirs.push(dir);
+    const parent = pgOwnedDir('restore-refused');
+    const dir = join(parent, 'data');
+    dirs.push(parent);
     mkdirSync(dir);
     writeFileSync(join(dir, 'something'), 'x');
     const user = pgOsUser();
@@ -137,8 +139,9 @@ describe('walstream restore', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/data directory .* is not empty/);
 
-    const fresh = join(pgOwnedDir('restore-refused'), 'data');
-    dirs.push(fresh);
+    const freshParent = pgOwnedDir('restore-refused');
+    const fresh = join(freshParent, 'data');
+    dirs.push(freshParent);
     r = await restoreCli(fresh, ['--target-lsn', '0/10']);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -181,8 +184,9 @@ describe('walstream restore', () => {
     clusters.push(foreign);
     const other = await putBasebackup(foreign, new LocalStore(archive));
     await run(['chown', '-R', `${PG_OS_USER}:`, archive]).catch(() => undefined);
-    const dir = join(pgOwnedDir('restore-foreign'), 'data');
-    dirs.push(dir);
+    const parent = pgOwnedDir('restore-foreign');
+    const dir = join(parent, 'data');
+    dirs.push(parent);
     const r = await restoreCli(dir, ['--backup', other.name]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -265,8 +269,9 @@ describe.each([
 
   it('recovers to the end of the archive with every row, its tablespace mapped', async () => {
     const archive = pgOwnedDir(`restore-pg${version}`);
-    const space = join(pgOwnedDir(`restore-pg${version}-ts`), 'space');
-    dirs.push(archive, space);
+    const spaceParent = pgOwnedDir(`restore-pg${version}-ts`);
+    const space = join(spaceParent, 'space');
+    dirs.push(archive, spaceParent);
     // 17: the WAL and the backup encrypted with a key file and compressed; restore_command carries the file's path.
     const keys: string[] = [];
     if (encrypted) {
