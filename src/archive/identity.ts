@@ -325,6 +325,10 @@ export class EncryptedArchiveGuard implements ArchiveStore {
     return this.inner.list(prefix, opts);
   }
 
+  listScans(): boolean {
+    return this.inner.listScans?.() === true;
+  }
+
   delete(name: string): Promise<void> {
     return this.inner.delete(name);
   }

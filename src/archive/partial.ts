@@ -20,14 +20,37 @@ export function pieceName(segment: string, offset: number): string {
   return `${segment}.partial.${offset.toString(16).toUpperCase().padStart(8, '0')}`;
 }
 
-/** The pieces of `segment` in the archive, by offset. */
+/**
+ * The chain of pieces of `segment` in the archive: the piece at offset 0, the one at its end, and
+ * so on, as far as they go (what a reader puts together). Where a listing reads every name in the
+ * archive (a local directory, where it costs more the more the archive holds, and the shipper
+ * and the server ask every few seconds), the chain is followed one name at a time instead.
+ */
 export async function listPieces(store: ArchiveStore, segment: string): Promise<{ name: string; offset: number; size: number }[]> {
-  const out: { name: string; offset: number; size: number }[] = [];
+  const chain: { name: string; offset: number; size: number }[] = [];
+  if (store.listScans?.() === true) {
+    for (let offset = 0; ; ) {
+      const name = pieceName(segment, offset);
+      const info = await store.head(name);
+      if (info === undefined || info.size === 0) break;
+      chain.push({ name, offset, size: info.size });
+      offset += info.size;
+    }
+    return chain;
+  }
+  const found: { name: string; offset: number; size: number }[] = [];
   for (const o of await store.list(`${segment}.partial.`)) {
     const m = PIECE_RE.exec(o.name);
-    if (m && m[1] === segment) out.push({ name: o.name, offset: parseInt(m[2]!, 16), size: o.size });
+    if (m && m[1] === segment) found.push({ name: o.name, offset: parseInt(m[2]!, 16), size: o.size });
   }
-  return out.sort((a, b) => a.offset - b.offset);
+  let end = 0;
+  for (const p of found.sort((a, b) => a.offset - b.offset)) {
+    if (p.offset > end) break;
+    if (p.offset < end || p.size === 0) continue; // not on the chain
+    chain.push(p);
+    end += p.size;
+  }
+  return chain;
 }
 
 /** Put the pieces back together: the bytes from offset 0 for as long as the pieces are contiguous. */

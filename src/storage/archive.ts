@@ -217,6 +217,10 @@ export class Archive implements ArchiveStore {
     return this.keyring === undefined && this.driver.createStream !== undefined && this.driver.writesPieces === true;
   }
 
+  listScans(): boolean {
+    return this.driver.listScans === true;
+  }
+
   /** Whether putPieces can keep the files of directory `dir` as they are (a second name, not a copy). */
   async linksFrom(dir: string): Promise<boolean> {
     return this.takesPieces() && this.driver.linksFrom !== undefined && (await this.driver.linksFrom(dir));

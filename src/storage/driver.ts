@@ -91,6 +91,8 @@ export interface Driver {
    * level, as a directory), in pages in key order; a missing prefix yields nothing.
    */
   list(prefix: string, opts?: ListPageOptions): AsyncIterable<DriverObject[]>;
+  /** Whether list reads every key of the level to find those with the prefix (a directory), rather than asking for the prefix. */
+  readonly listScans?: boolean;
   /**
    * create for a body that arrives as a stream, with memory bounded by the driver's part size:
    * `meta` is asked for once the whole body went by (its checksum is known only then). The body

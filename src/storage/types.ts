@@ -212,6 +212,12 @@ export interface ArchiveStore {
   /** Whether putPieces with `file` can keep the files of directory `dir` as they are (a second name, not a copy). */
   linksFrom?(dir: string): Promise<boolean>;
   /**
+   * Whether list(prefix) reads every name at the prefix's level to find those it wants (a
+   * directory: the more the archive holds, the more each listing costs), rather than asking the
+   * store for the prefix (an object store). Absent: it asks.
+   */
+  listScans?(): boolean;
+  /**
    * For writers with encryption keys, once the archive is known to be recorded as encrypted
    * (archive/identity.ts claimArchive calls it): from then on a put that finds an unencrypted
    * object under a WAL file name treats it as damaged even when its contents are identical, since

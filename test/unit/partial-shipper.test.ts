@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { assemblePieces, listPieces, PartialShipper } from '../../src/archive/partial.js';
 import type { ArchiveStore } from '../../src/storage/types.js';
 import { LocalStore } from '../../src/storage/local.js';
+import { MemoryStore } from '../../src/storage/memory.js';
 import type { Logger } from '../../src/util/log.js';
 
 const SEG = '000000010000000000000003';
@@ -30,6 +31,39 @@ describe('PartialShipper', () => {
     };
     return { spool, store: new LocalStore(archive), log };
   };
+
+  it('finds the chain of pieces in a directory one name at a time (no listing of the archive), as a listing finds it elsewhere', async () => {
+    const { store } = setup();
+    const memory = new MemoryStore();
+    expect(store.listScans()).toBe(true);
+    expect(memory.listScans()).toBe(false);
+    const other = '000000010000000000000004';
+    for (const s of [store, memory]) {
+      await s.put(`${SEG}.partial.00000000`, Buffer.alloc(100, 1), { noSync: true });
+      await s.put(`${SEG}.partial.00000064`, Buffer.alloc(50, 2), { noSync: true });
+      // After a gap: not on the chain, as a reader would not take it.
+      await s.put(`${SEG}.partial.00000190`, Buffer.alloc(10, 3), { noSync: true });
+      await s.put(`${other}.partial.00000000`, Buffer.alloc(100, 4), { noSync: true });
+      await s.put(SEG.replace(/3$/, '2'), Buffer.alloc(1, 5), { noSync: true });
+    }
+    // The directory's way must not read the whole archive.
+    const noListing = new Proxy(store, {
+      get: (target, prop, receiver) =>
+        prop === 'list'
+          ? () => {
+              throw new Error('listed the archive');
+            }
+          : Reflect.get(target, prop, receiver),
+    }) as ArchiveStore;
+    const chain = [
+      { name: `${SEG}.partial.00000000`, offset: 0, size: 100 },
+      { name: `${SEG}.partial.00000064`, offset: 100, size: 50 },
+    ];
+    expect(await listPieces(noListing, SEG)).toEqual(chain);
+    expect(await listPieces(memory, SEG)).toEqual(chain);
+    expect(await listPieces(noListing, '000000010000000000000009')).toEqual([]);
+    expect((await assemblePieces(noListing, SEG)).equals(Buffer.concat([Buffer.alloc(100, 1), Buffer.alloc(50, 2)]))).toBe(true);
+  });
 
   it('ships the durable bytes of the .partial as a piece', async () => {
     const { spool, store, log } = setup();

@@ -162,6 +162,7 @@ export class LocalDriver implements Driver {
   readonly bodyChecksum = false;
   readonly readsInto = true;
   readonly writesPieces = true;
+  readonly listScans = true;
   readonly dir: string;
   private readonly staleClaimMs: number;
   private readonly claimWaitMs: number;
