@@ -4,8 +4,8 @@
 // V8 leaves the old generation alone until it reaches a limit it first sets well above what a
 // receiver keeps alive: at 4 MB/s of WAL, 6-7 MB of dead objects build up over the first ten
 // minutes, and the memory they filled stays with the process (docs/benchmarks.md). A full
-// collection once a minute keeps the old generation at what is alive, for a few milliseconds of
-// CPU a minute.
+// collection once a minute keeps the old generation at what is alive: 10-20 ms of CPU a minute
+// at that rate.
 
 /** V8's gc(), present when node runs with --expose-gc (bin/walstream.sh gives it to receive and serve). */
 type ExposedGc = (options: { type: 'major'; execution: 'async' }) => unknown;
