@@ -493,6 +493,11 @@ function durableBefore(held: HeldPosition, tli: number, start: Lsn, segSize: num
   return at !== undefined && at.tli === tli && at.lsn > start && at.lsn - start < BigInt(segSize) ? at.lsn : undefined;
 }
 
+/** Follow the sink's durable position only (its pressure, drain and failure are the stream's); returns the detach function. */
+function onDurable(sink: WalDirSink, durable: (lsn: Lsn) => void): () => void {
+  return sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable });
+}
+
 /** A server's history file as fetched: its ancestry, and the file's bytes. */
 interface ServerHistory {
   tli: number;
@@ -526,7 +531,7 @@ async function streamOnce(round: StreamRound): Promise<StreamOutcome> {
   const sink = openSink(round, info);
   // What the sink makes durable may be served.
   const tail = round.tail;
-  const detachTail = tail ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => tail.setDurable(lsn) }) : undefined;
+  const detachTail = tail ? onDurable(sink, (lsn) => tail.setDurable(lsn)) : undefined;
   try {
     return await followTimelines(round, info, sink, from);
   } finally {
@@ -733,15 +738,10 @@ async function streamTimeline(round: StreamRound, info: ServerInfo, sink: WalDir
   const shipping = shipper ? shipPartials(shipper, sink, info.segSize, o.partialIntervalMs ?? 5000) : undefined;
   const tli = f.tli;
   const before = durableBefore(round.held, tli, f.start, info.segSize);
-  const detachHeld = sink.attach({
-    pressure: () => undefined,
-    drain: () => undefined,
-    failed: () => undefined,
-    durable: (lsn) => {
-      round.held.at = { tli, lsn };
-    },
+  const detachHeld = onDurable(sink, (lsn) => {
+    round.held.at = { tli, lsn };
   });
-  const detachRecorder = recorder ? sink.attach({ pressure: () => undefined, drain: () => undefined, failed: () => undefined, durable: (lsn) => recorder.progress(tli, lsn) }) : undefined;
+  const detachRecorder = recorder ? onDurable(sink, (lsn) => recorder.progress(tli, lsn)) : undefined;
   try {
     const result = await runStream(conn, sink, {
       start: f.start,
