@@ -249,7 +249,7 @@ export class Archive implements ArchiveStore {
       }
     };
     const meta = (): NewMeta => ({ sha256: digest.hex, compression: 'none', size: digest.size });
-    const createOpts = { noSync: opts.noSync ?? false };
+    const createOpts = { noSync: opts.noSync ?? false, blocking: opts.blocking === true };
     const { driver } = this;
     /** The known checksum, once a second name of the file took it. */
     let took: SegmentDigest | undefined;

@@ -52,6 +52,12 @@ export interface CreateOptions {
   noSync?: boolean;
   /** The hex SHA-256 of `body`, for drivers that send a transfer checksum (bodyChecksum). */
   bodySha256?: string;
+  /**
+   * Write the body's pieces with blocking system calls: for a caller with nothing else to do
+   * meanwhile (one push), where a trip through the thread pool per piece costs more than the
+   * write. Never for a long-running process: a write the kernel throttles would stall its event loop.
+   */
+  blocking?: boolean;
 }
 
 export type CreateResult = { created: true; modified: Date } | { created: false };

@@ -156,6 +156,8 @@ export interface PutPiecesOptions {
   noSync?: boolean;
   file?: string;
   known?: SegmentDigest;
+  /** Written with blocking system calls where the driver writes pieces (CreateOptions.blocking). */
+  blocking?: boolean;
 }
 
 export interface ArchiveStore {

@@ -22,7 +22,7 @@
 // the quarantine copies. A stored file is never replaced (no overwrite): writes here are atomic,
 // so a damaged file is bit rot or tampering, for the operator (refusal says what to do).
 import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { constants as fsConstants, existsSync, type Dirent, type Stats } from 'node:fs';
+import { constants as fsConstants, existsSync, writeSync, type Dirent, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../sink/fsutil.js';
@@ -195,7 +195,7 @@ export class LocalDriver implements Driver {
 
   /** create from a stream: written to the temp file as it comes (memory: one piece), then published the same way. */
   async createStream(key: string, body: AsyncIterable<Buffer>, meta: () => NewMeta, opts: CreateOptions = {}): Promise<CreateResult> {
-    return this.publish(key, opts.noSync ?? false, true, (base, noSync) => this.writeTemp(base, body, noSync), meta, undefined);
+    return this.publish(key, opts.noSync ?? false, true, (base, noSync) => this.writeTemp(base, body, noSync, opts.blocking === true), meta, undefined);
   }
 
   /**
@@ -594,7 +594,7 @@ export class LocalDriver implements Driver {
   }
 
   /** Write a new temp file for `target`, making the temp directory again if the last create out removed it meanwhile. */
-  private async writeTemp(target: string, data: Buffer | AsyncIterable<Buffer>, noSync: boolean): Promise<string> {
+  private async writeTemp(target: string, data: Buffer | AsyncIterable<Buffer>, noSync: boolean, blocking = false): Promise<string> {
     // Another create's dropTemp may remove the directory at any moment, between mkdir's own steps
     // too (mkdir -p then fails with ENOENT): make it again and retry.
     for (let attempt = 0; ; attempt++) {
@@ -609,7 +609,7 @@ export class LocalDriver implements Driver {
       }
       try {
         if (Buffer.isBuffer(data)) await fh.writeFile(data);
-        else await writeCoalesced(fh, data);
+        else await writeCoalesced(fh, data, { blocking, writeback: !noSync });
         if (!noSync) await fh.sync();
       } catch (err) {
         await fh.close().catch(() => undefined);
@@ -659,32 +659,67 @@ function objectOf(key: string, found: Found, rec: ChecksumRecord | undefined): D
 const WRITE_CHUNK = 1024 * 1024;
 /** A piece this large is written as it is, not copied. */
 const DIRECT_WRITE = 256 * 1024;
+/** A streamed body's data sync is started each time this many more bytes are written (writeCoalesced). */
+const WRITEBACK_BYTES = 4 * 1024 * 1024;
 
 /**
  * A streamed body written in writes of at least WRITE_CHUNK bytes: small pieces are copied into
  * one buffer (before any await, so a piece that is a view into a reused buffer is safe); a piece
  * of DIRECT_WRITE bytes or more goes straight to the file (push's 512 kB pieces: no copy, no
- * fresh buffer). Done with each piece before asking for the next (writesPieces). The fsync stays
- * the caller's, once.
+ * fresh buffer). Done with each piece before asking for the next (writesPieces).
+ * `blocking` (CreateOptions.blocking): each write a blocking system call. `writeback`: every
+ * WRITEBACK_BYTES a data sync is started on the thread pool (one at a time) while the writing
+ * goes on, so that the disk writes the file as it grows and the caller's fsync at the end waits
+ * only for the last few megabytes (a 16 MB segment: about 4 ms instead of 14 on this project's
+ * machine). Those syncs are only a head start: the caller's fsync stays the one that makes the
+ * file durable, and a failed one fails the write (after a failed sync a later one may succeed
+ * without the data having reached the disk: never count on that).
  */
-async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>): Promise<void> {
+export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>, o: { blocking: boolean; writeback: boolean }): Promise<void> {
   let pending: Buffer | undefined;
   let used = 0;
+  let unsynced = 0;
+  let syncing: Promise<void> | undefined;
+  let syncFailed: { err: unknown } | undefined;
+  const writeAll = async (b: Buffer, end: number): Promise<void> => {
+    for (let off = 0; off < end; ) off += o.blocking ? writeSync(fh.fd, b, off, end - off) : (await fh.write(b, off, end - off)).bytesWritten;
+    unsynced += end;
+    if (o.writeback && unsynced >= WRITEBACK_BYTES && syncing === undefined) {
+      unsynced = 0;
+      syncing = fh.datasync().then(
+        () => {
+          syncing = undefined;
+        },
+        (err: unknown) => {
+          syncFailed ??= { err };
+          syncing = undefined;
+        },
+      );
+    }
+  };
   const flush = async (): Promise<void> => {
-    for (let off = 0; pending && off < used; ) off += (await fh.write(pending, off, used - off)).bytesWritten;
+    if (pending) await writeAll(pending, used);
     used = 0;
   };
-  for await (const b of body) {
-    if (b.length >= DIRECT_WRITE) {
-      await flush();
-      for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off)).bytesWritten;
-      continue;
+  let written = false;
+  try {
+    for await (const b of body) {
+      if (b.length >= DIRECT_WRITE) {
+        await flush();
+        await writeAll(b, b.length);
+        continue;
+      }
+      if (used + b.length > WRITE_CHUNK) await flush();
+      pending ??= Buffer.allocUnsafe(WRITE_CHUNK);
+      b.copy(pending, used);
+      used += b.length;
+      if (used === WRITE_CHUNK) await flush();
     }
-    if (used + b.length > WRITE_CHUNK) await flush();
-    pending ??= Buffer.allocUnsafe(WRITE_CHUNK);
-    b.copy(pending, used);
-    used += b.length;
-    if (used === WRITE_CHUNK) await flush();
+    await flush();
+    written = true;
+  } finally {
+    // Settled before the caller syncs or closes the file; a failure of the body's own is the one reported.
+    await syncing;
   }
-  await flush();
+  if (written && syncFailed) throw syncFailed.err;
 }
