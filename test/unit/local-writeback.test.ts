@@ -1,6 +1,6 @@
 // A streamed body written into a local archive's temp file (storage/drivers/local.ts
 // writeCoalesced): with `writeback`, a data sync is started every few megabytes while the writing
-// goes on, one at a time, and a failed one fails the write even though the caller's fsync at the
+// goes on, at most three at once, and a failed one fails the write even though the caller's fsync at the
 // end would succeed; with `blocking`, the same bytes are written with blocking system calls (push).
 import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
@@ -48,7 +48,7 @@ function counted(fh: FileHandle, fail?: Error): { fh: FileHandle; calls: () => n
 
 describe('a streamed body written into a temp file', () => {
   for (const blocking of [false, true]) {
-    it(`starts data syncs as it goes, one at a time, and writes the same bytes (${blocking ? 'blocking' : 'thread pool'} writes)`, async () => {
+    it(`starts data syncs as it goes, at most three at once, and writes the same bytes (${blocking ? 'blocking' : 'thread pool'} writes)`, async () => {
       for (const size of [512 * 1024, 8 * 1024]) {
         const path = join(tmp(), 'f');
         const c = counted(await open(path, 'wx'));
@@ -60,7 +60,7 @@ describe('a streamed body written into a temp file', () => {
         expect(readFileSync(path).equals(expected())).toBe(true);
         expect(c.calls()).toBeGreaterThanOrEqual(1);
         expect(c.calls()).toBeLessThanOrEqual(4);
-        expect(c.most()).toBe(1);
+        expect(c.most()).toBeLessThanOrEqual(3);
       }
     });
   }

@@ -659,8 +659,10 @@ function objectOf(key: string, found: Found, rec: ChecksumRecord | undefined): D
 const WRITE_CHUNK = 1024 * 1024;
 /** A piece this large is written as it is, not copied. */
 const DIRECT_WRITE = 256 * 1024;
-/** A streamed body's data sync is started each time this many more bytes are written (writeCoalesced). */
+/** A streamed body's data sync is started each time this many more bytes are written (writeCoalesced)... */
 const WRITEBACK_BYTES = 4 * 1024 * 1024;
+/** ...unless this many are running: one of the thread pool's four threads stays free for other work. */
+const WRITEBACK_RUNNING = 3;
 
 /**
  * A streamed body written in writes of at least WRITE_CHUNK bytes: small pieces are copied into
@@ -668,10 +670,10 @@ const WRITEBACK_BYTES = 4 * 1024 * 1024;
  * of DIRECT_WRITE bytes or more goes straight to the file (push's 512 kB pieces: no copy, no
  * fresh buffer). Done with each piece before asking for the next (writesPieces).
  * `blocking` (CreateOptions.blocking): each write a blocking system call. `writeback`: every
- * WRITEBACK_BYTES a data sync is started on the thread pool (one at a time) while the writing
- * goes on, so that the disk writes the file as it grows and the caller's fsync at the end waits
- * only for the last few megabytes (a 16 MB segment: about 4 ms instead of 14 on this project's
- * machine). Those syncs are only a head start: the caller's fsync stays the one that makes the
+ * WRITEBACK_BYTES a data sync is started on the thread pool (at most WRITEBACK_RUNNING at once;
+ * blocking writes never let one finish before the end) while the writing goes on, so that the
+ * disk writes the file as it grows and the caller's fsync at the end waits only for the last few
+ * megabytes (a 16 MB segment: about 4 ms instead of 14 on this project's machine). Those syncs are only a head start: the caller's fsync stays the one that makes the
  * file durable, and a failed one fails the write (after a failed sync a later one may succeed
  * without the data having reached the disk: never count on that).
  */
@@ -679,22 +681,23 @@ export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>
   let pending: Buffer | undefined;
   let used = 0;
   let unsynced = 0;
-  let syncing: Promise<void> | undefined;
+  const syncing = new Set<Promise<void>>();
   let syncFailed: { err: unknown } | undefined;
   const writeAll = async (b: Buffer, end: number): Promise<void> => {
     for (let off = 0; off < end; ) off += o.blocking ? writeSync(fh.fd, b, off, end - off) : (await fh.write(b, off, end - off)).bytesWritten;
     unsynced += end;
-    if (o.writeback && unsynced >= WRITEBACK_BYTES && syncing === undefined) {
+    if (o.writeback && unsynced >= WRITEBACK_BYTES && syncing.size < WRITEBACK_RUNNING) {
       unsynced = 0;
-      syncing = fh.datasync().then(
+      const s: Promise<void> = fh.datasync().then(
         () => {
-          syncing = undefined;
+          syncing.delete(s);
         },
         (err: unknown) => {
           syncFailed ??= { err };
-          syncing = undefined;
+          syncing.delete(s);
         },
       );
+      syncing.add(s);
     }
   };
   const flush = async (): Promise<void> => {
@@ -719,7 +722,7 @@ export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>
     written = true;
   } finally {
     // Settled before the caller syncs or closes the file; a failure of the body's own is the one reported.
-    await syncing;
+    await Promise.all(syncing);
   }
   if (written && syncFailed) throw syncFailed.err;
 }
