@@ -17,7 +17,6 @@
 //   .lock              the running worker's process id
 //   .archive           the archive this spool holds files of
 //   prefetch.log       the last worker's messages
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { copyFile, lstat, mkdir, open, readdir, readFile, rename, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -29,6 +28,9 @@ import type { Logger } from '../util/log.js';
 import { useHashThreads } from '../util/bulk.js';
 import { objectToFile } from './to-file.js';
 import { recordInspector } from './segment-records.js';
+import { fs } from '../util/lazy.js';
+
+const { closeSync, existsSync, openSync, readFileSync, readSync, statSync, unlinkSync, writeFileSync } = fs;
 
 export interface PrefetchWant {
   /** The newest segment fetch has served. */

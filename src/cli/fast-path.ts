@@ -13,11 +13,12 @@
 // spool cannot answer when the archive is not a plain local one (then nothing was written or
 // printed). Only built-in modules may be imported from here down (a bundled module's imports are
 // all loaded when the bundle is; test/unit/fast-path.test.ts checks the bundle).
-import { closeSync, openSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArchiveUrl } from '../storage/location.js';
 import { type Logger, reportFailure, stderrLogger } from '../util/log.js';
-import { builtin } from '../util/lazy.js';
+import { builtin, fs } from '../util/lazy.js';
+
+const { closeSync, openSync, statSync } = fs;
 
 const childProcess = builtin<typeof import('node:child_process')>('node:child_process');
 

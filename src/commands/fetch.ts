@@ -10,7 +10,6 @@
 // each fetch first removes the temp files of %p that killed fetches left (only those: pg_wal is
 // PostgreSQL's, nothing else in it is touched), so an interrupted recovery leaves no 16 MB
 // temp files behind for good.
-import { existsSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { NotFoundError, StorageError, shownName, type ArchiveStore } from '../storage/types.js';
@@ -22,6 +21,9 @@ import { readPartialSegment } from '../archive/partial.js';
 import { objectToFile, TargetWriteError } from '../archive/to-file.js';
 import { recordInspector } from '../archive/segment-records.js';
 import type { Logger } from '../util/log.js';
+import { fs } from '../util/lazy.js';
+
+const { existsSync } = fs;
 
 export interface FetchOptions {
   name: string;

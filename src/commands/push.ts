@@ -1,7 +1,6 @@
 // walstream push %p — archive_command (pgarch.c pgarch_archiveXlog; replication-protocol.md §6).
 // Exit 0 only once the file is durable in the archive (or already there with identical bytes);
 // every failure exits 1, so PostgreSQL retries: never a signal, never above 125.
-import { readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { mkdir, open, readdir, readFile, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -13,6 +12,9 @@ import { checkWriter, claimArchive, type ArchiveIdentity, type WriterEncryption 
 import type { Logger } from '../util/log.js';
 import { readWhole, sha256Owned, useHashThreads, type Hashed } from '../util/bulk.js';
 import { SegmentRecordCheck } from '../archive/segment-records.js';
+import { fs } from '../util/lazy.js';
+
+const { readSync } = fs;
 
 export interface PushOptions {
   /** The file PostgreSQL asks to archive (%p: pg_wal/<name>, relative to the data directory). */

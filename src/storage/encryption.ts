@@ -30,9 +30,10 @@
 // the old ones below while objects written with them remain). A key given without an id gets
 // one derived from it: the first 8 hex digits of SHA-256("walstream key id\0" || key).
 import { open } from 'node:fs/promises';
-import { inspect } from 'node:util';
 import { IntegrityError, KeyUnavailableError, QUARANTINE_PREFIX, StorageError, type Compression } from './types.js';
-import { builtin } from '../util/lazy.js';
+import { builtin, util } from '../util/lazy.js';
+
+const { inspect } = util;
 
 /** node:crypto, loaded at the first key or sealed object (a call that meets neither never loads it). */
 const crypto = builtin<typeof import('node:crypto')>('node:crypto');

@@ -19,13 +19,14 @@
 //   other tools), is removed only once it was last written longer ago than the leftover age (an
 //   hour by default): no walstream write leaves its temporary file untouched that long;
 // - nothing here follows a symbolic link or removes anything but regular files with temp names.
-import { closeSync, openSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { lstat, readdir, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { builtin } from '../util/lazy.js';
+import { builtin, fs } from '../util/lazy.js';
 import { sha256HexOfText } from '../util/sha256.js';
 import type { Leftover, LeftoverOptions, LeftoverRemoval, LeftoverState } from './types.js';
+
+const { closeSync, openSync, readFileSync, readSync, readlinkSync } = fs;
 
 /** node:crypto, only where /dev/urandom cannot be read. */
 const crypto = builtin<typeof import('node:crypto')>('node:crypto');

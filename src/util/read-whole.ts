@@ -1,8 +1,10 @@
 // Whole files in memory with one system call where the kernel allows (fs.readFile goes 512 kB at
 // a time, one thread-pool round trip per piece, into a fresh buffer): what reading a 16 MB WAL
 // segment costs least. Guarantees the bytes the file holds when read, also if it changed size.
-import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { fs } from './lazy.js';
+
+const { constants: fsConstants } = fs;
 
 export interface ReadWholeOptions {
   /** Refuse a symbolic link (ELOOP) instead of following it. */

@@ -22,7 +22,7 @@
 // the quarantine copies. A stored file is never replaced (no overwrite): writes here are atomic,
 // so a damaged file is bit rot or tampering, for the operator (refusal says what to do).
 import { link, lstat, mkdir, open, readFile, readdir, rename, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { constants as fsConstants, existsSync, writeSync, type Dirent, type Stats } from 'node:fs';
+import type { Dirent, Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fsyncDir } from '../../sink/fsutil.js';
@@ -30,6 +30,9 @@ import { readWhole } from '../../util/read-whole.js';
 import { DEFAULT_LEFTOVER_AGE_MS, removeFound, scanDirectory, tempName } from '../leftovers.js';
 import { IntegrityError, StorageError, type Compression, type Leftover, type LeftoverOptions, type LeftoverRemoval, type LeftoverScan } from '../types.js';
 import type { CreateOptions, CreateResult, Driver, DriverObject, ListPageOptions, NewMeta, ObjectMeta, ReadResult } from '../driver.js';
+import { fs } from '../../util/lazy.js';
+
+const { constants: fsConstants, existsSync, writeSync } = fs;
 
 export const META_DIR = '.walstream-meta';
 /** Where earlier versions kept quarantine copies' temp files too (scanned for leftovers). */
