@@ -676,9 +676,10 @@ const WRITEBACK_RUNNING = 3;
  * WRITEBACK_BYTES a data sync is started on the thread pool (at most WRITEBACK_RUNNING at once;
  * blocking writes never let one finish before the end) while the writing goes on, so that the
  * disk writes the file as it grows and the caller's fsync at the end waits only for the last few
- * megabytes (a 16 MB segment: about 4 ms instead of 14 on this project's machine). Those syncs are only a head start: the caller's fsync stays the one that makes the
- * file durable, and a failed one fails the write (after a failed sync a later one may succeed
- * without the data having reached the disk: never count on that).
+ * megabytes (a 16 MB segment: about 4 ms instead of 14 on this project's machine). Those syncs
+ * are only a head start: the caller's fsync stays the one that makes the file durable, and a
+ * failed one fails the write (after a failed sync a later one may succeed without the data
+ * having reached the disk: never count on that).
  */
 export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>, o: { blocking: boolean; writeback: boolean }): Promise<void> {
   let pending: Buffer | undefined;
