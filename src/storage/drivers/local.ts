@@ -708,7 +708,6 @@ export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>
     if (pending) await writeAll(pending, used);
     used = 0;
   };
-  let written = false;
   try {
     for await (const b of body) {
       if (b.length >= DIRECT_WRITE) {
@@ -723,10 +722,10 @@ export async function writeCoalesced(fh: FileHandle, body: AsyncIterable<Buffer>
       if (used === WRITE_CHUNK) await flush();
     }
     await flush();
-    written = true;
   } finally {
-    // Settled before the caller syncs or closes the file; a failure of the body's own is the one reported.
+    // Settled before the caller syncs or closes the file; a failure of the body's own is the one
+    // reported (it leaves from here, before the check below).
     await Promise.all(syncing);
   }
-  if (written && syncFailed) throw syncFailed.err;
+  if (syncFailed) throw syncFailed.err;
 }
