@@ -356,7 +356,19 @@ export async function receive(o: ReceiveOptions): Promise<void> {
     uploadsStarted = true;
   };
   try {
-    await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, recorder, startUploads, serving, tail });
+    try {
+      await receiveLoop(o, conn, cfg, dir, { uploader, store, shipper, recorder, startUploads, serving, tail });
+    } catch (err) {
+      // The stream failed for good (or ended under --no-loop): the segments it finished are
+      // durable in the spool and go to the archive before the error is reported, as they do at
+      // --endpos. A signal ends the wait; an archive that fails for good ends it too.
+      const left = uploader && uploadsStarted && !uploader.error && !stopped ? uploader.queueDepth : 0;
+      if (left > 0) {
+        log.error(`${(err as Error).message}; archiving the ${left} file${left === 1 ? '' : 's'} received before exiting`);
+        await Promise.race([uploader!.drained().catch(() => undefined), o.stop]);
+      }
+      throw err;
+    }
     if (uploader && !stopped) {
       log.verbose('waiting for the archive to take the remaining files');
       await Promise.race([uploader.drained(), o.stop]);

@@ -241,6 +241,36 @@ describe('receive --archive', () => {
     }
   });
 
+  it('archives the segments it finished before the stream failed, then reports the failure', async () => {
+    const first = await slot('fail_drain');
+    const url = s3Url('fail-drain');
+    // One upload at a time: when the stream ends, one segment is being uploaded and the others wait.
+    const proc = receiver(newDir('spool'), url, ['-S', 'fail_drain', '-n', '--partial-interval', '0', '--upload-concurrency', '1']);
+    try {
+      await proc.waitForOutput(/starting log streaming/);
+      // Every request to S3 waits 3 s: the uploads are still under way when the stream ends.
+      s3.setLatency(3000);
+      await primary.generateWal(3 * SEG);
+      const lsn = lsnOf(await primary.currentLsn());
+      await proc.waitForOutput(new RegExp(`finished segment ${segName(1, lsn - BigInt(SEG), SEG)}`), 30_000);
+      await primary.query("select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = 'fail_drain'");
+      const res = await proc.done;
+      expect(res.code, res.stderr).not.toBe(0);
+      expect(res.stderr).toMatch(/archiving the [1-9]\d* files? received before exiting/);
+      s3.setLatency(0);
+      const store = await open(url);
+      const names = (await store.list()).map((o) => o.name).filter((n) => /^[0-9A-F]{24}$/.test(n));
+      const want: string[] = [];
+      for (let s = first / BigInt(SEG); s < lsn / BigInt(SEG); s++) want.push(segName(1, s * BigInt(SEG), SEG));
+      expect(want.length).toBeGreaterThanOrEqual(3);
+      expect(names).toEqual(want);
+      for (const n of names) expect((await store.get(n)).data.equals(readFileSync(join(primary.walDir, n))), n).toBe(true);
+    } finally {
+      s3.setLatency(0);
+      proc.kill('SIGKILL');
+    }
+  });
+
   it('archives the history file and both timelines across a promotion', async () => {
     const standby = await primary.createStandby({ name: 'archive-tl' });
     try {
