@@ -35,6 +35,7 @@ function setUp(): { cwd: string; fakeNode: string; argsFile: string } {
   for (const spool of ['.walstream-prefetch', 'spool']) {
     mkdirSync(join(cwd, spool), { mode: 0o700 });
     writeFileSync(join(cwd, spool, '.archive'), '/arch ');
+    writeFileSync(join(cwd, spool, '.want'), JSON.stringify({ name: '000000010000000000000002', segSize: SEG_SIZE, count: 8 }));
     writeFileSync(join(cwd, spool, SEG), segment(SEG_SIZE));
   }
   for (const markers of ['.walstream-push', 'spool']) {
@@ -85,7 +86,14 @@ describe('bin/walstream.sh', () => {
       { why: 'an archive record with a newline', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', '.archive'), '/arch \nx') },
       { why: 'no archive record', prepare: (cwd) => rmSync(join(cwd, '.walstream-prefetch', '.archive')) },
       { why: 'a short segment', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', SEG), segment(SEG_SIZE).subarray(0, SEG_SIZE - 1)) },
-      { why: 'a segment whose header gives another size', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', SEG), segment(2 * SEG_SIZE).subarray(0, SEG_SIZE)) },
+      { why: 'a segment of another size than the request names', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', SEG), segment(2 * SEG_SIZE)) },
+      { why: 'no request record', prepare: (cwd) => rmSync(join(cwd, '.walstream-prefetch', '.want')) },
+      {
+        why: 'a request record naming a size twice',
+        prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', '.want'), `{"segSize":${2 * SEG_SIZE},"name":"x","segSize":${SEG_SIZE}}`),
+      },
+      { why: 'a request record naming no valid size', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', '.want'), `{"name":"x","segSize":${SEG_SIZE + 1},"count":8}`) },
+      { why: 'a request record of two lines', prepare: (cwd) => writeFileSync(join(cwd, '.walstream-prefetch', '.want'), `{"segSize":${SEG_SIZE}}\n`) },
       {
         why: 'a segment as a directory',
         prepare: (cwd) => {
