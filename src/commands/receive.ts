@@ -364,7 +364,8 @@ export async function receive(o: ReceiveOptions): Promise<void> {
       // --endpos. A signal ends the wait; an archive that fails for good ends it too.
       const left = uploader && uploadsStarted && !uploader.error && !stopped ? uploader.queueDepth : 0;
       if (left > 0) {
-        log.error(`${(err as Error).message}; archiving the ${left} file${left === 1 ? '' : 's'} received before exiting`);
+        // Said only with -v: without it the error stays the one line on standard error.
+        log.verbose(`${(err as Error).message}; archiving the ${left} file${left === 1 ? '' : 's'} received before exiting`);
         await Promise.race([uploader!.drained().catch(() => undefined), o.stop]);
       }
       throw err;
