@@ -9,10 +9,11 @@
 # The first and the last only move or remove a file that a walstream process left once its work
 # was complete and durable, in a directory private to its owner; the second copies the archived
 # file next to %p and renames it to %p only once the copy's SHA-256 is the one recorded. The
-# checks are those commands/fetch.ts and commands/push.ts make on the same path. Anything else,
-# and any doubt (an option this script does not read, a repeated one, a spool that does not
-# answer, a copy that fails or does not match), goes to bin/walstream on Node, which decides as if
-# this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
+# checks are those commands/fetch.ts and commands/push.ts make on the same path, save one: a
+# prefetched segment is complete when its size is the one the spool's request names (Node reads
+# its page header for that). Anything else, and any doubt (an option this script does not read, a
+# repeated one, a spool that does not answer, a copy that fails or does not match), goes to
+# bin/walstream on Node, which decides as if this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
 # WALSTREAM_NODE names the Node binary (default: node on PATH).
 
 ws_node() {
