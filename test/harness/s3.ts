@@ -28,7 +28,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import http, { IncomingMessage, type ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import { once } from 'node:events';
@@ -310,17 +310,34 @@ async function startBuiltIn(): Promise<S3TestServer> {
     });
 
   const putAtomically = async (req: IncomingMessage, res: ServerResponse, bucketName: string, key: string, answer: { sent: boolean; dropped: boolean }): Promise<void> => {
+    // S3 stores a PUT whole or not at all; s3rver writes in place, and a body cut short leaves it
+    // stuck mid-write with the file it may still create later. So s3rver is given only a whole
+    // body: read here first, then handed over as a request of its own. A client that goes away
+    // before its body is whole leaves nothing behind.
+    const body = await wholeBody(req);
+    if (body === undefined || res.closed) return;
+    const whole = new IncomingMessage(req.socket);
+    // complete: a message not marked so resets its socket once it is read to the end.
+    Object.assign(whole, {
+      complete: true,
+      method: req.method,
+      url: req.url,
+      headers: req.headers,
+      rawHeaders: req.rawHeaders,
+      httpVersion: req.httpVersion,
+      httpVersionMajor: req.httpVersionMajor,
+      httpVersionMinor: req.httpVersionMinor,
+    });
+    whole.push(body);
+    whole.push(null);
     const done = Promise.race([once(res, 'close'), once(req.socket, 'close')]);
     // (Koa's handler returns a promise settling when s3rver is done with the request.)
-    const handled = Promise.resolve(handle(req, res) as unknown).catch(() => undefined);
+    const handled = Promise.resolve(handle(whole, res) as unknown).catch(() => undefined);
     await done;
-    // S3 stores a PUT whole or not at all; s3rver writes in place. When the client went away
-    // before the answer, drop whatever was written (the key was absent before: If-None-Match),
-    // once s3rver has finished writing: at once it may still create or fill the file, and with
-    // the body cut short it never finishes, so not waiting for more than a moment. Reads of
-    // the key wait for this lock meanwhile.
+    // When the client went away before the answer, drop what s3rver wrote (the key was absent
+    // before: If-None-Match) once it is done writing. Reads of the key wait for this lock meanwhile.
     if (!answer.sent) {
-      await Promise.race([handled, new Promise((r) => setTimeout(r, 1000))]);
+      await Promise.race([handled, new Promise((r) => setTimeout(r, 30_000))]);
       // (s3rver may still have answered meanwhile, into the closed connection: then it stands.)
       if (!answer.sent) {
         answer.dropped = true;
@@ -328,6 +345,16 @@ async function startBuiltIn(): Promise<S3TestServer> {
       }
     }
   };
+
+  /** A request's whole body, or undefined when the client went away before sending all of it. */
+  const wholeBody = (req: IncomingMessage): Promise<Buffer | undefined> =>
+    new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.once('end', () => resolve(req.complete ? Buffer.concat(chunks) : undefined));
+      req.once('error', () => resolve(undefined));
+      req.once('close', () => resolve(req.complete ? Buffer.concat(chunks) : undefined));
+    });
 
   const route = (req: IncomingMessage, res: ServerResponse): void => {
     const status = failures.shift() ?? (failWindow !== undefined && Date.now() < failWindow.until ? failWindow.status : undefined);
