@@ -13,7 +13,8 @@
 # prefetched segment is complete when its size is the one the spool's request names (Node reads
 # its page header for that). Anything else, and any doubt (an option this script does not read, a
 # repeated one, a spool that does not answer, a copy that fails or does not match), goes to
-# bin/walstream on Node, which decides as if this script were not there. test/unit/walstream-sh.test.ts holds the two to that.
+# bin/walstream on Node, which decides as if this script were not there.
+# test/unit/walstream-sh.test.ts holds the two to that.
 # WALSTREAM_NODE names the Node binary (default: node on PATH).
 
 ws_node() {
@@ -207,8 +208,8 @@ ws_fetch() {
 # From the spool (commands/fetch.ts with archive/prefetch.ts prepareSpool and takeFromSpool): the
 # spool serves this archive, and holds %f complete: a regular file of the segment size its
 # request (.want) names. The worker downloads only segments of that size, and renames one into
-# the spool only once it is verified against the archive's checksum and fsynced. (Node also reads
-# the file's first page header; here that would take one more program, about 5 ms a call.)
+# the spool only once it is verified against the archive's checksum and fsynced (the page
+# header Node also reads would cost one more program here).
 ws_from_spool() {
   ws_given spool || ws_spool=${WALSTREAM_SPOOL-.walstream-prefetch}
   ws_given prefetch || ws_prefetch=${WALSTREAM_PREFETCH-}
